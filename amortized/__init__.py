@@ -1,0 +1,1 @@
+"""amortized: see docs/architecture.md."""

@@ -1,0 +1,46 @@
+"""probinf: probabilistic inference and Bayesian modeling on JAX.
+
+The curated public API. Subpackages: :mod:`probinf.vi` (programmable variational
+inference). The sibling packages ``flows``, ``circuits`` and ``amortized`` are
+imported on their own; importing :mod:`probinf` never imports them (or torch).
+"""
+
+from probinf import datasets, exact, vi
+from probinf._version import __version__
+from probinf.diagnostics import effective_sample_size, to_inference_data
+from probinf.families import (
+    AffineGaussianConditional,
+    Bernoulli,
+    Categorical,
+    Family,
+    FullRankGaussian,
+    HierarchicalFamily,
+    MeanFieldGaussian,
+    Mixture,
+)
+from probinf.io import load, save
+from probinf.target import Target, from_logdensity, from_numpyro
+from probinf.vi import fit
+
+__all__ = [
+    "__version__",
+    "Target",
+    "from_numpyro",
+    "from_logdensity",
+    "Family",
+    "MeanFieldGaussian",
+    "FullRankGaussian",
+    "Mixture",
+    "Bernoulli",
+    "Categorical",
+    "HierarchicalFamily",
+    "AffineGaussianConditional",
+    "vi",
+    "datasets",
+    "exact",
+    "fit",
+    "save",
+    "load",
+    "to_inference_data",
+    "effective_sample_size",
+]

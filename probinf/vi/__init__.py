@@ -1,0 +1,53 @@
+"""Programmable variational inference: estimators x objectives, and ``fit``.
+
+See :mod:`probinf.vi.estimators` for the gradient estimators and
+:mod:`probinf.vi.objectives` for the objectives; any objective takes any
+compatible estimator.
+"""
+
+from probinf.vi.estimators import (
+    STL,
+    DReG,
+    Enumerate,
+    Estimator,
+    Learnable,
+    Reparam,
+    Score,
+)
+from probinf.vi.fit import FitResult, fit
+from probinf.vi.objectives import (
+    CUBO,
+    ELBO,
+    IWAE,
+    RWS,
+    VIMCO,
+    ForwardKL,
+    Objective,
+    RenyiBound,
+    TemperedELBO,
+    linear_schedule,
+    logmeanexp,
+)
+
+__all__ = [
+    "Estimator",
+    "Reparam",
+    "STL",
+    "DReG",
+    "Score",
+    "Enumerate",
+    "Learnable",
+    "Objective",
+    "ELBO",
+    "IWAE",
+    "VIMCO",
+    "RenyiBound",
+    "CUBO",
+    "TemperedELBO",
+    "ForwardKL",
+    "RWS",
+    "linear_schedule",
+    "logmeanexp",
+    "fit",
+    "FitResult",
+]

@@ -1,0 +1,292 @@
+"""``fit``: run any objective with any optax optimizer on any family and target."""
+
+from __future__ import annotations
+
+import math
+import warnings
+from dataclasses import dataclass
+from typing import Any
+
+import equinox as eqx
+import jax
+import jax.numpy as jnp
+import jax.tree_util as jtu
+import numpy as np
+import optax
+from jaxtyping import Array, PRNGKeyArray
+
+from probinf._progress import progress_bar
+from probinf.families import check_num_samples
+from probinf.vi.estimators import Learnable
+from probinf.vi.objectives import Objective
+
+__all__ = ["fit", "FitResult"]
+
+
+@dataclass(frozen=True)
+class FitResult:
+    """What :func:`fit` returns.
+
+    Attributes:
+        family: the fitted variational family.
+        target: the target (with learned ``params`` when ``learn_target=True``).
+        objective: the objective (with any learned baseline).
+        losses: loss at every completed step, ``(num_steps,)``.
+        num_steps: number of optimisation steps applied.
+        stop_reason: ``"completed"``, ``"plateau"`` or a sentence naming the step
+            at which the loss became non-finite.
+        opt_state: the optimizer state, to continue training.
+    """
+
+    family: Any
+    target: Any
+    objective: Any
+    losses: np.ndarray
+    num_steps: int
+    stop_reason: str
+    opt_state: Any = None
+
+    def sample_posterior(self, key: PRNGKeyArray, num_samples: int = 1000) -> dict[str, np.ndarray]:
+        """Draws from the fitted family mapped to the model's named, constrained sites."""
+        num_samples = check_num_samples(num_samples, "num_samples")
+        z = self.family.sample(key, num_samples)
+        return {name: np.asarray(v) for name, v in self.target.constrain(z).items()}
+
+    def to_inference_data(self, key: PRNGKeyArray, num_samples: int = 1000):
+        """Draws from the fitted family as an ArviZ ``InferenceData`` (one chain)."""
+        from probinf.diagnostics import to_inference_data
+
+        samples = self.sample_posterior(key, num_samples)
+        return to_inference_data({k: v[None] for k, v in samples.items()})
+
+    def plot_losses(self, ax=None, *, smooth: int | None = None):
+        """Plot the loss history (with a running mean when ``smooth`` is given)."""
+        import matplotlib.pyplot as plt
+
+        ax = plt.gca() if ax is None else ax
+        steps = np.arange(1, len(self.losses) + 1)
+        ax.plot(steps, self.losses, lw=0.6, alpha=0.5 if smooth else 1.0, label="loss")
+        if smooth and len(self.losses) >= smooth:
+            window = np.ones(smooth) / smooth
+            ax.plot(steps[smooth - 1 :], np.convolve(self.losses, window, "valid"),
+                    label=f"running mean ({smooth})")
+        ax.set_xlabel("step")
+        ax.set_ylabel("loss")
+        ax.legend(frameon=False)
+        return ax
+
+
+def _trainable_spec(family, target, objective, learn_target: bool):
+    family_spec = jtu.tree_map(eqx.is_inexact_array, family)
+    target_spec = jtu.tree_map(lambda _: False, target)
+    if learn_target:
+        params = getattr(target, "params", None)
+        if params is None:
+            raise ValueError("`learn_target=True` needs a target with `params` to learn")
+        target_spec = eqx.tree_at(
+            lambda t: t.params, target_spec, replace=jtu.tree_map(eqx.is_inexact_array, params)
+        )
+    objective_spec = jtu.tree_map(
+        lambda x: isinstance(x, Learnable), objective, is_leaf=lambda x: isinstance(x, Learnable)
+    )
+    return family_spec, target_spec, objective_spec
+
+
+def _all_finite(tree) -> Array:
+    leaves = [jnp.all(jnp.isfinite(x)) for x in jtu.tree_leaves(tree) if eqx.is_inexact_array(x)]
+    return jnp.all(jnp.stack(leaves)) if leaves else jnp.array(True)
+
+
+def _loss(trainable, frozen, key, step):
+    family, target, objective = eqx.combine(trainable, frozen)
+    if isinstance(objective, Objective):
+        return objective(key, family, target, step)
+    return objective(key, family, target)
+
+
+@eqx.filter_jit
+def _run_chunk(trainable, frozen, opt_state, key, start, total_steps, optimizer, chunk_len):
+    def body(carry, offset):
+        trainable, opt_state, bad_step = carry
+        step = start + offset
+        loss, grads = eqx.filter_value_and_grad(_loss)(
+            trainable, frozen, jax.random.fold_in(key, step), step
+        )
+        updates, new_opt_state = optimizer.update(grads, opt_state, trainable)
+        new_trainable = eqx.apply_updates(trainable, updates)
+        finite = jnp.isfinite(loss) & _all_finite(grads)
+        active = (step < total_steps) & (bad_step < 0)
+        accept = active & finite
+
+        def choose(new, old):
+            return jtu.tree_map(lambda a, b: jnp.where(accept, a, b), new, old)
+
+        bad_step = jnp.where(active & ~finite, step, bad_step)
+        carry = (choose(new_trainable, trainable), choose(new_opt_state, opt_state), bad_step)
+        return carry, loss
+
+    init = (trainable, opt_state, jnp.asarray(-1, jnp.int32))
+    (trainable, opt_state, bad_step), losses = jax.lax.scan(
+        body, init, jnp.arange(chunk_len, dtype=jnp.int32)
+    )
+    return trainable, opt_state, bad_step, losses
+
+
+def _check_key(key: object) -> None:
+    ok = isinstance(key, jax.Array) and (
+        jnp.issubdtype(key.dtype, jax.dtypes.prng_key) or (key.shape == (2,) and key.dtype == jnp.uint32)
+    )
+    if not ok:
+        raise TypeError(
+            "`key` must be a JAX PRNG key (jax.random.key(0) or jax.random.PRNGKey(0)), "
+            f"got {type(key).__name__}"
+        )
+
+
+def _diagnose_initial_failure(family, target, key, loss) -> Exception:
+    z = family.sample(key, 16)
+    log_p = np.asarray(target.log_density(z))
+    bad = ~np.isfinite(log_p)
+    if bad.any():
+        first = np.asarray(z)[bad.argmax()]
+        return ValueError(
+            f"`target` returned a non-finite log density ({log_p[bad][0]}) at {bad.sum()} of 16 "
+            f"points drawn from the initial family, e.g. z={np.array2string(first, precision=3)}; "
+            "check the model, its data, or start the family inside the target's support"
+        )
+    return ValueError(
+        f"the objective's loss was non-finite ({loss}) at step 0 although the target is finite "
+        "at samples from the family; check the family's initial parameters"
+    )
+
+
+def fit(
+    objective,
+    family,
+    target,
+    *,
+    key: PRNGKeyArray,
+    optimizer: optax.GradientTransformation | None = None,
+    steps: int = 1000,
+    chunk_size: int = 100,
+    progress: bool | None = None,
+    learn_target: bool = False,
+    patience: int | None = None,
+    min_delta: float = 0.0,
+    opt_state: Any = None,
+) -> FitResult:
+    """Optimise ``objective`` over the parameters of ``family``.
+
+    The loop runs under ``jax.lax.scan`` in chunks of ``chunk_size`` steps compiled
+    once; a progress bar advances per chunk. Step ``t`` uses the key
+    ``fold_in(key, t)``, so results do not depend on the chunk size.
+
+    Args:
+        objective: an :class:`~probinf.vi.Objective`, or any function
+            ``(key, family, target) -> scalar loss`` to minimise.
+        family: the variational family (every inexact array in it is trained).
+        target: a :class:`~probinf.Target`.
+        key: PRNG key.
+        optimizer: any optax ``GradientTransformation`` (default ``optax.adam(1e-2)``).
+        steps: number of optimisation steps.
+        chunk_size: steps per compiled chunk (and per progress-bar update).
+        progress: show a progress bar (default: only on a terminal).
+        learn_target: also train ``target.params`` (model learning, e.g. RWS wake-p).
+        patience: stop when the mean loss of a chunk has not improved by more than
+            ``min_delta`` for this many chunks (``None``: never stop early).
+        min_delta: improvement that counts for ``patience``.
+        opt_state: optimizer state to resume from (``FitResult.opt_state``).
+
+    Returns:
+        A :class:`FitResult`. If the loss or a gradient becomes non-finite, training
+        stops, a ``RuntimeWarning`` names the step, and the result holds the last
+        finite state.
+
+    Raises:
+        ValueError: a non-finite target or loss at the first step, dimension mismatch,
+            or an invalid option; TypeError: an optimizer that is not an optax
+            transformation or a key that is not a PRNG key.
+    """
+    if not callable(objective):
+        raise TypeError(f"`objective` must be callable, got {type(objective).__name__}")
+    for name, obj, attrs in (
+        ("family", family, ("sample_and_log_prob", "sample")),
+        ("target", target, ("log_density",)),
+    ):
+        missing = [a for a in attrs if not hasattr(obj, a)]
+        if missing:
+            raise TypeError(f"`{name}` must provide {', '.join(missing)}; got {type(obj).__name__}")
+    family_dim, target_dim = getattr(family, "dim", None), getattr(target, "dim", None)
+    if family_dim is not None and target_dim is not None and family_dim != target_dim:
+        raise ValueError(
+            f"dimension mismatch: `family` has dim {family_dim} but `target` has dim {target_dim}"
+        )
+    _check_key(key)
+    optimizer = optax.adam(1e-2) if optimizer is None else optimizer
+    if not isinstance(optimizer, optax.GradientTransformation):
+        raise TypeError(
+            "`optimizer` must be an optax GradientTransformation (e.g. optax.adam(1e-2)), "
+            f"got {type(optimizer).__name__}"
+        )
+    steps = check_num_samples(steps, "steps")
+    chunk_size = min(check_num_samples(chunk_size, "chunk_size"), steps)
+    if patience is not None:
+        patience = check_num_samples(patience, "patience")
+    if not (isinstance(min_delta, (int, float)) and min_delta >= 0):
+        raise ValueError(f"`min_delta` must be a non-negative number, got {min_delta!r}")
+
+    spec = _trainable_spec(family, target, objective, learn_target)
+    trainable, frozen = eqx.partition((family, target, objective), spec)
+    if opt_state is None:
+        opt_state = optimizer.init(trainable)
+
+    history: list[np.ndarray] = []
+    stop_reason = "completed"
+    best, waited = math.inf, 0
+    total = jnp.asarray(steps, jnp.int32)
+    num_chunks = -(-steps // chunk_size)
+    with progress_bar(total=steps, enabled=progress, desc="fit") as bar:
+        for chunk in range(num_chunks):
+            start = chunk * chunk_size
+            trainable, opt_state, bad_step, losses = _run_chunk(
+                trainable, frozen, opt_state, key, jnp.asarray(start, jnp.int32), total,
+                optimizer, chunk_size,
+            )
+            losses = np.asarray(losses, dtype=np.float64)[: steps - start]
+            bad_step = int(bad_step)
+            if bad_step >= 0:
+                if bad_step == 0:
+                    fam, tgt, _ = eqx.combine(trainable, frozen)
+                    raise _diagnose_initial_failure(fam, tgt, key, losses[0])
+                history.append(losses[: bad_step - start])
+                stop_reason = (
+                    f"non-finite loss or gradient at step {bad_step} (value {losses[bad_step - start]}); "
+                    f"kept the state after step {bad_step - 1}"
+                )
+                warnings.warn(f"fit stopped: {stop_reason}", RuntimeWarning, stacklevel=2)
+                bar.update(bad_step - start)
+                break
+            history.append(losses)
+            bar.update(len(losses))
+            bar.set_postfix(loss=f"{losses.mean():.4g}")
+            if patience is not None:
+                mean = float(losses.mean())
+                if mean < best - min_delta:
+                    best, waited = mean, 0
+                else:
+                    waited += 1
+                    if waited >= patience:
+                        stop_reason = "plateau"
+                        break
+
+    family, target, objective = eqx.combine(trainable, frozen)
+    all_losses = np.concatenate(history) if history else np.zeros(0)
+    return FitResult(
+        family=family,
+        target=target,
+        objective=objective,
+        losses=all_losses,
+        num_steps=len(all_losses),
+        stop_reason=stop_reason,
+        opt_state=opt_state,
+    )
