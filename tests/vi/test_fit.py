@@ -1,0 +1,212 @@
+"""fit(): optima against exact answers, the training loop's contract, and bad input."""
+
+import math
+import warnings
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import optax
+import pytest
+
+import probinf
+from probinf import vi
+
+
+def test_full_rank_elbo_optimum_is_the_exact_posterior(problem_2d):
+    family = probinf.FullRankGaussian.init(2)
+    result = probinf.fit(vi.ELBO(8, vi.STL()), family, problem_2d.target, key=jax.random.key(0),
+                         steps=1500, optimizer=optax.adam(3e-2), progress=False)
+    fitted = result.family
+    np.testing.assert_allclose(fitted.mean, problem_2d.mean, atol=0.03)
+    np.testing.assert_allclose(fitted.covariance, problem_2d.cov, atol=0.03)
+    # At the optimum the ELBO equals log Z (STL's gradient and the ELBO's variance vanish there).
+    elbo = -vi.ELBO(4096)(jax.random.key(1), fitted, problem_2d.target)
+    assert abs(float(elbo) - problem_2d.log_z) < 5e-3
+
+
+def test_numpyro_conjugate_model_posterior_and_evidence():
+    """Normal mean with known noise through from_numpyro: moments and log evidence exact."""
+    import numpyro
+    import numpyro.distributions as dist
+
+    y = jnp.array([1.2, 0.4, 2.1, 1.7])
+
+    def model(y):
+        mu = numpyro.sample("mu", dist.Normal(0.5, 2.0))
+        numpyro.sample("y", dist.Normal(mu, 0.8), obs=y)
+
+    mean, cov, log_z = probinf.exact.linear_gaussian_posterior(
+        [0.5], [[4.0]], np.ones((4, 1)), y, 0.64 * np.eye(4)
+    )
+    target = probinf.from_numpyro(model, y)
+    family = probinf.MeanFieldGaussian.init(1)
+    result = probinf.fit(vi.ELBO(8, vi.STL()), family, target, key=jax.random.key(0), steps=800,
+                         optimizer=optax.adam(5e-2), progress=False)
+    draws = result.sample_posterior(jax.random.key(2), 20_000)["mu"]
+    assert abs(draws.mean() - mean[0]) < 0.02
+    assert abs(draws.std() - math.sqrt(cov[0, 0])) < 0.02
+    elbo = float(-vi.ELBO(4096)(jax.random.key(3), result.family, target))
+    assert abs(elbo - log_z) < 5e-3
+    idata = result.to_inference_data(jax.random.key(4), 500)
+    assert idata.posterior["mu"].shape == (1, 500)
+
+
+def test_enumeration_fits_a_discrete_posterior_exactly():
+    unnormalised = jnp.array([0.5, 2.0, 1.0, 0.1, 3.0])
+    target = probinf.from_logdensity(lambda z: jnp.log(unnormalised)[z[0].astype(jnp.int32)], 1)
+    family = probinf.Categorical.init(1, 5)
+    result = probinf.fit(vi.ELBO(estimator=vi.Enumerate()), family, target, key=jax.random.key(0),
+                         steps=600, optimizer=optax.adam(0.1), progress=False)
+    probs = jax.nn.softmax(result.family.logits[0])
+    np.testing.assert_allclose(probs, unnormalised / unnormalised.sum(), atol=1e-3)
+    assert abs(-result.losses[-1] - math.log(float(unnormalised.sum()))) < 1e-4
+
+
+def test_mixture_family_fits_a_bimodal_target():
+    weights, locs = jnp.array([0.3, 0.7]), jnp.array([-3.0, 2.5])
+
+    def log_density(z):
+        return jax.nn.logsumexp(jnp.log(weights) + jax.scipy.stats.norm.logpdf(z[0], locs, 0.5)) + 0.7
+
+    target = probinf.from_logdensity(log_density, 1)
+    family = probinf.Mixture(
+        [probinf.MeanFieldGaussian.init(1, loc=-1.0), probinf.MeanFieldGaussian.init(1, loc=1.0)]
+    )
+    result = probinf.fit(vi.ELBO(8, vi.Enumerate(vi.STL())), family, target, key=jax.random.key(0),
+                         steps=2000, optimizer=optax.adam(3e-2), progress=False)
+    fitted = result.family
+    np.testing.assert_allclose(jnp.exp(fitted.log_weights), weights, atol=0.02)
+    np.testing.assert_allclose([c.loc[0] for c in fitted.components], locs, atol=0.05)
+    elbo = -vi.ELBO(64, vi.Enumerate())(jax.random.key(1), fitted, target)
+    assert abs(float(elbo) - 0.7) < 0.01
+
+
+def test_rws_and_iwae_learn_model_parameters():
+    """z ~ N(0,1), x | z ~ N(z + theta, 1), x = 2: the marginal likelihood peaks at theta = 2."""
+
+    def log_joint(z, theta):
+        return jax.scipy.stats.norm.logpdf(z[0]) + jax.scipy.stats.norm.logpdf(2.0, z[0] + theta, 1.0)
+
+    for objective in (vi.RWS(8, "both"), vi.IWAE(8)):
+        target = probinf.from_logdensity(log_joint, 1, params=jnp.array(0.0))
+        result = probinf.fit(objective, probinf.MeanFieldGaussian.init(1), target,
+                             key=jax.random.key(0), steps=2000,
+                             optimizer=optax.adam(optax.cosine_decay_schedule(5e-2, 2000)),
+                             learn_target=True, progress=False)
+        assert abs(float(result.target.params) - 2.0) < 0.15, type(objective).__name__
+        # q(z) tracks the exact posterior N((x - theta)/2, 1/2).
+        assert abs(float(result.family.loc[0]) - (2.0 - float(result.target.params)) / 2) < 0.15
+
+
+def test_learned_baseline_tracks_the_signal(problem_2d):
+    family = probinf.MeanFieldGaussian.init(2)
+    result = probinf.fit(vi.ELBO(4, vi.Score("learned")), family, problem_2d.target,
+                         key=jax.random.key(0), steps=1500, optimizer=optax.adam(2e-2),
+                         progress=False)
+    baseline = float(result.objective.estimator.baseline.value)
+    # The baseline minimises E[(l - b)^2], so it ends near the mean log weight (the ELBO).
+    assert abs(baseline - (-result.losses[-300:].mean())) < 0.3
+    assert -result.losses[-300:].mean() > problem_2d.log_z - 0.3
+
+
+def test_chunking_does_not_change_the_result(problem_2d):
+    family = probinf.MeanFieldGaussian.init(2)
+    runs = [
+        probinf.fit(vi.ELBO(2), family, problem_2d.target, key=jax.random.key(7), steps=60,
+                    chunk_size=size, progress=False)
+        for size in (7, 60)
+    ]
+    np.testing.assert_array_equal(runs[0].family.loc, runs[1].family.loc)
+    np.testing.assert_array_equal(runs[0].losses, runs[1].losses)
+    assert runs[0].num_steps == 60 and runs[0].stop_reason == "completed"
+
+
+def test_early_stopping_on_plateau(problem_2d):
+    family = probinf.FullRankGaussian.init(2, loc=problem_2d.mean)
+    result = probinf.fit(vi.ELBO(4, vi.STL()), family, problem_2d.target, key=jax.random.key(0),
+                         steps=20_000, chunk_size=100, patience=3, min_delta=1e-3, progress=False)
+    assert result.stop_reason == "plateau"
+    assert result.num_steps < 20_000
+    assert result.num_steps == len(result.losses)
+
+
+def test_nan_mid_training_stops_and_keeps_last_finite_state():
+    def log_density(z):  # undefined beyond |z| > 3, while the mode sits at 10
+        return jnp.where(jnp.abs(z[0]) > 3.0, jnp.nan, -0.5 * (z[0] - 10.0) ** 2)
+
+    target = probinf.from_logdensity(log_density, 1)
+    family = probinf.MeanFieldGaussian.init(1, scale=0.05)
+    with pytest.warns(RuntimeWarning, match="non-finite loss or gradient at step"):
+        result = probinf.fit(vi.ELBO(1), family, target, key=jax.random.key(0), steps=3000,
+                             optimizer=optax.adam(5e-2), progress=False)
+    assert 0 < result.num_steps < 3000
+    assert result.stop_reason.startswith(f"non-finite loss or gradient at step {result.num_steps}")
+    assert np.all(np.isfinite(result.losses))
+    assert bool(jnp.all(jnp.isfinite(result.family.loc)))
+
+
+def test_resume_from_optimizer_state(problem_2d):
+    family = probinf.MeanFieldGaussian.init(2)
+    first = probinf.fit(vi.ELBO(2), family, problem_2d.target, key=jax.random.key(0), steps=50,
+                        progress=False)
+    second = probinf.fit(vi.ELBO(2), first.family, problem_2d.target, key=jax.random.key(1),
+                         steps=50, opt_state=first.opt_state, progress=False)
+    assert second.num_steps == 50 and np.all(np.isfinite(second.losses))
+
+
+def test_custom_objective_function(problem_2d):
+    """Any (key, family, target) -> loss function trains with fit."""
+
+    def neg_elbo_with_entropy_bonus(key, family, target):
+        z, log_q = family.sample_and_log_prob(key, 8)
+        return -jnp.mean(target.log_density(z) - log_q)
+
+    result = probinf.fit(neg_elbo_with_entropy_bonus, probinf.MeanFieldGaussian.init(2),
+                         problem_2d.target, key=jax.random.key(0), steps=800,
+                         optimizer=optax.adam(3e-2), progress=False)
+    np.testing.assert_allclose(result.family.loc, problem_2d.mean, atol=0.1)
+
+
+def test_save_and_load_round_trip_exactly(tmp_path, problem_2d):
+    result = probinf.fit(vi.ELBO(2), probinf.FullRankGaussian.init(2), problem_2d.target,
+                         key=jax.random.key(0), steps=20, progress=False)
+    path = tmp_path / "family.pkl"
+    probinf.save(path, result.family)
+    loaded = probinf.load(path)
+    assert type(loaded) is type(result.family)
+    for a, b in zip(jax.tree_util.tree_leaves(loaded), jax.tree_util.tree_leaves(result.family)):
+        np.testing.assert_array_equal(a, b)
+        assert a.dtype == b.dtype
+    z = jnp.array([[0.3, -0.2]])
+    np.testing.assert_array_equal(loaded.log_prob(z), result.family.log_prob(z))
+    (tmp_path / "junk.pkl").write_bytes(__import__("pickle").dumps([1, 2]))
+    with pytest.raises(ValueError, match="path"):
+        probinf.load(tmp_path / "junk.pkl")
+
+
+def test_bad_input_to_fit(problem_2d):
+    target, key = problem_2d.target, jax.random.key(0)
+    family = probinf.MeanFieldGaussian.init(2)
+    with pytest.raises(ValueError, match="dimension mismatch"):
+        probinf.fit(vi.ELBO(), probinf.MeanFieldGaussian.init(3), target, key=key, steps=5)
+    with pytest.raises(TypeError, match="optimizer"):
+        probinf.fit(vi.ELBO(), family, target, key=key, optimizer=0.01)
+    with pytest.raises(TypeError, match="key"):
+        probinf.fit(vi.ELBO(), family, target, key=0)
+    with pytest.raises(ValueError, match="steps"):
+        probinf.fit(vi.ELBO(), family, target, key=key, steps=0)
+    with pytest.raises(ValueError, match="learn_target"):
+        probinf.fit(vi.ELBO(), family, target, key=key, steps=5, learn_target=True)
+    with pytest.raises(TypeError, match="family"):
+        probinf.fit(vi.ELBO(), object(), target, key=key, steps=5)
+
+
+@pytest.mark.parametrize("bad_value", [jnp.nan, jnp.inf])
+def test_non_finite_target_is_named(bad_value):
+    target = probinf.from_logdensity(lambda z: bad_value + 0.0 * z[0], 1)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        with pytest.raises(ValueError, match="`target` returned a non-finite log density"):
+            probinf.fit(vi.ELBO(), probinf.MeanFieldGaussian.init(1), target,
+                        key=jax.random.key(0), steps=10, progress=False)
