@@ -175,7 +175,7 @@ def test_save_and_load_round_trip_exactly(tmp_path, problem_2d):
     probinf.save(path, result.family)
     loaded = probinf.load(path)
     assert type(loaded) is type(result.family)
-    for a, b in zip(jax.tree_util.tree_leaves(loaded), jax.tree_util.tree_leaves(result.family)):
+    for a, b in zip(jax.tree_util.tree_leaves(loaded), jax.tree_util.tree_leaves(result.family), strict=True):
         np.testing.assert_array_equal(a, b)
         assert a.dtype == b.dtype
     z = jnp.array([[0.3, -0.2]])

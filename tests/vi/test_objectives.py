@@ -43,7 +43,7 @@ def test_elbo_iwae_logz_ordering(problem_2d, mismatched_family):
     exact_elbo = float(problem_2d.exact_elbo(mismatched_family.loc, mismatched_family.log_scale))
     means = [_mean_se(v) for v in (elbo, iwae_k, iwae_2k)]
     assert abs(means[0][0] - exact_elbo) < 5 * means[0][1]
-    for (low, low_se), (high, high_se) in zip(means, means[1:]):
+    for (low, low_se), (high, high_se) in zip(means[:-1], means[1:], strict=True):
         assert high - low > 5 * math.hypot(low_se, high_se)
     high, high_se = means[-1]
     assert problem_2d.log_z - high > 5 * high_se
