@@ -1,8 +1,8 @@
 """probinf: probabilistic inference and Bayesian modeling on JAX.
 
-The curated public API. Subpackages: :mod:`probinf.vi` (programmable variational
+The curated public API. Subpackages: `probinf.vi` (programmable variational
 inference). The sibling packages ``flows``, ``circuits`` and ``amortized`` are
-imported on their own; importing :mod:`probinf` never imports them (or torch).
+imported on their own; importing `probinf` never imports them (or torch).
 """
 
 from probinf import datasets, exact, vi

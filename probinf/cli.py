@@ -1,6 +1,6 @@
 """The ``probinf`` command (also ``python -m probinf``).
 
-Subcommands are declared in :func:`build_parser`; handlers import what they need
+Subcommands are declared in `build_parser`; handlers import what they need
 lazily, so ``probinf --help`` starts fast.
 """
 

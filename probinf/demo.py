@@ -1,10 +1,10 @@
 """``probinf demo``: an end-to-end showcase on built-in data.
 
 Each part of the library contributes one *step*: a function
-``step(key, quick) -> DemoStep`` named in :data:`STEPS` as ``"module:function"``.
+``step(key, quick) -> DemoStep`` named in `STEPS` as ``"module:function"``.
 Steps are imported lazily (so ``import probinf`` stays light), run in order,
 print what they did, and each draws its panels into one shared PNG figure.
-A step whose optional dependencies are missing raises :class:`StepSkipped` with
+A step whose optional dependencies are missing raises `StepSkipped` with
 the install hint, and the demo goes on.
 """
 

@@ -17,7 +17,7 @@ def to_inference_data(samples: Mapping[str, Array], *, log_likelihood=None, **kw
     Args:
         samples: site name -> array with leading ``(chains, draws)`` axes.
         log_likelihood: optional mapping of the same layout for the log likelihood group.
-        **kwargs: passed to :func:`arviz.from_dict` (``coords``, ``dims``, ...).
+        **kwargs: passed to `arviz.from_dict` (``coords``, ``dims``, ...).
 
     Raises:
         ValueError: if ``samples`` is empty or the sites disagree on ``(chains, draws)``.
@@ -41,7 +41,7 @@ def to_inference_data(samples: Mapping[str, Array], *, log_likelihood=None, **kw
 
 
 def effective_sample_size(log_weights: Array) -> Array:
-    """Kish's effective sample size :math:`(\\sum_i w_i)^2 / \\sum_i w_i^2` of log weights (last axis)."""
+    """Kish's effective sample size $(\\sum_i w_i)^2 / \\sum_i w_i^2$ of log weights (last axis)."""
     log_weights = jnp.asarray(log_weights)
     log_sum = jnp.logaddexp.reduce(log_weights, axis=-1)
     log_sum_sq = jnp.logaddexp.reduce(2 * log_weights, axis=-1)

@@ -10,12 +10,13 @@ __all__ = ["linear_gaussian_posterior"]
 
 
 def linear_gaussian_posterior(prior_mean, prior_cov, design, observation, noise_cov):
-    """Exact posterior and evidence of :math:`x \\sim \\mathcal N(m_0, S_0)`, :math:`y \\mid x \\sim \\mathcal N(A x, R)`.
+    """Exact posterior and evidence of $x \\sim \\mathcal N(m_0, S_0)$, $y \\mid x \\sim \\mathcal N(A x, R)$.
 
-    .. math::
-        S_y = A S_0 A^\\top + R,\\quad K = S_0 A^\\top S_y^{-1},\\quad
-        m = m_0 + K (y - A m_0),\\quad S = S_0 - K A S_0,\\quad
-        \\log p(y) = \\log \\mathcal N(y; A m_0, S_y).
+    $$
+    S_y = A S_0 A^\\top + R,\\quad K = S_0 A^\\top S_y^{-1},\\quad
+    m = m_0 + K (y - A m_0),\\quad S = S_0 - K A S_0,\\quad
+    \\log p(y) = \\log \\mathcal N(y; A m_0, S_y).
+    $$
 
     Computed in float64 with NumPy. Returns ``(posterior_mean, posterior_cov, log_evidence)``.
     """

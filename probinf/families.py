@@ -1,6 +1,6 @@
 """Variational families.
 
-Every family is an :class:`equinox.Module` that satisfies one protocol:
+Every family is an `equinox.Module` that satisfies one protocol:
 
 * ``dim`` — the length of a sample;
 * ``sample_and_log_prob(key, n)`` — ``n`` samples of shape ``(n, dim)`` and their
@@ -13,7 +13,7 @@ Two class-level flags tell estimators what a family supports: ``reparameterized`
 noise) and ``discrete`` (samples live on a finite grid and ``support()`` lists it).
 
 Flows (``flows/``) implement the same protocol, so any objective trains any family.
-All inexact arrays of a family are trained by :func:`probinf.vi.fit`.
+All inexact arrays of a family are trained by `probinf.vi.fit`.
 """
 
 from __future__ import annotations
@@ -105,11 +105,11 @@ def _as_vector(x: object, dim: int, name: str) -> Array:
 
 
 class MeanFieldGaussian(Family):
-    """Diagonal Gaussian :math:`q(z) = \\prod_i \\mathcal N(z_i; \\mu_i, \\sigma_i^2)`.
+    """Diagonal Gaussian $q(z) = \\prod_i \\mathcal N(z_i; \\mu_i, \\sigma_i^2)$.
 
-    Sampling is reparameterised: :math:`z = \\mu + \\sigma \\odot \\varepsilon`,
-    :math:`\\varepsilon \\sim \\mathcal N(0, I)`. Parameters: ``loc`` (:math:`\\mu`)
-    and ``log_scale`` (:math:`\\log \\sigma`).
+    Sampling is reparameterised: $z = \\mu + \\sigma \\odot \\varepsilon$,
+    $\\varepsilon \\sim \\mathcal N(0, I)$. Parameters: ``loc`` ($\\mu$)
+    and ``log_scale`` ($\\log \\sigma$).
     """
 
     loc: Float[Array, " dim"]
@@ -154,11 +154,11 @@ class MeanFieldGaussian(Family):
 
 
 class FullRankGaussian(Family):
-    """Gaussian with a dense covariance :math:`\\Sigma = L L^\\top`.
+    """Gaussian with a dense covariance $\\Sigma = L L^\\top$.
 
-    :math:`L` is lower triangular with a positive diagonal, parameterised as
+    $L$ is lower triangular with a positive diagonal, parameterised as
     ``tril(off_diagonal, -1) + diag(exp(log_diagonal))``; sampling is
-    :math:`z = \\mu + L \\varepsilon`.
+    $z = \\mu + L \\varepsilon$.
     """
 
     loc: Float[Array, " dim"]
@@ -218,11 +218,11 @@ class FullRankGaussian(Family):
 
 
 class Mixture(Family):
-    """Finite mixture :math:`q(z) = \\sum_k \\pi_k q_k(z)` of any families.
+    """Finite mixture $q(z) = \\sum_k \\pi_k q_k(z)$ of any families.
 
     The component index is discrete, so plain reparameterised sampling does not
     carry gradients to the weights: ``reparameterized`` is ``False``. Use the
-    :class:`probinf.vi.Enumerate` estimator (sums over components exactly and
+    `probinf.vi.Enumerate` estimator (sums over components exactly and
     reparameterises inside each one) or a score-function estimator.
     """
 
@@ -283,10 +283,10 @@ def _support_size(values_per_dim: int, dim: int) -> int:
 
 
 class Bernoulli(Family):
-    """Independent Bernoulli variables :math:`q(z) = \\prod_i \\sigma(\\ell_i)^{z_i}(1-\\sigma(\\ell_i))^{1-z_i}`.
+    """Independent Bernoulli variables $q(z) = \\prod_i \\sigma(\\ell_i)^{z_i}(1-\\sigma(\\ell_i))^{1-z_i}$.
 
     Samples are float arrays of zeros and ones. Not reparameterisable: train with
-    :class:`probinf.vi.Score` or :class:`probinf.vi.Enumerate`.
+    `probinf.vi.Score` or `probinf.vi.Enumerate`.
     """
 
     logits: Float[Array, " dim"]
@@ -371,8 +371,8 @@ class Categorical(Family):
 class AffineGaussianConditional(eqx.Module):
     """A conditional family ``context -> MeanFieldGaussian(W @ context + b, exp(log_scale))``.
 
-    The simplest learnable conditional for :class:`HierarchicalFamily`; any
-    callable module returning a :class:`Family` works in its place.
+    The simplest learnable conditional for `HierarchicalFamily`; any
+    callable module returning a `Family` works in its place.
     """
 
     weight: Float[Array, "out context"]
@@ -394,29 +394,30 @@ class AffineGaussianConditional(eqx.Module):
 
 
 class HierarchicalFamily(Family):
-    """Hierarchical family :math:`q(z) = \\int q(z \\mid u)\\, q(u)\\, du` with an auxiliary ``u``.
+    """Hierarchical family $q(z) = \\int q(z \\mid u)\\, q(u)\\, du$ with an auxiliary ``u``.
 
     The marginal density is intractable; ``sample_and_log_prob`` returns an
-    estimate :math:`\\log \\hat q(z)` built from the auxiliary sample :math:`u_0`
-    that generated :math:`z` and ``num_inner`` extra draws
-    :math:`u_{1:K} \\sim r(u \\mid z)` from a reverse model:
+    estimate $\\log \\hat q(z)$ built from the auxiliary sample $u_0$
+    that generated $z$ and ``num_inner`` extra draws
+    $u_{1:K} \\sim r(u \\mid z)$ from a reverse model:
 
-    .. math::
-        \\log \\hat q(z) = \\log \\frac{1}{K+1} \\sum_{k=0}^{K}
-        \\frac{q(z \\mid u_k)\\, q(u_k)}{r(u_k \\mid z)} .
+    $$
+    \\log \\hat q(z) = \\log \\frac{1}{K+1} \\sum_{k=0}^{K}
+    \\frac{q(z \\mid u_k)\\, q(u_k)}{r(u_k \\mid z)} .
+    $$
 
-    Its expectation is an upper bound on :math:`\\log q(z)`, so using it in place
-    of :math:`\\log q` keeps the ELBO a lower bound. ``num_inner=0`` gives HVI
+    Its expectation is an upper bound on $\\log q(z)$, so using it in place
+    of $\\log q$ keeps the ELBO a lower bound. ``num_inner=0`` gives HVI
     (Ranganath, Tran & Blei, 2016, "Hierarchical Variational Models"); ``K>0`` gives
     IWHVI (Sobolev & Vetrov, 2019, "Importance Weighted Hierarchical Variational
-    Inference"), and using it inside :class:`probinf.vi.IWAE` gives the doubly
+    Inference"), and using it inside `probinf.vi.IWAE` gives the doubly
     importance-weighted DIWHVI bound (Becker et al., PLDI 2024).
 
     Args:
-        mixing: the family of the auxiliary variable, :math:`q(u)`.
+        mixing: the family of the auxiliary variable, $q(u)$.
         conditional: a callable module ``u -> Family`` over ``z``.
         reverse: a callable module ``z -> Family`` over ``u``, or ``None`` to use
-            ``mixing`` itself as the proposal (then the weights are :math:`q(z\\mid u_k)`).
+            ``mixing`` itself as the proposal (then the weights are $q(z\\mid u_k)$).
         num_inner: number of extra auxiliary draws ``K >= 0``.
     """
 
@@ -445,7 +446,7 @@ class HierarchicalFamily(Family):
         return self.dim_z
 
     def _log_joint_over_proposal(self, z: Array, u: Array) -> Array:
-        """:math:`\\log q(z\\mid u) + \\log q(u) - \\log r(u\\mid z)` for one ``z`` and ``u``."""
+        """$\\log q(z\\mid u) + \\log q(u) - \\log r(u\\mid z)$ for one ``z`` and ``u``."""
         log_cond = self.conditional(u).log_prob(z)
         if self.reverse is None:
             return log_cond
@@ -475,7 +476,7 @@ class HierarchicalFamily(Family):
         return z, log_q
 
     def estimate_log_prob(self, key: PRNGKeyArray, z: Array, num_samples: int = 64) -> Array:
-        """Importance-sampling estimate of :math:`\\log q(z)` for given points (a lower bound in expectation)."""
+        """Importance-sampling estimate of $\\log q(z)$ for given points (a lower bound in expectation)."""
         z = _check_point(z, self.dim)
         num_samples = check_num_samples(num_samples, "num_samples")
         flat = z.reshape(-1, self.dim)

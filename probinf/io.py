@@ -32,7 +32,7 @@ def save(path: str | os.PathLike, obj: Any) -> None:
 
 
 def load(path: str | os.PathLike) -> Any:
-    """Read back an object written by :func:`save`."""
+    """Read back an object written by `save`."""
     with open(path, "rb") as f:
         payload = pickle.load(f)
     if not isinstance(payload, dict) or payload.get("format") != _FORMAT:

@@ -1,15 +1,15 @@
 """Targets: log densities on an unconstrained flat vector.
 
-A :class:`Target` is the seam between models and inference algorithms. Every
+A `Target` is the seam between models and inference algorithms. Every
 VI objective, sampler and particle method consumes one. It holds
 
 * ``log_density(z)``: the (unnormalised) log density
-  :math:`\\log \\tilde p(z)` of an unconstrained point :math:`z \\in \\mathbb{R}^d`,
+  $\\log \\tilde p(z)$ of an unconstrained point $z \\in \\mathbb{R}^d$,
   including the log-Jacobian of the map to the model's constrained space;
 * ``constrain(z)``: the model's named sites at that point.
 
-Two constructors cover the common cases: :func:`from_numpyro` for a numpyro model
-and :func:`from_logdensity` for a plain JAX function.
+Two constructors cover the common cases: `from_numpyro` for a numpyro model
+and `from_logdensity` for a plain JAX function.
 """
 
 from __future__ import annotations
@@ -95,7 +95,7 @@ def from_logdensity(
     constrain: Callable[[Array], dict[str, Array]] | None = None,
     init_position: Array | None = None,
 ) -> Target:
-    """Wrap a JAX log-density function of one ``(dim,)`` vector as a :class:`Target`.
+    """Wrap a JAX log-density function of one ``(dim,)`` vector as a `Target`.
 
     Args:
         fn: ``fn(z) -> scalar`` (or ``fn(z, params) -> scalar`` when ``params`` is given).
@@ -142,13 +142,15 @@ def from_logdensity(
 
 
 def from_numpyro(model: Callable, *args: Any, key: Array | None = None, **kwargs: Any) -> Target:
-    """Turn a numpyro model into a :class:`Target` on its unconstrained space.
+    """Turn a numpyro model into a `Target` on its unconstrained space.
 
     Every latent site is mapped to the real line by numpyro's own
     ``biject_to(site.support)`` transform, and the log-Jacobian of that transform
     is added, so
 
-    .. math:: \\log \\tilde p(z) = \\log p\\big(T(z), y\\big) + \\log |\\det J_T(z)|.
+    $$
+    \\log \\tilde p(z) = \\log p\\big(T(z), y\\big) + \\log |\\det J_T(z)|.
+    $$
 
     Args:
         model: a numpyro model function.

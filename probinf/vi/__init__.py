@@ -1,7 +1,7 @@
 """Programmable variational inference: estimators x objectives, and ``fit``.
 
-See :mod:`probinf.vi.estimators` for the gradient estimators and
-:mod:`probinf.vi.objectives` for the objectives; any objective takes any
+See `probinf.vi.estimators` for the gradient estimators and
+`probinf.vi.objectives` for the objectives; any objective takes any
 compatible estimator.
 """
 

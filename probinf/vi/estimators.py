@@ -1,31 +1,33 @@
 """Gradient-estimation primitives.
 
-An objective of :mod:`probinf.vi` is an expectation over ``m`` draws from the
+An objective of `probinf.vi` is an expectation over ``m`` draws from the
 variational family,
 
-.. math:: \\mathcal L(\\phi) = \\mathbb E_{z_{1:m} \\sim q_\\phi}\\big[F(\\ell_1, \\dots, \\ell_m)\\big],
-   \\qquad \\ell_k = \\log \\tilde p(z_k) - \\log q_\\phi(z_k),
+$$
+\\mathcal L(\\phi) = \\mathbb E_{z_{1:m} \\sim q_\\phi}\\big[F(\\ell_1, \\dots, \\ell_m)\\big],
+\\qquad \\ell_k = \\log \\tilde p(z_k) - \\log q_\\phi(z_k),
+$$
 
 for a reduction ``F`` of the log weights (the mean for the ELBO, ``logmeanexp``
-for IWAE, ...). An :class:`Estimator` turns that expectation into a *surrogate*:
-a scalar whose **value** is the usual Monte Carlo estimate of :math:`\\mathcal L`
-and whose **gradient** is an unbiased estimate of :math:`\\nabla_\\phi \\mathcal L`
+for IWAE, ...). An `Estimator` turns that expectation into a *surrogate*:
+a scalar whose **value** is the usual Monte Carlo estimate of $\\mathcal L$
+and whose **gradient** is an unbiased estimate of $\\nabla_\\phi \\mathcal L$
 (and of the gradient in the target's parameters, when it has any). Objectives and
 estimators are chosen independently; an unsupported pair raises a ``ValueError``.
 
 Estimators:
 
-* :class:`Reparam` — pathwise gradients through :math:`z = g_\\phi(\\varepsilon)`
+* `Reparam` — pathwise gradients through $z = g_\\phi(\\varepsilon)$
   (Kingma & Welling, 2014; Rezende et al., 2014).
-* :class:`STL` — "sticking the landing": the path derivative with the score term
-  of :math:`\\log q_\\phi` dropped (Roeder, Wu & Duvenaud, 2017).
-* :class:`DReG` — doubly reparameterised gradients for any reduction ``F``
+* `STL` — "sticking the landing": the path derivative with the score term
+  of $\\log q_\\phi$ dropped (Roeder, Wu & Duvenaud, 2017).
+* `DReG` — doubly reparameterised gradients for any reduction ``F``
   (Tucker, Lawson, Gu & Maddison, 2019), derived generically below.
-* :class:`Score` — the score-function / REINFORCE estimator (Williams, 1992) with
+* `Score` — the score-function / REINFORCE estimator (Williams, 1992) with
   baselines: constant, leave-one-out (RLOO, Kool et al., 2019; VIMCO for joint
   objectives, Mnih & Rezende, 2016) or learned (NVIL, Mnih & Gregor, 2014).
-* :class:`Enumerate` — exact sums over a finite support, or over the components of
-  a :class:`~probinf.families.Mixture` with an inner estimator per component.
+* `Enumerate` — exact sums over a finite support, or over the components of
+  a `probinf.families.Mixture` with an inner estimator per component.
 """
 
 from __future__ import annotations
@@ -60,7 +62,7 @@ ReduceFn = Callable[[Array], Array]
 
 
 class Learnable(eqx.Module):
-    """Marks an array inside an objective as a parameter that :func:`~probinf.vi.fit` trains."""
+    """Marks an array inside an objective as a parameter that `probinf.vi.fit` trains."""
 
     value: Array
 
@@ -119,10 +121,10 @@ class Reparam(Estimator):
 
 
 class STL(Estimator):
-    """Sticking the landing (Roeder et al., 2017): :math:`\\log q` is evaluated with
+    """Sticking the landing (Roeder et al., 2017): $\\log q$ is evaluated with
     stopped parameters, which removes the zero-mean score term
-    :math:`-\\nabla_\\phi \\log q_\\phi(z)` and makes the gradient vanish at an
-    exact fit. Unbiased for the ELBO; for joint reductions use :class:`DReG`."""
+    $-\\nabla_\\phi \\log q_\\phi(z)$ and makes the gradient vanish at an
+    exact fit. Unbiased for the ELBO; for joint reductions use `DReG`."""
 
     def estimate(self, key, family, target, num_samples, log_weight_fn, reduce_fn, separable):
         _require_reparameterized("STL()", family)
@@ -145,21 +147,23 @@ def _diagonal_hessian(fn: ReduceFn, x: Array) -> Array:
 class DReG(Estimator):
     """Doubly reparameterised gradients for any reduction ``F`` of the log weights.
 
-    Writing :math:`\\ell_k = \\log \\tilde p(z_k) - \\log q_\\phi(z_k)` with
-    :math:`z_k = g_\\phi(\\varepsilon_k)`, the reparameterisation gradient holds a
-    score term :math:`-\\sum_k \\partial_k F\\, \\nabla_\\phi \\log q_\\phi(z_k)`.
-    Applying the identity :math:`\\mathbb E_q[h(z) \\nabla_\\phi \\log q_\\phi(z)]
-    = \\mathbb E_q[\\nabla_z h(z)\\, \\partial_\\phi z]` to it with
-    :math:`h = \\partial_k F` gives
+    Writing $\\ell_k = \\log \\tilde p(z_k) - \\log q_\\phi(z_k)$ with
+    $z_k = g_\\phi(\\varepsilon_k)$, the reparameterisation gradient holds a
+    score term $-\\sum_k \\partial_k F\\, \\nabla_\\phi \\log q_\\phi(z_k)$.
+    Applying the identity $\\mathbb E_q[h(z) \\nabla_\\phi \\log q_\\phi(z)]
+    = \\mathbb E_q[\\nabla_z h(z)\\, \\partial_\\phi z]$ to it with
+    $h = \\partial_k F$ gives
 
-    .. math:: \\nabla_\\phi \\mathcal L = \\mathbb E\\Big[\\sum_k
-        \\big(\\partial_k F - \\partial_k^2 F\\big)\\,
-        \\frac{\\partial \\ell_k}{\\partial z_k}\\frac{\\partial z_k}{\\partial \\phi}\\Big],
+    $$
+    \\nabla_\\phi \\mathcal L = \\mathbb E\\Big[\\sum_k
+    \\big(\\partial_k F - \\partial_k^2 F\\big)\\,
+    \\frac{\\partial \\ell_k}{\\partial z_k}\\frac{\\partial z_k}{\\partial \\phi}\\Big],
+    $$
 
-    where the path derivative holds :math:`\\phi` fixed inside :math:`\\log q`. For
-    IWAE, :math:`\\partial_k F - \\partial_k^2 F = \\tilde w_k^2` (Tucker et al., 2019,
+    where the path derivative holds $\\phi$ fixed inside $\\log q$. For
+    IWAE, $\\partial_k F - \\partial_k^2 F = \\tilde w_k^2$ (Tucker et al., 2019,
     "Doubly Reparameterized Gradient Estimators for Monte Carlo Objectives"); for
-    the ELBO the second derivative is zero and DReG reduces to :class:`STL`.
+    the ELBO the second derivative is zero and DReG reduces to `STL`.
     Gradients in the target's own parameters are the ordinary ones.
     """
 
@@ -186,20 +190,22 @@ Baseline = None | float | Literal["loo", "learned"]
 class Score(Estimator):
     """Score-function (REINFORCE) gradients with a baseline.
 
-    .. math:: \\nabla_\\phi \\mathbb E_q[F] = \\mathbb E_q\\Big[\\nabla_\\phi F
-        + \\sum_k (s_k - b_k)\\, \\nabla_\\phi \\log q_\\phi(z_k)\\Big]
+    $$
+    \\nabla_\\phi \\mathbb E_q[F] = \\mathbb E_q\\Big[\\nabla_\\phi F
+    + \\sum_k (s_k - b_k)\\, \\nabla_\\phi \\log q_\\phi(z_k)\\Big]
+    $$
 
-    with learning signal :math:`s_k = \\ell_k` for separable objectives and
-    :math:`s_k = F` otherwise. The baseline :math:`b_k` must not depend on
-    :math:`z_k`, which keeps the estimator unbiased:
+    with learning signal $s_k = \\ell_k$ for separable objectives and
+    $s_k = F$ otherwise. The baseline $b_k$ must not depend on
+    $z_k$, which keeps the estimator unbiased:
 
     * ``None``: no baseline;
     * a float: a constant;
     * ``"loo"``: leave-one-out — the mean of the other samples' signals for
-      separable objectives (RLOO), or :math:`F` with :math:`\\ell_k` replaced by the
+      separable objectives (RLOO), or $F$ with $\\ell_k$ replaced by the
       mean of the other log weights for joint ones (VIMCO, Mnih & Rezende, 2016);
     * ``"learned"``: a scalar trained alongside the family to minimise
-      :math:`\\mathbb E[(s_k - b)^2]` (NVIL, Mnih & Gregor, 2014).
+      $\\mathbb E[(s_k - b)^2]$ (NVIL, Mnih & Gregor, 2014).
 
     Works with any family that has a tractable ``log_prob``, discrete ones included.
     """
@@ -265,12 +271,12 @@ class Enumerate(Estimator):
     """Exact expectation over a finite support.
 
     * For a discrete family (``family.discrete``) the sum runs over every point of
-      ``family.support()``: :math:`\\mathcal L = \\sum_z q_\\phi(z) \\ell(z)` — exact
+      ``family.support()``: $\\mathcal L = \\sum_z q_\\phi(z) \\ell(z)$ — exact
       value and exact gradient; ``num_samples`` is ignored.
-    * For a :class:`~probinf.families.Mixture` the component index is summed out
+    * For a `probinf.families.Mixture` the component index is summed out
       exactly and each component is handled by ``inner`` (``Reparam()`` or
       ``STL()``) with ``num_samples`` draws:
-      :math:`\\mathcal L = \\sum_c \\pi_c\\, \\mathbb E_{q_c}[\\ell(z)]` (the stratified
+      $\\mathcal L = \\sum_c \\pi_c\\, \\mathbb E_{q_c}[\\ell(z)]$ (the stratified
       mixture ELBO, Morningstar et al., 2021).
 
     Only separable (ELBO-type) objectives are supported.

@@ -25,7 +25,7 @@ __all__ = ["fit", "FitResult"]
 
 @dataclass(frozen=True)
 class FitResult:
-    """What :func:`fit` returns.
+    """What `fit` returns.
 
     Attributes:
         family: the fitted variational family.
@@ -182,10 +182,10 @@ def fit(
     ``fold_in(key, t)``, so results do not depend on the chunk size.
 
     Args:
-        objective: an :class:`~probinf.vi.Objective`, or any function
+        objective: an `probinf.vi.Objective`, or any function
             ``(key, family, target) -> scalar loss`` to minimise.
         family: the variational family (every inexact array in it is trained).
-        target: a :class:`~probinf.Target`.
+        target: a `probinf.Target`.
         key: PRNG key.
         optimizer: any optax ``GradientTransformation`` (default ``optax.adam(1e-2)``).
         steps: number of optimisation steps.
@@ -198,7 +198,7 @@ def fit(
         opt_state: optimizer state to resume from (``FitResult.opt_state``).
 
     Returns:
-        A :class:`FitResult`. If the loss or a gradient becomes non-finite, training
+        A `FitResult`. If the loss or a gradient becomes non-finite, training
         stops, a ``RuntimeWarning`` names the step, and the result holds the last
         finite state.
 

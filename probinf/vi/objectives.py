@@ -2,7 +2,7 @@
 
 An objective is a callable ``objective(key, family, target, step=0) -> loss``. The
 loss is a scalar to *minimise*: its value is the negated Monte Carlo estimate of
-a lower bound (or the estimate of an upper bound, for :class:`CUBO`), and its
+a lower bound (or the estimate of an upper bound, for `CUBO`), and its
 gradient is the chosen estimator's unbiased gradient estimate. Every objective
 takes its estimator as an argument, so the pair is the user's choice:
 
@@ -11,7 +11,7 @@ takes its estimator as an argument, so the pair is the user's choice:
 >>> IWAE(num_samples=16, estimator=Score("loo"))      # VIMCO  # doctest: +SKIP
 
 A new objective is a subclass that says how log weights are formed
-(:meth:`Objective.log_weight`) and reduced (:meth:`Objective.reduce`); see
+(`Objective.log_weight`) and reduced (`Objective.reduce`); see
 ``docs/vi.md`` for a worked example.
 """
 
@@ -46,7 +46,7 @@ __all__ = [
 
 
 def logmeanexp(x: Array, axis: int = -1) -> Array:
-    """:math:`\\log \\frac1m \\sum_k e^{x_k}`, computed stably."""
+    """$\\log \\frac1m \\sum_k e^{x_k}$, computed stably."""
     return jax.nn.logsumexp(x, axis=axis) - math.log(x.shape[axis])
 
 
@@ -67,8 +67,8 @@ class Objective(eqx.Module):
     """Base class of the objectives.
 
     Subclasses set ``separable`` (``F`` is a mean of per-sample terms) and
-    ``maximize`` (a lower bound, maximised) and override :meth:`reduce` and, when
-    the log weights are not :math:`\\log\\tilde p(z) - \\log q(z)`, :meth:`log_weight`.
+    ``maximize`` (a lower bound, maximised) and override `reduce` and, when
+    the log weights are not $\\log\\tilde p(z) - \\log q(z)$, `log_weight`.
     ``num_batches`` independent sets of ``num_samples`` draws are averaged.
     """
 
@@ -79,7 +79,7 @@ class Objective(eqx.Module):
     maximize: ClassVar[bool] = True
 
     def log_weight(self, target, z: Array, log_q: Array, step: Array) -> Array:
-        """Log weights of the draws: :math:`\\log \\tilde p(z_k) - \\log q(z_k)`."""
+        """Log weights of the draws: $\\log \\tilde p(z_k) - \\log q(z_k)$."""
         return target.log_density(z) - log_q
 
     def reduce(self, log_w: Array) -> Array:
@@ -107,8 +107,10 @@ class Objective(eqx.Module):
 class ELBO(Objective):
     """Evidence lower bound (Jordan et al., 1999),
 
-    .. math:: \\mathrm{ELBO}(q) = \\mathbb E_q[\\log \\tilde p(z) - \\log q(z)]
-        = \\log Z - \\mathrm{KL}(q \\,\\|\\, p),
+    $$
+    \\mathrm{ELBO}(q) = \\mathbb E_q[\\log \\tilde p(z) - \\log q(z)]
+    = \\log Z - \\mathrm{KL}(q \\,\\|\\, p),
+    $$
 
     estimated with ``num_samples`` draws.
     """
@@ -123,9 +125,11 @@ class ELBO(Objective):
 class IWAE(Objective):
     """Importance-weighted bound (Burda, Grosse & Salakhutdinov, 2016),
 
-    .. math:: \\mathcal L_K = \\mathbb E_{z_{1:K} \\sim q}\\Big[\\log \\frac1K
-        \\sum_{k=1}^K \\frac{\\tilde p(z_k)}{q(z_k)}\\Big],
-        \\qquad \\mathrm{ELBO} \\le \\mathcal L_K \\le \\mathcal L_{2K} \\le \\log Z .
+    $$
+    \\mathcal L_K = \\mathbb E_{z_{1:K} \\sim q}\\Big[\\log \\frac1K
+    \\sum_{k=1}^K \\frac{\\tilde p(z_k)}{q(z_k)}\\Big],
+    \\qquad \\mathrm{ELBO} \\le \\mathcal L_K \\le \\mathcal L_{2K} \\le \\log Z .
+    $$
     """
 
     separable: ClassVar[bool] = False
@@ -149,12 +153,14 @@ def VIMCO(num_samples: int = 8, *, num_batches: int = 1) -> IWAE:
 class RenyiBound(Objective):
     """Variational Rényi bound (Li & Turner, 2016),
 
-    .. math:: \\mathcal L_\\alpha = \\frac{1}{1-\\alpha}
-        \\log \\mathbb E_q\\Big[\\Big(\\frac{\\tilde p(z)}{q(z)}\\Big)^{1-\\alpha}\\Big],
+    $$
+    \\mathcal L_\\alpha = \\frac{1}{1-\\alpha}
+    \\log \\mathbb E_q\\Big[\\Big(\\frac{\\tilde p(z)}{q(z)}\\Big)^{1-\\alpha}\\Big],
+    $$
 
     estimated with ``num_samples`` draws inside the logarithm. ``alpha=0`` is the
-    IWAE bound, ``alpha -> 1`` the ELBO; :math:`\\mathcal L_\\alpha` decreases in
-    :math:`\\alpha` and is a lower bound on :math:`\\log Z` for :math:`\\alpha \\ge 0`.
+    IWAE bound, ``alpha -> 1`` the ELBO; $\\mathcal L_\\alpha$ decreases in
+    $\\alpha$ and is a lower bound on $\\log Z$ for $\\alpha \\ge 0$.
     """
 
     alpha: float = eqx.field(static=True)
@@ -178,8 +184,10 @@ class RenyiBound(Objective):
 class CUBO(Objective):
     """χ upper bound (Dieng, Tran, Ranganath, Paisley & Blei, 2017),
 
-    .. math:: \\mathrm{CUBO}_n(q) = \\frac1n \\log \\mathbb E_q\\Big[\\Big(\\frac{\\tilde p(z)}{q(z)}\\Big)^n\\Big]
-        \\ \\ge\\ \\log Z, \\qquad n \\ge 1,
+    $$
+    \\mathrm{CUBO}_n(q) = \\frac1n \\log \\mathbb E_q\\Big[\\Big(\\frac{\\tilde p(z)}{q(z)}\\Big)^n\\Big]
+    \\ \\ge\\ \\log Z, \\qquad n \\ge 1,
+    $$
 
     minimised; ``n=2`` is the χ² bound. The loss is the ``num_samples``-draw
     estimate (biased low for finite samples, consistent as they grow).
@@ -221,12 +229,14 @@ class TemperedELBO(Objective):
     """Tempered / annealed ELBO (Huang et al., 2018, "Improving Explorability in
     Variational Inference with Annealed Variational Objectives"),
 
-    .. math:: \\mathcal L_\\beta(q) = \\mathbb E_q\\big[\\beta \\log \\tilde p(z)
-        + (1 - \\beta) \\log r(z) - \\log q(z)\\big],
+    $$
+    \\mathcal L_\\beta(q) = \\mathbb E_q\\big[\\beta \\log \\tilde p(z)
+    + (1 - \\beta) \\log r(z) - \\log q(z)\\big],
+    $$
 
-    the ELBO of the geometric bridge :math:`\\tilde p^\\beta r^{1-\\beta}` between a
+    the ELBO of the geometric bridge $\\tilde p^\\beta r^{1-\\beta}$ between a
     reference density ``r`` (standard normal by default) and the target. ``beta``
-    is a constant or a schedule ``step -> beta`` (see :func:`linear_schedule`);
+    is a constant or a schedule ``step -> beta`` (see `linear_schedule`);
     annealing it to 1 ends on the ordinary ELBO.
     """
 
@@ -257,11 +267,13 @@ class TemperedELBO(Objective):
 class ForwardKL(Objective):
     """Forward KL from samples of the target (maximum likelihood on those samples),
 
-    .. math:: \\mathrm{KL}(p \\,\\|\\, q) = -\\mathbb E_{p}[\\log q(z)] + \\text{const},
+    $$
+    \\mathrm{KL}(p \\,\\|\\, q) = -\\mathbb E_{p}[\\log q(z)] + \\text{const},
+    $$
 
     with a minibatch of ``num_samples`` rows of ``samples`` per step (all rows when
     ``num_samples`` is ``None``). The loss is the minibatch cross-entropy
-    :math:`-\\frac1m\\sum_i \\log q(z_i)`. No estimator is needed: the samples do
+    $-\\frac1m\\sum_i \\log q(z_i)$. No estimator is needed: the samples do
     not depend on the family.
     """
 
@@ -295,15 +307,15 @@ class RWS(Objective):
     """Reweighted wake-sleep (Bornschein & Bengio, 2015; Le et al., 2019,
     "Revisiting Reweighted Wake-Sleep").
 
-    With :math:`K` draws from :math:`q` and normalised weights
-    :math:`\\bar w_k \\propto \\tilde p(z_k)/q(z_k)`:
+    With $K$ draws from $q$ and normalised weights
+    $\\bar w_k \\propto \\tilde p(z_k)/q(z_k)$:
 
-    * wake-phase q: :math:`\\nabla_\\phi \\approx \\sum_k \\bar w_k \\nabla_\\phi \\log q_\\phi(z_k)`,
-      a self-normalised estimate of :math:`-\\nabla_\\phi \\mathrm{KL}(p\\,\\|\\,q)`;
+    * wake-phase q: $\\nabla_\\phi \\approx \\sum_k \\bar w_k \\nabla_\\phi \\log q_\\phi(z_k)$,
+      a self-normalised estimate of $-\\nabla_\\phi \\mathrm{KL}(p\\,\\|\\,q)$;
       with ``estimator=DReG()`` the doubly reparameterised form
-      :math:`\\sum_k (\\bar w_k - \\bar w_k^2)\\, \\partial_{z_k}\\ell_k\\, \\partial_\\phi z_k`
+      $\\sum_k (\\bar w_k - \\bar w_k^2)\\, \\partial_{z_k}\\ell_k\\, \\partial_\\phi z_k$
       (Tucker et al., 2019) is used instead;
-    * wake-phase p: :math:`\\nabla_\\theta \\approx \\sum_k \\bar w_k \\nabla_\\theta \\log \\tilde p_\\theta(z_k)`
+    * wake-phase p: $\\nabla_\\theta \\approx \\sum_k \\bar w_k \\nabla_\\theta \\log \\tilde p_\\theta(z_k)$
       for a target with learnable ``params`` (fit with ``learn_target=True``).
 
     ``phase`` selects ``"q"``, ``"p"`` or ``"both"``. The reported value is the
