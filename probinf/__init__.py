@@ -1,9 +1,14 @@
 """probinf: probabilistic inference and Bayesian modeling on JAX.
 
 The curated public API. Subpackages: `probinf.vi` (programmable variational
-inference). The sibling packages ``flows``, ``circuits`` and ``amortized`` are
-imported on their own; importing `probinf` never imports them (or torch).
+inference), and — imported on first use, so ``import probinf`` stays light —
+`probinf.smc` (particle methods), `probinf.pcn` (predictive coding) and
+`probinf.llm` (reward-guided LLM decoding). The sibling packages ``flows``,
+``circuits`` and ``amortized`` are imported on their own; importing `probinf`
+never imports them (or torch).
 """
+
+import importlib as _importlib
 
 from probinf import datasets, exact, vi
 from probinf._version import __version__
@@ -44,3 +49,11 @@ __all__ = [
     "to_inference_data",
     "effective_sample_size",
 ]
+
+_LAZY_SUBMODULES = ("smc", "pcn", "llm")
+
+
+def __getattr__(name: str):
+    if name in _LAZY_SUBMODULES:
+        return _importlib.import_module(f"probinf.{name}")
+    raise AttributeError(f"module 'probinf' has no attribute {name!r}")
