@@ -14,7 +14,7 @@ and `from_logdensity` for a plain JAX function.
 
 from __future__ import annotations
 
-from collections.abc import Callable, Mapping
+from collections.abc import Callable
 from typing import Any
 
 import equinox as eqx
@@ -43,7 +43,8 @@ class Target(eqx.Module):
         constrain_fn: maps one unconstrained point to a dict of named sites.
         init_position: a sensible starting point (for numpyro models, a valid
             initial value found by numpyro), or ``None``.
-        site_shapes: the shape of every named site returned by ``constrain``.
+        site_shape_items: ``(name, shape)`` of every named site returned by
+            ``constrain`` (hashable, as a static field must be); see `site_shapes`.
     """
 
     log_density_fn: Callable[..., Array]
@@ -51,7 +52,12 @@ class Target(eqx.Module):
     params: Any = None
     constrain_fn: Callable[[Array], dict[str, Array]] = _identity_constrain
     init_position: Array | None = None
-    site_shapes: Mapping[str, tuple[int, ...]] = eqx.field(static=True, default=None)
+    site_shape_items: tuple[tuple[str, tuple[int, ...]], ...] = eqx.field(static=True, default=())
+
+    @property
+    def site_shapes(self) -> dict[str, tuple[int, ...]]:
+        """The shape of every named site returned by `constrain`."""
+        return dict(self.site_shape_items)
 
     def _check_last_axis(self, z: Array, name: str = "z") -> None:
         if z.ndim == 0 or z.shape[-1] != self.dim:
@@ -137,7 +143,7 @@ def from_logdensity(
         params=params,
         constrain_fn=constrain_fn,
         init_position=init_position,
-        site_shapes=site_shapes,
+        site_shape_items=tuple(site_shapes.items()),
     )
 
 
@@ -202,5 +208,5 @@ def from_numpyro(model: Callable, *args: Any, key: Array | None = None, **kwargs
         dim=dim,
         constrain_fn=constrain_fn,
         init_position=flat_init,
-        site_shapes=site_shapes,
+        site_shape_items=tuple(site_shapes.items()),
     )
