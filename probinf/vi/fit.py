@@ -22,6 +22,10 @@ from probinf.vi.objectives import Objective
 
 __all__ = ["fit", "FitResult"]
 
+# One shared default: the compiled loop is cached by the optimizer's identity, so a fresh
+# optax.adam per call would recompile every time.
+DEFAULT_OPTIMIZER = optax.adam(1e-2)
+
 
 @dataclass(frozen=True)
 class FitResult:
@@ -177,9 +181,11 @@ def fit(
 ) -> FitResult:
     """Optimise ``objective`` over the parameters of ``family``.
 
-    The loop runs under ``jax.lax.scan`` in chunks of ``chunk_size`` steps compiled
-    once; a progress bar advances per chunk. Step ``t`` uses the key
-    ``fold_in(key, t)``, so results do not depend on the chunk size.
+    The loop runs under ``jax.lax.scan`` in chunks of at most ``chunk_size`` steps,
+    compiled once; a progress bar advances per chunk. Step ``t`` uses the key
+    ``fold_in(key, t)``, so results do not depend on the chunk size. The compiled loop
+    is reused across calls with the same objective, family structure, target and
+    optimizer *object*: pass one optimizer instance to repeated calls.
 
     Args:
         objective: an `probinf.vi.Objective`, or any function
@@ -187,7 +193,8 @@ def fit(
         family: the variational family (every inexact array in it is trained).
         target: a `probinf.Target`.
         key: PRNG key.
-        optimizer: any optax ``GradientTransformation`` (default ``optax.adam(1e-2)``).
+        optimizer: any optax ``GradientTransformation`` (default: the shared
+            ``DEFAULT_OPTIMIZER = optax.adam(1e-2)``).
         steps: number of optimisation steps.
         chunk_size: steps per compiled chunk (and per progress-bar update).
         progress: show a progress bar (default: only on a terminal).
@@ -222,7 +229,7 @@ def fit(
             f"dimension mismatch: `family` has dim {family_dim} but `target` has dim {target_dim}"
         )
     _check_key(key)
-    optimizer = optax.adam(1e-2) if optimizer is None else optimizer
+    optimizer = DEFAULT_OPTIMIZER if optimizer is None else optimizer
     if not isinstance(optimizer, optax.GradientTransformation):
         raise TypeError(
             "`optimizer` must be an optax GradientTransformation (e.g. optax.adam(1e-2)), "
@@ -230,6 +237,9 @@ def fit(
         )
     steps = check_num_samples(steps, "steps")
     chunk_size = min(check_num_samples(chunk_size, "chunk_size"), steps)
+    num_chunks = -(-steps // chunk_size)
+    # Equal chunks: the last one is masked, so spread the remainder to waste < num_chunks steps.
+    chunk_size = -(-steps // num_chunks)
     if patience is not None:
         patience = check_num_samples(patience, "patience")
     if not (isinstance(min_delta, (int, float)) and min_delta >= 0):
@@ -244,7 +254,6 @@ def fit(
     stop_reason = "completed"
     best, waited = math.inf, 0
     total = jnp.asarray(steps, jnp.int32)
-    num_chunks = -(-steps // chunk_size)
     with progress_bar(total=steps, enabled=progress, desc="fit") as bar:
         for chunk in range(num_chunks):
             start = chunk * chunk_size
