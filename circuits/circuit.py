@@ -1,0 +1,698 @@
+"""The compiled circuit and every query on it.
+
+A :class:`Circuit` is an immutable equinox module: a static, hashable plan of
+folded layers (:class:`circuits.structure.CircuitStructure`), a static input layer,
+and the parameters as plain arrays. It represents
+
+.. math:: p(x) = c(x) / Z, \\qquad c(x) = \\text{the root unit's value}, \\quad
+          Z = \\sum_x c(x),
+
+and ``Z = 1`` when ``normalized=True`` (the default: every sum's weights are the
+softmax of its logits, every input unit is a normalised distribution, and the
+circuit is smooth and decomposable, which the region graph guarantees). With
+``normalized=False`` the logits are used as raw log-weights (for example produced
+by a neural network, as when an integral circuit is materialised) and queries
+divide by ``Z``, computed exactly by one more upward pass with every variable
+marginalised.
+
+Every query runs on the folded layers: one upward pass is a short, fixed sequence
+of batched log-space einsums (one inner layer and at most one mixing layer per
+depth), jit-compiled; MAP and sampling add one top-down pass over the same layers.
+"""
+
+from __future__ import annotations
+
+import equinox as eqx
+import jax
+import jax.numpy as jnp
+import numpy as np
+from jaxtyping import Array, Bool, Float, PRNGKeyArray
+
+from circuits.inputs import InputLayer
+from circuits.kernels import BACKENDS, default_backend, fused_log_matmul_exp
+from circuits.layers import cp_layer, kronecker, log_matmul_exp, mixing_layer, tucker_layer
+from circuits.region_graph import RegionGraph
+from circuits.structure import CircuitStructure
+
+__all__ = ["Circuit", "compile_circuit"]
+
+
+# ---------------------------------------------------------------------------
+# The folded upward and top-down passes (pure functions of the plan and arrays)
+# ---------------------------------------------------------------------------
+def _static_take(array, rows: np.ndarray, valid: np.ndarray):
+    """``array[rows]`` for static ``rows``, with a gather (not a scatter) as its transpose.
+
+    XLA's CPU scatter-add is slow, so the backward pass splits the positions by
+    multiplicity into groups of distinct rows and gathers each group through the
+    inverse index. Positions where ``valid`` is False must receive a zero
+    cotangent (the caller masks them out of the result).
+    """
+    size = array.shape[0]
+    levels = []  # inverse indices, one per multiplicity level: row -> position or -1
+    remaining = np.flatnonzero(valid)
+    while remaining.size:
+        _, first = np.unique(rows[remaining], return_index=True)
+        chosen = remaining[first]
+        inverse = np.full(size, -1, np.int64)
+        inverse[rows[chosen]] = chosen
+        levels.append(inverse)
+        remaining = np.setdiff1d(remaining, chosen, assume_unique=True)
+
+    @jax.custom_vjp
+    def take(x):
+        return jnp.take(x, rows, axis=0, mode="clip")
+
+    def forward(x):
+        return take(x), None
+
+    def backward(_, cotangent):
+        total = jnp.zeros((size,) + cotangent.shape[1:], cotangent.dtype)
+        for inverse in levels:
+            picked = jnp.take(cotangent, np.maximum(inverse, 0), axis=0, mode="clip")
+            mask = (inverse >= 0).reshape((size,) + (1,) * (cotangent.ndim - 1))
+            total = total + jnp.where(mask, picked, 0.0)
+        return (total,)
+
+    take.defvjp(forward, backward)
+    return take(array)
+
+
+def _take_rows(groups, sources, rows: np.ndarray, pad_value):
+    """Rows ``rows`` of the concatenation of ``groups[g] for g in sources`` (then one pad row).
+
+    ``rows`` is static (numpy), so each piece is a constant-index ``take`` (or the
+    group itself when the rows are all of it, in order); XLA fuses these into
+    the consumer, which a gather from a materialised concatenation would prevent.
+    """
+    result, offset = None, 0
+    for g in sources:
+        array = groups[g]
+        size = array.shape[0]
+        local = rows - offset
+        offset += size
+        inside = (local >= 0) & (local < size)
+        if not inside.any():
+            continue
+        if inside.all() and np.array_equal(local, np.arange(size)):
+            taken = array
+        else:
+            taken = _static_take(array, np.clip(local, 0, size - 1), inside)
+        if result is None:
+            result = taken
+        else:
+            result = jnp.where(inside[:, None, None], taken, result)
+    padded = rows == offset
+    if result is None:
+        first = groups[sources[0]]
+        return jnp.full((len(rows),) + first.shape[1:], pad_value, first.dtype)
+    if padded.any():
+        result = jnp.where(padded[:, None, None], pad_value, result)
+    return result
+
+
+def _columns(groups, sources, index: np.ndarray, pad_value):
+    """One ``(F, B, K)`` array per column of ``index`` (see :func:`_take_rows`)."""
+    return [_take_rows(groups, sources, index[:, a], pad_value) for a in range(index.shape[1])]
+
+
+def _sum_kernel(backend: str):
+    backend = default_backend() if backend == "auto" else backend
+    return fused_log_matmul_exp if backend == "pallas" else log_matmul_exp
+
+
+def upward(structure: CircuitStructure, input_values, log_w, log_mix, semiring="sum",
+           backend="einsum"):
+    """Evaluate every layer bottom-up.
+
+    Args:
+        structure: the plan.
+        input_values: ``(S, B, K)`` log-values of the input units.
+        log_w: per stage ``(F, O, J)`` log-weights of the inner sums.
+        log_mix: per stage ``(M, O, P)`` log-weights of the mixing sums (or None).
+        semiring: ``"sum"`` or ``"max"``.
+        backend: ``"einsum"``, ``"pallas"`` or ``"auto"``.
+
+    Returns:
+        The list of output groups (``None`` for stages without mixing); the root
+        value is ``groups[g][row, :, 0]`` with ``(g, row) = structure.root_location``.
+    """
+    kernel = _sum_kernel(backend)
+    if structure.leaf_slots.shape[1] == 1:
+        leaves = input_values
+    else:
+        leaves = sum(_columns([input_values], (0,), structure.leaf_slots, 0.0))
+    groups = [leaves]
+    for (inner, mixing), weights, mix_weights in zip(structure.stages, log_w, log_mix,
+                                                      strict=True):
+        children = _columns(groups, inner.sources, inner.index, 0.0)
+        if structure.layer_kind == "cp":
+            out = cp_layer(children, weights, semiring, kernel)
+        else:
+            tucker_kernel = None if kernel is log_matmul_exp else kernel
+            out = tucker_layer(children[0], children[1], weights, semiring, tucker_kernel)
+        groups.append(out)
+        if mixing is None:
+            groups.append(None)
+        else:
+            mixed = _columns([out], (0,), mixing.index, 0.0)
+            groups.append(mixing_layer(mixed, mix_weights, semiring))
+    return groups
+
+
+def root_value(structure: CircuitStructure, groups):
+    group, row = structure.root_location
+    return groups[group][row, :, 0]
+
+
+def _choose(key, logits, mode):
+    if mode == "argmax":
+        return jnp.argmax(logits, axis=-1)
+    return jax.random.categorical(key, logits, axis=-1)
+
+
+def _scatter_selection(sizes_rows: int, rows, units, batch: int):
+    """Selected unit per (row, sample); -1 where no parent selected the row."""
+    columns = jnp.broadcast_to(jnp.arange(batch), rows.shape)
+    target = jnp.full((sizes_rows, batch), -1, jnp.int32)
+    return target.at[rows, columns].max(units.astype(jnp.int32))
+
+
+def top_down(key, structure: CircuitStructure, groups, log_w, log_mix, batch: int, mode: str):
+    """Select one induced tree per sample, from the root down.
+
+    At a sum unit the child ``j`` is drawn with probability proportional to
+    ``w_j * value_j`` (``mode="sample"``: ancestral sampling, exact for the values
+    of a sum-semiring upward pass with the evidence in) or taken as the argmax
+    (``mode="argmax"``: max-product backtracking); product units pass the
+    selection to all their children.
+
+    Returns:
+        ``(S, B)`` the selected unit of each input slot, -1 for slots outside the tree.
+    """
+    sel = [None if g is None else jnp.full((g.shape[0], batch), -1, jnp.int32) for g in groups]
+    root_group, root_row = structure.root_location
+    sel[root_group] = sel[root_group].at[root_row].set(0)
+    keys = jax.random.split(key, 2 * len(structure.stages))
+    for d in reversed(range(len(structure.stages))):
+        inner, mixing = structure.stages[d]
+        inner_group, mixing_group = 2 * d + 1, 2 * d + 2
+        values = groups[inner_group]  # (F, B', K_out), B' is batch or 1 (broadcast)
+        if mixing is not None:
+            chosen_unit = sel[mixing_group]  # (M, B)
+            unit = jnp.maximum(chosen_unit, 0)
+            inputs = jnp.stack(_columns([values], (0,), mixing.index, -jnp.inf), axis=1)
+            inputs = jnp.broadcast_to(inputs, inputs.shape[:2] + (batch,) + inputs.shape[3:])
+            picked = jnp.take_along_axis(inputs, unit[:, None, :, None], axis=3)[..., 0]
+            weights = jnp.take_along_axis(log_mix[d], unit[..., None], axis=1)  # (M, B, P)
+            logits = weights + jnp.moveaxis(picked, 1, 2)
+            choice = _choose(keys[2 * d], logits, mode)
+            rows = jnp.take_along_axis(jnp.asarray(mixing.index), choice, axis=1)
+            target = _scatter_selection(values.shape[0] + 1, rows, chosen_unit, batch)
+            sel[inner_group] = jnp.maximum(sel[inner_group], target[:-1])
+        chosen_unit = sel[inner_group]  # (F, B)
+        unit = jnp.maximum(chosen_unit, 0)
+        inputs = jnp.stack(_columns(groups, inner.sources, inner.index, 0.0), axis=1)
+        inputs = jnp.broadcast_to(inputs, inputs.shape[:2] + (batch,) + inputs.shape[3:])
+        weights = jnp.take_along_axis(log_w[d], unit[..., None], axis=1)  # (F, B, J)
+        k = structure.num_units
+        if structure.layer_kind == "cp":
+            choice = _choose(keys[2 * d + 1], weights + inputs.sum(axis=1), mode)
+            child_units = jnp.broadcast_to(choice[:, None, :], inputs.shape[:3])
+        else:
+            kron = kronecker(inputs[:, 0], inputs[:, 1])
+            choice = _choose(keys[2 * d + 1], weights + kron, mode)
+            child_units = jnp.stack([choice // k, choice % k], axis=1)
+        child_units = jnp.where(chosen_unit[:, None, :] >= 0, child_units, -1)
+        rows = jnp.broadcast_to(jnp.asarray(inner.index)[:, :, None], child_units.shape)
+        total = sum(sel[g].shape[0] for g in inner.sources)
+        target = _scatter_selection(total + 1, rows, child_units, batch)
+        offset = 0
+        for g in inner.sources:
+            size = sel[g].shape[0]
+            sel[g] = jnp.maximum(sel[g], target[offset: offset + size])
+            offset += size
+    return sel[0][jnp.asarray(structure.slot_leaf)]
+
+
+# ---------------------------------------------------------------------------
+# Input validation (at the Python boundary, before tracing)
+# ---------------------------------------------------------------------------
+def _is_traced(*arrays) -> bool:
+    return any(isinstance(a, jax.core.Tracer) for a in arrays)
+
+
+def _as_mask(mask, name: str, num_variables: int, batch_shape):
+    if mask is None:
+        return None
+    if _is_traced(mask):
+        return jnp.broadcast_to(mask, batch_shape + (num_variables,))
+    array = np.asarray(mask)
+    if array.dtype != bool:
+        raise TypeError(f"`{name}` must be a boolean mask (True = {name}), got dtype {array.dtype}")
+    if array.ndim == 0 or array.shape[-1] != num_variables:
+        raise ValueError(f"`{name}` must have {num_variables} entries (one per variable) in its "
+                         f"last axis, got shape {array.shape}")
+    try:
+        return np.broadcast_to(array, batch_shape + (num_variables,))
+    except ValueError:
+        raise ValueError(f"`{name}` of shape {array.shape} does not broadcast to the data's shape "
+                         f"{batch_shape + (num_variables,)}") from None
+
+
+class Circuit(eqx.Module):
+    """A compiled probabilistic circuit (see the module docstring).
+
+    Build one with :func:`compile_circuit`. Parameters may be replaced by any
+    arrays of the same shapes (:meth:`with_params`), for example produced by a
+    neural network and differentiated through.
+
+    Attributes:
+        structure: the static plan of folded layers.
+        input_layer: the input distribution family.
+        input_params: the input layer's parameters, arrays ``(S, K, ...)``.
+        sum_logits: per stage, the inner sums' logits ``(F, O, J)``.
+        mix_logits: per stage, the mixing sums' logits ``(M, O, P)`` or None.
+        normalized: weights are the softmax of the logits (``Z = 1``); otherwise
+            the logits are raw log-weights and queries divide by ``Z``.
+        backend: sum-layer kernel, ``"einsum"``, ``"pallas"`` or ``"auto"``.
+    """
+
+    structure: CircuitStructure = eqx.field(static=True)
+    input_layer: InputLayer = eqx.field(static=True)
+    input_params: dict
+    sum_logits: tuple
+    mix_logits: tuple
+    normalized: bool = eqx.field(static=True, default=True)
+    backend: str = eqx.field(static=True, default="auto")
+
+    # ------------------------------------------------------------ params
+    @property
+    def num_variables(self) -> int:
+        return self.structure.num_variables
+
+    @property
+    def num_parameters(self) -> int:
+        """Number of scalar parameters (sum weights and input parameters)."""
+        leaves = jax.tree_util.tree_leaves((self.input_params, self.sum_logits, self.mix_logits))
+        return int(sum(np.prod(x.shape) for x in leaves))
+
+    def log_weights(self):
+        """The log-weights used by the layers: ``(sum, mixing)`` tuples per stage."""
+        log_w = tuple(jax.nn.log_softmax(w, axis=-1) if self.normalized else w
+                      for w in self.sum_logits)
+        log_mix = []
+        for (_, mixing), w in zip(self.structure.stages, self.mix_logits, strict=True):
+            if mixing is None:
+                log_mix.append(None)
+                continue
+            w = jnp.where(jnp.asarray(mixing.valid)[:, None, :], w, -jnp.inf)
+            log_mix.append(jax.nn.log_softmax(w, axis=-1) if self.normalized else w)
+        return log_w, tuple(log_mix)
+
+    def with_params(self, input_params=None, sum_logits=None, mix_logits=None,
+                    normalized: bool | None = None) -> Circuit:
+        """The same circuit with some parameters replaced (shapes are checked).
+
+        Args:
+            input_params: dict like :attr:`input_params`.
+            sum_logits: tuple like :attr:`sum_logits`.
+            mix_logits: tuple like :attr:`mix_logits`.
+            normalized: whether the logits are normalised by softmax (default: unchanged).
+        """
+        def same(new, old, name):
+            if new is None:
+                return old
+            new_tree = jax.tree_util.tree_structure(new)
+            old_tree = jax.tree_util.tree_structure(old)
+            if new_tree != old_tree:
+                raise ValueError(f"`{name}` must have the structure {old_tree}, got {new_tree}")
+            for a, b in zip(jax.tree_util.tree_leaves(new), jax.tree_util.tree_leaves(old),
+                            strict=True):
+                if jnp.shape(a) != jnp.shape(b):
+                    raise ValueError(f"`{name}` holds an array of shape {jnp.shape(a)} where "
+                                     f"{jnp.shape(b)} is expected")
+            return new
+
+        return Circuit(
+            self.structure, self.input_layer,
+            same(input_params, self.input_params, "input_params"),
+            same(sum_logits, self.sum_logits, "sum_logits"),
+            same(mix_logits, self.mix_logits, "mix_logits"),
+            self.normalized if normalized is None else bool(normalized),
+            self.backend,
+        )
+
+    # ------------------------------------------------------ input checks
+    def _prepare(self, x, observed=None, name="x"):
+        """Validate data and its mask; returns flattened ``(B, V)`` arrays and the batch shape."""
+        v = self.num_variables
+        if _is_traced(x):
+            batch_shape = tuple(x.shape[:-1])
+            mask = _as_mask(observed, "observed", v, batch_shape)
+            x2 = jnp.reshape(x, (-1, v)).astype(jnp.float32)
+            m2 = jnp.ones_like(x2, bool) if mask is None else jnp.reshape(mask, (-1, v))
+            return x2, m2, batch_shape
+        array = np.asarray(x)
+        if array.ndim == 0 or array.shape[-1] != v:
+            got = array.shape[-1] if array.ndim else 0
+            raise ValueError(f"`{name}` must have {v} variables in its last axis (the circuit's "
+                             f"variables), got {got} (shape {array.shape})")
+        if not (np.issubdtype(array.dtype, np.number) or array.dtype == bool):
+            raise TypeError(f"`{name}` must be numeric, got dtype {array.dtype}")
+        batch_shape = array.shape[:-1]
+        mask = _as_mask(observed, "observed", v, batch_shape)
+        mask = np.ones(array.shape, bool) if mask is None else np.asarray(mask)
+        values = array.astype(np.float64)
+        nan = mask & np.isnan(values)
+        if nan.any():
+            index = np.argwhere(nan)[0]
+            raise ValueError(
+                f"`{name}` variable {index[-1]} is NaN (at index {tuple(int(i) for i in index)}); "
+                "mark missing values as unobserved with the mask instead"
+            )
+        self.input_layer.check_values(values.reshape(-1, v), mask.reshape(-1, v), name)
+        x2 = jnp.asarray(np.where(mask, values, 0.0).reshape(-1, v), jnp.float32)
+        if int(np.prod(batch_shape, dtype=int)) == 0:
+            raise ValueError(f"`{name}` holds no rows (shape {array.shape})")
+        return x2, jnp.asarray(mask.reshape(-1, v)), batch_shape
+
+    # ------------------------------------------------------------ passes
+    def _input_values(self, x, observed, semiring="sum"):
+        slots = jnp.asarray(self.structure.slot_variable)
+        xs = x.T[slots]
+        obs = observed.T[slots]
+        values = self.input_layer.log_prob(self.input_params, jnp.where(obs, xs, 0.0))
+        if semiring == "max":
+            fill = self.input_layer.mode_log_prob(self.input_params)[:, None, :]
+        else:
+            fill = 0.0
+        return jnp.where(obs[..., None], values, fill)
+
+    def _evaluate(self, x, observed, semiring="sum"):
+        log_w, log_mix = self.log_weights()
+        values = self._input_values(x, observed, semiring)
+        groups = upward(self.structure, values, log_w, log_mix, semiring, self.backend)
+        return groups, log_w, log_mix
+
+    def _log_partition(self):
+        if self.normalized:
+            return jnp.zeros(())
+        x = jnp.zeros((1, self.num_variables))
+        groups, _, _ = self._evaluate(x, jnp.zeros_like(x, bool))
+        return root_value(self.structure, groups)[0]
+
+    def _log_marginal(self, x, observed):
+        groups, _, _ = self._evaluate(x, observed)
+        return root_value(self.structure, groups) - self._log_partition()
+
+    # ----------------------------------------------------------- queries
+    def log_partition(self) -> Float[Array, ""]:
+        """``log Z`` (exactly 0 for a normalised circuit)."""
+        return _jit_log_partition(self)
+
+    def log_prob(self, x: Float[Array, "*batch V"]) -> Float[Array, "*batch"]:
+        """Log-likelihood ``log p(x)`` of complete observations.
+
+        Raises:
+            ValueError: naming the variable, for a wrong number of variables, NaN, or a
+                value outside the input layer's support.
+        """
+        x2, observed, batch_shape = self._prepare(x)
+        return _jit_log_marginal(self, x2, observed).reshape(batch_shape)
+
+    def log_marginal(self, x: Float[Array, "*batch V"],
+                     observed: Bool[Array, "*batch V"]) -> Float[Array, "*batch"]:
+        """Log-marginal ``log p(x_O) = log sum_{x_M} p(x_O, x_M)`` of the observed variables.
+
+        Args:
+            x: values (entries where ``observed`` is False are ignored, may be NaN).
+            observed: boolean mask, True for observed variables (broadcasts against ``x``).
+
+        The sum over the missing variables is exact: the input units of missing
+        variables are set to 1, which smoothness and decomposability turn into
+        the marginal (Darwiche 2003).
+        """
+        x2, mask, batch_shape = self._prepare(x, observed)
+        return _jit_log_marginal(self, x2, mask).reshape(batch_shape)
+
+    def log_conditional(self, x: Float[Array, "*batch V"], query: Bool[Array, "*batch V"],
+                        evidence: Bool[Array, "*batch V"]) -> Float[Array, "*batch"]:
+        """Log-conditional ``log p(x_A | x_B) = log p(x_A, x_B) - log p(x_B)``.
+
+        Args:
+            x: values of the query and evidence variables.
+            query: mask of ``A`` (non-empty in every row).
+            evidence: mask of ``B`` (may be empty: then this is the marginal of ``A``).
+
+        Raises:
+            ValueError: if a variable is both queried and given as evidence, if a row
+                queries no variable, or if the evidence has probability zero.
+        """
+        v = self.num_variables
+        if not _is_traced(x, query, evidence):
+            batch_shape = np.shape(x)[:-1]
+            q = _as_mask(query, "query", v, batch_shape)
+            e = _as_mask(evidence, "evidence", v, batch_shape)
+            both = np.argwhere(q & e)
+            if both.size:
+                raise ValueError(f"variable {both[0][-1]} is both in `query` and in `evidence` "
+                                 f"(at index {tuple(int(i) for i in both[0][:-1])}); they must be "
+                                 "disjoint")
+            empty = ~q.any(axis=-1)
+            if empty.any():
+                where = tuple(int(i) for i in np.argwhere(empty)[0]) if empty.ndim else ()
+                raise ValueError(f"`query` selects no variable (at row {where}); a conditional "
+                                 "needs at least one query variable")
+            union = q | e
+        else:
+            union, e = query | evidence, evidence
+        x2, joint_mask, batch_shape = self._prepare(x, union)
+        e2 = jnp.reshape(jnp.broadcast_to(e, batch_shape + (v,)), (-1, v))
+        both = _jit_log_marginal(self, jnp.concatenate([x2, x2]),
+                                 jnp.concatenate([joint_mask, e2]))
+        n = x2.shape[0]
+        log_joint, log_evidence = both[:n], both[n:]
+        if not _is_traced(x, query, evidence):
+            _check_evidence_possible(log_evidence, "evidence")
+        return (log_joint - log_evidence).reshape(batch_shape)
+
+    def map(self, x: Float[Array, "*batch V"] | None = None,
+            evidence: Bool[Array, "*batch V"] | None = None):
+        """Most probable explanation by max-product with backtracking.
+
+        Finds ``argmax_{x_M} p(x_M, x_E)`` for the variables ``M`` outside the
+        evidence ``E``: an upward pass in the max-product semiring, then
+        backtracking from the root along the argmax child of every sum (Chan &
+        Darwiche 2006; Poon & Domingos 2011). This is exact for deterministic
+        circuits (at most one non-zero child per sum for any input); for other
+        circuits it maximises over induced trees, not over ``x``, and is an
+        approximation (exact MAP is NP-hard there; Peharz et al. 2017).
+
+        Args:
+            x: evidence values (ignored where ``evidence`` is False); None for no evidence.
+            evidence: mask of the evidence variables.
+
+        Returns:
+            ``(assignment, log_value)``: the completed ``(*batch, V)`` assignment (evidence
+            kept) and the max-product value ``log max_tree``, which equals
+            ``log p(assignment)`` for deterministic circuits (minus ``log Z``).
+        """
+        if x is None:
+            if evidence is not None:
+                raise ValueError("`evidence` was given without `x`")
+            x = np.zeros((1, self.num_variables), np.float32)
+            evidence = np.zeros((1, self.num_variables), bool)
+        elif evidence is None:
+            evidence = np.zeros(np.shape(x), bool)
+        x2, mask, batch_shape = self._prepare(x, evidence)
+        if not _is_traced(x2):
+            log_evidence = _jit_log_marginal(self, x2, mask)
+            _check_evidence_possible(log_evidence, "evidence")
+        assignment, value = _jit_map(self, x2, mask)
+        return (assignment.reshape(batch_shape + (self.num_variables,)),
+                value.reshape(batch_shape))
+
+    def sample(self, key: PRNGKeyArray, num_samples: int) -> Array:
+        """``num_samples`` independent draws ``(num_samples, V)`` by ancestral sampling.
+
+        Sampling walks from the root: at a sum, a child is drawn with probability
+        ``w_j c_j / sum_i w_i c_i`` (``c`` are the children's partition functions,
+        which also makes this exact for unnormalised weights); at a product every
+        child is followed; at an input unit a value is drawn.
+        """
+        if isinstance(num_samples, bool) or not isinstance(num_samples, (int, np.integer)) \
+                or num_samples < 1:
+            raise ValueError(f"`num_samples` must be a positive integer, got {num_samples!r}")
+        num_samples = int(num_samples)
+        return _jit_sample(key, self, num_samples)
+
+    def sample_conditional(self, key: PRNGKeyArray, x: Float[Array, "*batch V"],
+                           evidence: Bool[Array, "*batch V"]) -> Array:
+        """One draw of the non-evidence variables from ``p(x_M | x_E)`` per row.
+
+        The upward pass is run with the evidence in (missing variables
+        marginalised), so each sum's children are weighted by their probability
+        given the evidence; the top-down pass then samples exactly from the
+        conditional. Evidence values are copied to the output. Repeat rows of ``x``
+        to draw several samples for the same evidence.
+
+        Raises:
+            ValueError: naming the variable for invalid evidence, or if the evidence has
+                probability zero.
+        """
+        x2, mask, batch_shape = self._prepare(x, evidence)
+        if not _is_traced(x2):
+            _check_evidence_possible(_jit_log_marginal(self, x2, mask), "evidence")
+        out = _jit_sample_conditional(key, self, x2, mask)
+        return out.reshape(batch_shape + (self.num_variables,))
+
+    # --------------------------------------------------- unchecked cores
+    def _fill(self, slot_units, slot_values, x, observed):
+        """Write the values of the selected input slots into ``x`` where not observed."""
+        slots = jnp.asarray(self.structure.slot_variable)
+        chosen = jnp.where(slot_units >= 0, slot_values.astype(jnp.float32), 0.0)
+        completed = jnp.zeros((self.num_variables, x.shape[0])).at[slots].add(chosen).T
+        out = jnp.where(observed, x, completed)
+        return out.astype(self.input_layer.value_dtype())
+
+
+def _check_evidence_possible(log_evidence, name):
+    values = np.asarray(log_evidence)
+    bad = np.argwhere(~(values > -np.inf))
+    if bad.size:
+        raise ValueError(f"`{name}` has probability zero under the circuit (row {int(bad[0][0])}); "
+                         "conditionals given it are undefined")
+
+
+@eqx.filter_jit
+def _jit_log_partition(circuit):
+    return circuit._log_partition()
+
+
+@eqx.filter_jit
+def _jit_log_marginal(circuit, x, observed):
+    return circuit._log_marginal(x, observed)
+
+
+@eqx.filter_jit
+def _jit_map(circuit, x, observed):
+    groups, log_w, log_mix = circuit._evaluate(x, observed, "max")
+    slot_units = top_down(jax.random.key(0), circuit.structure, groups, log_w, log_mix,
+                          x.shape[0], "argmax")
+    modes = circuit.input_layer.mode(circuit.input_params)  # (S, K)
+    slot_values = jnp.take_along_axis(modes, jnp.maximum(slot_units, 0), axis=1)
+    value = root_value(circuit.structure, groups) - circuit._log_partition()
+    return circuit._fill(slot_units, slot_values, x, observed), value
+
+
+def _sample_from(key, circuit, x, observed, groups, log_w, log_mix):
+    key_tree, key_leaf = jax.random.split(key)
+    batch = x.shape[0]
+    slot_units = top_down(key_tree, circuit.structure, groups, log_w, log_mix, batch, "sample")
+    slot_values = circuit.input_layer.sample(key_leaf, circuit.input_params,
+                                             jnp.maximum(slot_units, 0))
+    return circuit._fill(slot_units, slot_values, x, observed)
+
+
+@eqx.filter_jit
+def _jit_sample(key, circuit, num_samples):
+    x = jnp.zeros((1, circuit.num_variables))
+    observed = jnp.zeros_like(x, bool)
+    # Without evidence the upward values are the same for every sample: compute them once.
+    groups, log_w, log_mix = circuit._evaluate(x, observed)
+    x = jnp.zeros((num_samples, circuit.num_variables))
+    return _sample_from(key, circuit, x, jnp.zeros_like(x, bool), groups, log_w, log_mix)
+
+
+@eqx.filter_jit
+def _jit_sample_conditional(key, circuit, x, observed):
+    groups, log_w, log_mix = circuit._evaluate(x, observed)
+    return _sample_from(key, circuit, x, observed, groups, log_w, log_mix)
+
+
+# ---------------------------------------------------------------------------
+# Construction
+# ---------------------------------------------------------------------------
+@eqx.filter_jit
+def _initial_parameters(structure, input_layer, key, data_slots):
+    key_in, key_sum, key_mix = jax.random.split(key, 3)
+    input_params = input_layer.init_params(key_in, structure.num_slots, structure.num_units,
+                                           data_slots)
+
+    def init(key, shape):
+        return jnp.log(jax.random.uniform(key, shape, minval=0.01, maxval=1.0))
+
+    sum_keys = jax.random.split(key_sum, len(structure.stages))
+    mix_keys = jax.random.split(key_mix, len(structure.stages))
+    sum_logits = tuple(init(k, s) for k, s in zip(sum_keys, structure.sum_shapes(), strict=True))
+    mix_logits = tuple(
+        None if s is None else jnp.where(jnp.asarray(m.valid)[:, None, :], init(k, s), 0.0)
+        for k, s, (_, m) in zip(mix_keys, structure.mixing_shapes(), structure.stages, strict=True)
+    )
+    return input_params, sum_logits, mix_logits
+
+
+def compile_circuit(
+    region_graph: RegionGraph,
+    input_layer: InputLayer,
+    num_units: int,
+    layer: str = "cp",
+    *,
+    key: PRNGKeyArray,
+    data=None,
+    normalized: bool = True,
+    backend: str = "auto",
+) -> Circuit:
+    """Fold a region graph into a compiled circuit with freshly initialised parameters.
+
+    Every region gets ``num_units`` units (the root gets one). Each partition
+    becomes a product layer over its children followed by a sum layer (``"cp"``:
+    Hadamard product, ``K`` inputs per sum; ``"tucker"``: Kronecker product of two
+    children, ``K^2`` inputs per sum); each region with several partitions mixes
+    them with a per-unit mixing sum.
+
+    Initialisation: sum logits ``log u`` with ``u ~ Uniform(0.01, 1)`` (random,
+    nearly uniform mixtures that break the symmetry between units); input units
+    random around the data's per-variable statistics when ``data`` is given,
+    else random (see each input layer's ``init_params``).
+
+    Args:
+        region_graph: a validated :class:`~circuits.region_graph.RegionGraph`.
+        input_layer: e.g. :class:`~circuits.inputs.Bernoulli`.
+        num_units: ``K``, units per region.
+        layer: ``"cp"`` or ``"tucker"``.
+        key: PRNG key for the initial parameters.
+        data: optional ``(N, V)`` training data to centre the input units.
+        normalized: see :class:`Circuit`.
+        backend: ``"auto"`` (Pallas on GPU, einsum elsewhere), ``"einsum"`` or ``"pallas"``.
+
+    Raises:
+        ValueError: for an unknown ``layer`` or ``backend``, a non-positive
+            ``num_units``, a region graph without partitions, a Tucker layer over a
+            partition that is not binary (naming the region), or bad ``data``.
+    """
+    if not isinstance(region_graph, RegionGraph):
+        raise TypeError(f"`region_graph` must be a RegionGraph, got {type(region_graph).__name__}")
+    if not isinstance(input_layer, InputLayer):
+        raise TypeError(f"`input_layer` must be an InputLayer (e.g. Bernoulli()), got "
+                        f"{type(input_layer).__name__}")
+    if backend not in BACKENDS:
+        raise ValueError(f"`backend` must be one of {BACKENDS}, got {backend!r}")
+    if not region_graph.partitions:
+        raise ValueError("`region_graph` has no partition: the root must be split at least once")
+    structure = CircuitStructure(region_graph, num_units, layer)
+    data_slots = None
+    if data is not None:
+        data = np.asarray(data)
+        if data.ndim != 2 or data.shape[1] != structure.num_variables:
+            raise ValueError(f"`data` must be (num_samples, {structure.num_variables}), got shape "
+                             f"{data.shape}")
+        input_layer.check_values(data, np.ones(data.shape, bool), "data")
+        data_slots = jnp.asarray(data[:, structure.slot_variable], jnp.float32)
+    # One compiled function draws every initial parameter (eager dispatch of many small
+    # random ops would compile each of them separately).
+    input_params, sum_logits, mix_logits = _initial_parameters(structure, input_layer, key,
+                                                               data_slots)
+    return Circuit(structure, input_layer, input_params, sum_logits, mix_logits,
+                   bool(normalized), backend)

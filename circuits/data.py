@@ -1,0 +1,85 @@
+"""Loading the binary density-estimation benchmark (DEBD) datasets.
+
+The twenty datasets of Lowd & Davis (2010), Van Haaren & Davis (2012) and
+Bekker et al. (2015) are the standard benchmark of tractable density estimators.
+Each is three files ``NAME.{train,valid,test}.data`` (optionally gzip-compressed,
+``.data.gz``): comma-separated 0/1 values, one sample per line, no header.
+"""
+
+from __future__ import annotations
+
+import gzip
+import os
+import pathlib
+
+import numpy as np
+
+__all__ = ["load_debd", "list_debd"]
+
+_SPLITS = ("train", "valid", "test")
+
+
+def _split_path(directory: pathlib.Path, name: str, split: str) -> pathlib.Path | None:
+    for suffix in (".data.gz", ".data"):
+        path = directory / f"{name}.{split}{suffix}"
+        if path.is_file():
+            return path
+    return None
+
+
+def list_debd(directory: str | os.PathLike) -> list[str]:
+    """Names of the datasets in ``directory`` that have all three splits."""
+    directory = pathlib.Path(directory)
+    if not directory.is_dir():
+        raise ValueError(f"`directory` {os.fspath(directory)!r} is not a directory")
+    names = {p.name.split(".")[0] for p in directory.iterdir() if ".train.data" in p.name}
+    return sorted(n for n in names if all(_split_path(directory, n, s) for s in _SPLITS))
+
+
+def _read(path: pathlib.Path) -> np.ndarray:
+    opener = gzip.open if path.suffix == ".gz" else open
+    with opener(path, "rt") as f:
+        rows = [line.strip() for line in f if line.strip()]
+    if not rows:
+        raise ValueError(f"{path} holds no sample")
+    if len({row.count(",") for row in rows}) != 1:
+        raise ValueError(f"{path} has rows of different lengths")
+    try:
+        data = np.asarray([[int(v) for v in row.split(",")] for row in rows], dtype=np.int8)
+    except ValueError as error:
+        raise ValueError(f"{path} is not comma-separated integers: {error}") from None
+    if data.min() < 0 or data.max() > 1:
+        raise ValueError(f"{path} holds values other than 0 and 1")
+    return data
+
+
+def load_debd(name: str, directory: str | os.PathLike) -> dict[str, np.ndarray]:
+    """Load one DEBD dataset.
+
+    Args:
+        name: dataset name, e.g. ``"nltcs"`` (see :func:`list_debd`).
+        directory: the folder holding ``NAME.{train,valid,test}.data[.gz]``
+            (in this repository's checkouts: ``../shared/data/debd``).
+
+    Returns:
+        ``{"train": ..., "valid": ..., "test": ...}``, each an ``(N, V)`` int8 array of 0/1.
+
+    Raises:
+        ValueError: if the directory or a split is missing (listing what is there),
+            or a file is malformed.
+    """
+    directory = pathlib.Path(directory)
+    if not directory.is_dir():
+        raise ValueError(f"`directory` {os.fspath(directory)!r} is not a directory")
+    out = {}
+    for split in _SPLITS:
+        path = _split_path(directory, name, split)
+        if path is None:
+            available = ", ".join(list_debd(directory)) or "none"
+            raise ValueError(f"`name` {name!r}: no {name}.{split}.data[.gz] in {directory} "
+                             f"(datasets there: {available})")
+        out[split] = _read(path)
+    widths = {split: a.shape[1] for split, a in out.items()}
+    if len(set(widths.values())) != 1:
+        raise ValueError(f"`name` {name!r}: the splits have different numbers of variables {widths}")
+    return out

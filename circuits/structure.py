@@ -1,0 +1,225 @@
+"""Folding: a region graph plus layer choices become a static plan of folded layers.
+
+The plan assigns every region a *stage* (its depth in the region graph). Stage
+``d`` computes, as ONE folded inner layer, the product-then-sum units of every
+partition of every region at depth ``d``; regions of that depth with several
+partitions then get ONE folded mixing layer. Each layer reads its inputs by a
+single gather from the outputs of earlier layers (output *groups*): group 0 holds
+the leaf regions, stage ``d`` writes group ``2d - 1`` (inner) and ``2d`` (mixing).
+
+The plan is pure numpy and hashable (by content), so it is a static field of the
+jit-compiled :class:`circuits.Circuit`; only the parameters are traced.
+"""
+
+from __future__ import annotations
+
+import hashlib
+from dataclasses import dataclass
+
+import numpy as np
+
+from circuits.region_graph import RegionGraph
+
+__all__ = ["InnerStage", "MixingStage", "CircuitStructure", "LAYER_KINDS"]
+
+#: Inner layer kinds: ``"cp"`` (Hadamard product then sum) and ``"tucker"``
+#: (Kronecker product then sum).
+LAYER_KINDS = ("cp", "tucker")
+
+
+@dataclass(frozen=True, eq=False)
+class InnerStage:
+    """One folded inner layer.
+
+    Attributes:
+        sources: output groups read, concatenated in this order (plus one padding row).
+        index: ``(F, A)`` rows of that concatenation feeding each fold's children;
+            the padding row (index = total rows) stands for an absent child.
+        num_outputs: units per fold (``K``, or 1 at the root).
+        partitions: ``(region, partition_number)`` computed by each fold, where
+            ``partition_number`` indexes ``RegionGraph.partitions``.
+    """
+
+    sources: tuple[int, ...]
+    index: np.ndarray
+    num_outputs: int
+    partitions: tuple[tuple[int, int], ...]
+
+
+@dataclass(frozen=True, eq=False)
+class MixingStage:
+    """One folded mixing layer over the inner outputs of the same stage.
+
+    Attributes:
+        index: ``(M, P)`` rows of the stage's inner output (padding row = F).
+        valid: ``(M, P)`` True where the entry is a real partition.
+        regions: the region computed by each fold.
+    """
+
+    index: np.ndarray
+    valid: np.ndarray
+    regions: tuple[int, ...]
+
+
+class CircuitStructure:
+    """The static plan of a compiled circuit (see the module docstring).
+
+    Attributes:
+        region_graph: the region graph it was built from.
+        num_variables: ``V``.
+        num_units: ``K``, units per region (the root has one).
+        layer_kind: ``"cp"`` or ``"tucker"``.
+        slot_variable: ``(S,)`` the variable of each input slot (one per leaf-region variable).
+        slot_leaf: ``(S,)`` the leaf row of each slot.
+        leaf_slots: ``(L, n)`` the slots of each leaf region, padded with ``S``.
+        leaf_regions: ``(L,)`` region index of each leaf row.
+        stages: tuple of ``(InnerStage, MixingStage | None)``.
+        group_sizes: number of rows in each output group.
+        location: region -> ``(group, row)`` of its output.
+    """
+
+    def __init__(self, region_graph: RegionGraph, num_units: int, layer_kind: str):
+        if layer_kind not in LAYER_KINDS:
+            raise ValueError(f"`layer` must be one of {LAYER_KINDS}, got {layer_kind!r}")
+        if isinstance(num_units, bool) or not isinstance(num_units, (int, np.integer)) \
+                or num_units < 1:
+            raise ValueError(f"`num_units` must be a positive integer, got {num_units!r}")
+        rg = region_graph
+        if layer_kind == "tucker":
+            for number, p in enumerate(rg.partitions):
+                if len(p.children) != 2:
+                    raise ValueError(
+                        f"region {p.region} {rg.regions[p.region]}: partition {number} has "
+                        f"{len(p.children)} children; Tucker layers need binary partitions "
+                        "(use layer='cp' for wider ones)"
+                    )
+        self.region_graph = rg
+        self.num_variables = rg.num_variables
+        self.num_units = int(num_units)
+        self.layer_kind = layer_kind
+        self._build()
+        self._digest = self._compute_digest()
+
+    def _build(self) -> None:
+        rg = self.region_graph
+        leaves = rg.leaves
+        slot_variable, slot_leaf = [], []
+        for row, region in enumerate(leaves):
+            for v in rg.regions[region]:
+                slot_variable.append(v)
+                slot_leaf.append(row)
+        self.slot_variable = np.asarray(slot_variable, np.int32)
+        self.slot_leaf = np.asarray(slot_leaf, np.int32)
+        num_slots = len(slot_variable)
+        width = max(len(rg.regions[r]) for r in leaves)
+        leaf_slots = np.full((len(leaves), width), num_slots, np.int32)
+        for s, row in enumerate(slot_leaf):
+            leaf_slots[row, np.argmax(leaf_slots[row] == num_slots)] = s
+        self.leaf_slots = leaf_slots
+        self.leaf_regions = np.asarray(leaves, np.int32)
+
+        location: dict[int, tuple[int, int]] = {r: (0, row) for row, r in enumerate(leaves)}
+        group_sizes = [len(leaves)]
+        stages = []
+        max_depth = rg.depth[rg.root]
+        partitions_of = rg.partitions_of
+        number_of = {id(p): n for n, p in enumerate(rg.partitions)}
+        for depth in range(1, max_depth + 1):
+            regions = [r for r in range(len(rg.regions)) if rg.depth[r] == depth]
+            inner_group, mixing_group = 2 * depth - 1, 2 * depth
+            folds = [(r, p) for r in regions for p in partitions_of[r]]
+            sources = sorted({location[c][0] for _, p in folds for c in p.children})
+            offsets, total = {}, 0
+            for g in sources:
+                offsets[g] = total
+                total += group_sizes[g]
+            arity = max(len(p.children) for _, p in folds)
+            index = np.full((len(folds), arity), total, np.int32)
+            for f, (_, p) in enumerate(folds):
+                for a, c in enumerate(p.children):
+                    g, row = location[c]
+                    index[f, a] = offsets[g] + row
+            is_root = depth == max_depth
+            inner = InnerStage(
+                sources=tuple(sources), index=index,
+                num_outputs=1 if is_root else self.num_units,
+                partitions=tuple((r, number_of[id(p)]) for r, p in folds),
+            )
+            group_sizes.append(len(folds))
+            fold_of = {}
+            for f, (r, _) in enumerate(folds):
+                fold_of.setdefault(r, []).append(f)
+            mixed = [r for r in regions if len(fold_of[r]) > 1]
+            mixing = None
+            if mixed:
+                width_p = max(len(fold_of[r]) for r in mixed)
+                mix_index = np.full((len(mixed), width_p), len(folds), np.int32)
+                valid = np.zeros((len(mixed), width_p), bool)
+                for m, r in enumerate(mixed):
+                    mix_index[m, : len(fold_of[r])] = fold_of[r]
+                    valid[m, : len(fold_of[r])] = True
+                mixing = MixingStage(index=mix_index, valid=valid, regions=tuple(mixed))
+                for m, r in enumerate(mixed):
+                    location[r] = (mixing_group, m)
+            group_sizes.append(len(mixed))
+            for r in regions:
+                if len(fold_of[r]) == 1:
+                    location[r] = (inner_group, fold_of[r][0])
+            stages.append((inner, mixing))
+        self.stages = tuple(stages)
+        self.group_sizes = tuple(group_sizes)
+        self.location = location
+
+    # ----------------------------------------------------------------- sizes
+    @property
+    def num_slots(self) -> int:
+        return len(self.slot_variable)
+
+    @property
+    def inner_width(self) -> int:
+        """Inputs of each inner sum: ``K`` (CP) or ``K^2`` (Tucker)."""
+        return self.num_units if self.layer_kind == "cp" else self.num_units**2
+
+    @property
+    def root_location(self) -> tuple[int, int]:
+        return self.location[self.region_graph.root]
+
+    def sum_shapes(self) -> tuple[tuple[int, int, int], ...]:
+        """Shapes ``(F, O, J)`` of the inner sum weights, one per stage."""
+        return tuple((s.index.shape[0], s.num_outputs, self.inner_width) for s, _ in self.stages)
+
+    def mixing_shapes(self) -> tuple[tuple[int, int, int] | None, ...]:
+        """Shapes ``(M, O, P)`` of the mixing weights, one per stage (None: no mixing)."""
+        return tuple(
+            None if m is None else (m.index.shape[0], s.num_outputs, m.index.shape[1])
+            for s, m in self.stages
+        )
+
+    def num_parameters(self) -> int:
+        """Number of sum weights (the input layer's are counted by the circuit)."""
+        total = sum(int(np.prod(s)) for s in self.sum_shapes())
+        total += sum(int(np.prod(s)) for s in self.mixing_shapes() if s is not None)
+        return total
+
+    # ------------------------------------------------------ static hashing
+    def _compute_digest(self) -> str:
+        h = hashlib.sha256()
+        h.update(repr((self.num_variables, self.num_units, self.layer_kind)).encode())
+        for array in (self.slot_variable, self.slot_leaf, self.leaf_slots):
+            h.update(array.tobytes())
+        for inner, mixing in self.stages:
+            h.update(repr((inner.sources, inner.num_outputs, inner.index.shape)).encode())
+            h.update(inner.index.tobytes())
+            if mixing is not None:
+                h.update(mixing.index.tobytes() + mixing.valid.tobytes())
+        return h.hexdigest()
+
+    def __hash__(self) -> int:
+        return hash(self._digest)
+
+    def __eq__(self, other) -> bool:
+        return isinstance(other, CircuitStructure) and other._digest == self._digest
+
+    def __repr__(self) -> str:
+        return (f"CircuitStructure(variables={self.num_variables}, units={self.num_units}, "
+                f"layer={self.layer_kind!r}, stages={len(self.stages)}, slots={self.num_slots})")
