@@ -22,6 +22,7 @@ __all__ = ["DemoStep", "StepSkipped", "STEPS", "run_demo"]
 
 STEPS: list[str] = [
     "probinf._demo_vi:vi_step",
+    "probinf.smc._demo:smc_step",
     "probinf.pcn._demo:pcn_step",
     "circuits._demo:circuits_step",
 ]

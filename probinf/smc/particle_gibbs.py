@@ -1,0 +1,345 @@
+r"""Conditional SMC and particle Gibbs (Andrieu, Doucet and Holenstein, 2010).
+
+Conditional SMC runs a particle filter in which one particle is pinned to a reference
+trajectory $x^*_{0:T-1}$; drawing one path from the final genealogy gives a
+Markov kernel that leaves the smoothing distribution
+$\mathbb Q_T(dx_{0:T-1})$ invariant for every number of particles. With
+*ancestor sampling* (Lindsten, Jordan and Schön, 2014) the reference's parent is
+redrawn at each step with probability $\propto W^i_{t-1} f_t(x^*_t \mid x^i_{t-1})$,
+which breaks path degeneracy and mixes far better on long series.
+
+Particle Gibbs alternates that kernel with a user-supplied update of model parameters
+$\theta$ given the trajectory, $\theta \sim \pi(\theta \mid x_{0:T-1}, y)$
+(or any kernel leaving it invariant), and so samples $p(\theta, x_{0:T-1} \mid y)$.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Callable
+from typing import Any
+
+import equinox as eqx
+import jax
+import jax.numpy as jnp
+import numpy as np
+from jaxtyping import Array, Int, PRNGKeyArray
+
+from probinf._progress import progress_bar
+from probinf.smc.feynman_kac import (
+    FAILURE_MESSAGES,
+    FeynmanKac,
+    check_model_shapes,
+    check_positive_int,
+    trace_genealogy,
+)
+from probinf.smc.resampling import _multinomial
+
+__all__ = ["CSMCResult", "ParticleGibbsResult", "conditional_smc", "particle_gibbs"]
+
+
+class CSMCResult(eqx.Module):
+    """What `conditional_smc` returns.
+
+    Attributes:
+        trajectory: the new path, in the model's particle representation (leaves ``(T, ...)``);
+            pass it back as the next reference.
+        failure: ``0``, or a key of `probinf.smc.feynman_kac.FAILURE_MESSAGES`.
+        failed_at: first failing step, or ``-1``.
+    """
+
+    trajectory: Any
+    failure: Int[Array, ""]
+    failed_at: Int[Array, ""]
+
+    def check(self) -> CSMCResult:
+        """Raise a ``ValueError`` naming the failing step; returns ``self`` if sound."""
+        failures = np.atleast_1d(np.asarray(self.failure))
+        steps = np.atleast_1d(np.asarray(self.failed_at))
+        for failure, step in zip(failures, steps, strict=True):
+            if failure:
+                raise ValueError(
+                    f"conditional SMC failed at step {int(step)}: {FAILURE_MESSAGES[int(failure)]}"
+                )
+        return self
+
+
+def _set_first(tree, value):
+    return jax.tree.map(lambda leaf, v: leaf.at[0].set(v), tree, value)
+
+
+def _normalise(log_potential):
+    bad = jnp.any(jnp.isnan(log_potential) | (log_potential == jnp.inf))
+    log_potential = jnp.where(jnp.isnan(log_potential), -jnp.inf, log_potential)
+    total = jax.scipy.special.logsumexp(log_potential)
+    failure = jnp.where(bad, 1, jnp.where(total == -jnp.inf, 2, 0)).astype(jnp.int32)
+    n = log_potential.shape[0]
+    return jnp.where(failure == 0, log_potential - total, -math.log(n)), failure
+
+
+def _csmc(key, model, reference, n, conditional: bool, ancestor_sampling: bool):
+    """One (conditional) SMC sweep with multinomial resampling at every step."""
+    num_steps = model.num_steps
+    pin = (lambda tree, t: _set_first(tree, jax.tree.map(lambda r: r[t], reference))) if conditional \
+        else (lambda tree, t: tree)
+
+    key_init, key_final, key_steps = jax.random.split(key, 3)
+    particles = pin(model.init(key_init, n), 0)
+    log_weights, failure = _normalise(model.log_potential(jnp.int32(0), particles))
+    failed_at = jnp.where(failure != 0, 0, -1).astype(jnp.int32)
+
+    def step(carry, t):
+        particles, log_weights, failure, failed_at = carry
+        key_resample, key_ancestor, key_move = jax.random.split(jax.random.fold_in(key_steps, t), 3)
+        ancestors = _multinomial(key_resample, log_weights, n)
+        if conditional:
+            if ancestor_sampling:
+                reference_state = model.states(jax.tree.map(lambda r: r[t], reference))
+                repeated = jax.tree.map(lambda leaf: jnp.broadcast_to(leaf, (n, *leaf.shape)), reference_state)
+                logits = log_weights + model.log_transition_density(t, model.states(particles), repeated)
+                logits = jnp.where(jnp.isnan(logits), -jnp.inf, logits)
+                parent = jax.random.categorical(key_ancestor, logits)
+            else:
+                parent = 0
+            ancestors = ancestors.at[0].set(parent)
+        parents = jax.tree.map(lambda leaf: leaf[ancestors], particles)
+        moved = pin(model.transition(key_move, t, parents), t)
+        new_log_weights, step_failure = _normalise(model.log_potential(t, moved))
+        new_failure = jnp.where(failure != 0, failure, step_failure)
+        failed_at = jnp.where((failure == 0) & (new_failure != 0), t, failed_at)
+        return (moved, new_log_weights, new_failure, failed_at), (moved, ancestors)
+
+    carry = (particles, log_weights, failure, failed_at)
+    (_, final_log_weights, failure, failed_at), (rest, ancestors) = jax.lax.scan(
+        step, carry, jnp.arange(1, num_steps, dtype=jnp.int32)
+    )
+    history = jax.tree.map(lambda a, b: jnp.concatenate([a[None], b]), particles, rest)
+    ancestors = jnp.concatenate([jnp.arange(n, dtype=jnp.int32)[None], ancestors])
+    chosen = jax.random.categorical(key_final, final_log_weights)
+    path = trace_genealogy(history, ancestors, chosen[None])
+    return jax.tree.map(lambda leaf: leaf[:, 0], path), failure, failed_at
+
+
+def _check_ancestor_sampling(model, ancestor_sampling, name="model"):
+    if not ancestor_sampling:
+        return
+    if not callable(getattr(model, "log_transition_density", None)):
+        raise ValueError(
+            f"`ancestor_sampling=True` needs `{name}.log_transition_density(t, previous_states, states)`"
+        )
+    if getattr(model, "potential_uses_parent", False):
+        raise ValueError(
+            f"`ancestor_sampling=True` needs potentials that depend on the current particle only; "
+            f"{type(model).__name__} weights depend on the parent (use Bootstrap)"
+        )
+
+
+def _check_reference(reference, model, num_steps):
+    probe = jax.eval_shape(lambda k: model.init(k, 1), jax.random.key(0))
+    expected = jax.tree.map(lambda leaf: (num_steps, *leaf.shape[1:]), probe)
+    try:
+        got = jax.tree.map(lambda leaf: tuple(jnp.shape(leaf)), reference)
+        same = jax.tree.structure(got, is_leaf=lambda x: isinstance(x, tuple)) == jax.tree.structure(
+            expected, is_leaf=lambda x: isinstance(x, tuple)
+        ) and jax.tree.leaves(got, is_leaf=lambda x: isinstance(x, tuple)) == jax.tree.leaves(
+            expected, is_leaf=lambda x: isinstance(x, tuple)
+        )
+    except (TypeError, ValueError):
+        same = False
+    if not same:
+        raise ValueError(
+            f"`reference` must be a trajectory shaped like the model's particles with a leading "
+            f"axis of T = {num_steps} steps: expected {expected}, got "
+            f"{jax.tree.map(lambda leaf: tuple(jnp.shape(leaf)), reference)}"
+        )
+
+
+@eqx.filter_jit
+def _csmc_jit(key, model, reference, n, conditional, ancestor_sampling):
+    return _csmc(key, model, reference, n, conditional, ancestor_sampling)
+
+
+def conditional_smc(
+    key: PRNGKeyArray,
+    model: FeynmanKac,
+    reference: Any,
+    num_particles: int,
+    *,
+    ancestor_sampling: bool = False,
+    raise_on_failure: bool = True,
+) -> CSMCResult:
+    r"""One conditional SMC sweep: a new trajectory given a reference trajectory.
+
+    Particle 0 is pinned to ``reference`` at every step; the others are resampled
+    multinomially, moved and weighted as in the particle filter. A path drawn from the
+    final weights through the genealogy is returned. The map
+    ``reference -> trajectory`` leaves the model's smoothing distribution invariant.
+
+    Args:
+        key: PRNG key.
+        model: a `probinf.smc.feynman_kac.FeynmanKac` model.
+        reference: a trajectory in the model's particle representation, leaves ``(T, ...)``
+            (e.g. the ``trajectory`` of a previous sweep).
+        num_particles: ``n >= 2``.
+        ancestor_sampling: redraw the reference's ancestors (needs
+            ``model.log_transition_density`` and potentials of the current particle only).
+        raise_on_failure: when concrete, raise on NaN potentials or vanished weights.
+
+    Returns:
+        A `CSMCResult`.
+
+    Raises:
+        ValueError: for ``num_particles < 2``, a reference of the wrong shape, ancestor
+            sampling on a model that cannot support it, or (with ``raise_on_failure``) a
+            failed sweep.
+    """
+    n = check_positive_int(num_particles, "num_particles")
+    if n < 2:
+        raise ValueError(f"`num_particles` must be at least 2 for conditional SMC, got {n}")
+    num_steps = check_model_shapes(model, n)
+    _check_ancestor_sampling(model, ancestor_sampling)
+    _check_reference(reference, model, num_steps)
+    trajectory, failure, failed_at = _csmc_jit(key, model, reference, n, True, bool(ancestor_sampling))
+    result = CSMCResult(trajectory, failure, failed_at)
+    if raise_on_failure and not isinstance(failure, jax.core.Tracer):
+        result.check()
+    return result
+
+
+class ParticleGibbsResult(eqx.Module):
+    """What `particle_gibbs` returns.
+
+    Attributes:
+        parameters: the parameter pytree at every iteration, leaves ``(num_iterations, ...)``.
+        trajectories: the model states of the trajectory at every iteration, leaves
+            ``(num_iterations, T, ...)``.
+        failure: per-iteration failure codes ``(num_iterations,)`` (``0`` when sound).
+    """
+
+    parameters: Any
+    trajectories: Any
+    failure: Int[Array, " iterations"]
+
+    def check(self) -> ParticleGibbsResult:
+        """Raise a ``ValueError`` naming the first failing iteration; returns ``self`` if sound."""
+        failures = np.asarray(self.failure).reshape(-1, np.shape(self.failure)[-1])
+        for chain in failures:
+            bad = np.flatnonzero(chain)
+            if bad.size:
+                raise ValueError(
+                    f"particle Gibbs: the conditional SMC sweep of iteration {int(bad[0])} failed: "
+                    f"{FAILURE_MESSAGES[int(chain[bad[0]])]}"
+                )
+        return self
+
+
+@eqx.filter_jit
+def _gibbs_chunk(carry, key, iterations, build_model, update_parameters, n, ancestor_sampling):
+    def body(carry, iteration):
+        parameters, reference = carry
+        key_csmc, key_update = jax.random.split(jax.random.fold_in(key, iteration))
+        model = build_model(parameters)
+        trajectory, failure, _ = _csmc(key_csmc, model, reference, n, True, ancestor_sampling)
+        states = model.states(trajectory)
+        new_parameters = update_parameters(key_update, parameters, states)
+        return (new_parameters, trajectory), (new_parameters, states, failure)
+
+    return jax.lax.scan(body, carry, iterations)
+
+
+def particle_gibbs(
+    key: PRNGKeyArray,
+    build_model: Callable[[Any], FeynmanKac],
+    update_parameters: Callable[[PRNGKeyArray, Any, Any], Any],
+    initial_parameters: Any,
+    num_iterations: int,
+    num_particles: int,
+    *,
+    ancestor_sampling: bool = True,
+    chunk_size: int = 100,
+    raise_on_failure: bool = True,
+    progress: bool | None = None,
+) -> ParticleGibbsResult:
+    r"""Particle Gibbs: alternate conditional SMC on the states and an update of the parameters.
+
+    Iteration ``k``: build the model at $\theta_k$, draw a trajectory with
+    `conditional_smc` given the previous one, then
+    $\theta_{k+1} \sim$ ``update_parameters(key, theta_k, states)``. The first
+    reference comes from an unconditional SMC sweep at ``initial_parameters``. The
+    loop runs under ``lax.scan`` in chunks of ``chunk_size`` iterations (one progress
+    update each); iteration ``k`` uses ``fold_in(key, k)``.
+
+    Args:
+        key: PRNG key.
+        build_model: ``theta -> FeynmanKac`` model (e.g. ``lambda th: Bootstrap(MySSM(th, y))``);
+            its potentials must depend on the current particle only, and its particles
+            must be the states (``Bootstrap``).
+        update_parameters: ``(key, theta, states) -> theta``, a draw from (or a kernel
+            leaving invariant) $p(\theta \mid x_{0:T-1}, y)$; ``states`` has leaves
+            ``(T, ...)``.
+        initial_parameters: $\theta_0$ (any pytree of arrays).
+        num_iterations: number of Gibbs iterations.
+        num_particles: particles per conditional SMC sweep (``>= 2``).
+        ancestor_sampling: use conditional SMC with ancestor sampling.
+        chunk_size: iterations per compiled chunk.
+        raise_on_failure: when concrete, raise if any sweep failed.
+        progress: show a progress bar (default: only on a terminal).
+
+    Returns:
+        A `ParticleGibbsResult`.
+
+    Raises:
+        ValueError: for bad sizes, a model whose potentials use the parent particle, or
+            (with ``raise_on_failure``) a failed sweep.
+        TypeError: if ``build_model`` or ``update_parameters`` is not callable.
+    """
+    for name, fn in (("build_model", build_model), ("update_parameters", update_parameters)):
+        if not callable(fn):
+            raise TypeError(f"`{name}` must be callable, got {type(fn).__name__}")
+    num_iterations = check_positive_int(num_iterations, "num_iterations")
+    n = check_positive_int(num_particles, "num_particles")
+    if n < 2:
+        raise ValueError(f"`num_particles` must be at least 2 for particle Gibbs, got {n}")
+    chunk_size = min(check_positive_int(chunk_size, "chunk_size"), num_iterations)
+    model = build_model(initial_parameters)
+    check_model_shapes(model, n, "build_model(initial_parameters)")
+    if getattr(model, "potential_uses_parent", False):
+        raise ValueError(
+            "particle Gibbs needs potentials of the current particle only (a Bootstrap model); "
+            f"`build_model` returned a {type(model).__name__}"
+        )
+    _check_ancestor_sampling(model, ancestor_sampling, "build_model(theta)")
+    probe_states = jax.eval_shape(lambda: model.states(model.init(jax.random.key(0), model.num_steps)))
+    new_parameters = jax.eval_shape(
+        lambda k, states: update_parameters(k, initial_parameters, states), jax.random.key(0), probe_states
+    )
+    if jax.tree.structure(new_parameters) != jax.tree.structure(initial_parameters) or any(
+        a.shape != jnp.shape(b)
+        for a, b in zip(jax.tree.leaves(new_parameters), jax.tree.leaves(initial_parameters), strict=True)
+    ):
+        raise ValueError(
+            "`update_parameters` must return parameters shaped like `initial_parameters`"
+        )
+
+    key_start, key_loop = jax.random.split(key)
+    reference, failure, failed_at = _csmc_jit(key_start, model, None, n, False, False)
+    if raise_on_failure and not isinstance(failure, jax.core.Tracer) and int(failure):
+        raise ValueError(
+            f"particle Gibbs: the initial SMC sweep failed at step {int(failed_at)}: "
+            f"{FAILURE_MESSAGES[int(failure)]}"
+        )
+    carry = (initial_parameters, reference)
+    outputs = []
+    with progress_bar(total=num_iterations, enabled=progress, desc="particle Gibbs") as bar:
+        for start in range(0, num_iterations, chunk_size):
+            iterations = jnp.arange(start, min(start + chunk_size, num_iterations), dtype=jnp.int32)
+            carry, out = _gibbs_chunk(
+                carry, key_loop, iterations, build_model, update_parameters, n, bool(ancestor_sampling)
+            )
+            outputs.append(out)
+            bar.update(len(iterations))
+    parameters, trajectories, failures = jax.tree.map(lambda *xs: jnp.concatenate(xs), *outputs)
+    result = ParticleGibbsResult(parameters, trajectories, failures)
+    if raise_on_failure and not isinstance(failures, jax.core.Tracer):
+        result.check()
+    return result

@@ -1,0 +1,479 @@
+r"""Tempered SMC for static targets: a path of distributions from a reference to the target.
+
+For a `probinf.target.Target` with unnormalised density $\tilde p$ and a
+normalised reference $q$ that can be sampled (default $\mathcal N(0, I)$),
+the geometric path
+
+$$
+\gamma_\lambda(z) = q(z)^{1-\lambda}\, \tilde p(z)^{\lambda}
+= q(z)\, \exp\{\lambda\, \ell(z)\},\qquad \ell = \log\tilde p - \log q,
+$$
+
+runs from $q$ ($\lambda = 0$) to the target ($\lambda = 1$). With
+$q$ the prior and $\tilde p$ the unnormalised posterior, $\ell$ is the
+log likelihood and this is the usual likelihood tempering. Each stage
+$\lambda \to \lambda'$ is one Feynman–Kac step: reweight by
+$G = e^{(\lambda' - \lambda)\ell}$, resample, and move every particle with an MCMC
+kernel that leaves $\gamma_{\lambda'}$ invariant (Neal, 2001; Chopin, 2002;
+Del Moral, Doucet and Jasra, 2006). The product of the mean weights estimates
+$Z = \int \tilde p$.
+
+* **Adaptive tempering** (Jasra et al., 2011): $\lambda'$ is found by bisection so
+  that the effective sample size of the new weights is ``target_ess * n``.
+* **Moves** are blackjax kernels: random-walk Metropolis, MALA or HMC. With
+  ``tune=True`` each stage works in coordinates whitened by the weighted mean and
+  standard deviation of the particle cloud, and the step size follows the previous
+  stage's acceptance rate toward the kernel's usual optimum (in the spirit of
+  Buchholz, Chopin and Jacob, 2021).
+* **Waste-free SMC** (Dau and Chopin, 2022): resample only ``n / P`` particles, run
+  chains of length ``P`` from them and keep every state of every chain.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Sequence
+from typing import Literal, NamedTuple
+
+import equinox as eqx
+import jax
+import jax.numpy as jnp
+import numpy as np
+from jaxtyping import Array, Bool, Float, Int, PRNGKeyArray
+
+from probinf._progress import progress_bar
+from probinf.diagnostics import effective_sample_size
+from probinf.smc.feynman_kac import check_positive_int
+from probinf.smc.resampling import _UNCHECKED, check_scheme
+from probinf.smc.sharding import check_divisible, constrain_leading_axis
+
+__all__ = ["tempered_smc", "TemperedResult", "KERNELS", "TEMPERED_FAILURES"]
+
+KERNELS = ("rwm", "mala", "hmc")
+# Acceptance rates the step size is steered toward (Roberts and Rosenthal, 2001; Beskos et al., 2013).
+_TARGET_ACCEPTANCE = {"rwm": 0.234, "mala": 0.574, "hmc": 0.65}
+
+TEMPERED_FAILURES = {
+    1: "a log density (target or reference) was NaN or +inf at a particle",
+    2: "every particle had zero weight (the target density is 0 on the whole cloud)",
+    3: "the temperature did not reach 1 within `max_stages` stages",
+}
+
+
+def _default_step_size(kernel: str, dim: int) -> float:
+    if kernel == "rwm":
+        return 2.38 / math.sqrt(dim)
+    if kernel == "mala":
+        return 0.5 * dim ** (-1 / 3)
+    return 0.5 * dim ** (-1 / 4)
+
+
+class TemperedResult(eqx.Module):
+    """What `tempered_smc` returns. Stage histories are padded to ``max_stages`` with NaN.
+
+    Attributes:
+        particles: ``(n, dim)`` equally weighted draws on the target's unconstrained space.
+        log_evidence: $\\log \\hat Z$ (``nan`` or ``-inf`` after a failure).
+        temperatures: ``(max_stages,)`` $\\lambda$ reached at each stage.
+        log_evidence_increments: ``(max_stages,)`` log mean incremental weight per stage.
+        ess: ``(max_stages,)`` effective sample size of the incremental weights.
+        acceptance_rates: ``(max_stages,)`` mean MCMC acceptance rate per stage.
+        step_sizes: ``(max_stages,)`` step size used at each stage.
+        num_stages: how many stages ran.
+        failure: ``0``, or a key of `TEMPERED_FAILURES`.
+        failed_at: the first failing stage, or ``-1``.
+
+    The result holds arrays only, so `tempered_smc` can be ``jax.vmap``-ed over keys
+    for independent runs; pass the target to `samples` / `to_inference_data`.
+    """
+
+    particles: Float[Array, "n dim"]
+    log_evidence: Float[Array, ""]
+    temperatures: Float[Array, " S"]
+    log_evidence_increments: Float[Array, " S"]
+    ess: Float[Array, " S"]
+    acceptance_rates: Float[Array, " S"]
+    step_sizes: Float[Array, " S"]
+    num_stages: Int[Array, ""]
+    failure: Int[Array, ""]
+    failed_at: Int[Array, ""]
+
+    @property
+    def ok(self) -> Bool[Array, ""]:
+        """``True`` when the run reached temperature 1 without failing."""
+        return self.failure == 0
+
+    def check(self) -> TemperedResult:
+        """Raise a ``ValueError`` naming the failing stage and the reason; returns ``self`` if sound.
+
+        For a batch of runs (``jax.vmap``) every run is checked.
+        """
+        failures = np.atleast_1d(np.asarray(self.failure))
+        stages = np.atleast_1d(np.asarray(self.failed_at))
+        for run, (failure, stage) in enumerate(zip(failures, stages, strict=True)):
+            if failure:
+                where = f"run {run}, " if failures.size > 1 else ""
+                raise ValueError(
+                    f"tempered SMC failed at {where}stage {int(stage)}: {TEMPERED_FAILURES[int(failure)]}"
+                )
+        return self
+
+    def samples(self, target) -> dict[str, np.ndarray]:
+        """The particles mapped to ``target``'s named, constrained sites (leading axes kept)."""
+        return {name: np.asarray(v) for name, v in target.constrain(self.particles).items()}
+
+    def to_inference_data(self, target):
+        """ArviZ ``InferenceData`` of ``target``'s sites: one chain of ``n`` draws, or one
+        chain per run for a batch of runs."""
+        from probinf.diagnostics import to_inference_data
+
+        samples = self.samples(target)
+        if np.ndim(self.particles) == 2:
+            samples = {k: v[None] for k, v in samples.items()}
+        return to_inference_data(samples)
+
+
+class _State(NamedTuple):
+    particles: Array
+    log_ratio: Array  # ell(z) = log p(z) - log q(z) per particle
+    temperature: Array
+    log_evidence: Array
+    step_size: Array
+    stage: Array
+    failure: Array
+    failed_at: Array
+    history: tuple
+
+
+def _next_temperature_adaptive(log_ratio, temperature, target_ess, n):
+    """Largest delta (up to 1 - lambda) whose weights keep ESS >= target_ess * n, by bisection."""
+    ess_of = lambda delta: effective_sample_size(jnp.where(jnp.isneginf(log_ratio), -jnp.inf, delta * log_ratio))
+    goal = target_ess * n
+    max_delta = 1.0 - temperature
+
+    def bisect(_, bounds):
+        low, high = bounds
+        middle = 0.5 * (low + high)
+        good = ess_of(middle) >= goal
+        return jnp.where(good, middle, low), jnp.where(good, high, middle)
+
+    low, _ = jax.lax.fori_loop(0, 60, bisect, (jnp.zeros_like(max_delta), max_delta))
+    delta = jnp.where(ess_of(max_delta) >= goal, max_delta, low)
+    # Never stall on a zero step: the smallest step float32 can represent at this temperature.
+    delta = jnp.maximum(delta, jnp.minimum(max_delta, 1e-7 * jnp.maximum(temperature, 1e-3)))
+    return jnp.where(max_delta - delta < 1e-6, 1.0, temperature + delta)
+
+
+def _build_kernel(kernel: str, num_integration_steps: int):
+    import blackjax
+
+    if kernel == "hmc":
+        step = blackjax.mcmc.hmc.build_kernel()
+        init = blackjax.mcmc.hmc.init
+
+        def move(key, state, logdensity, step_size):
+            dim = state.position.shape[-1]
+            return step(key, state, logdensity, step_size, jnp.ones(dim), num_integration_steps)
+
+    elif kernel == "mala":
+        step = blackjax.mcmc.mala.build_kernel()
+        init = blackjax.mcmc.mala.init
+
+        def move(key, state, logdensity, step_size):
+            return step(key, state, logdensity, step_size)
+
+    else:
+        step = blackjax.mcmc.random_walk.build_additive_step()
+        init = blackjax.mcmc.random_walk.init
+
+        def move(key, state, logdensity, step_size):
+            random_step = lambda k, position: step_size * jax.random.normal(k, position.shape)
+            return step(key, state, logdensity, random_step)
+
+    return init, move
+
+
+def _log_ratio_fn(target, reference):
+    def log_ratio(z):
+        return target.log_density(z) - reference.log_prob(z)
+
+    return log_ratio
+
+
+@eqx.filter_jit
+def _run_stages(state: _State, key, target, reference, temperatures, stop_stage, config):
+    (n, kernel, num_mcmc_steps, num_integration_steps, chain_length, scheme, target_ess,
+     tune, sharding, max_stages) = config
+    init_kernel, move = _build_kernel(kernel, num_integration_steps)
+    log_ratio_fn = _log_ratio_fn(target, reference)
+    num_starts = n // chain_length if chain_length else n
+    goal_acceptance = _TARGET_ACCEPTANCE[kernel]
+
+    def not_done(s: _State):
+        return (s.temperature < 1.0) & (s.stage < stop_stage) & (s.failure == 0)
+
+    def body(s: _State) -> _State:
+        key_stage = jax.random.fold_in(key, s.stage)
+        key_resample, key_move = jax.random.split(key_stage)
+        if temperatures is None:
+            new_temperature = _next_temperature_adaptive(s.log_ratio, s.temperature, target_ess, n)
+        else:
+            new_temperature = temperatures[jnp.minimum(s.stage, temperatures.shape[0] - 1)]
+        delta = new_temperature - s.temperature
+        incremental = jnp.where(jnp.isneginf(s.log_ratio), -jnp.inf, delta * s.log_ratio)
+        increment = jax.scipy.special.logsumexp(incremental) - math.log(n)
+        log_weights = jax.nn.log_softmax(incremental)
+        ess = effective_sample_size(incremental)
+        zero_weight = increment == -jnp.inf
+
+        # Whitening from the reweighted cloud, before resampling thins it.
+        weights = jnp.where(zero_weight, 1.0 / n, jnp.exp(log_weights))
+        if tune:
+            center = weights @ s.particles
+            spread = jnp.sqrt(weights @ (s.particles - center) ** 2)
+            scale = jnp.where(spread > 0, spread, 1.0)
+        else:
+            center = jnp.zeros(s.particles.shape[-1])
+            scale = jnp.ones(s.particles.shape[-1])
+
+        safe_log_weights = jnp.where(zero_weight, -math.log(n), log_weights)
+        ancestors = _UNCHECKED[scheme](key_resample, safe_log_weights, num_starts)
+        starts = constrain_leading_axis((s.particles[ancestors] - center) / scale, sharding)
+
+        def logdensity(u):
+            z = center + scale * u
+            return reference.log_prob(z) + new_temperature * log_ratio_fn(z)
+
+        def chain(key_chain, position):
+            state0 = init_kernel(position, logdensity)
+
+            def one_move(mcmc_state, key_step):
+                new_state, info = move(key_step, mcmc_state, logdensity, s.step_size)
+                return new_state, (new_state.position, info.acceptance_rate)
+
+            keys = jax.random.split(key_chain, chain_length - 1 if chain_length else num_mcmc_steps)
+            final, (positions, acceptance) = jax.lax.scan(one_move, state0, keys)
+            if chain_length:
+                return jnp.concatenate([position[None], positions]), jnp.mean(acceptance)
+            return final.position, jnp.mean(acceptance)
+
+        moved, acceptance = jax.vmap(chain)(jax.random.split(key_move, num_starts), starts)
+        moved = moved.reshape(n, -1)
+        particles = constrain_leading_axis(center + scale * moved, sharding)
+        log_ratio = constrain_leading_axis(jax.vmap(log_ratio_fn)(particles), sharding)
+        acceptance_rate = jnp.mean(acceptance)
+
+        bad = jnp.any(jnp.isnan(log_ratio) | (log_ratio == jnp.inf)) | jnp.any(~jnp.isfinite(particles))
+        bad = bad | jnp.any(jnp.isnan(s.log_ratio))
+        stage_failure = jnp.where(bad, 1, jnp.where(zero_weight, 2, 0)).astype(jnp.int32)
+        step_size = s.step_size
+        if tune:
+            factor = jnp.exp(2.0 * (acceptance_rate - goal_acceptance))
+            step_size = jnp.where(jnp.isfinite(factor), step_size * factor, step_size)
+        record = (new_temperature, increment, ess, acceptance_rate, s.step_size)
+        history = tuple(h.at[s.stage].set(v) for h, v in zip(s.history, record, strict=True))
+        return _State(
+            particles=particles,
+            log_ratio=log_ratio,
+            temperature=new_temperature,
+            log_evidence=s.log_evidence + increment,
+            step_size=step_size,
+            stage=s.stage + 1,
+            failure=stage_failure,
+            failed_at=jnp.where(stage_failure != 0, s.stage, s.failed_at),
+            history=history,
+        )
+
+    state = jax.lax.while_loop(not_done, body, state)
+    out_of_stages = (state.temperature < 1.0) & (state.stage >= max_stages) & (state.failure == 0)
+    return state._replace(
+        failure=jnp.where(out_of_stages, 3, state.failure).astype(jnp.int32),
+        failed_at=jnp.where(out_of_stages, state.stage, state.failed_at),
+    )
+
+
+@eqx.filter_jit
+def _initial_state(key, target, reference, n, step_size, max_stages, sharding):
+    particles = constrain_leading_axis(reference.sample(key, n), sharding)
+    log_ratio = jax.vmap(_log_ratio_fn(target, reference))(particles)
+    bad = jnp.any(jnp.isnan(log_ratio) | (log_ratio == jnp.inf))
+    history = tuple(jnp.full(max_stages, jnp.nan) for _ in range(5))
+    return _State(
+        particles=particles,
+        log_ratio=log_ratio,
+        temperature=jnp.zeros(()),
+        log_evidence=jnp.zeros(()),
+        step_size=jnp.asarray(step_size, jnp.float32),
+        stage=jnp.int32(0),
+        failure=jnp.where(bad, 1, 0).astype(jnp.int32),
+        failed_at=jnp.where(bad, 0, -1).astype(jnp.int32),
+        history=history,
+    )
+
+
+def _check_temperatures(temperatures) -> Array:
+    values = np.asarray(temperatures, dtype=np.float64)
+    if values.ndim != 1 or values.size < 1:
+        raise ValueError(f"`temperatures` must be a non-empty 1-d sequence, got shape {values.shape}")
+    if not np.all(np.isfinite(values)):
+        raise ValueError("`temperatures` must be finite")
+    if np.any(np.diff(values) <= 0):
+        raise ValueError(f"`temperatures` must be strictly increasing, got {values.tolist()}")
+    if values[0] <= 0 or values[-1] != 1.0:
+        raise ValueError(
+            f"`temperatures` must lie in (0, 1] and end at 1 (0 is the reference), got "
+            f"first {values[0]} and last {values[-1]}"
+        )
+    return jnp.asarray(values, jnp.float32)
+
+
+def tempered_smc(
+    key: PRNGKeyArray,
+    target,
+    num_particles: int,
+    *,
+    reference=None,
+    temperatures: Sequence[float] | Array | None = None,
+    target_ess: float = 0.5,
+    kernel: Literal["rwm", "mala", "hmc"] = "hmc",
+    num_mcmc_steps: int = 10,
+    num_integration_steps: int = 10,
+    step_size: float | None = None,
+    tune: bool = True,
+    waste_free_chain_length: int | None = None,
+    resampling: str = "systematic",
+    max_stages: int = 200,
+    sharding: jax.sharding.NamedSharding | None = None,
+    raise_on_failure: bool = True,
+    progress: bool | None = None,
+) -> TemperedResult:
+    r"""Sample a target and estimate its normalising constant with tempered SMC.
+
+    Every stage reweights the cloud from $\gamma_\lambda$ to $\gamma_{\lambda'}$,
+    adds $\log \frac1n \sum_i e^{(\lambda'-\lambda)\ell(z_i)}$ to the log evidence,
+    resamples, and moves the particles with the MCMC ``kernel`` targeting
+    $\gamma_{\lambda'}$. The stages run in a ``jax.lax.while_loop``; stage ``k``
+    draws its randomness from ``fold_in(key, k)``.
+
+    Args:
+        key: PRNG key.
+        target: a `probinf.target.Target` (e.g. from ``from_numpyro``).
+        num_particles: ``n``.
+        reference: a normalised distribution with ``sample(key, n)`` and ``log_prob(z)`` on
+            the target's unconstrained space (any `probinf.families.Family`);
+            default the standard normal. Pass the prior to temper the likelihood.
+        temperatures: a fixed schedule $0 < \lambda_1 < \dots < \lambda_K = 1$;
+            ``None`` chooses each next temperature adaptively.
+        target_ess: adaptive tempering keeps the ESS of each stage's weights at
+            ``target_ess * n``.
+        kernel: ``"rwm"``, ``"mala"`` or ``"hmc"`` (blackjax kernels).
+        num_mcmc_steps: MCMC moves per particle and stage (ignored by waste-free SMC).
+        num_integration_steps: leapfrog steps per HMC move.
+        step_size: initial (or, with ``tune=False``, fixed) step size in whitened
+            coordinates; default by kernel and dimension.
+        tune: whiten with the cloud's moments and adapt the step size to the acceptance rate.
+        waste_free_chain_length: ``P`` for waste-free SMC (``n`` must be a multiple of ``P``);
+            ``None`` for the standard resample-move.
+        resampling: resampling scheme name.
+        max_stages: length of the stage history (and the limit on adaptive stages).
+        sharding: split the particles over devices (see `probinf.smc.sharding`).
+        raise_on_failure: when concrete, raise if the run failed (else only the flag).
+        progress: show a progress bar over the temperature (default: only on a terminal).
+
+    Returns:
+        A `TemperedResult`.
+
+    Raises:
+        ValueError: for a non-positive ``num_particles`` / ``num_mcmc_steps`` /
+            ``max_stages``, a schedule that is not strictly increasing in (0, 1] ending
+            at 1, an unknown ``kernel`` or ``resampling``, ``target_ess`` outside (0, 1),
+            a reference of the wrong dimension, ``waste_free_chain_length`` not dividing
+            ``num_particles``, and (with ``raise_on_failure``) a failed run.
+        TypeError: if ``target`` is not a Target.
+    """
+    from probinf.families import MeanFieldGaussian
+    from probinf.target import Target
+
+    if not isinstance(target, Target):
+        raise TypeError(f"`target` must be a probinf Target, got {type(target).__name__}")
+    n = check_positive_int(num_particles, "num_particles")
+    num_mcmc_steps = check_positive_int(num_mcmc_steps, "num_mcmc_steps")
+    num_integration_steps = check_positive_int(num_integration_steps, "num_integration_steps")
+    max_stages = check_positive_int(max_stages, "max_stages")
+    scheme = check_scheme(resampling, "resampling")
+    if kernel not in KERNELS:
+        raise ValueError(f"`kernel` must be one of {KERNELS}, got {kernel!r}")
+    if not isinstance(target_ess, (int, float)) or not 0.0 < target_ess < 1.0:
+        raise ValueError(f"`target_ess` must be a number in (0, 1), got {target_ess!r}")
+    if waste_free_chain_length is not None:
+        chain_length = check_positive_int(waste_free_chain_length, "waste_free_chain_length")
+        if chain_length < 2 or n % chain_length:
+            raise ValueError(
+                f"`waste_free_chain_length` must be >= 2 and divide `num_particles` = {n}, "
+                f"got {waste_free_chain_length}"
+            )
+    else:
+        chain_length = 0
+    check_divisible(n, sharding, "num_particles")
+    if chain_length:
+        check_divisible(n // chain_length, sharding, "num_particles / waste_free_chain_length")
+    schedule = None
+    if temperatures is not None:
+        schedule = _check_temperatures(temperatures)
+        if schedule.shape[0] > max_stages:
+            raise ValueError(
+                f"`temperatures` has {schedule.shape[0]} stages, more than `max_stages` = {max_stages}"
+            )
+    dim = target.dim
+    if reference is None:  # the standard normal (built directly: `init` validates eagerly)
+        reference = MeanFieldGaussian(loc=jnp.zeros(dim), log_scale=jnp.zeros(dim))
+    if not (callable(getattr(reference, "sample", None)) and callable(getattr(reference, "log_prob", None))):
+        raise TypeError("`reference` must have sample(key, n) and log_prob(z) methods")
+    probe = jax.eval_shape(lambda k: reference.sample(k, 2), jax.random.key(0))
+    if probe.shape != (2, dim):
+        raise ValueError(
+            f"`reference` must sample points of dimension {dim} (the target's dim), got shape "
+            f"{probe.shape[1:]}"
+        )
+    if step_size is None:
+        step_size = _default_step_size(kernel, dim)
+    elif not isinstance(step_size, (int, float)) or not step_size > 0:
+        raise ValueError(f"`step_size` must be a positive number, got {step_size!r}")
+
+    config = (n, kernel, num_mcmc_steps, num_integration_steps, chain_length, scheme,
+              float(target_ess), bool(tune), sharding, max_stages)
+    traced = any(isinstance(leaf, jax.core.Tracer) for leaf in jax.tree.leaves((key, target, reference)))
+    progress = False if traced else progress
+    key_init, key_stages = jax.random.split(key)
+    state = _initial_state(key_init, target, reference, n, float(step_size), max_stages, sharding)
+    chunk = max(1, max_stages // 50) if progress else max_stages
+    stop = 0
+    with progress_bar(total=1000, enabled=progress, desc="tempered SMC") as bar:
+        while True:
+            stop = min(stop + chunk, max_stages)
+            state = _run_stages(state, key_stages, target, reference, schedule, jnp.int32(stop), config)
+            if isinstance(state.temperature, jax.core.Tracer) or not progress:
+                break
+            bar.update(int(1000 * float(state.temperature)) - bar.n)
+            if float(state.temperature) >= 1.0 or int(state.failure) or stop >= max_stages:
+                break
+
+    temperatures_run, increments, ess, acceptance, step_sizes = state.history
+    log_evidence = jnp.where(
+        state.failure == 2, -jnp.inf, jnp.where(state.failure != 0, jnp.nan, state.log_evidence)
+    )
+    result = TemperedResult(
+        particles=state.particles,
+        log_evidence=log_evidence,
+        temperatures=temperatures_run,
+        log_evidence_increments=increments,
+        ess=ess,
+        acceptance_rates=acceptance,
+        step_sizes=step_sizes,
+        num_stages=state.stage,
+        failure=state.failure,
+        failed_at=state.failed_at,
+    )
+    if raise_on_failure and not isinstance(result.failure, jax.core.Tracer):
+        result.check()
+    return result
