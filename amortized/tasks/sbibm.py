@@ -1,0 +1,281 @@
+"""Three tasks of the simulation-based inference benchmark, written in JAX.
+
+Definitions follow sbibm (Lueckmann, Boelts, Greenberg, Gonçalves, Macke, 2021,
+*Benchmarking Simulation-Based Inference*, AISTATS):
+
+* **gaussian_linear** — :math:`\\theta \\sim \\mathcal N(0, 0.1 I_{10})`,
+  :math:`x \\mid \\theta \\sim \\mathcal N(\\theta, 0.1 I_{10})`; the posterior is
+  :math:`\\mathcal N(x/2, 0.05 I)`.
+* **two_moons** — :math:`\\theta \\sim \\mathcal U([-1, 1]^2)`,
+  :math:`a \\sim \\mathcal U(-\\pi/2, \\pi/2)`, :math:`r \\sim \\mathcal N(0.1, 0.01^2)`,
+  :math:`x = (r\\cos a + 0.25,\\, r \\sin a) + \\big(-|\\theta_1+\\theta_2|/\\sqrt2,\\, (\\theta_2-\\theta_1)/\\sqrt2\\big)`.
+* **slcp** — :math:`\\theta \\sim \\mathcal U([-3, 3]^5)`, four i.i.d. draws
+  :math:`x_j \\sim \\mathcal N\\big((\\theta_1, \\theta_2), S\\big)` with
+  :math:`s_1 = \\theta_3^2`, :math:`s_2 = \\theta_4^2`, :math:`\\rho = \\tanh\\theta_5`,
+  :math:`S = [[s_1^2, \\rho s_1 s_2], [\\rho s_1 s_2, s_2^2]] + 10^{-6} I`.
+
+Each dataset is a set of observation tokens: one 10-vector (gaussian_linear), one
+2-vector (two_moons), four 2-vectors (slcp; sbibm's flat ``x`` of length 8 is these
+four in order). The uniform priors are handed to the model as the box
+``(low, high)`` (a parametric prior); gaussian_linear's prior is a one-component
+mixture.
+"""
+
+from __future__ import annotations
+
+import math
+from typing import ClassVar
+
+import equinox as eqx
+import jax
+import jax.numpy as jnp
+from jaxtyping import Array, Float
+
+from amortized.gmm import GaussianMixture, _condition
+from amortized.tasks.base import Task
+from probinf.families import check_num_samples
+
+__all__ = ["GaussianLinear", "TwoMoons", "SLCP"]
+
+
+class _BoxPriorTask(Task):
+    """A task with a fixed uniform prior on a box, given to the model as ``(low, high)``."""
+
+    low: Float[Array, " dim"]
+    high: Float[Array, " dim"]
+    components: int = eqx.field(static=True)
+
+    @property
+    def dim(self) -> int:
+        return self.low.shape[0]
+
+    @property
+    def prior_param_dim(self) -> int:
+        return 2 * self.dim
+
+    @property
+    def num_posterior_components(self) -> int:
+        return self.components
+
+    @property
+    def prior_params(self) -> Array:
+        """The fixed prior as the model sees it: ``concatenate([low, high])``."""
+        return jnp.concatenate([self.low, self.high])
+
+    def sample_prior(self, key) -> Array:
+        return self.prior_params
+
+    def sample_theta(self, key, prior: Array) -> Array:
+        return jax.random.uniform(key, (self.dim,), minval=prior[: self.dim], maxval=prior[self.dim :])
+
+    def in_support(self, theta: Array) -> Array:
+        """Whether ``theta`` (``(..., dim)``) lies in the prior's box."""
+        return jnp.all((theta >= self.low) & (theta <= self.high), axis=-1)
+
+    def _numpyro_prior(self):
+        import numpyro
+        import numpyro.distributions as dist
+
+        return numpyro.sample("theta", dist.Uniform(self.low, self.high).to_event(1))
+
+
+class GaussianLinear(Task):
+    """sbibm's gaussian_linear (see the module docstring); the exact posterior is Gaussian."""
+
+    name: ClassVar[str] = "gaussian_linear"
+    size: int = eqx.field(static=True)
+    prior_variance: float = eqx.field(static=True)
+    noise_variance: float = eqx.field(static=True)
+
+    def __init__(self, dim: int = 10, prior_variance: float = 0.1, noise_variance: float = 0.1):
+        self.size = int(dim)
+        self.prior_variance = float(prior_variance)
+        self.noise_variance = float(noise_variance)
+
+    @property
+    def dim(self) -> int:
+        return self.size
+
+    @property
+    def obs_dim(self) -> int:
+        return self.size
+
+    @property
+    def max_observations(self) -> int:
+        return 1
+
+    @property
+    def max_components(self) -> int:
+        return 1
+
+    @property
+    def prior(self) -> GaussianMixture:
+        """The prior :math:`\\mathcal N(0, 0.1 I)` as a one-component mixture."""
+        scale = math.sqrt(self.prior_variance)
+        return GaussianMixture(jnp.zeros(1), jnp.zeros((1, self.dim)), scale * jnp.eye(self.dim)[None])
+
+    def sample_prior(self, key) -> GaussianMixture:
+        return self.prior
+
+    def sample_theta(self, key, prior: GaussianMixture) -> Array:
+        return prior.sample(key, 1)[0]
+
+    def simulate_data(self, key, theta: Array) -> tuple[Array, Array]:
+        x = theta + math.sqrt(self.noise_variance) * jax.random.normal(key, (self.dim,))
+        return x[None], jnp.ones(1, bool)
+
+    def exact_posterior(self, prior: GaussianMixture, observations: Array, mask: Array | None = None) -> GaussianMixture:
+        """The exact Gaussian posterior (for any mixture prior)."""
+        observations = jnp.asarray(observations).reshape(-1, self.dim)
+        mask = jnp.ones(observations.shape[0], bool) if mask is None else jnp.asarray(mask, bool)
+        eye = jnp.eye(self.dim, dtype=prior.means.dtype)
+        return _condition(prior, observations, eye, self.noise_variance * eye, jnp.zeros(self.dim), mask)[0]
+
+    def numpyro_model(self, prior: GaussianMixture, observations: Array, mask: Array):
+        import numpyro
+        import numpyro.distributions as dist
+
+        from amortized.tasks.conjugate import _numpyro_mixture
+
+        theta = numpyro.sample("theta", _numpyro_mixture(prior))
+        with numpyro.handlers.mask(mask=mask):
+            numpyro.sample("x", dist.Normal(theta, math.sqrt(self.noise_variance)).to_event(1)
+                           .expand([observations.shape[0]]), obs=observations)
+
+
+class TwoMoons(_BoxPriorTask):
+    """sbibm's two_moons (see the module docstring), with an exact posterior sampler.
+
+    Args:
+        num_components: mixture size of the model's posterior.
+    """
+
+    name: ClassVar[str] = "two_moons"
+
+    def __init__(self, num_components: int = 10):
+        self.low = -jnp.ones(2)
+        self.high = jnp.ones(2)
+        self.components = int(num_components)
+
+    @property
+    def obs_dim(self) -> int:
+        return 2
+
+    @property
+    def max_observations(self) -> int:
+        return 1
+
+    @staticmethod
+    def _shift(theta: Array) -> Array:
+        z0 = (theta[..., 0] + theta[..., 1]) / math.sqrt(2.0)
+        z1 = (theta[..., 1] - theta[..., 0]) / math.sqrt(2.0)
+        return jnp.stack([-jnp.abs(z0), z1], axis=-1)
+
+    def simulate_data(self, key, theta: Array) -> tuple[Array, Array]:
+        k_a, k_r = jax.random.split(key)
+        a = jax.random.uniform(k_a, minval=-math.pi / 2, maxval=math.pi / 2)
+        r = 0.1 + 0.01 * jax.random.normal(k_r)
+        p = jnp.stack([r * jnp.cos(a) + 0.25, r * jnp.sin(a)])
+        return (p + self._shift(theta))[None], jnp.ones(1, bool)
+
+    def log_likelihood(self, theta: Array, observation: Array) -> Array:
+        """Exact :math:`\\log p(x\\mid\\theta)`: with :math:`p = x - \\text{shift}(\\theta)` in polar
+        coordinates around :math:`(0.25, 0)`, :math:`\\log\\mathcal N(r; 0.1, 0.01^2) - \\log(\\pi r)`
+        on the right half-plane, :math:`-\\infty` elsewhere."""
+        p = observation.reshape(2) - self._shift(theta)
+        u, v = p[..., 0] - 0.25, p[..., 1]
+        r = jnp.sqrt(u**2 + v**2)
+        log_r = -0.5 * ((r - 0.1) / 0.01) ** 2 - math.log(0.01 * math.sqrt(2 * math.pi))
+        return jnp.where(u >= 0, log_r - jnp.log(math.pi * r), -jnp.inf)
+
+    def reference_posterior_samples(self, key, observation: Array, num_samples: int) -> Array:
+        """Exact posterior draws (sbibm's construction): draw the noise :math:`p`, solve
+        :math:`x = p + \\text{shift}(\\theta)` for :math:`\\theta` (a random one of the two
+        mirror solutions), keep feasible solutions inside the prior box. (Unlike sbibm's
+        sampler, draws with :math:`p_1 < x_1`, which no :math:`\theta` can produce, are rejected.)"""
+        num_samples = check_num_samples(num_samples, "num_samples")
+        x = jnp.asarray(observation).reshape(2)
+        batch = 4 * num_samples + 64
+        kept, total = [], 0
+        while total < num_samples:
+            key, k_p, k_flip = jax.random.split(key, 3)
+            p, _ = jax.vmap(self.simulate_data)(jax.random.split(k_p, batch), jnp.zeros((batch, 2)))
+            p = p[:, 0]
+            q0 = p[:, 0] - x[0]  # = |z0| >= 0 for a feasible draw
+            q1 = x[1] - p[:, 1]
+            z0 = jnp.where(jax.random.bernoulli(k_flip, 0.5, (batch,)), -q0, q0)
+            c = s = math.sqrt(0.5)
+            theta = jnp.stack([c * z0 - s * q1, s * z0 + c * q1], axis=-1)
+            theta = theta[self.in_support(theta) & (q0 >= 0)]
+            kept.append(theta)
+            total += theta.shape[0]
+        return jnp.concatenate(kept)[:num_samples]
+
+    def numpyro_model(self, prior, observations: Array, mask: Array):
+        import numpyro
+
+        theta = self._numpyro_prior()
+        numpyro.factor("likelihood", self.log_likelihood(theta, observations[0]))
+
+
+class SLCP(_BoxPriorTask):
+    """sbibm's slcp (see the module docstring).
+
+    The posterior is invariant under :math:`\\theta_3 \\to -\\theta_3` and
+    :math:`\\theta_4 \\to -\\theta_4` (they enter squared and the prior is symmetric), so it
+    has up to four symmetric modes; :meth:`symmetrize` spreads reference draws over them.
+
+    Args:
+        num_components: mixture size of the model's posterior.
+    """
+
+    name: ClassVar[str] = "slcp"
+
+    def __init__(self, num_components: int = 8):
+        self.low = -3.0 * jnp.ones(5)
+        self.high = 3.0 * jnp.ones(5)
+        self.components = int(num_components)
+
+    @property
+    def obs_dim(self) -> int:
+        return 2
+
+    @property
+    def max_observations(self) -> int:
+        return 4
+
+    @staticmethod
+    def _mean_and_covariance(theta: Array) -> tuple[Array, Array]:
+        s1, s2 = theta[..., 2] ** 2, theta[..., 3] ** 2
+        rho = jnp.tanh(theta[..., 4])
+        cov = jnp.stack([
+            jnp.stack([s1**2 + 1e-6, rho * s1 * s2], -1),
+            jnp.stack([rho * s1 * s2, s2**2 + 1e-6], -1),
+        ], -2)
+        return theta[..., :2], cov
+
+    def simulate_data(self, key, theta: Array) -> tuple[Array, Array]:
+        mean, cov = self._mean_and_covariance(theta)
+        chol = jnp.linalg.cholesky(cov)
+        x = mean + jax.random.normal(key, (4, 2)) @ chol.T
+        return x, jnp.ones(4, bool)
+
+    def log_likelihood(self, theta: Array, observations: Array) -> Array:
+        """:math:`\\sum_{j=1}^4 \\log\\mathcal N(x_j; (\\theta_1,\\theta_2), S(\\theta))`."""
+        mean, cov = self._mean_and_covariance(theta)
+        det = cov[..., 0, 0] * cov[..., 1, 1] - cov[..., 0, 1] ** 2
+        d = observations.reshape(4, 2) - mean
+        quad = (cov[..., 1, 1] * d[:, 0] ** 2 - 2 * cov[..., 0, 1] * d[:, 0] * d[:, 1] + cov[..., 0, 0] * d[:, 1] ** 2) / det
+        return jnp.sum(-0.5 * quad - 0.5 * jnp.log(det) - math.log(2 * math.pi))
+
+    @staticmethod
+    def symmetrize(key, samples: Array) -> Array:
+        """Flip the signs of :math:`\\theta_3` and :math:`\\theta_4` independently at random."""
+        signs = jnp.where(jax.random.bernoulli(key, 0.5, (samples.shape[0], 2)), -1.0, 1.0)
+        return samples.at[:, 2:4].multiply(signs)
+
+    def numpyro_model(self, prior, observations: Array, mask: Array):
+        import numpyro
+
+        theta = self._numpyro_prior()
+        numpyro.factor("likelihood", self.log_likelihood(theta, observations))

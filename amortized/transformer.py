@@ -1,0 +1,517 @@
+"""The Distribution Transformer: a prior mixture and a dataset in, a posterior mixture out.
+
+Implements the architecture of
+
+    G. Whittle, J. Ziomek, J. Rawling, M. A. Osborne (2025). *Distribution Transformers:
+    Fast Approximate Bayesian Inference With On-The-Fly Prior Adaptation.* arXiv:2502.02463.
+
+A prior :math:`p(\\theta) = \\sum_k w_k \\mathcal N(m_k, L_k L_k^\\top)` is a *set* of
+components. Each component becomes one token: its coordinates
+
+.. math::
+    u_k = \\big(\\log w_k,\\; m_k,\\; \\log \\operatorname{diag} L_k,\\;
+    \\operatorname{tril}_{-1} L_k\\big)
+
+are unconstrained (log-weights, and the log-Cholesky chart of the positive-definite
+cone, on which the log-Cholesky metric of Lin, 2019, is Euclidean), and a learned map
+embeds them, :math:`h_k^{(0)} = E(u_k)`. Observations :math:`y_j` are embedded by
+another network and self-attend in an encoder; a few learned *null* tokens join them,
+so attention is defined for any number of observations and the count stays visible.
+The component tokens then pass through decoder blocks — self-attention among the
+components, cross-attention to the encoded observations, an MLP — with no positional
+encoding, so the map is permutation-equivariant in the components and invariant in the
+observations. The de-embedding :math:`D` reads the posterior coordinates as
+
+.. math::
+    u_k' = u_k + D\\big(h_k^{(L)}\\big) - D\\big(h_k^{(0)}\\big),
+
+and the posterior is :math:`\\sum_k \\operatorname{softmax}(\\log w')_k\\,
+\\mathcal N(m_k', L_k' L_k'^\\top)`.
+
+**Identity initialisation.** Every residual branch of the decoder ends in a
+zero-initialised projection, so an untrained model has :math:`h^{(L)} = h^{(0)}`
+exactly and returns the prior unchanged (up to the rounding of
+``log_softmax`` and ``exp(log)``); training only has to learn the *update*.
+
+**Variable sizes.** Padding components (log-weight :math:`-\\infty`, see
+:class:`~amortized.gmm.GaussianMixture`) and padded observations (``mask=False``)
+are removed from attention, so one compiled model serves any number of components
+and observations up to the padded sizes.
+
+**Parametric priors.** For priors that are not mixtures (an inverse-gamma prior on a
+variance, a uniform box), ``prior_param_dim`` switches on a learned prior embedding
+(the paper's distribution embedding): the prior's parameter vector is mapped to
+``num_components`` tokens, :math:`D(h^{(0)})` is the model's mixture approximation of
+the prior, and the posterior is :math:`D(h^{(L)})`.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Callable
+
+import equinox as eqx
+import jax
+import jax.numpy as jnp
+import numpy as np
+from jaxtyping import Array, Bool, Float, PRNGKeyArray
+
+from amortized.gmm import GaussianMixture, is_concrete
+
+__all__ = [
+    "DistributionTransformer",
+    "sequential_posterior",
+    "component_coordinates",
+    "mixture_from_coordinates",
+]
+
+_LOG_DIAG_BOUND = 15.0
+
+
+def _num_coordinates(dim: int) -> int:
+    return 1 + dim + dim * (dim + 1) // 2
+
+
+def component_coordinates(mixture: GaussianMixture) -> Float[Array, "k coords"]:
+    """The unconstrained token coordinates :math:`u_k` of every component, ``(K, 1 + d + d(d+1)/2)``.
+
+    Padding components get a log-weight coordinate of 0 (they are masked anyway).
+    """
+    dim = mixture.dim
+    rows, cols = np.tril_indices(dim, -1)
+    log_weights = jnp.where(mixture.component_mask, mixture.log_weights, 0.0)
+    log_diag = jnp.log(jnp.diagonal(mixture.scale_tril, axis1=-2, axis2=-1))
+    off_diag = mixture.scale_tril[..., rows, cols]
+    return jnp.concatenate([log_weights[..., None], mixture.means, log_diag, off_diag], axis=-1)
+
+
+def mixture_from_coordinates(
+    coordinates: Float[Array, "k coords"], component_mask: Bool[Array, " k"], dim: int
+) -> GaussianMixture:
+    """Inverse of :func:`component_coordinates`; masked components become padding."""
+    rows, cols = np.tril_indices(dim, -1)
+    logits = jnp.where(component_mask, coordinates[..., 0], -jnp.inf)
+    means = coordinates[..., 1 : 1 + dim]
+    log_diag = jnp.clip(coordinates[..., 1 + dim : 1 + 2 * dim], -_LOG_DIAG_BOUND, _LOG_DIAG_BOUND)
+    off_diag = coordinates[..., 1 + 2 * dim :]
+    tril = jnp.zeros(coordinates.shape[:-1] + (dim, dim), coordinates.dtype)
+    tril = tril.at[..., rows, cols].set(off_diag)
+    diag_index = jnp.arange(dim)
+    tril = tril.at[..., diag_index, diag_index].set(jnp.exp(log_diag))
+    eye = jnp.eye(dim, dtype=coordinates.dtype)
+    tril = jnp.where(component_mask[..., None, None], tril, eye)
+    means = jnp.where(component_mask[..., None], means, 0.0)
+    return GaussianMixture(jax.nn.log_softmax(logits, axis=-1), means, tril)
+
+
+class _MLP(eqx.Module):
+    """Two affine maps with a GELU between; the last map can start at zero."""
+
+    first: eqx.nn.Linear
+    second: eqx.nn.Linear
+
+    def __init__(self, in_size: int, hidden: int, out_size: int, *, key, zero_last: bool = False):
+        k1, k2 = jax.random.split(key)
+        self.first = eqx.nn.Linear(in_size, hidden, key=k1)
+        second = eqx.nn.Linear(hidden, out_size, key=k2)
+        if zero_last:
+            second = eqx.tree_at(
+                lambda m: (m.weight, m.bias), second,
+                (jnp.zeros_like(second.weight), jnp.zeros_like(second.bias)),
+            )
+        self.second = second
+
+    def __call__(self, x: Array) -> Array:
+        return self.second(jax.nn.gelu(self.first(x)))
+
+
+def _tokens(layer: Callable, x: Array) -> Array:
+    return jax.vmap(layer)(x)
+
+
+class _Attention(eqx.Module):
+    """Multi-head scaled dot-product attention (Vaswani et al., 2017) with a key mask."""
+
+    query: Float[Array, "d d"]
+    key_proj: Float[Array, "d d"]
+    value: Float[Array, "d d"]
+    output: Float[Array, "d d"]
+    query_bias: Float[Array, " d"]
+    key_bias: Float[Array, " d"]
+    value_bias: Float[Array, " d"]
+    num_heads: int = eqx.field(static=True)
+
+    def __init__(self, d_model: int, num_heads: int, *, key, zero_output: bool):
+        keys = jax.random.split(key, 4)
+        bound = 1.0 / math.sqrt(d_model)
+
+        def init(k):
+            return jax.random.uniform(k, (d_model, d_model), minval=-bound, maxval=bound)
+
+        self.query, self.key_proj, self.value = init(keys[0]), init(keys[1]), init(keys[2])
+        self.output = jnp.zeros((d_model, d_model)) if zero_output else init(keys[3])
+        self.query_bias = jnp.zeros(d_model)
+        self.key_bias = jnp.zeros(d_model)
+        self.value_bias = jnp.zeros(d_model)
+        self.num_heads = num_heads
+
+    def __call__(self, queries: Array, memory: Array, key_mask: Array) -> Array:
+        heads = self.num_heads
+        width = queries.shape[-1] // heads
+        q = (queries @ self.query + self.query_bias).reshape(-1, heads, width)
+        k = (memory @ self.key_proj + self.key_bias).reshape(-1, heads, width)
+        v = (memory @ self.value + self.value_bias).reshape(-1, heads, width)
+        logits = jnp.einsum("qhc,khc->hqk", q, k) / math.sqrt(width)
+        logits = jnp.where(key_mask[None, None, :], logits, -jnp.inf)
+        weights = jax.nn.softmax(logits, axis=-1)
+        mixed = jnp.einsum("hqk,khc->qhc", weights, v).reshape(queries.shape[0], -1)
+        return mixed @ self.output
+
+
+class _EncoderBlock(eqx.Module):
+    """Pre-norm self-attention + MLP over the observation tokens."""
+
+    norm_attn: eqx.nn.LayerNorm
+    attn: _Attention
+    norm_mlp: eqx.nn.LayerNorm
+    mlp: _MLP
+
+    def __init__(self, d_model: int, num_heads: int, hidden: int, *, key):
+        k1, k2 = jax.random.split(key)
+        self.norm_attn = eqx.nn.LayerNorm(d_model)
+        self.attn = _Attention(d_model, num_heads, key=k1, zero_output=False)
+        self.norm_mlp = eqx.nn.LayerNorm(d_model)
+        self.mlp = _MLP(d_model, hidden, d_model, key=k2)
+
+    def __call__(self, x: Array, valid: Array) -> Array:
+        h = _tokens(self.norm_attn, x)
+        x = x + self.attn(h, h, valid)
+        return x + _tokens(self.mlp, _tokens(self.norm_mlp, x))
+
+
+class _DecoderBlock(eqx.Module):
+    """Components self-attend, cross-attend to the observations, then an MLP (all zero-started)."""
+
+    norm_self: eqx.nn.LayerNorm
+    self_attn: _Attention
+    norm_cross: eqx.nn.LayerNorm
+    cross_attn: _Attention
+    norm_mlp: eqx.nn.LayerNorm
+    mlp: _MLP
+
+    def __init__(self, d_model: int, num_heads: int, hidden: int, *, key):
+        k1, k2, k3 = jax.random.split(key, 3)
+        self.norm_self = eqx.nn.LayerNorm(d_model)
+        self.self_attn = _Attention(d_model, num_heads, key=k1, zero_output=True)
+        self.norm_cross = eqx.nn.LayerNorm(d_model)
+        self.cross_attn = _Attention(d_model, num_heads, key=k2, zero_output=True)
+        self.norm_mlp = eqx.nn.LayerNorm(d_model)
+        self.mlp = _MLP(d_model, hidden, d_model, key=k3, zero_last=True)
+
+    def __call__(self, x: Array, component_mask: Array, memory: Array, memory_mask: Array) -> Array:
+        h = _tokens(self.norm_self, x)
+        x = x + self.self_attn(h, h, component_mask)
+        h = _tokens(self.norm_cross, x)
+        x = x + self.cross_attn(h, memory, memory_mask)
+        return x + _tokens(self.mlp, _tokens(self.norm_mlp, x))
+
+
+class _PriorEmbedding(eqx.Module):
+    """Parameters of a non-mixture prior -> one token per mixture component."""
+
+    trunk: _MLP
+    component_weight: Float[Array, "k d d"]
+    component_bias: Float[Array, "k d"]
+
+    def __init__(self, param_dim: int, num_components: int, d_model: int, *, key):
+        k1, k2, k3 = jax.random.split(key, 3)
+        self.trunk = _MLP(param_dim, d_model, d_model, key=k1)
+        bound = 1.0 / math.sqrt(d_model)
+        self.component_weight = jax.random.uniform(
+            k2, (num_components, d_model, d_model), minval=-bound, maxval=bound
+        )
+        self.component_bias = jax.random.normal(k3, (num_components, d_model))
+
+    def __call__(self, params: Array) -> Array:
+        trunk = self.trunk(params)
+        return jnp.einsum("kij,j->ki", self.component_weight, trunk) + self.component_bias
+
+
+class DistributionTransformer(eqx.Module):
+    """Maps (prior mixture, dataset) to an approximate posterior mixture.
+
+    See the module docstring for the architecture (Whittle et al., 2025). Calling the
+    model:
+
+    ``model(prior, observations, mask=None) -> GaussianMixture``
+
+    * ``prior``: a :class:`~amortized.gmm.GaussianMixture` over :math:`\\theta`
+      (``dim``), or for a model built with ``prior_param_dim``, the prior's parameter
+      vector ``(prior_param_dim,)``.
+    * ``observations``: ``(n, obs_dim)`` — a set of observation tokens (``n >= 1``).
+    * ``mask``: optional ``(n,)`` booleans marking real observations (padding is ``False``).
+
+    A leading batch axis on ``observations`` (``(batch, n, obs_dim)``) maps over the
+    batch; the prior may then be batched too or shared. The result is a (batched)
+    mixture with as many components as the prior (``num_components`` for parametric
+    priors).
+
+    Args:
+        dim: dimension of the parameter :math:`\\theta`.
+        obs_dim: length of one observation token.
+        key: PRNG key for the initial weights.
+        d_model: token width.
+        num_heads: attention heads (must divide ``d_model``).
+        num_encoder_layers: self-attention blocks over the observations.
+        num_decoder_layers: blocks over the components (self- and cross-attention).
+        mlp_ratio: hidden width of every MLP as a multiple of ``d_model``.
+        num_null_tokens: learned observation tokens that are always present.
+        prior_param_dim: length of a parametric prior's parameter vector (``None``:
+            priors are mixtures).
+        num_components: mixture size of the output for parametric priors.
+    """
+
+    dim: int = eqx.field(static=True)
+    obs_dim: int = eqx.field(static=True)
+    prior_param_dim: int | None = eqx.field(static=True)
+    num_components: int | None = eqx.field(static=True)
+    component_embedding: _MLP
+    component_de_embedding: _MLP
+    final_norm: eqx.nn.LayerNorm
+    observation_embedding: _MLP
+    null_tokens: Float[Array, "m d"]
+    encoder: tuple[_EncoderBlock, ...]
+    memory_norm: eqx.nn.LayerNorm
+    decoder: tuple[_DecoderBlock, ...]
+    prior_embedding: _PriorEmbedding | None
+
+    def __init__(
+        self,
+        dim: int,
+        obs_dim: int,
+        *,
+        key: PRNGKeyArray,
+        d_model: int = 64,
+        num_heads: int = 4,
+        num_encoder_layers: int = 2,
+        num_decoder_layers: int = 2,
+        mlp_ratio: int = 2,
+        num_null_tokens: int = 1,
+        prior_param_dim: int | None = None,
+        num_components: int | None = None,
+    ):
+        for name, value in (("dim", dim), ("obs_dim", obs_dim), ("d_model", d_model),
+                            ("num_heads", num_heads), ("mlp_ratio", mlp_ratio),
+                            ("num_null_tokens", num_null_tokens)):
+            if isinstance(value, bool) or not isinstance(value, (int, np.integer)) or value < 1:
+                raise ValueError(f"`{name}` must be a positive integer, got {value!r}")
+        for name, value in (("num_encoder_layers", num_encoder_layers),
+                            ("num_decoder_layers", num_decoder_layers)):
+            if isinstance(value, bool) or not isinstance(value, (int, np.integer)) or value < 0:
+                raise ValueError(f"`{name}` must be a non-negative integer, got {value!r}")
+        if d_model % num_heads:
+            raise ValueError(f"`num_heads` ({num_heads}) must divide `d_model` ({d_model})")
+        if (prior_param_dim is None) != (num_components is None):
+            raise ValueError(
+                "`prior_param_dim` and `num_components` go together: give both for parametric "
+                f"priors or neither for mixture priors, got {prior_param_dim!r} and {num_components!r}"
+            )
+        if prior_param_dim is not None:
+            for name, value in (("prior_param_dim", prior_param_dim), ("num_components", num_components)):
+                if isinstance(value, bool) or not isinstance(value, (int, np.integer)) or value < 1:
+                    raise ValueError(f"`{name}` must be a positive integer, got {value!r}")
+        self.dim, self.obs_dim = int(dim), int(obs_dim)
+        self.prior_param_dim = None if prior_param_dim is None else int(prior_param_dim)
+        self.num_components = None if num_components is None else int(num_components)
+        hidden = mlp_ratio * d_model
+        coords = _num_coordinates(self.dim)
+        keys = jax.random.split(key, 7)
+        self.component_embedding = _MLP(coords, d_model, d_model, key=keys[0])
+        self.component_de_embedding = _MLP(d_model, d_model, coords, key=keys[1])
+        self.final_norm = eqx.nn.LayerNorm(d_model)
+        self.observation_embedding = _MLP(self.obs_dim, d_model, d_model, key=keys[2])
+        self.null_tokens = 0.02 * jax.random.normal(keys[3], (num_null_tokens, d_model))
+        self.encoder = tuple(
+            _EncoderBlock(d_model, num_heads, hidden, key=k)
+            for k in jax.random.split(keys[4], num_encoder_layers)
+        )
+        self.memory_norm = eqx.nn.LayerNorm(d_model)
+        self.decoder = tuple(
+            _DecoderBlock(d_model, num_heads, hidden, key=k)
+            for k in jax.random.split(keys[5], num_decoder_layers)
+        )
+        self.prior_embedding = (
+            None if prior_param_dim is None
+            else _PriorEmbedding(self.prior_param_dim, self.num_components, d_model, key=keys[6])
+        )
+
+    @property
+    def parametric_prior(self) -> bool:
+        """Whether priors are parameter vectors (``True``) or mixtures (``False``)."""
+        return self.prior_embedding is not None
+
+    # -- the map ------------------------------------------------------------------
+    def _encode_observations(self, observations: Array, mask: Array) -> tuple[Array, Array]:
+        tokens = _tokens(self.observation_embedding, observations)
+        tokens = jnp.concatenate([tokens, self.null_tokens.astype(tokens.dtype)], axis=0)
+        valid = jnp.concatenate([mask, jnp.ones(self.null_tokens.shape[0], bool)])
+        for block in self.encoder:
+            tokens = block(tokens, valid)
+        return _tokens(self.memory_norm, tokens), valid
+
+    def _de_embed(self, tokens: Array) -> Array:
+        return _tokens(self.component_de_embedding, _tokens(self.final_norm, tokens))
+
+    def forward(
+        self, prior, observations: Float[Array, "n obs_dim"], mask: Bool[Array, " n"]
+    ) -> tuple[GaussianMixture, GaussianMixture]:
+        """Unbatched, unchecked map (for use inside ``jit``/``vmap``/training).
+
+        Returns ``(prior_mixture, posterior)``: the prior as the model represents it
+        (the prior itself for mixture priors, the learned approximation for parametric
+        priors) and the posterior.
+        """
+        if self.prior_embedding is None:
+            component_mask = prior.component_mask
+            coords = component_coordinates(prior)
+            start = _tokens(self.component_embedding, coords)
+            prior_mixture = prior
+        else:
+            component_mask = jnp.ones(self.num_components, bool)
+            start = self.prior_embedding(prior)
+            coords = self._de_embed(start)
+            prior_mixture = mixture_from_coordinates(coords, component_mask, self.dim)
+        memory, memory_mask = self._encode_observations(observations, mask)
+        tokens = start
+        for block in self.decoder:
+            tokens = block(tokens, component_mask, memory, memory_mask)
+        if self.prior_embedding is None:
+            # Reading the *change* of each token keeps the untrained map an exact identity.
+            post_coords = coords + self._de_embed(tokens) - self._de_embed(start)
+        else:
+            post_coords = self._de_embed(tokens)
+        posterior = mixture_from_coordinates(post_coords, component_mask, self.dim)
+        return prior_mixture, posterior
+
+    def update(self, prior, observations: Float[Array, "n obs_dim"], mask: Bool[Array, " n"]) -> GaussianMixture:
+        """The posterior alone, unbatched and unchecked (``forward(...)[1]``), for traced code."""
+        return self.forward(prior, observations, mask)[1]
+
+    # -- the checked public call --------------------------------------------------------
+    def _check(self, prior, observations, mask):
+        observations = jnp.asarray(observations)
+        if observations.ndim not in (2, 3) or observations.shape[-1] != self.obs_dim:
+            raise ValueError(
+                f"`observations` must have shape (n, {self.obs_dim}) or (batch, n, {self.obs_dim}), "
+                f"got {observations.shape}"
+            )
+        if observations.shape[-2] == 0:
+            raise ValueError("`observations` is empty: at least one observation is needed")
+        batched = observations.ndim == 3
+        if mask is None:
+            mask = jnp.ones(observations.shape[:-1], bool)
+        mask = jnp.asarray(mask)
+        if mask.shape != observations.shape[:-1]:
+            raise ValueError(f"`mask` must have shape {observations.shape[:-1]}, got {mask.shape}")
+        if mask.dtype != jnp.bool_:
+            raise TypeError(f"`mask` must be boolean, got dtype {mask.dtype}")
+        if is_concrete(mask) and not bool(jnp.all(jnp.any(mask, axis=-1))):
+            raise ValueError("`mask` selects no observation for some dataset: datasets must be non-empty")
+        if is_concrete(observations) and not bool(jnp.all(jnp.isfinite(jnp.where(mask[..., None], observations, 0.0)))):
+            raise ValueError("`observations` must be finite")
+        if self.prior_embedding is None:
+            if not isinstance(prior, GaussianMixture):
+                raise TypeError(
+                    "`prior` must be a GaussianMixture for this model (built without "
+                    f"prior_param_dim), got {type(prior).__name__}"
+                )
+            if prior.dim != self.dim:
+                raise ValueError(f"`prior` must be over dim {self.dim}, got a mixture over dim {prior.dim}")
+            prior_batched = prior.log_weights.ndim == 2
+            if prior.log_weights.ndim not in (1, 2):
+                raise ValueError(f"`prior` must have at most one batch axis, got log_weights {prior.log_weights.shape}")
+        else:
+            prior = jnp.asarray(prior, dtype=jnp.result_type(float))
+            if prior.ndim not in (1, 2) or prior.shape[-1] != self.prior_param_dim:
+                raise ValueError(
+                    f"`prior` must be a parameter vector of length {self.prior_param_dim} "
+                    f"(or a batch of them), got shape {prior.shape}"
+                )
+            prior_batched = prior.ndim == 2
+        if prior_batched and not batched:
+            raise ValueError("a batch of priors needs a batch of datasets: `observations` has no batch axis")
+        if prior_batched:
+            prior_size = jax.tree_util.tree_leaves(prior)[0].shape[0]
+            if prior_size != observations.shape[0]:
+                raise ValueError(
+                    f"`prior` holds {prior_size} priors but `observations` holds {observations.shape[0]} datasets"
+                )
+        return prior, observations, mask, batched, prior_batched
+
+    def __call__(self, prior, observations, mask=None) -> GaussianMixture:
+        prior, observations, mask, batched, prior_batched = self._check(prior, observations, mask)
+        return _posterior(self, prior, observations, mask, batched, prior_batched)
+
+    def prior_approximation(self, prior_params: Float[Array, " p"]) -> GaussianMixture:
+        """The model's mixture representation of a parametric prior (models with ``prior_param_dim``)."""
+        if self.prior_embedding is None:
+            raise ValueError("this model takes mixture priors; `prior_approximation` is for parametric priors")
+        prior_params = jnp.asarray(prior_params, dtype=jnp.result_type(float))
+        if prior_params.shape != (self.prior_param_dim,):
+            raise ValueError(f"`prior_params` must have shape ({self.prior_param_dim},), got {prior_params.shape}")
+        coords = self._de_embed(self.prior_embedding(prior_params))
+        return mixture_from_coordinates(coords, jnp.ones(self.num_components, bool), self.dim)
+
+
+@eqx.filter_jit
+def _posterior(model, prior, observations, mask, batched: bool, prior_batched: bool):
+    def one(p, y, m):
+        return model.forward(p, y, m)[1]
+
+    if not batched:
+        return one(prior, observations, mask)
+    return jax.vmap(one, in_axes=(0 if prior_batched else None, 0, 0))(prior, observations, mask)
+
+
+def sequential_posterior(
+    model: DistributionTransformer,
+    prior: GaussianMixture,
+    observations: Float[Array, "T n obs_dim"],
+    mask: Bool[Array, "T n"] | None = None,
+) -> GaussianMixture:
+    """Sequential inference: each batch's posterior becomes the prior of the next.
+
+    With :math:`q_0` = ``prior`` and :math:`q_t = \\mathrm{DT}(q_{t-1}, y_t)`, returns all
+    :math:`q_1, \\dots, q_T` as a mixture whose arrays have a leading ``T`` axis (the last
+    one is the posterior given every batch). For i.i.d. data the exact answer does not
+    depend on how the data are split, which makes this a check of a trained model.
+    Runs under ``lax.scan``.
+
+    Args:
+        model: a mixture-prior :class:`DistributionTransformer`.
+        prior: the first prior.
+        observations: ``(T, n, obs_dim)``: ``T`` batches of ``n`` observations.
+        mask: ``(T, n)`` booleans (default all ``True``); every batch needs one ``True``.
+    """
+    if model.parametric_prior:
+        raise ValueError("sequential inference needs a model whose priors are mixtures (no prior_param_dim)")
+    observations = jnp.asarray(observations)
+    if observations.ndim != 3:
+        raise ValueError(f"`observations` must have shape (T, n, {model.obs_dim}), got {observations.shape}")
+    if observations.shape[0] == 0:
+        raise ValueError("`observations` is empty: no batch to condition on")
+    mask = jnp.ones(observations.shape[:2], bool) if mask is None else jnp.asarray(mask)
+    model._check(prior, observations, mask)
+    if prior.log_weights.ndim != 1:
+        raise ValueError("`prior` must be a single mixture (no batch axis)")
+    return _sequential(model, prior, observations, mask)
+
+
+@eqx.filter_jit
+def _sequential(model, prior, observations, mask):
+    def step(current, batch):
+        posterior = model.update(current, *batch)
+        return posterior, posterior
+
+    _, posteriors = jax.lax.scan(step, prior, (observations, mask))
+    return posteriors

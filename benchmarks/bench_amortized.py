@@ -1,0 +1,333 @@
+"""Amortized inference benchmark: Distribution Transformer vs NPE (flows) vs NUTS (numpyro), and sbi.
+
+Per task: accuracy (mean KL(exact || q) where the posterior is known; C2ST against
+reference draws otherwise — exact draws for two_moons, NUTS draws for logistic
+regression and SLCP) and time per posterior for the DT, our NPE and NUTS, all in this
+process on the same simulated data sets. Where the ``sbi`` peer venv exists
+(``/work/peer-venvs/sbi``, torch CPU + sbi), sbi's NPE runs on the same simulations
+(same budget) in a subprocess and is scored by the same C2ST.
+
+Usage: ``python benchmarks/bench_amortized.py [--quick] [--out PATH]``.
+Writes ``benchmarks/results/amortized.json``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import pathlib
+import platform
+import subprocess
+import sys
+import tempfile
+import time
+
+import equinox as eqx
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from amortized import DistributionTransformer, c2st, train, train_npe
+from amortized.tasks import (
+    SLCP,
+    ConjugateGaussian,
+    GaussianLinear,
+    InverseGammaVariance,
+    LogisticRegression,
+    TwoMoons,
+)
+
+ROOT = pathlib.Path(__file__).resolve().parents[1]
+SBI_PYTHON = pathlib.Path("/work/peer-venvs/sbi/bin/python")
+SBI_MAX_EPOCHS: int | None = None
+NUM_REFERENCE = 2000
+
+
+def median_time(fn, repeats: int = 20) -> float:
+    """Median wall time of ``fn()`` after one warm-up call (results blocked on)."""
+    jax.block_until_ready(fn())
+    times = []
+    for _ in range(repeats):
+        start = time.perf_counter()
+        jax.block_until_ready(fn())
+        times.append(time.perf_counter() - start)
+    return float(np.median(times))
+
+
+def versions() -> dict:
+    import importlib.metadata as md
+
+    out = {}
+    for name in ("jax", "jaxlib", "equinox", "optax", "numpyro", "probinf"):
+        try:
+            out[name] = md.version(name)
+        except md.PackageNotFoundError:
+            out[name] = None
+    return out
+
+
+def machine() -> dict:
+    return {
+        "platform": platform.platform(),
+        "processor": platform.processor() or platform.machine(),
+        "cpu_count": os.cpu_count(),
+        "jax_backend": jax.default_backend(),
+        "python": platform.python_version(),
+        "load_average_at_start": list(os.getloadavg()),
+    }
+
+
+def take(tree, i):
+    return jax.tree_util.tree_map(lambda x: x[i], tree)
+
+
+def kl_to_exact(task, exact_fn, log_q_fn, batch, key, num_samples=2000):
+    """Mean over the batch of KL(exact || q), with q given by its log density."""
+
+    @eqx.filter_jit
+    def run(batch, key):
+        def one(prior, y, m, k):
+            exact = exact_fn(prior, y, m)
+            z = exact.sample(k, num_samples)
+            return jnp.mean(exact.log_prob(z) - log_q_fn(z, prior, y, m))
+
+        return jax.vmap(one)(batch.prior, batch.observations, batch.mask,
+                             jax.random.split(key, batch.theta.shape[0]))
+
+    values = np.asarray(run(batch, key), np.float64)
+    return {"mean": float(values.mean()), "median": float(np.median(values)),
+            "standard_error": float(values.std() / np.sqrt(values.size))}
+
+
+def nuts_runner(task, num_warmup, num_samples, num_chains):
+    """A numpyro MCMC object reused across data sets (compiled once per shape)."""
+    from numpyro.infer import MCMC, NUTS
+
+    return MCMC(NUTS(task.numpyro_model), num_warmup=num_warmup, num_samples=num_samples,
+                num_chains=num_chains, chain_method="sequential", progress_bar=False, jit_model_args=True)
+
+
+def run_nuts(mcmc, key, prior, observations, mask):
+    mcmc.run(key, prior, observations, mask)
+    return np.asarray(mcmc.get_samples()["theta"])
+
+
+def run_sbi(name, train_theta, train_x, test_x, num_samples, workdir):
+    """sbi's NPE (default MAF) on the same simulations, in the peer venv."""
+    if not SBI_PYTHON.exists():
+        return None
+    data = pathlib.Path(workdir) / f"{name}_sbi_in.npz"
+    out = pathlib.Path(workdir) / f"{name}_sbi_out.npz"
+    np.savez(data, theta=train_theta, x=train_x, x_test=test_x, num_samples=num_samples)
+    code = (
+        "import sys, time, numpy as np, torch, sbi\n"
+        "from sbi.inference import NPE\n"
+        "torch.manual_seed(0)\n"
+        "d = np.load(sys.argv[1])\n"
+        "theta = torch.tensor(d['theta'], dtype=torch.float32); x = torch.tensor(d['x'], dtype=torch.float32)\n"
+        "start = time.perf_counter()\n"
+        "inference = NPE()\n"
+        "max_epochs = int(sys.argv[3])\n"
+        "kwargs = {'max_num_epochs': max_epochs} if max_epochs > 0 else {}\n"
+        "inference.append_simulations(theta, x).train(show_train_summary=False, **kwargs)\n"
+        "train_seconds = time.perf_counter() - start\n"
+        "posterior = inference.build_posterior()\n"
+        "samples, times = [], []\n"
+        "for xo in d['x_test']:\n"
+        "    t = time.perf_counter()\n"
+        "    s = posterior.sample((int(d['num_samples']),), x=torch.tensor(xo, dtype=torch.float32), show_progress_bars=False)\n"
+        "    times.append(time.perf_counter() - t); samples.append(s.numpy())\n"
+        "np.savez(sys.argv[2], samples=np.stack(samples), train_seconds=train_seconds, sample_seconds=np.median(times),\n"
+        "         version=sbi.__version__, torch_version=torch.__version__)\n"
+    )
+    proc = subprocess.run([str(SBI_PYTHON), "-c", code, str(data), str(out), str(SBI_MAX_EPOCHS or 0)],
+                          capture_output=True, text=True,
+                          timeout=3600, env={**os.environ, "OMP_NUM_THREADS": str(os.cpu_count())})
+    if proc.returncode != 0:
+        return {"error": proc.stderr[-2000:]}
+    result = np.load(out)
+    return {"samples": result["samples"], "train_seconds": float(result["train_seconds"]),
+            "sample_seconds": float(result["sample_seconds"]), "version": str(result["version"]),
+            "torch_version": str(result["torch_version"])}
+
+
+def benchmark_task(name, task, *, key, dt_options, dt_steps, npe_sims, num_test, reference, quick, workdir):
+    print(f"\n=== {name}", flush=True)
+    k_model, k_train, k_npe, k_test, k_eval, k_ref, k_c2st = jax.random.split(key, 7)
+    out = {"task": name, "dim": task.dim, "obs_dim": task.obs_dim, "max_observations": task.max_observations}
+
+    model = DistributionTransformer(key=k_model, **dt_options, **task.model_options())
+    trained = train(model, task, key=k_train, steps=dt_steps, batch_size=128, learning_rate=2e-3, progress=False)
+    dt = trained.model
+    print(f"DT trained in {trained.seconds:.1f} s, final NLL {trained.losses[-100:].mean():.3f}", flush=True)
+    out["dt"] = {"options": dt_options, "steps": dt_steps, "batch_size": 128,
+                 "simulations_seen": dt_steps * 128, "train_seconds": trained.seconds,
+                 "final_nll": float(trained.losses[-100:].mean())}
+
+    npe = train_npe(k_npe, task, num_simulations=npe_sims, max_epochs=30 if quick else 100, patience=10,
+                    progress=False)
+    print(f"NPE trained in {npe.seconds:.1f} s ({npe.num_epochs} epochs)", flush=True)
+    out["npe"] = {"simulations": npe_sims, "train_seconds": npe.seconds, "epochs": npe.num_epochs,
+                  "flow": "coupling neural spline flow (flows.spline_flow)"}
+
+    test = task.simulate(k_test, num_test)
+    first = (take(test.prior, 0), test.observations[0], test.mask[0])
+    out["dt"]["seconds_per_posterior"] = median_time(lambda: dt(first[0], first[1], first[2]).means)
+    sample_dt = eqx.filter_jit(lambda m, k, o: m.update(*o).sample(k, NUM_REFERENCE))
+    out["dt"]["seconds_per_posterior_with_2000_draws"] = median_time(lambda: sample_dt(dt, k_eval, first))
+    sample_npe = eqx.filter_jit(lambda p, k, o: p.sample(k, o, NUM_REFERENCE))
+    out["npe"]["seconds_per_posterior_with_2000_draws"] = median_time(lambda: sample_npe(npe.posterior, k_eval, first))
+    batch_dt = eqx.filter_jit(lambda m, b: jax.vmap(m.update)(b.prior, b.observations, b.mask).means)
+    out["dt"]["seconds_per_posterior_batched"] = median_time(lambda: batch_dt(dt, test), 5) / num_test
+
+    if reference == "exact":
+        exact_fn = task.exact_posterior
+        out["dt"]["kl_exact_to_model"] = kl_to_exact(task, exact_fn, lambda z, p, y, m: dt.update(p, y, m).log_prob(z), test, k_eval)
+        out["npe"]["kl_exact_to_model"] = kl_to_exact(task, exact_fn, lambda z, p, y, m: npe.posterior.log_prob(z, (p, y, m)), test, k_eval)
+        if hasattr(task, "prior_distribution"):
+            prior_q = lambda z, p, y, m: task.prior_distribution(p).log_prob(z)  # noqa: E731
+        else:
+            prior_q = lambda z, p, y, m: p.log_prob(z)  # noqa: E731
+        out["prior_kl_exact_to_prior"] = kl_to_exact(task, exact_fn, prior_q, test, k_eval)
+        print(f"KL(exact||DT) {out['dt']['kl_exact_to_model']['mean']:.4f}  KL(exact||NPE) "
+              f"{out['npe']['kl_exact_to_model']['mean']:.4f}  KL(exact||prior) {out['prior_kl_exact_to_prior']['mean']:.4f}", flush=True)
+
+    # C2ST on a few data sets against reference draws (exact, or NUTS).
+    num_c2st = 2 if quick else 3
+    chains = 4 if name == "slcp" else 1
+    mcmc = nuts_runner(task, 300 if quick else 1000, NUM_REFERENCE // chains, chains)
+    c2st_dt, c2st_npe, c2st_nuts, nuts_times = [], [], [], []
+    references = []
+    for i in range(num_c2st):
+        obs = (take(test.prior, i), test.observations[i], test.mask[i])
+        k_i = jax.random.fold_in(k_ref, i)
+        start = time.perf_counter()
+        nuts_draws = run_nuts(mcmc, k_i, *obs)
+        nuts_times.append(time.perf_counter() - start)
+        if name == "slcp":
+            nuts_draws = np.asarray(SLCP.symmetrize(jax.random.fold_in(k_i, 1), jnp.asarray(nuts_draws)))
+        if reference == "exact":
+            ref = np.asarray(task.exact_posterior(*obs).sample(k_i, NUM_REFERENCE))
+        elif reference == "exact_sampler":
+            ref = np.asarray(task.reference_posterior_samples(k_i, obs[1], NUM_REFERENCE))
+        else:
+            ref = nuts_draws
+        references.append(ref)
+        k_c = jax.random.fold_in(k_c2st, i)
+        c2st_dt.append(c2st(k_c, ref, np.asarray(sample_dt(dt, jax.random.fold_in(k_eval, i), obs))))
+        c2st_npe.append(c2st(k_c, ref, np.asarray(sample_npe(npe.posterior, jax.random.fold_in(k_eval, i), obs))))
+        if reference != "nuts":
+            c2st_nuts.append(c2st(k_c, ref, nuts_draws))
+    out["c2st"] = {"num_datasets": num_c2st, "reference": reference, "num_draws": NUM_REFERENCE,
+                   "dt": c2st_dt, "npe": c2st_npe, "dt_mean": float(np.mean(c2st_dt)), "npe_mean": float(np.mean(c2st_npe))}
+    if c2st_nuts:
+        out["c2st"]["nuts"] = c2st_nuts
+        out["c2st"]["nuts_mean"] = float(np.mean(c2st_nuts))
+    if nuts_times:
+        # The first run compiles; time the others.
+        warm = nuts_times[1:] if len(nuts_times) > 1 else nuts_times
+        out["nuts"] = {"seconds_per_posterior": float(np.median(warm)), "first_run_seconds": nuts_times[0],
+                       "num_warmup": mcmc.num_warmup, "num_samples": mcmc.num_samples, "num_chains": mcmc.num_chains}
+        out["speedup_dt_vs_nuts"] = out["nuts"]["seconds_per_posterior"] / out["dt"]["seconds_per_posterior"]
+        out["speedup_dt_with_draws_vs_nuts"] = out["nuts"]["seconds_per_posterior"] / out["dt"]["seconds_per_posterior_with_2000_draws"]
+        out["speedup_npe_vs_nuts"] = out["nuts"]["seconds_per_posterior"] / out["npe"]["seconds_per_posterior_with_2000_draws"]
+    print(f"C2ST DT {np.mean(c2st_dt):.3f}  NPE {np.mean(c2st_npe):.3f}"
+          + (f"  NUTS {np.mean(c2st_nuts):.3f}" if c2st_nuts else "")
+          + (f"  | NUTS {out['nuts']['seconds_per_posterior']:.2f} s/posterior, DT {out['dt']['seconds_per_posterior'] * 1e3:.2f} ms" if nuts_times else ""),
+          flush=True)
+
+    if name in ("two_moons", "gaussian_linear") and SBI_PYTHON.exists():
+        sims = task.simulate(k_npe, npe_sims)  # the same budget (and the same draws as our NPE)
+        train_x = np.asarray(sims.observations.reshape(npe_sims, -1))
+        test_x = np.asarray(test.observations[:num_c2st].reshape(num_c2st, -1))
+        sbi_out = run_sbi(name, np.asarray(sims.theta), train_x, test_x, NUM_REFERENCE, workdir)
+        if sbi_out is None or "error" in sbi_out:
+            out["sbi"] = sbi_out
+        else:
+            scores = [c2st(jax.random.fold_in(k_c2st, i), references[i], sbi_out["samples"][i]) for i in range(num_c2st)]
+            out["sbi"] = {"version": sbi_out["version"], "torch": sbi_out["torch_version"], "simulations": npe_sims,
+                          "max_num_epochs": SBI_MAX_EPOCHS,
+                          "density_estimator": "maf (sbi default)", "train_seconds": sbi_out["train_seconds"],
+                          "seconds_per_posterior_with_2000_draws": sbi_out["sample_seconds"],
+                          "c2st": scores, "c2st_mean": float(np.mean(scores)),
+                          "train_time_ratio_sbi_over_ours_npe": sbi_out["train_seconds"] / npe.seconds}
+            print(f"sbi NPE: C2ST {np.mean(scores):.3f}, train {sbi_out['train_seconds']:.1f} s", flush=True)
+    return out
+
+
+def main(argv=None):
+    parser = argparse.ArgumentParser()
+    parser.add_argument("--quick", action="store_true", help="tiny budgets (a smoke test)")
+    parser.add_argument("--out", default=str(ROOT / "benchmarks" / "results" / "amortized.json"))
+    parser.add_argument("--only", nargs="*", default=None)
+    parser.add_argument("--merge", action="store_true", help="update the tasks of an existing JSON")
+    parser.add_argument("--sbi-max-epochs", type=int, default=None, help="cap sbi's training epochs")
+    args = parser.parse_args(argv)
+    quick = args.quick
+    small = dict(d_model=32, num_heads=4, num_encoder_layers=1, num_decoder_layers=2)
+    large = dict(d_model=64, num_heads=4, num_encoder_layers=2, num_decoder_layers=3)
+    steps = (lambda n: 100) if quick else (lambda n: n)
+    sims = 2000 if quick else 10_000
+    specs = [
+        ("conjugate_gaussian", ConjugateGaussian(2, max_components=2, num_observations=(1, 10)), small, steps(2000), "exact"),
+        ("inverse_gamma_variance", InverseGammaVariance(), small, steps(2000), "exact"),
+        ("gaussian_linear", GaussianLinear(), small, steps(2000), "exact"),
+        ("logistic_regression", LogisticRegression(2), small, steps(2000), "nuts"),
+        ("two_moons", TwoMoons(num_components=10), large, steps(3000), "exact_sampler"),
+        ("slcp", SLCP(num_components=10), large, steps(3000), "nuts"),
+    ]
+    results = {"benchmark": "amortized", "quick": quick, "machine": machine(), "versions": versions(), "tasks": {}}
+    if args.merge and pathlib.Path(args.out).exists():
+        previous = json.loads(pathlib.Path(args.out).read_text())
+        results["tasks"] = previous.get("tasks", {})
+        results["earlier_runs"] = previous.get("earlier_runs", []) + [
+            {"machine": previous.get("machine"), "tasks": sorted(previous.get("tasks", {}))}]
+    global SBI_MAX_EPOCHS
+    SBI_MAX_EPOCHS = args.sbi_max_epochs
+    started = time.perf_counter()
+    path = pathlib.Path(args.out)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with tempfile.TemporaryDirectory() as workdir:
+        for index, (name, task, options, n_steps, reference) in enumerate(specs):
+            if args.only and name not in args.only:
+                continue
+            try:
+                results["tasks"][name] = benchmark_task(
+                    name, task, key=jax.random.fold_in(jax.random.key(2025), index), dt_options=options,
+                    dt_steps=n_steps, npe_sims=sims, num_test=100 if not quick else 20, reference=reference,
+                    quick=quick, workdir=workdir,
+                )
+            except Exception as error:  # record and go on: one failing task must not lose the others
+                import traceback
+
+                traceback.print_exc()
+                results["tasks"][name] = {"error": f"{type(error).__name__}: {error}"}
+            _write(path, results)
+    results["total_seconds"] = time.perf_counter() - started
+    results["notes"] = [
+        "DT trains online on fresh simulations (steps x batch); NPE (ours and sbi) uses a fixed simulation budget.",
+        "KL(exact || q) is a Monte Carlo estimate with 2000 exact draws per data set (mean over 100 data sets).",
+        "C2ST: sbibm's recipe (z-scored, MLP 2x10*dim ReLU, 5-fold CV), our JAX implementation, 2000 vs 2000 draws.",
+        "NUTS time per posterior is a warm run (compilation excluded) of the stated warm-up and draws.",
+        "SLCP NUTS draws are spread over the four sign-symmetric modes (theta3, theta4 -> -theta3, -theta4).",
+        "two_moons reference draws are exact (sbibm's construction, infeasible draws rejected).",
+        "The machine was shared with other jobs: see load_average_at_start; timings are noisy.",
+    ]
+    _write(path, results)
+    print(f"\nwrote {path} in {results['total_seconds']:.0f} s")
+
+
+def _write(path: pathlib.Path, results: dict) -> None:
+    def default(o):
+        if isinstance(o, (np.floating, np.integer)):
+            return o.item()
+        if isinstance(o, np.ndarray):
+            return o.tolist()
+        raise TypeError(type(o))
+
+    path.write_text(json.dumps(results, indent=2, default=default))
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,17 @@
+"""The demo step runs in quick mode, and the shipped weights still give near-exact posteriors."""
+
+import re
+
+import jax
+
+from amortized._demo import WEIGHTS, amortized_step
+
+
+def test_amortized_demo_step_reports_accurate_posteriors():
+    report = amortized_step(jax.random.key(0), quick=True)
+    assert report.title and len(report.panels) == 2
+    text = "\n".join(report.lines)
+    kl_dt, kl_prior = map(float, re.search(r"KL\(exact \|\| DT\).*?: ([\d.]+)\s+\(exact \|\| prior: ([\d.]+)\)", text).groups())
+    if WEIGHTS.exists():  # the shipped model: near-exact on fresh priors and data
+        assert kl_dt < 0.03 < 0.3 < kl_prior
+    assert kl_dt < kl_prior
