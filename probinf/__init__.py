@@ -10,7 +10,13 @@ never imports them (or torch).
 
 import importlib as _importlib
 
-from probinf import datasets, exact, vi
+# `_xla_workaround` first: it must run before anything starts JAX's CPU backend.
+from probinf import (
+    _xla_workaround,  # noqa: F401  (applies the workaround on import)
+    datasets,
+    exact,
+    vi,
+)
 from probinf._version import __version__
 from probinf.diagnostics import effective_sample_size, to_inference_data
 from probinf.families import (

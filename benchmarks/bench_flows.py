@@ -1,0 +1,351 @@
+"""Benchmark: flows (probinf) against flowjax and numpyro's autoguides.
+
+1. RQ-spline coupling flow, the SAME architecture in both libraries (layers, conditioner
+   width/depth, bins, interval, permutations, standard-normal base), the same optax
+   optimizer object, samples per step and estimator, on U1 (Rezende & Mohamed) and Neal's
+   funnel: time per training step and compile time of one compiled lax.scan of the update
+   (identical harness for both), the libraries' own training loops, and the final ELBO gap
+   log Z - ELBO (log Z exact: quadrature for U1, 0 for the funnel).
+2. Eight schools (posteriordb, non-centred): our spline-flow FlowGuide against numpyro's
+   AutoIAFNormal and AutoBNAFNormal — time per step, final ELBO, and posterior moments
+   against the NUTS reference draws.
+
+Run: python benchmarks/bench_flows.py [--quick]  ->  benchmarks/results/flows.json
+"""
+
+from __future__ import annotations
+
+import argparse
+import gzip
+import json
+import math
+import os
+import pathlib
+import platform
+import statistics
+import sys
+import time
+
+import equinox as eqx
+import jax
+import jax.numpy as jnp
+import numpy as np
+import optax
+
+import flows  # first: applies the XLA:CPU workaround before JAX starts its backend
+import probinf
+from probinf import vi
+
+ROOT = pathlib.Path(__file__).resolve().parents[1]
+RESULTS = ROOT / "benchmarks" / "results" / "flows.json"
+POSTERIORDB = ROOT.parent / "shared" / "data" / "posteriordb"
+
+
+def median_time(fn, repeats):
+    times = []
+    for _ in range(repeats):
+        start = time.perf_counter()
+        jax.block_until_ready(fn())
+        times.append(time.perf_counter() - start)
+    return statistics.median(times), times
+
+
+# --------------------------------------------------------------------------- harness
+def make_scan_trainer(loss_fn, optimizer, steps_per_call):
+    """A compiled lax.scan of `steps_per_call` updates of `loss_fn(params, static, key)`."""
+
+    def run(params, static, opt_state, key):
+        def body(carry, step_key):
+            params, opt_state = carry
+            loss, grads = eqx.filter_value_and_grad(loss_fn)(params, static, step_key)
+            updates, opt_state = optimizer.update(grads, opt_state, params)
+            return (eqx.apply_updates(params, updates), opt_state), loss
+
+        keys = jax.random.split(key, steps_per_call)
+        (params, opt_state), losses = jax.lax.scan(body, (params, opt_state), keys)
+        return params, opt_state, losses
+
+    return eqx.filter_jit(run)
+
+
+def time_trainer(model, loss_fn, optimizer, steps_per_call, repeats):
+    params, static = eqx.partition(model, eqx.is_inexact_array)
+    opt_state = optimizer.init(params)
+    trainer = make_scan_trainer(loss_fn, optimizer, steps_per_call)
+    key = jax.random.key(0)
+    start = time.perf_counter()
+    compiled = trainer.lower(params, static, opt_state, key).compile()
+    compile_s = time.perf_counter() - start
+    # warm-up, then timed calls of the compiled program
+    jax.block_until_ready(compiled(params, static, opt_state, key))
+    per_call, all_calls = median_time(lambda: compiled(params, static, opt_state, key)[2], repeats)
+    return {"compile_s": compile_s, "per_step_ms": 1e3 * per_call / steps_per_call,
+            "per_step_ms_all_repeats": [1e3 * t / steps_per_call for t in all_calls]}
+
+
+def train_with_trainer(model, loss_fn, optimizer, steps, chunk, key):
+    params, static = eqx.partition(model, eqx.is_inexact_array)
+    opt_state = optimizer.init(params)
+    trainer = make_scan_trainer(loss_fn, optimizer, chunk)
+    losses = []
+    for index in range(steps // chunk):
+        params, opt_state, chunk_losses = trainer(params, static, opt_state, jax.random.fold_in(key, index))
+        losses.append(np.asarray(chunk_losses))
+    return eqx.combine(params, static), np.concatenate(losses)
+
+
+def elbo_gap(sample_and_log_prob, log_density, log_z, key, n=200_000):
+    z, log_q = sample_and_log_prob(key, n)
+    log_w = np.asarray(jax.vmap(log_density)(z), np.float64) - np.asarray(log_q, np.float64)
+    log_w = log_w[np.isfinite(log_w)] if np.isfinite(log_w).mean() > 0.999 else log_w
+    return {"elbo": float(log_w.mean()), "gap": float(log_z - log_w.mean()),
+            "gap_standard_error": float(log_w.std() / math.sqrt(log_w.size))}
+
+
+# --------------------------------------------------------------------------- part 1
+def spline_comparison(problem, cfg, repeats, quick):
+    import flowjax
+    import flowjax.bijections as fjb
+    import flowjax.distributions as fjd
+    from flowjax.flows import coupling_flow as fj_coupling_flow
+    from flowjax.train import fit_to_key_based_loss
+    from flowjax.train.losses import ElboLoss
+
+    if problem == "U1":
+        target, log_z = flows.potentials.rezende_mohamed("U1")
+        bound = cfg["bound_u1"]
+    else:
+        target, log_z = flows.potentials.neal_funnel(2)
+        bound = cfg["bound_funnel"]
+    log_density = lambda z: target.log_density(z)
+    dim = 2
+    schedule = optax.cosine_decay_schedule(cfg["learning_rate"], cfg["steps"])
+    optimizer = optax.adam(schedule)  # ONE optimizer object shared by both libraries
+
+    ours = flows.spline_flow(jax.random.key(1), dim, num_layers=cfg["layers"], width=cfg["width"],
+                             depth=cfg["depth"], num_bins=cfg["bins"], bound=bound)
+    objective = vi.ELBO(cfg["samples"], vi.STL())
+
+    def our_loss(params, static, key):
+        return objective(key, eqx.combine(params, static), target)
+
+    theirs = fj_coupling_flow(
+        jax.random.key(1), base_dist=fjd.StandardNormal((dim,)),
+        transformer=fjb.RationalQuadraticSpline(knots=cfg["bins"] - 1, interval=bound),  # knots = bins - 1
+        flow_layers=cfg["layers"], nn_width=cfg["width"], nn_depth=cfg["depth"], invert=False,
+    )
+    their_loss = ElboLoss(log_density, num_samples=cfg["samples"], stick_the_landing=True)
+    n_ours = sum(x.size for x in jax.tree_util.tree_leaves(eqx.filter(ours, eqx.is_inexact_array)))
+    n_theirs = sum(x.size for x in jax.tree_util.tree_leaves(eqx.filter(theirs, eqx.is_inexact_array)))
+
+    out = {"problem": problem, "log_z": log_z, "spline_interval": bound,
+           "trainable_parameters": {"ours": int(n_ours), "flowjax": int(n_theirs)}}
+    # Interleave the timings so machine load hits both alike.
+    timings = {"ours": [], "flowjax": []}
+    for _ in range(2):
+        timings["ours"].append(time_trainer(ours, our_loss, optimizer, cfg["timing_steps"], repeats))
+        timings["flowjax"].append(time_trainer(theirs, their_loss, optimizer, cfg["timing_steps"], repeats))
+    for name in timings:
+        out[name] = {
+            "per_step_ms": min(t["per_step_ms"] for t in timings[name]),
+            "compile_s": min(t["compile_s"] for t in timings[name]),
+            "runs": timings[name],
+        }
+    out["speedup_per_step"] = out["flowjax"]["per_step_ms"] / out["ours"]["per_step_ms"]
+    out["compile_ratio_flowjax_over_ours"] = out["flowjax"]["compile_s"] / out["ours"]["compile_s"]
+
+    # Native loops: probinf.fit (chunked lax.scan) and flowjax's fit_to_key_based_loss.
+    native_steps = cfg["native_steps"]
+    start = time.perf_counter()
+    probinf.fit(objective, ours, target, key=jax.random.key(2), steps=native_steps,
+                optimizer=optimizer, chunk_size=min(500, native_steps), progress=False)
+    out["ours"]["native_fit_s_incl_compile"] = time.perf_counter() - start
+    start = time.perf_counter()
+    fit_to_key_based_loss(jax.random.key(2), theirs, loss_fn=their_loss, steps=native_steps,
+                          optimizer=optimizer, show_progress=False)
+    out["flowjax"]["native_fit_s_incl_compile"] = time.perf_counter() - start
+    out["native_steps"] = native_steps
+
+    # Accuracy: train both with the same harness, evaluate the ELBO with 200k draws.
+    trained_ours, _ = train_with_trainer(ours, our_loss, optimizer, cfg["steps"], cfg["chunk"], jax.random.key(3))
+    trained_theirs, _ = train_with_trainer(theirs, their_loss, optimizer, cfg["steps"], cfg["chunk"], jax.random.key(3))
+    n_eval = 20_000 if quick else 200_000
+    out["ours"].update(elbo_gap(lambda k, n: trained_ours.sample_and_log_prob(k, n), log_density, log_z,
+                                jax.random.key(4), n_eval))
+    out["flowjax"].update(elbo_gap(lambda k, n: trained_theirs.sample_and_log_prob(k, (n,)), log_density,
+                                   log_z, jax.random.key(4), n_eval))
+    out["flowjax_version"] = flowjax.__version__ if hasattr(flowjax, "__version__") else _version("flowjax")
+    return out
+
+
+# --------------------------------------------------------------------------- part 2
+def eight_schools_model(sigma, y=None):
+    import numpyro
+    import numpyro.distributions as dist
+
+    mu = numpyro.sample("mu", dist.Normal(0.0, 5.0))
+    tau = numpyro.sample("tau", dist.HalfCauchy(5.0))
+    with numpyro.plate("school", sigma.shape[0]):
+        theta_trans = numpyro.sample("theta_trans", dist.Normal(0.0, 1.0))
+        theta = numpyro.deterministic("theta", mu + tau * theta_trans)
+        numpyro.sample("y", dist.Normal(theta, sigma), obs=y)
+
+
+def eight_schools(cfg, repeats):
+    import numpyro
+    from numpyro.infer import SVI, Trace_ELBO
+    from numpyro.infer.autoguide import AutoBNAFNormal, AutoIAFNormal
+
+    data = json.loads(gzip.open(POSTERIORDB / "eight_schools.data.json.gz").read())
+    chains = json.loads(gzip.open(POSTERIORDB / "eight_schools-eight_schools_noncentered.reference_draws.json.gz").read())
+    reference = {k: np.concatenate([np.asarray(c[k]) for c in chains]) for k in chains[0]}
+    names = ["mu", "tau"] + [f"theta[{j + 1}]" for j in range(8)]
+    ref = np.column_stack([reference[n] for n in names])
+    sigma, y = jnp.asarray(data["sigma"], jnp.float32), jnp.asarray(data["y"], jnp.float32)
+    steps, samples = cfg["es_steps"], cfg["es_samples"]
+    optimizer = optax.adam(optax.cosine_decay_schedule(cfg["es_learning_rate"], steps))
+
+    def moments(draws):
+        ours = np.column_stack([draws["mu"], draws["tau"], draws["theta"]])
+        z = (ours.mean(0) - ref.mean(0)) / ref.std(0)
+        ratio = ours.std(0) / ref.std(0)
+        return {"max_abs_mean_z": float(np.abs(z).max()), "sd_ratio_min": float(ratio.min()),
+                "sd_ratio_max": float(ratio.max())}
+
+    results = {}
+    # ours: FlowGuide + probinf.fit (its own chunked-scan loop) and the compiled-scan harness,
+    # with the default spline flow and with an affine IAF of AutoIAFNormal's size (like for like).
+    guide = flows.FlowGuide(eight_schools_model, sigma, model_kwargs={"y": y}, key=jax.random.key(0),
+                            num_layers=cfg["es_layers"], width=cfg["es_width"], init_scale=1.0)
+    iaf = flows.inverse_autoregressive_flow(
+        jax.random.key(0), guide.dim, num_layers=cfg["es_layers"], width=cfg["es_width"], depth=2,
+        loc=guide.target.init_position, scale=1.0)
+    objective = vi.ELBO(samples)
+
+    def our_loss(params, static, key):
+        return objective(key, eqx.combine(params, static), guide.target)
+
+    for label, flow in [("ours_spline_flow_guide", guide.flow), ("ours_affine_iaf_guide", iaf)]:
+        timing = time_trainer(flow, our_loss, optimizer, cfg["timing_steps"], repeats)
+        start = time.perf_counter()
+        fitted = probinf.fit(objective, flow, guide.target, key=jax.random.key(1), steps=steps,
+                             optimizer=optimizer, chunk_size=min(1000, steps), progress=False)
+        wall = time.perf_counter() - start
+        elbo = float(-vi.ELBO(100_000)(jax.random.key(2), fitted.family, guide.target))
+        results[label] = {
+            **timing, "fit_s_incl_compile": wall, "elbo": elbo,
+            **moments(guide.sample_posterior(jax.random.key(3), 20_000, fitted.family)),
+        }
+
+    # numpyro autoguides: jitted lax.scan over svi.update (svi.run re-traces per call).
+    numpyro_opt = numpyro.optim.optax_to_numpyro(optimizer)
+    for label, make in [("numpyro_AutoIAFNormal", lambda: AutoIAFNormal(
+                             eight_schools_model, num_flows=cfg["es_layers"],
+                             hidden_dims=[cfg["es_width"], cfg["es_width"]])),
+                        ("numpyro_AutoBNAFNormal", lambda: AutoBNAFNormal(
+                             eight_schools_model, num_flows=1, hidden_factors=[8, 8]))]:
+        autoguide = make()
+        svi = SVI(eight_schools_model, autoguide, numpyro_opt, Trace_ELBO(num_particles=samples))
+        state = svi.init(jax.random.key(0), sigma, y=y)
+
+        def run(state, n, svi=svi):
+            return jax.lax.scan(lambda s, _: svi.update(s, sigma, y=y), state, None, length=n)
+
+        run_timing = jax.jit(run, static_argnums=1)
+        start = time.perf_counter()
+        compiled = run_timing.lower(state, cfg["timing_steps"]).compile()
+        compile_s = time.perf_counter() - start
+        jax.block_until_ready(compiled(state)[1])
+        per_call, all_calls = median_time(lambda c=compiled, s=state: c(s)[1], repeats)
+        start = time.perf_counter()
+        final_state, _ = jax.jit(run, static_argnums=1)(state, steps)
+        jax.block_until_ready(final_state)
+        wall = time.perf_counter() - start
+        params = svi.get_params(final_state)
+        elbo = -float(Trace_ELBO(num_particles=20_000).loss(jax.random.key(2), params, eight_schools_model,
+                                                            autoguide, sigma, y=y))
+        draws = autoguide.sample_posterior(jax.random.key(3), params, sample_shape=(20_000,))
+        from numpyro.infer.util import Predictive
+        det = Predictive(eight_schools_model, posterior_samples=draws, return_sites=["theta"])(
+            jax.random.key(4), sigma)
+        draws = {k: np.asarray(v) for k, v in {**draws, **det}.items()}
+        results[label] = {
+            "compile_s": compile_s, "per_step_ms": 1e3 * per_call / cfg["timing_steps"],
+            "per_step_ms_all_repeats": [1e3 * t / cfg["timing_steps"] for t in all_calls],
+            "fit_s_incl_compile": wall, "elbo": elbo, **moments(draws),
+        }
+    for ours_label in ("ours_spline_flow_guide", "ours_affine_iaf_guide"):
+        for label in ("numpyro_AutoIAFNormal", "numpyro_AutoBNAFNormal"):
+            results[f"speedup_per_step_{ours_label}_vs_{label}"] = (
+                results[label]["per_step_ms"] / results[ours_label]["per_step_ms"])
+            results[f"elbo_difference_{ours_label}_minus_{label}"] = (
+                results[ours_label]["elbo"] - results[label]["elbo"])
+    results["settings"] = {"steps": steps, "samples_per_step": samples, "note":
+                           "ELBO is on the model's own log density (numpyro's convention for both; "
+                           "higher is better). Moments vs posteriordb NUTS reference draws."}
+    return results
+
+
+def _version(name):
+    from importlib.metadata import version
+
+    try:
+        return version(name)
+    except Exception:
+        return None
+
+
+def main():
+    parser = argparse.ArgumentParser()
+    parser.add_argument("--quick", action="store_true", help="tiny sizes (smoke test)")
+    parser.add_argument("--out", default=str(RESULTS))
+    args = parser.parse_args()
+    quick = args.quick
+    cfg = {
+        "layers": 8, "width": 64, "depth": 2, "bins": 8, "bound_u1": 5.0, "bound_funnel": 15.0,
+        "samples": 64, "learning_rate": 2e-3,
+        "steps": 400 if quick else 4000, "chunk": 200 if quick else 500,
+        "timing_steps": 20 if quick else 100, "native_steps": 50 if quick else 500,
+        "es_steps": 300 if quick else 3000, "es_samples": 16, "es_learning_rate": 5e-3,
+        "es_layers": 4, "es_width": 32,
+    }
+    repeats = 2 if quick else 5
+    started = time.perf_counter()
+    report = {
+        "benchmark": "flows vs flowjax (same RQ-spline coupling architecture) and numpyro autoguides",
+        "settings": cfg,
+        "machine": {
+            "platform": platform.platform(), "python": sys.version.split()[0],
+            "cpu_count": os.cpu_count(), "jax_backend": jax.default_backend(),
+            "load_average_at_start": os.getloadavg(),
+            "xla_flags": os.environ.get("XLA_FLAGS", ""),
+        },
+        "versions": {name: _version(name) for name in
+                     ("probinf", "jax", "jaxlib", "equinox", "optax", "numpyro", "flowjax")},
+        "estimator": "ELBO with the sticking-the-landing gradient (probinf STL / flowjax "
+                     "stick_the_landing=True) on U1 and the funnel; plain reparameterisation on eight schools",
+    }
+    report["U1"] = spline_comparison("U1", cfg, repeats, quick)
+    print("U1", json.dumps({k: report["U1"][k] for k in ("speedup_per_step",)}), flush=True)
+    report["funnel"] = spline_comparison("funnel", cfg, repeats, quick)
+    print("funnel", json.dumps({k: report["funnel"][k] for k in ("speedup_per_step",)}), flush=True)
+    report["eight_schools"] = eight_schools(cfg, repeats)
+    report["machine"]["load_average_at_end"] = os.getloadavg()
+    report["wall_time_s"] = time.perf_counter() - started
+    summary = {
+        "U1_per_step_ms": {"ours": report["U1"]["ours"]["per_step_ms"], "flowjax": report["U1"]["flowjax"]["per_step_ms"]},
+        "U1_speedup": report["U1"]["speedup_per_step"],
+        "U1_gap": {"ours": report["U1"]["ours"]["gap"], "flowjax": report["U1"]["flowjax"]["gap"]},
+        "funnel_speedup": report["funnel"]["speedup_per_step"],
+        "funnel_gap": {"ours": report["funnel"]["ours"]["gap"], "flowjax": report["funnel"]["flowjax"]["gap"]},
+        "goal_faster_than_flowjax": bool(report["U1"]["speedup_per_step"] > 1 and report["funnel"]["speedup_per_step"] > 1),
+        "goal_U1_gap_below_0.02": bool(report["U1"]["ours"]["gap"] <= 0.02),
+    }
+    report["summary"] = summary
+    pathlib.Path(args.out).parent.mkdir(parents=True, exist_ok=True)
+    pathlib.Path(args.out).write_text(json.dumps(report, indent=2, default=float))
+    print(json.dumps(summary, indent=2))
+
+
+if __name__ == "__main__":
+    main()
