@@ -11,6 +11,8 @@ import sys
 from collections.abc import Sequence
 
 from probinf._version import __version__
+from probinf.llm.base import LLMBackendError
+from probinf.llm.cli import add_decode_parser
 
 __all__ = ["main", "build_parser"]
 
@@ -66,6 +68,8 @@ def build_parser() -> argparse.ArgumentParser:
     demo.add_argument("--quick", action="store_true", help="smaller problems, for a fast check")
     demo.add_argument("--only", nargs="+", metavar="STEP", help="run only the named steps (e.g. vi)")
     demo.set_defaults(handler=_cmd_demo)
+
+    add_decode_parser(sub)
     return parser
 
 
@@ -78,7 +82,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         return 0
     try:
         return args.handler(args)
-    except (ValueError, TypeError, FileNotFoundError) as err:
+    except (ValueError, TypeError, FileNotFoundError, LLMBackendError) as err:
         print(f"probinf {args.command}: error: {err}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:

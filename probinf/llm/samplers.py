@@ -1,0 +1,888 @@
+r"""Reward-guided decoding samplers: particle filtering and its relatives, and the baselines.
+
+**The state-space view** (Puri et al., 2025, *A Probabilistic Inference Approach to
+Inference-Time Scaling of LLMs using Particle-Based Monte Carlo Methods*). A solution is
+a sequence of steps :math:`x_{1:T}` drawn from the language model,
+:math:`p(x_t \mid x_{<t})`, and after each step we "observe" that the solution is still
+correct, with likelihood given by a process reward :math:`\hat r(x_{\le t}) \in [0, 1]`.
+The target is the posterior
+
+.. math::
+    \pi(x_{1:T}) \propto \prod_{t} p(x_t \mid x_{<t})\; \prod_t \phi\bigl(\hat r(x_{\le t})\bigr),
+
+a Feynman–Kac model whose Markov kernel is the LM and whose potential is
+:math:`G_t = \phi(\hat r_t)`. The bootstrap particle filter extends :math:`N` partial
+solutions by one step, multiplies their weights by :math:`G_t`, and resamples (every
+step, or when the effective sample size falls below a threshold) with any scheme of
+:mod:`probinf.smc.resampling`. Two forms of :math:`\phi` are offered:
+
+* ``weighting="logit"`` (the paper's): :math:`\log G_t = \operatorname{logit}(\hat r_t)/\tau`,
+  so resampling probabilities are a softmax of logits at temperature :math:`\tau`;
+* ``weighting="likelihood"``: :math:`\log G_t = \log(\hat r_t)/\tau` (the reward read
+  as a plain likelihood; :math:`\tau = 1` is the textbook filter).
+
+A finished particle keeps receiving the potential of its final score at every later
+step (its state no longer changes but the observations keep arriving), which matches
+the paper's treatment of completed solutions.
+
+Relatives: :func:`entropic_particle_filter` (Giannone et al., 2025, *Mitigating
+Premature Exploitation in Particle-based Monte Carlo for Inference-Time Scaling*) and
+:func:`particle_gibbs` (Puri et al., 2025, Sec. 3; Andrieu, Doucet and Holenstein,
+2010). Baselines: :func:`greedy`, :func:`best_of_n`, :func:`majority_vote`
+(self-consistency; Wang et al., 2023) and :func:`beam_search` (PRM-guided; Snell et al.,
+2024).
+
+Every sampler returns a :class:`DecodeResult` with all particles, their weights and
+genealogy (``ancestors[t, i]`` is the index, among the particles alive before the
+resampling at step ``t``, of particle ``i``'s parent), and a :class:`Budget`.
+"""
+
+from __future__ import annotations
+
+import functools
+import math
+import time
+from collections import defaultdict
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field, replace
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from probinf._progress import progress_bar
+from probinf.diagnostics import effective_sample_size
+from probinf.llm.base import (
+    LLMBackendError,
+    SamplingParams,
+    StepResult,
+    as_reward,
+    check_scores,
+)
+from probinf.llm.rewards.arithmetic import extract_answer
+from probinf.smc.resampling import check_scheme, resample
+
+__all__ = [
+    "Particle",
+    "Budget",
+    "DecodeResult",
+    "particle_filter",
+    "entropic_particle_filter",
+    "particle_gibbs",
+    "greedy",
+    "sample_independent",
+    "best_of_n",
+    "majority_vote",
+    "beam_search",
+    "select",
+    "METHODS",
+    "generate",
+]
+
+SELECTIONS = ("argmax", "sample", "vote")
+DEFAULT_PARAMS = SamplingParams()  # immutable, so safe as a default argument
+
+
+# One compiled call per step keeps the sampler's own cost negligible next to the LM's.
+@jax.jit
+def _split4(key):
+    keys = jax.random.split(key, 4)
+    return keys[0], keys[1], keys[2], keys[3]
+
+
+@functools.partial(jax.jit, static_argnames=("n",))
+def _seeds(key, n: int):
+    return jax.random.bits(key, (n,), dtype=jnp.uint32) & jnp.uint32(0x7FFFFFFF)
+
+
+@functools.partial(jax.jit, static_argnames=("n", "scheme"))
+def _ess_and_ancestors(key, log_weights, beta, n: int, scheme: str):
+    """ESS of the weights, and ``n`` ancestors drawn from the weights raised to ``beta``."""
+    return effective_sample_size(log_weights), resample(key, beta * log_weights, n, scheme=scheme)
+
+
+def _rng(key) -> np.random.Generator:
+    """A NumPy generator seeded from a JAX key (for small host-side draws: ties, selection)."""
+    return np.random.default_rng(int(np.asarray(_seeds(key, 2))[0]))
+
+
+def _softmax(log_weights) -> np.ndarray:
+    log_weights = np.asarray(log_weights, dtype=np.float64)
+    shifted = np.exp(log_weights - np.max(log_weights))
+    return shifted / shifted.sum()
+
+
+@dataclass(frozen=True)
+class Particle:
+    """One partial or finished solution.
+
+    Attributes:
+        text: everything generated so far.
+        steps: the steps, in order (their concatenation is ``text``).
+        finished: no further step will be generated.
+        num_tokens: tokens generated along this particle's own history.
+        log_prob: the model's log-probability of ``text`` (``nan`` if a backend did not say).
+        scores: the reward of each prefix ``steps[:t+1]`` (process rewards) or of the
+            final text (outcome rewards).
+        truncated_steps: how many steps hit the per-step token cap.
+    """
+
+    text: str = ""
+    steps: tuple[str, ...] = ()
+    finished: bool = False
+    num_tokens: int = 0
+    log_prob: float = 0.0
+    scores: tuple[float, ...] = ()
+    truncated_steps: int = 0
+
+    @property
+    def score(self) -> float:
+        """The latest reward (``nan`` before any)."""
+        return self.scores[-1] if self.scores else math.nan
+
+    def extended(self, step: StepResult) -> Particle:
+        return replace(
+            self,
+            text=self.text + step.text,
+            steps=self.steps + (step.text,),
+            finished=step.finished,
+            num_tokens=self.num_tokens + step.num_tokens,
+            log_prob=self.log_prob + step.log_prob,
+            truncated_steps=self.truncated_steps + int(step.truncated),
+        )
+
+
+@dataclass
+class Budget:
+    """What a run cost.
+
+    Attributes:
+        tokens: tokens generated (including discarded look-ahead steps).
+        lm_calls: particle-steps requested from the language model.
+        reward_calls: solutions scored by the reward model.
+        lm_seconds: wall time inside the language model.
+        reward_seconds: wall time inside the reward model.
+        total_seconds: wall time of the whole run.
+    """
+
+    tokens: int = 0
+    lm_calls: int = 0
+    reward_calls: int = 0
+    lm_seconds: float = 0.0
+    reward_seconds: float = 0.0
+    total_seconds: float = 0.0
+
+    @property
+    def overhead_seconds(self) -> float:
+        """Sampler time: everything that is neither the LM nor the reward (resampling, bookkeeping)."""
+        return max(self.total_seconds - self.lm_seconds - self.reward_seconds, 0.0)
+
+    @property
+    def overhead_fraction(self) -> float:
+        return self.overhead_seconds / self.total_seconds if self.total_seconds > 0 else 0.0
+
+    def __iadd__(self, other: Budget) -> Budget:
+        for name in ("tokens", "lm_calls", "reward_calls", "lm_seconds", "reward_seconds", "total_seconds"):
+            setattr(self, name, getattr(self, name) + getattr(other, name))
+        return self
+
+    def as_dict(self) -> dict:
+        return {
+            "tokens": self.tokens, "lm_calls": self.lm_calls, "reward_calls": self.reward_calls,
+            "lm_seconds": self.lm_seconds, "reward_seconds": self.reward_seconds,
+            "total_seconds": self.total_seconds, "overhead_seconds": self.overhead_seconds,
+            "overhead_fraction": self.overhead_fraction,
+        }
+
+
+@dataclass
+class DecodeResult:
+    """The outcome of one decoding run.
+
+    Attributes:
+        answer: the selected final answer (``None`` if the selected solution states none).
+        text: the selected solution.
+        index: the selected particle.
+        particles: every final particle.
+        log_weights: ``(n,)`` final unnormalised log weights.
+        ancestors: ``(steps, n)`` genealogy: ``ancestors[t, i]`` is the parent, among the
+            particles before the resampling of step ``t``, of particle ``i`` after it
+            (the identity where no resampling happened).
+        ess: ``(steps,)`` effective sample size before each resampling decision.
+        resampled: ``(steps,)`` whether step ``t`` resampled.
+        budget: the cost of the run.
+        method: the sampler's name.
+        iterations: for particle Gibbs, the result of every sweep (else empty).
+    """
+
+    answer: str | None
+    text: str
+    index: int
+    particles: list[Particle]
+    log_weights: np.ndarray
+    ancestors: np.ndarray
+    ess: np.ndarray
+    resampled: np.ndarray
+    budget: Budget
+    method: str
+    iterations: list = field(default_factory=list)
+
+    @property
+    def weights(self) -> np.ndarray:
+        """Normalised final weights."""
+        return _softmax(self.log_weights)
+
+    def answer_distribution(self, answer_fn: Callable[[str], str | None] = extract_answer) -> dict:
+        """Normalised weight of each distinct answer (``None`` for particles without one)."""
+        totals: dict = defaultdict(float)
+        for particle, weight in zip(self.particles, self.weights, strict=True):
+            totals[answer_fn(particle.text)] += float(weight)
+        return dict(sorted(totals.items(), key=lambda kv: -kv[1]))
+
+    def lineage(self, index: int | None = None) -> list[int]:
+        """Particle ``index``'s ancestry: its slot before each resampling round, then its own.
+
+        Entry ``t`` is the slot, among the particles entering round ``t``, of the ancestor
+        (``t = 0 .. steps``); the last entry is ``index``.
+        """
+        index = self.index if index is None else index
+        path = [index]
+        for t in range(self.ancestors.shape[0] - 1, -1, -1):
+            index = int(self.ancestors[t, index])
+            path.append(index)
+        return path[::-1]
+
+
+# -- shared machinery ------------------------------------------------------------------------
+
+
+class _Run:
+    """Calls the LM and the reward for a sampler, with validation and budget accounting."""
+
+    def __init__(self, lm, reward, question: str, prompt: str, params: SamplingParams, is_final=None):
+        self.is_final = is_final
+        self.lm = lm
+        self.reward = reward
+        self.question = question
+        self.prompt = prompt
+        self.params = params
+        self.budget = Budget()
+        self.started = time.perf_counter()
+
+    def extend(self, key, particles: list[Particle], indices: Sequence[int], params=None) -> list[StepResult]:
+        """Extend ``particles[i]`` for ``i in indices``; particle ``i`` uses seed ``i`` drawn from ``key``."""
+        if not indices:
+            return []
+        params = params or self.params
+        all_seeds = np.asarray(_seeds(key, len(particles)))
+        seeds = [int(all_seeds[i]) for i in indices]
+        start = time.perf_counter()
+        steps = self.lm.extend(seeds, self.prompt, [particles[i].text for i in indices], params)
+        self.budget.lm_seconds += time.perf_counter() - start
+        if not isinstance(steps, (list, tuple)) or len(steps) != len(indices):
+            count = len(steps) if isinstance(steps, (list, tuple)) else type(steps).__name__
+            raise LLMBackendError(f"the language model returned {count} steps for {len(indices)} prefixes")
+        self.budget.lm_calls += len(indices)
+        self.budget.tokens += sum(int(s.num_tokens) for s in steps)
+        if self.is_final is not None:
+            steps = [
+                replace(step, finished=True)
+                if not step.finished and self.is_final(particles[i].text + step.text) else step
+                for i, step in zip(indices, steps, strict=True)
+            ]
+        return list(steps)
+
+    def score(self, texts: Sequence[str]) -> np.ndarray:
+        if not texts:
+            return np.zeros(0)
+        start = time.perf_counter()
+        scores = self.reward.score(self.question, list(texts))
+        self.budget.reward_seconds += time.perf_counter() - start
+        self.budget.reward_calls += len(texts)
+        return check_scores(scores, len(texts), name="reward")
+
+    def finish(self) -> Budget:
+        self.budget.total_seconds = time.perf_counter() - self.started
+        return self.budget
+
+
+def _log_potential(scores: np.ndarray, weighting: str, temperature: float) -> np.ndarray:
+    if weighting == "logit":
+        clipped = np.clip(scores, 1e-6, 1 - 1e-6)
+        return (np.log(clipped) - np.log1p(-clipped)) / temperature
+    return np.log(np.clip(scores, 1e-12, 1.0)) / temperature
+
+
+def _check_common(question, n_particles, max_steps, params, name="n_particles"):
+    if not isinstance(question, str) or not question.strip():
+        raise ValueError(f"`prompt` must be a non-empty string, got {question!r}")
+    if isinstance(n_particles, bool) or not isinstance(n_particles, (int, np.integer)) or n_particles < 1:
+        raise ValueError(f"`{name}` must be a positive int, got {n_particles!r}")
+    if isinstance(max_steps, bool) or not isinstance(max_steps, (int, np.integer)) or max_steps < 1:
+        raise ValueError(f"`max_steps` must be a positive int, got {max_steps!r}")
+    if not isinstance(params, SamplingParams):
+        raise TypeError(f"`params` must be a SamplingParams, got {type(params).__name__}")
+
+
+def _random_argmax(key, values: np.ndarray) -> int:
+    best = np.flatnonzero(values == np.max(values))
+    if best.size == 1:
+        return int(best[0])
+    return int(best[_rng(key).integers(best.size)])
+
+
+def select(
+    key, particles: Sequence[Particle], log_weights: np.ndarray, how: str = "argmax",
+    answer_fn: Callable[[str], str | None] = extract_answer,
+) -> int:
+    """Pick the particle whose answer is returned.
+
+    Args:
+        key: PRNG key (ties in ``argmax`` are broken at random; ``sample`` draws).
+        particles: the final particles.
+        log_weights: their unnormalised log weights.
+        how: ``"argmax"`` (highest weight), ``"sample"`` (draw by weight) or ``"vote"``
+            (weighted majority vote over extracted answers; returns the heaviest particle
+            holding the winning answer; particles without an answer do not vote unless
+            none has one).
+
+    Raises:
+        ValueError: for an unknown ``how``.
+    """
+    if how not in SELECTIONS:
+        raise ValueError(f"`selection` must be one of {SELECTIONS}, got {how!r}")
+    log_weights = np.asarray(log_weights, dtype=np.float64)
+    if how == "argmax":
+        return _random_argmax(key, log_weights)
+    weights = _softmax(log_weights)
+    if how == "sample":
+        return int(_rng(key).choice(len(particles), p=weights))
+    answers = [answer_fn(p.text) for p in particles]
+    totals: dict = defaultdict(float)
+    for answer, weight in zip(answers, weights, strict=True):
+        if answer is not None:
+            totals[answer] += weight
+    if not totals:
+        return _random_argmax(key, log_weights)
+    top = max(totals.values())
+    winners = sorted(a for a, w in totals.items() if w >= top * (1 - 1e-12))
+    winner = winners[0] if len(winners) == 1 else winners[_rng(key).integers(len(winners))]
+    holders = np.array([a == winner for a in answers])
+    return _random_argmax(key, np.where(holders, log_weights, -np.inf))
+
+
+def _result(key, particles, log_weights, ancestors, ess, resampled, run, method, selection, answer_fn):
+    index = select(key, particles, log_weights, selection, answer_fn)
+    return DecodeResult(
+        answer=answer_fn(particles[index].text),
+        text=particles[index].text,
+        index=index,
+        particles=list(particles),
+        log_weights=np.asarray(log_weights, dtype=np.float64),
+        ancestors=np.asarray(ancestors, dtype=np.int64).reshape(-1, len(particles)),
+        ess=np.asarray(ess, dtype=np.float64),
+        resampled=np.asarray(resampled, dtype=bool),
+        budget=run.finish(),
+        method=method,
+    )
+
+
+# -- particle filtering ----------------------------------------------------------------------
+
+
+def _smc(
+    key, run: _Run, n: int, *, max_steps: int, weighting: str, temperature: float,
+    ess_threshold: float, scheme: str, progress, desc: str,
+    anneal_threshold: float | None = None, lookahead: int = 0, lookahead_strength: float = 1.0,
+    keep_residual_weights: bool = False, reference: Particle | None = None,
+):
+    """The particle loop shared by PF, entropic PF and conditional PF (particle Gibbs)."""
+    particles = [Particle() for _ in range(n)]
+    log_w = np.zeros(n)
+    ancestors, ess_history, resampled = [], [], []
+    free = n - 1 if reference is not None else n
+    with progress_bar(total=max_steps, enabled=progress, desc=desc) as bar:
+        for t in range(max_steps):
+            active = [i for i in range(free) if not particles[i].finished]
+            if not active and (reference is None or particles[-1].finished):
+                break
+            key, key_step, key_resample, key_look = _split4(key)
+            steps = run.extend(key_step, particles, active)
+            for i, step in zip(active, steps, strict=True):
+                particles[i] = particles[i].extended(step)
+            if t == max_steps - 1:
+                # Out of steps: whatever is unfinished is final (a documented fallback).
+                particles = [replace(p, finished=True) for p in particles]
+            scores = run.score([particles[i].text for i in active])
+            for i, s in zip(active, scores, strict=True):
+                particles[i] = replace(particles[i], scores=particles[i].scores + (float(s),))
+            if reference is not None:
+                depth = min(t + 1, len(reference.steps))
+                particles[-1] = replace(
+                    reference,
+                    text="".join(reference.steps[:depth]),
+                    steps=reference.steps[:depth],
+                    scores=reference.scores[:depth],
+                    finished=reference.finished and depth == len(reference.steps) or t == max_steps - 1,
+                )
+            latest = np.array([p.score for p in particles])
+            log_w = log_w + _log_potential(latest, weighting, temperature)
+            ess, chosen = _ess_and_ancestors(key_resample, jnp.asarray(log_w), 1.0, free, scheme)
+            ess = float(ess)
+            ess_history.append(ess)
+            bar.update(1)
+            done = all(p.finished for p in particles)
+            if done or not (ess_threshold >= 1.0 or ess < ess_threshold * n):
+                ancestors.append(np.arange(n))
+                resampled.append(False)
+                if done:
+                    break
+                continue
+            beta = 1.0
+            if anneal_threshold is not None and ess < anneal_threshold * n:
+                beta = annealing_exponent(ess, n, t, max_steps)
+            if lookahead > 0:
+                resample_log_w = log_w + lookahead_strength * _look_ahead(
+                    key_look, run, particles, lookahead, weighting, temperature
+                )
+                _, chosen = _ess_and_ancestors(key_resample, jnp.asarray(resample_log_w), beta, free, scheme)
+            elif beta != 1.0:
+                _, chosen = _ess_and_ancestors(key_resample, jnp.asarray(log_w), beta, free, scheme)
+            chosen = np.asarray(chosen)
+            if reference is not None:
+                chosen = np.concatenate([chosen, [n - 1]])
+            # Children of the reference (particle Gibbs) continue from its prefix.
+            particles = [particles[a] for a in chosen]
+            log_w = (1.0 - beta) * log_w[chosen] if keep_residual_weights else np.zeros(n)
+            ancestors.append(chosen)
+            resampled.append(True)
+    return particles, log_w, ancestors, ess_history, resampled
+
+
+def annealing_exponent(ess: float, n: int, step: int, horizon: int) -> float:
+    """Entropic annealing (Giannone et al., 2025): the exponent :math:`\\beta_t` of the resampling weights.
+
+    :math:`\\beta_t^{-1} = \\max\\bigl(1, (N / \\mathrm{ESS}_t)\\,(1 - t/T)\\bigr)`: the lower the
+    diversity (ESS) and the earlier the step, the flatter the resampling distribution
+    :math:`\\propto w^{\\beta_t}`; at the horizon it is the plain one.
+    """
+    return 1.0 / max(1.0, (n / max(ess, 1e-12)) * (1.0 - step / horizon))
+
+
+def _look_ahead(key, run: _Run, particles, depth: int, weighting: str, temperature: float) -> np.ndarray:
+    """Look-ahead modulation: the log potential of ``depth`` sampled future steps, per particle.
+
+    Finished particles get the potential of their final score (they have no future).
+    The look-ahead text is discarded; its tokens and reward calls count in the budget.
+    """
+    ahead = list(particles)
+    for _ in range(depth):
+        key, sub, _, _ = _split4(key)
+        active = [i for i, p in enumerate(ahead) if not p.finished]
+        for i, step in zip(active, run.extend(sub, ahead, active), strict=True):
+            ahead[i] = ahead[i].extended(step)
+    changed = [i for i in range(len(ahead)) if ahead[i].text != particles[i].text]
+    scores = np.array([p.score for p in particles])
+    scores[changed] = run.score([ahead[i].text for i in changed])
+    return _log_potential(scores, weighting, temperature)
+
+
+def _prepare(lm, question, reward, params, system, prompt, needs_process=True, is_final=None):
+    from probinf.llm.backends import as_language_model
+
+    lm = as_language_model(lm)
+    reward = as_reward(reward)
+    if needs_process and getattr(reward, "kind", "process") != "process":
+        raise ValueError("`reward` must be a process reward (kind='process') for step-wise guidance")
+    if is_final is not None and not callable(is_final):
+        raise TypeError("`is_final` must be a callable text -> bool")
+    formatted = prompt if prompt is not None else lm.format_prompt(question, system)
+    return _Run(lm, reward, question, formatted, params, is_final)
+
+
+def _check_pf(weighting, temperature, ess_threshold, scheme, selection):
+    if weighting not in ("logit", "likelihood"):
+        raise ValueError(f"`weighting` must be 'logit' or 'likelihood', got {weighting!r}")
+    if not (isinstance(temperature, (int, float)) and temperature > 0):
+        raise ValueError(f"`reward_temperature` must be a positive number, got {temperature!r}")
+    if not (isinstance(ess_threshold, (int, float)) and 0 <= ess_threshold <= 1):
+        raise ValueError(f"`ess_threshold` must be in [0, 1], got {ess_threshold!r}")
+    check_scheme(scheme)
+    if selection not in SELECTIONS:
+        raise ValueError(f"`selection` must be one of {SELECTIONS}, got {selection!r}")
+
+
+def particle_filter(
+    key, lm, question: str, reward, *, n_particles: int = 8, params: SamplingParams = DEFAULT_PARAMS,
+    max_steps: int = 12, weighting: str = "logit", reward_temperature: float = 1.0,
+    ess_threshold: float = 1.0, scheme: str = "multinomial", selection: str = "argmax",
+    system: str | None = None, prompt: str | None = None, is_final: Callable[[str], bool] | None = None,
+    answer_fn: Callable[[str], str | None] = extract_answer, progress: bool | None = None,
+) -> DecodeResult:
+    """Particle filtering over reasoning steps (Puri et al., 2025, Algorithm 1).
+
+    Args:
+        key: PRNG key (drives the LM seeds, resampling and selection).
+        lm: a :class:`~probinf.llm.base.LanguageModel` (or anything
+            :func:`~probinf.llm.backends.as_language_model` accepts).
+        question: the user's question (scored by the reward; formatted with the model's
+            chat template unless ``prompt`` is given).
+        reward: a process :class:`~probinf.llm.base.RewardModel` or a callable
+            ``(question, partial_solution) -> float in [0, 1]``.
+        n_particles: :math:`N`.
+        params: sampling parameters (temperature, truncation, step delimiter, token cap).
+        max_steps: the most steps per particle; unfinished particles are final after it.
+        weighting: ``"logit"`` or ``"likelihood"`` (see the module docstring).
+        reward_temperature: :math:`\\tau`.
+        ess_threshold: resample when :math:`\\mathrm{ESS} < \\text{threshold}\\cdot N`;
+            ``1.0`` resamples at every step (the paper's choice), ``0`` never.
+        scheme: a resampling scheme of :mod:`probinf.smc.resampling`.
+        selection: ``"argmax"``, ``"sample"`` or ``"vote"`` (weighted majority).
+        system: system message for the chat template.
+        prompt: an already formatted prompt (skips the chat template).
+        is_final: ``text -> bool``; a particle whose text satisfies it is finished (e.g.
+            once it states an answer), saving the tokens a model spends after that.
+        answer_fn: extracts the final answer from a solution.
+        progress: show a progress bar per step (``None``: when on a terminal).
+
+    Returns:
+        A :class:`DecodeResult`.
+
+    Raises:
+        ValueError: on an empty question, ``n_particles < 1``, bad options, or a reward that
+            returns NaN, values outside ``[0, 1]`` or the wrong number of scores.
+        LLMBackendError: when the backend fails (server down, malformed reply, timeout).
+    """
+    _check_common(question, n_particles, max_steps, params)
+    _check_pf(weighting, reward_temperature, ess_threshold, scheme, selection)
+    run = _prepare(lm, question, reward, params, system, prompt, is_final=is_final)
+    key, key_select, _, _ = _split4(key)
+    out = _smc(
+        key, run, int(n_particles), max_steps=max_steps, weighting=weighting,
+        temperature=reward_temperature, ess_threshold=ess_threshold, scheme=scheme,
+        progress=progress, desc="particle filter",
+    )
+    return _result(key_select, *out, run, "particle_filter", selection, answer_fn)
+
+
+def entropic_particle_filter(
+    key, lm, question: str, reward, *, n_particles: int = 8, params: SamplingParams = DEFAULT_PARAMS,
+    max_steps: int = 12, weighting: str = "logit", reward_temperature: float = 1.0,
+    ess_threshold: float = 1.0, anneal_threshold: float = 0.5, lookahead: int = 0,
+    lookahead_strength: float = 1.0, keep_residual_weights: bool = False,
+    scheme: str = "multinomial", selection: str = "argmax", system: str | None = None,
+    prompt: str | None = None, is_final: Callable[[str], bool] | None = None, answer_fn: Callable[[str], str | None] = extract_answer,
+    progress: bool | None = None,
+) -> DecodeResult:
+    """Entropic particle filtering (Giannone et al., 2025).
+
+    Particle filtering whose resampling distribution is annealed when diversity drops
+    (*entropic annealing*): when :math:`\\mathrm{ESS}_t < \\text{anneal\\_threshold}\\cdot N`,
+    ancestors are drawn with probabilities :math:`\\propto w_i^{\\beta_t}` where
+    :math:`\\beta_t^{-1} = \\max\\bigl(1, (N/\\mathrm{ESS}_t)(1 - t/T)\\bigr)`, flattening the
+    distribution early and less so as the horizon :math:`T` (``max_steps``) nears.
+    Optional *look-ahead modulation* (``lookahead > 0``) samples that many future steps
+    per particle, scores them, and adds ``lookahead_strength`` times their log potential
+    to the resampling weights, so a state is judged by where it leads; the look-ahead
+    text is discarded but its tokens are counted in the budget.
+
+    With ``keep_residual_weights=True`` the part :math:`w^{1-\\beta}` not used by the
+    annealed resampling is carried forward, which keeps the weighted particles a valid
+    importance sample of the filter's target; the paper's variant (default) drops it.
+
+    Other arguments as in :func:`particle_filter`.
+    """
+    _check_common(question, n_particles, max_steps, params)
+    _check_pf(weighting, reward_temperature, ess_threshold, scheme, selection)
+    if not (isinstance(anneal_threshold, (int, float)) and 0 <= anneal_threshold <= 1):
+        raise ValueError(f"`anneal_threshold` must be in [0, 1], got {anneal_threshold!r}")
+    if isinstance(lookahead, bool) or not isinstance(lookahead, int) or lookahead < 0:
+        raise ValueError(f"`lookahead` must be an int >= 0, got {lookahead!r}")
+    run = _prepare(lm, question, reward, params, system, prompt, is_final=is_final)
+    key, key_select, _, _ = _split4(key)
+    out = _smc(
+        key, run, int(n_particles), max_steps=max_steps, weighting=weighting,
+        temperature=reward_temperature, ess_threshold=ess_threshold, scheme=scheme,
+        progress=progress, desc="entropic PF", anneal_threshold=anneal_threshold,
+        lookahead=lookahead, lookahead_strength=lookahead_strength,
+        keep_residual_weights=keep_residual_weights,
+    )
+    return _result(key_select, *out, run, "entropic_particle_filter", selection, answer_fn)
+
+
+def particle_gibbs(
+    key, lm, question: str, reward, *, n_particles: int = 8, iterations: int = 2,
+    params: SamplingParams = DEFAULT_PARAMS, max_steps: int = 12, weighting: str = "logit",
+    reward_temperature: float = 1.0, scheme: str = "multinomial", selection: str = "argmax",
+    system: str | None = None, prompt: str | None = None, is_final: Callable[[str], bool] | None = None,
+    answer_fn: Callable[[str], str | None] = extract_answer, progress: bool | None = None,
+) -> DecodeResult:
+    """Particle Gibbs: iterated conditional particle filters (Andrieu, Doucet and Holenstein, 2010).
+
+    The first sweep is a particle filter. Each later sweep keeps one *reference*
+    trajectory — drawn from the previous sweep's final weights — in the last slot: it is
+    never resampled away, its prefixes are re-weighted with their stored scores, and the
+    other :math:`N - 1` particles may resample onto it and branch from its prefix. This is
+    the particle-Gibbs extension of Puri et al. (2025, Sec. 3.2). The budget counts every
+    sweep; the answer is selected from the last one (every sweep is in ``iterations``).
+
+    Other arguments as in :func:`particle_filter`; resampling happens at every step.
+    """
+    _check_common(question, n_particles, max_steps, params)
+    _check_pf(weighting, reward_temperature, 1.0, scheme, selection)
+    if isinstance(iterations, bool) or not isinstance(iterations, int) or iterations < 1:
+        raise ValueError(f"`iterations` must be a positive int, got {iterations!r}")
+    if iterations > 1 and n_particles < 2:
+        raise ValueError("`n_particles` must be >= 2 for particle Gibbs with more than one iteration")
+    run = _prepare(lm, question, reward, params, system, prompt, is_final=is_final)
+    reference = None
+    sweeps = []
+    for sweep in range(iterations):
+        key, key_sweep, key_ref, _ = _split4(key)
+        out = _smc(
+            key_sweep, run, int(n_particles), max_steps=max_steps, weighting=weighting,
+            temperature=reward_temperature, ess_threshold=1.0, scheme=scheme,
+            progress=progress, desc=f"particle Gibbs {sweep + 1}/{iterations}", reference=reference,
+        )
+        sweeps.append(out)
+        particles, log_w = out[0], out[1]
+        reference = particles[int(_rng(key_ref).choice(len(particles), p=_softmax(log_w)))]
+    key, key_select, _, _ = _split4(key)
+    result = _result(key_select, *sweeps[-1], run, "particle_gibbs", selection, answer_fn)
+    result.iterations = [
+        {"particles": s[0], "log_weights": np.asarray(s[1]), "ancestors": np.asarray(s[2])} for s in sweeps
+    ]
+    return result
+
+
+# -- baselines -------------------------------------------------------------------------------
+
+
+def sample_independent(
+    key, lm, question: str, *, n: int, params: SamplingParams = DEFAULT_PARAMS, max_steps: int = 12,
+    system: str | None = None, prompt: str | None = None, is_final: Callable[[str], bool] | None = None, progress: bool | None = None,
+    _run: _Run | None = None,
+) -> tuple[list[Particle], Budget]:
+    """``n`` independent complete solutions, generated step by step (no reward involved).
+
+    Returns:
+        The particles and the budget (rewards are not scored here).
+    """
+    _check_common(question, n, max_steps, params, name="n")
+    run = _run or _prepare(lm, question, lambda q, s: 0.5, params, system, prompt, is_final=is_final)
+    particles = [Particle() for _ in range(int(n))]
+    with progress_bar(total=max_steps, enabled=progress, desc="sampling") as bar:
+        for t in range(max_steps):
+            active = [i for i, p in enumerate(particles) if not p.finished]
+            if not active:
+                break
+            key, sub, _, _ = _split4(key)
+            for i, step in zip(active, run.extend(sub, particles, active), strict=True):
+                particles[i] = particles[i].extended(step)
+            if t == max_steps - 1:
+                particles = [replace(p, finished=True) for p in particles]
+            bar.update(1)
+    return particles, (run.finish() if _run is None else run.budget)
+
+
+def greedy(
+    key, lm, question: str, reward=None, *, params: SamplingParams = DEFAULT_PARAMS,
+    max_steps: int = 12, system: str | None = None, prompt: str | None = None, is_final: Callable[[str], bool] | None = None,
+    answer_fn: Callable[[str], str | None] = extract_answer, progress: bool | None = None, **_,
+) -> DecodeResult:
+    """Greedy decoding (temperature 0), one step at a time; the reward is not used."""
+    params = replace(params, temperature=0.0)
+    _check_common(question, 1, max_steps, params)
+    run = _prepare(lm, question, reward or (lambda q, s: 0.5), params, system, prompt, needs_process=False, is_final=is_final)
+    particles, _ = sample_independent(key, None, question, n=1, params=params, max_steps=max_steps,
+                                      progress=progress, _run=run)
+    return _result(key, particles, np.zeros(1), np.zeros((0, 1)), [1.0], [False], run, "greedy",
+                   "argmax", answer_fn)
+
+
+_AGGREGATES = ("last", "min", "product", "mean")
+
+
+def _aggregate_scores(run: _Run, particles: list[Particle], aggregate: str) -> np.ndarray:
+    if aggregate == "last" or getattr(run.reward, "kind", "process") == "outcome":
+        return run.score([p.text for p in particles])
+    prefixes = [("".join(p.steps[: k + 1])) for p in particles for k in range(len(p.steps))]
+    flat = run.score(prefixes)
+    out, offset = [], 0
+    for p in particles:
+        per_step = flat[offset: offset + len(p.steps)] if p.steps else np.array([0.5])
+        offset += len(p.steps)
+        out.append({"min": np.min, "product": np.prod, "mean": np.mean}[aggregate](per_step))
+    return np.asarray(out)
+
+
+def best_of_n(
+    key, lm, question: str, reward, *, n_particles: int = 8, params: SamplingParams = DEFAULT_PARAMS,
+    max_steps: int = 12, aggregate: str = "last", system: str | None = None, prompt: str | None = None, is_final: Callable[[str], bool] | None = None,
+    answer_fn: Callable[[str], str | None] = extract_answer, progress: bool | None = None,
+    samples: Sequence[Particle] | None = None,
+) -> DecodeResult:
+    """Best-of-N: draw ``n_particles`` independent solutions, return the highest-scoring one.
+
+    Args:
+        reward: an outcome reward (scores the finished solutions) or a process reward,
+            aggregated over each solution's prefixes by ``aggregate``: ``"last"`` (the
+            score of the whole solution), ``"min"``, ``"product"`` or ``"mean"``.
+        samples: already generated solutions to select from (their generation cost is
+            then not in the budget); the first ``n_particles`` are used.
+
+    Other arguments as in :func:`particle_filter`. The log weights of the result are the
+    log scores.
+    """
+    _check_common(question, n_particles, max_steps, params)
+    if aggregate not in _AGGREGATES:
+        raise ValueError(f"`aggregate` must be one of {_AGGREGATES}, got {aggregate!r}")
+    run = _prepare(lm, question, reward, params, system, prompt, needs_process=False, is_final=is_final)
+    key, key_sample, key_select, _ = _split4(key)
+    if samples is None:
+        particles, _ = sample_independent(key_sample, None, question, n=n_particles, params=params,
+                                          max_steps=max_steps, progress=progress, _run=run)
+    else:
+        particles = list(samples)[: int(n_particles)]
+    scores = _aggregate_scores(run, particles, aggregate)
+    particles = [replace(p, scores=p.scores + (float(s),)) for p, s in zip(particles, scores, strict=True)]
+    log_w = np.log(np.clip(scores, 1e-300, None))
+    n = len(particles)
+    return _result(key_select, particles, log_w, np.arange(n)[None], [float(n)], [False], run,
+                   "best_of_n", "argmax", answer_fn)
+
+
+def majority_vote(
+    key, lm, question: str, reward=None, *, n_particles: int = 8, params: SamplingParams = DEFAULT_PARAMS,
+    max_steps: int = 12, system: str | None = None, prompt: str | None = None, is_final: Callable[[str], bool] | None = None,
+    answer_fn: Callable[[str], str | None] = extract_answer, progress: bool | None = None,
+    samples: Sequence[Particle] | None = None,
+) -> DecodeResult:
+    """Self-consistency (Wang et al., 2023): the most frequent answer among ``n_particles`` samples.
+
+    With a ``reward`` it is the *weighted* majority vote: each sample votes with its
+    reward (an outcome reward, or a process reward on the whole solution).
+    """
+    _check_common(question, n_particles, max_steps, params)
+    run = _prepare(lm, question, reward or (lambda q, s: 1.0), params, system, prompt, needs_process=False, is_final=is_final)
+    key, key_sample, key_select, _ = _split4(key)
+    if samples is None:
+        particles, _ = sample_independent(key_sample, None, question, n=n_particles, params=params,
+                                          max_steps=max_steps, progress=progress, _run=run)
+    else:
+        particles = list(samples)[: int(n_particles)]
+    if reward is None:
+        log_w = np.zeros(len(particles))
+    else:
+        scores = run.score([p.text for p in particles])
+        particles = [replace(p, scores=p.scores + (float(s),)) for p, s in zip(particles, scores, strict=True)]
+        log_w = np.log(np.clip(scores, 1e-300, None))
+    n = len(particles)
+    return _result(key_select, particles, log_w, np.arange(n)[None], [float(n)], [False], run,
+                   "majority_vote", "vote", answer_fn)
+
+
+def beam_search(
+    key, lm, question: str, reward, *, n_particles: int = 8, beam_width: int = 4,
+    params: SamplingParams = DEFAULT_PARAMS, max_steps: int = 12, system: str | None = None,
+    prompt: str | None = None, is_final: Callable[[str], bool] | None = None, answer_fn: Callable[[str], str | None] = extract_answer,
+    progress: bool | None = None,
+) -> DecodeResult:
+    """PRM-guided step-level beam search (Snell et al., 2024).
+
+    ``n_particles`` partial solutions are extended by one step; the best
+    ``n_particles // beam_width`` by process reward survive (ties broken at random) and
+    each is copied ``beam_width`` times to be extended again. Finished solutions compete
+    with unfinished ones on their final score. The answer is the highest-scoring solution.
+    """
+    _check_common(question, n_particles, max_steps, params)
+    if isinstance(beam_width, bool) or not isinstance(beam_width, int) or beam_width < 1:
+        raise ValueError(f"`beam_width` must be a positive int, got {beam_width!r}")
+    run = _prepare(lm, question, reward, params, system, prompt, is_final=is_final)
+    n = int(n_particles)
+    width = min(beam_width, n)
+    keep = max(1, n // width)
+    particles = [Particle() for _ in range(n)]
+    ancestors, resampled = [], []
+    with progress_bar(total=max_steps, enabled=progress, desc="beam search") as bar:
+        for t in range(max_steps):
+            active = [i for i, p in enumerate(particles) if not p.finished]
+            if not active:
+                break
+            key, key_step, key_tie, _ = _split4(key)
+            for i, step in zip(active, run.extend(key_step, particles, active), strict=True):
+                particles[i] = particles[i].extended(step)
+            if t == max_steps - 1:
+                particles = [replace(p, finished=True) for p in particles]
+            scores = run.score([particles[i].text for i in active])
+            for i, s in zip(active, scores, strict=True):
+                particles[i] = replace(particles[i], scores=particles[i].scores + (float(s),))
+            bar.update(1)
+            if all(p.finished for p in particles):
+                ancestors.append(np.arange(n))
+                resampled.append(False)
+                break
+            latest = np.array([p.score for p in particles])
+            jitter = _rng(key_tie).random(n)
+            order = np.lexsort((jitter, -latest))[:keep]
+            chosen = np.resize(np.repeat(order, width), n)
+            particles = [particles[a] for a in chosen]
+            ancestors.append(chosen)
+            resampled.append(True)
+    key, key_select, _, _ = _split4(key)
+    log_w = np.log(np.clip([p.score for p in particles], 1e-300, None))
+    return _result(key_select, particles, log_w, ancestors or [np.arange(n)], [float(n)] * max(len(ancestors), 1),
+                   resampled or [False], run, "beam_search", "argmax", answer_fn)
+
+
+METHODS: dict[str, Callable] = {
+    "particle_filter": particle_filter,
+    "entropic_particle_filter": entropic_particle_filter,
+    "particle_gibbs": particle_gibbs,
+    "greedy": greedy,
+    "best_of_n": best_of_n,
+    "majority_vote": majority_vote,
+    "beam_search": beam_search,
+}
+
+
+def generate(
+    model_or_backend, prompt: str, reward=None, method: str = "particle_filter", n_particles: int = 8,
+    *, key=None, seed: int = 0, **options,
+) -> DecodeResult:
+    """Reward-guided decoding in one call.
+
+    Args:
+        model_or_backend: a :class:`~probinf.llm.base.LanguageModel`, ``"smollm2"`` (the
+            embedded model), a ``.gguf`` path, an ``http(s)://`` server URL, a
+            ``llama_cpp.Llama`` or a ``(model, tokenizer)`` pair from ``transformers``.
+        prompt: the question (formatted with the model's chat template).
+        reward: a :class:`~probinf.llm.base.RewardModel` or a callable
+            ``(question, solution) -> float in [0, 1]``; default: the exact
+            :class:`~probinf.llm.rewards.ArithmeticVerifier`.
+        method: one of :data:`METHODS` (``"particle_filter"``, ``"entropic_particle_filter"``,
+            ``"particle_gibbs"``, ``"greedy"``, ``"best_of_n"``, ``"majority_vote"``,
+            ``"beam_search"``).
+        n_particles: the number of particles / samples / beams.
+        key: PRNG key (default: ``jax.random.key(seed)``).
+        seed: used when ``key`` is not given.
+        **options: passed to the method (``params``, ``max_steps``, ``selection``, ...).
+
+    Returns:
+        A :class:`DecodeResult`: ``answer``, ``text``, all ``particles`` with
+        ``log_weights`` and genealogy (``ancestors``), and the ``budget``.
+
+    Raises:
+        ValueError: for an unknown ``method`` and every invalid input of the method.
+    """
+    if method not in METHODS:
+        raise ValueError(f"`method` must be one of {sorted(METHODS)}, got {method!r}")
+    if reward is None:
+        from probinf.llm.rewards import ArithmeticVerifier
+
+        reward = ArithmeticVerifier()
+    if key is None:
+        key = jax.random.key(seed)
+    if method == "greedy":
+        return greedy(key, model_or_backend, prompt, reward, **options)
+    return METHODS[method](key, model_or_backend, prompt, reward, n_particles=n_particles, **options)
