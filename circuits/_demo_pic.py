@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-import time
-
 import jax
 import numpy as np
 
@@ -17,7 +15,6 @@ def pic_step(key, quick: bool) -> DemoStep:
     from circuits.analytic import exact_log_marginal, exponential_circuit, linear_gaussian_circuit
     from circuits.quadrature import CONVERGENCE_ORDER, quadrature_rule
 
-    started = time.perf_counter()
     key_gauss, key_exp, key_x = jax.random.split(key, 3)
     graph = circuits.linear_chain(4)
     sizes = (5, 9) if quick else (5, 9, 17, 33)
@@ -72,7 +69,6 @@ def pic_step(key, quick: bool) -> DemoStep:
         "; ".join(f"{n} " + ", ".join(f"K={k}: {e:.1e}" for k, e in zip(gauss_sizes, errs,
                                                                         strict=True))
                   for n, errs in gauss_curves.items()) + ".",
-        f"Step time {time.perf_counter() - started:.1f} s.",
     ]
 
     def draw_rates(ax):

@@ -22,9 +22,13 @@ __all__ = ["DemoStep", "StepSkipped", "STEPS", "run_demo"]
 
 STEPS: list[str] = [
     "probinf._demo_vi:vi_step",
+    "flows._demo:flows_step",
     "probinf.smc._demo:smc_step",
     "probinf.pcn._demo:pcn_step",
     "circuits._demo:circuits_step",
+    "circuits._demo_pic:pic_step",
+    "amortized._demo:amortized_step",
+    "probinf.llm._demo:llm_step",
 ]
 
 
@@ -99,8 +103,8 @@ def run_demo(
             draw(ax)
         for ax in list(axes.flat)[len(panels):]:
             ax.set_visible(False)
-        fig.suptitle("probinf demo")
-        fig.tight_layout()
+        fig.suptitle("probinf demo", y=0.995)
+        fig.tight_layout(rect=(0, 0, 1, 0.985))  # leave room for the title
         fig.savefig(out, dpi=110)
         plt.close(fig)
         print_fn(f"\nFigure written to {os.path.abspath(out)}")
