@@ -24,10 +24,10 @@ from typing import ClassVar
 import equinox as eqx
 import jax
 import jax.numpy as jnp
-import jax.scipy.linalg as jsl
 import numpy as np
 from jaxtyping import Array, Bool, Float, PRNGKeyArray
 
+from probinf._linalg import cho_solve, cholesky, solve_triangular
 from probinf.families import Family, check_num_samples
 
 __all__ = [
@@ -200,7 +200,7 @@ class GaussianMixture(Family):
         flat = z.reshape(-1, self.dim)
 
         def one(mean, tril):
-            eps = jsl.solve_triangular(tril, (flat - mean).T, lower=True)
+            eps = solve_triangular(tril, (flat - mean).T)
             log_det = jnp.sum(jnp.log(jnp.diagonal(tril)))
             return -0.5 * jnp.sum(eps**2, axis=0) - log_det - 0.5 * self.dim * _LOG_2PI
 
@@ -272,7 +272,7 @@ class GaussianMixture(Family):
         eye = jnp.eye(out, dtype=covs.dtype)
         # Padding components keep an identity factor so that they stay valid.
         covs = jnp.where(self.component_mask[:, None, None], covs, eye)
-        return GaussianMixture(self.log_weights, means, jnp.linalg.cholesky(covs))
+        return GaussianMixture(self.log_weights, means, cholesky(covs))
 
     def marginal(self, indices: object) -> GaussianMixture:
         """The mixture of the coordinates ``indices`` (a mixture again)."""
@@ -393,9 +393,9 @@ def _condition(prior, observations, design, noise_covariance, offset, mask):
     dtype = prior.means.dtype
     dim = prior.dim
     weight = mask.astype(dtype)
-    noise_tril = jnp.linalg.cholesky(noise_covariance)
-    white_design = jsl.solve_triangular(noise_tril, design, lower=True)  # R^{-1/2} A
-    white_obs = jsl.solve_triangular(noise_tril, (observations - offset).T, lower=True).T
+    noise_tril = cholesky(noise_covariance)
+    white_design = solve_triangular(noise_tril, design)  # R^{-1/2} A
+    white_obs = solve_triangular(noise_tril, (observations - offset).T).T
     count = jnp.sum(weight)
     info_lik = count * white_design.T @ white_design
     shift_lik = white_design.T @ jnp.sum(weight[:, None] * white_obs, axis=0)
@@ -405,14 +405,14 @@ def _condition(prior, observations, design, noise_covariance, offset, mask):
     obs_dim = design.shape[0]
 
     def one(mean, tril):
-        tril_inv = jsl.solve_triangular(tril, eye, lower=True)
+        tril_inv = solve_triangular(tril, eye)
         prior_precision = tril_inv.T @ tril_inv
         precision = prior_precision + info_lik
         precision = 0.5 * (precision + precision.T)
-        precision_tril = jnp.linalg.cholesky(precision)
-        post_mean = jsl.cho_solve((precision_tril, True), prior_precision @ mean + shift_lik)
-        post_cov = jsl.cho_solve((precision_tril, True), eye)
-        post_tril = jnp.linalg.cholesky(0.5 * (post_cov + post_cov.T))
+        precision_tril = cholesky(precision)
+        post_mean = cho_solve(precision_tril, prior_precision @ mean + shift_lik)
+        post_cov = cho_solve(precision_tril, eye)
+        post_tril = cholesky(0.5 * (post_cov + post_cov.T))
         # log N(m'; m, S) - log N(m'; m', S') = -0.5 |L^{-1}(m'-m)|^2 - log|L| + log|L'|
         #   with log|L'| = -log|chol(P')|
         prior_term = -0.5 * jnp.sum((tril_inv @ (post_mean - mean)) ** 2) - jnp.sum(

@@ -27,9 +27,10 @@ from typing import ClassVar
 import equinox as eqx
 import jax
 import jax.numpy as jnp
-import jax.scipy.linalg as jsl
 import numpy as np
 from jaxtyping import Array, Float, PRNGKeyArray
+
+from probinf._linalg import solve_triangular
 
 __all__ = [
     "Family",
@@ -212,7 +213,7 @@ class FullRankGaussian(Family):
     def log_prob(self, z: Array) -> Array:
         z = _check_point(z, self.dim)
         centred = (z - self.loc).reshape(-1, self.dim)
-        eps = jsl.solve_triangular(self.scale_tril, centred.T, lower=True).T
+        eps = solve_triangular(self.scale_tril, centred.T).T
         log_q = -0.5 * jnp.sum(eps**2 + _LOG_2PI, axis=-1) - jnp.sum(self.log_diagonal)
         return log_q.reshape(z.shape[:-1])
 

@@ -12,6 +12,7 @@ from jaxtyping import Array, Float
 
 from amortized.gmm import GaussianMixture, _cholesky_or_raise, condition_linear_gaussian
 from amortized.tasks.base import Task, observation_mask, random_mixture_prior
+from probinf._linalg import cholesky
 
 __all__ = ["ConjugateGaussian"]
 
@@ -113,7 +114,7 @@ class ConjugateGaussian(Task):
 
     def simulate_data(self, key, theta: Array) -> tuple[Array, Array]:
         k_noise, k_mask = jax.random.split(key)
-        noise_tril = jnp.linalg.cholesky(self.noise_covariance)
+        noise_tril = cholesky(self.noise_covariance)
         eps = jax.random.normal(k_noise, (self.max_observations, self.obs_dim))
         observations = self.design @ theta + self.offset + eps @ noise_tril.T
         mask = observation_mask(k_mask, self.num_observations)

@@ -33,6 +33,7 @@ from jaxtyping import Array, Float
 
 from amortized.gmm import GaussianMixture, _condition
 from amortized.tasks.base import Task
+from probinf._linalg import cholesky
 from probinf.families import check_num_samples
 
 __all__ = ["GaussianLinear", "TwoMoons", "SLCP"]
@@ -256,7 +257,7 @@ class SLCP(_BoxPriorTask):
 
     def simulate_data(self, key, theta: Array) -> tuple[Array, Array]:
         mean, cov = self._mean_and_covariance(theta)
-        chol = jnp.linalg.cholesky(cov)
+        chol = cholesky(cov)
         x = mean + jax.random.normal(key, (4, 2)) @ chol.T
         return x, jnp.ones(4, bool)
 

@@ -18,12 +18,12 @@ from collections.abc import Callable
 import equinox as eqx
 import jax
 import jax.numpy as jnp
-import jax.scipy.linalg as jsl
 import numpy as np
 from jaxtyping import Array, Float
 
 from amortized.gmm import GaussianMixture, _cholesky_or_raise, _condition
 from amortized.tasks.conjugate import ConjugateGaussian
+from probinf._linalg import cho_solve, cholesky, solve_triangular
 
 __all__ = ["LinearGaussianStateSpace", "kalman_filter"]
 
@@ -53,10 +53,10 @@ def kalman_filter(
     def step(carry, y):
         mean, cov, log_lik = carry
         innovation_cov = observation_matrix @ cov @ observation_matrix.T + observation_noise
-        chol = jnp.linalg.cholesky(innovation_cov)
-        gain = jsl.cho_solve((chol, True), observation_matrix @ cov).T
+        chol = cholesky(innovation_cov)
+        gain = cho_solve(chol, observation_matrix @ cov).T
         residual = y - observation_matrix @ mean
-        white = jsl.solve_triangular(chol, residual, lower=True)
+        white = solve_triangular(chol, residual)
         log_lik = log_lik - 0.5 * jnp.sum(white**2) - jnp.sum(jnp.log(jnp.diagonal(chol))) - 0.5 * y.shape[0] * jnp.log(2 * jnp.pi)
         filt_mean = mean + gain @ residual
         joseph = eye - gain @ observation_matrix
@@ -119,8 +119,8 @@ class LinearGaussianStateSpace(eqx.Module):
         """States ``(T, d)`` and observations ``(T, p)`` with :math:`x_1 \\sim` ``initial``."""
         k0, k_rest = jax.random.split(key)
         x1 = initial.sample(k0, 1)[0]
-        q_tril = jnp.linalg.cholesky(self.transition_noise)
-        r_tril = jnp.linalg.cholesky(self.observation_noise)
+        q_tril = cholesky(self.transition_noise)
+        r_tril = cholesky(self.observation_noise)
 
         def step(x, k):
             k_obs, k_next = jax.random.split(k)

@@ -25,6 +25,7 @@ import jax.numpy as jnp
 import numpy as np
 from jaxtyping import Array, Float, PRNGKeyArray
 
+from probinf._linalg import cholesky, solve_triangular
 from probinf.smc.feynman_kac import StateSpaceModel
 
 __all__ = ["LinearGaussianSSM", "gaussian_log_density"]
@@ -33,13 +34,13 @@ __all__ = ["LinearGaussianSSM", "gaussian_log_density"]
 def gaussian_log_density(x: Float[Array, "... d"], mean: Float[Array, "... d"], cov) -> Array:
     """$\\log \\mathcal N(x; \\mu, \\Sigma)$ through a Cholesky factor (batched over leading axes)."""
     cov = jnp.asarray(cov)
-    chol = jnp.linalg.cholesky(cov)
+    chol = cholesky(cov)
     residual = jnp.asarray(x) - mean
     dim = residual.shape[-1]
     # Whitening by the inverse Cholesky factor: a (d, d) triangular solve, then one matmul
     # over all points (XLA's CPU triangular solve with many right-hand sides is slow).
     eye = jnp.broadcast_to(jnp.eye(dim, dtype=chol.dtype), chol.shape)
-    inverse_chol = jax.scipy.linalg.solve_triangular(chol, eye, lower=True)
+    inverse_chol = solve_triangular(chol, eye)
     solved = (inverse_chol @ residual[..., None])[..., 0] if cov.ndim > 2 else residual @ inverse_chol.T
     squared = jnp.sum(solved**2, axis=-1)
     half_logdet = jnp.sum(jnp.log(jnp.diagonal(chol, axis1=-2, axis2=-1)), axis=-1)
