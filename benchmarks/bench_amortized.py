@@ -237,7 +237,7 @@ def benchmark_task(name, task, *, key, dt_options, dt_steps, npe_sims, num_test,
           + (f"  | NUTS {out['nuts']['seconds_per_posterior']:.2f} s/posterior, DT {out['dt']['seconds_per_posterior'] * 1e3:.2f} ms" if nuts_times else ""),
           flush=True)
 
-    if name in ("two_moons", "gaussian_linear") and SBI_PYTHON.exists():
+    if name in ("two_moons", "gaussian_linear", "slcp") and SBI_PYTHON.exists():
         sims = task.simulate(k_npe, npe_sims)  # the same budget (and the same draws as our NPE)
         train_x = np.asarray(sims.observations.reshape(npe_sims, -1))
         test_x = np.asarray(test.observations[:num_c2st].reshape(num_c2st, -1))
@@ -275,7 +275,7 @@ def main(argv=None):
         ("gaussian_linear", GaussianLinear(), small, steps(2000), "exact"),
         ("logistic_regression", LogisticRegression(2), small, steps(2000), "nuts"),
         ("two_moons", TwoMoons(num_components=10), large, steps(3000), "exact_sampler"),
-        ("slcp", SLCP(num_components=10), large, steps(3000), "nuts"),
+        ("slcp", SLCP(num_components=10), large, steps(15000), "nuts"),
     ]
     results = {"benchmark": "amortized", "quick": quick, "machine": machine(), "versions": versions(), "tasks": {}}
     if args.merge and pathlib.Path(args.out).exists():

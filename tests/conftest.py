@@ -6,7 +6,7 @@ os.environ.setdefault("MPLBACKEND", "Agg")
 
 import pytest  # noqa: E402
 
-import probinf  # noqa: E402, F401  (first: applies the XLA:CPU workaround before any test starts JAX)
+import probinf  # noqa: E402, F401  (applies the XLA:CPU workaround before any test module starts JAX)
 
 REPO_ROOT = pathlib.Path(__file__).resolve().parents[1]
 SHARED_DATA = REPO_ROOT.parent / "shared" / "data"
