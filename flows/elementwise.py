@@ -30,18 +30,9 @@ from jaxtyping import Array, Float
 from flows._checks import check_positive_float, check_positive_int
 from flows.bijection import Bijection
 from flows.spline import SplineTransformer
+from probinf.families import _as_vector
 
 __all__ = ["Affine", "Exp", "Softplus", "Sigmoid", "Tanh", "Spline"]
-
-
-def _as_vector(value: object, dim: int, name: str) -> Array:
-    arr = jnp.asarray(value, dtype=jnp.float32)
-    arr = jnp.broadcast_to(arr, (dim,)) if arr.ndim == 0 else arr
-    if arr.shape != (dim,):
-        raise ValueError(f"`{name}` must be a scalar or have shape ({dim},), got {arr.shape}")
-    if not bool(jnp.all(jnp.isfinite(arr))):
-        raise ValueError(f"`{name}` must be finite")
-    return arr
 
 
 class Affine(Bijection):

@@ -8,7 +8,7 @@ the end-of-sequence token or the token cap, and sum the model's log-probabilitie
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 
 import numpy as np
 
@@ -112,3 +112,28 @@ def decode_step(
             append(token)
     out_of_room = limit < params.max_step_tokens
     return StepResult(text, len(tokens), log_prob, finished=out_of_room, truncated=True)
+
+
+def extend_in_prefix_order(
+    seeds: Sequence[int], prompt: str, prefixes: Sequence[str], params: SamplingParams,
+    extend_one: Callable[[int, str, SamplingParams], StepResult],
+) -> list[StepResult]:
+    """``extend`` of a local backend: one step per prefix, visited in sorted order so that
+    resampled siblings (equal prefixes) follow each other and reuse the cached prefix."""
+    if len(seeds) != len(prefixes):
+        raise ValueError(f"`seeds` has {len(seeds)} entries for {len(prefixes)} prefixes")
+    results: list[StepResult | None] = [None] * len(prefixes)
+    for i in sorted(range(len(prefixes)), key=lambda i: prefixes[i]):
+        results[i] = extend_one(int(seeds[i]), prompt + prefixes[i], params)
+    return results  # type: ignore[return-value]
+
+
+def top_token_logprobs(logits: np.ndarray, top_k: int, detokenize: Callable[[int], str]) -> dict[str, float]:
+    """The ``top_k`` most likely next tokens as ``{text: log-probability}``; tokens that
+    decode to the same text have their probabilities added."""
+    log_probs = _log_softmax(logits)
+    entry: dict[str, float] = {}
+    for token in np.argsort(-log_probs)[:top_k]:
+        text = detokenize(int(token))
+        entry[text] = float(np.logaddexp(entry.get(text, -np.inf), log_probs[token]))
+    return entry

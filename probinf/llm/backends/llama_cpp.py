@@ -7,7 +7,7 @@ from collections.abc import Sequence
 
 import numpy as np
 
-from probinf.llm.backends._decode import decode_step
+from probinf.llm.backends._decode import decode_step, extend_in_prefix_order, top_token_logprobs
 from probinf.llm.base import SamplingParams, StepResult, chatml
 
 __all__ = ["LlamaCppModel", "smollm2_path"]
@@ -118,27 +118,14 @@ class LlamaCppModel:
     def extend(
         self, seeds: Sequence[int], prompt: str, prefixes: Sequence[str], params: SamplingParams,
     ) -> list[StepResult]:
-        if len(seeds) != len(prefixes):
-            raise ValueError(f"`seeds` has {len(seeds)} entries for {len(prefixes)} prefixes")
-        order = sorted(range(len(prefixes)), key=lambda i: prefixes[i])
-        results: list[StepResult | None] = [None] * len(prefixes)
-        for i in order:
-            results[i] = self._extend_one(int(seeds[i]), prompt + prefixes[i], params)
-        return results  # type: ignore[return-value]
+        return extend_in_prefix_order(seeds, prompt, prefixes, params, self._extend_one)
 
     def next_token_logprobs(self, contexts: Sequence[str], top_k: int = 20) -> list[dict[str, float]]:
-        out = []
-        for context in contexts:
-            logits = self._prime(self._tokenize(context))
-            shifted = logits - logits.max()
-            log_probs = shifted - np.log(np.exp(shifted).sum())
-            top = np.argsort(-log_probs)[:top_k]
-            entry: dict[str, float] = {}
-            for token in top:
-                text = self.llama.detokenize([int(token)]).decode("utf-8", errors="ignore")
-                entry[text] = float(np.logaddexp(entry.get(text, -np.inf), log_probs[token]))
-            out.append(entry)
-        return out
+        return [
+            top_token_logprobs(self._prime(self._tokenize(context)), top_k,
+                               lambda t: self.llama.detokenize([t]).decode("utf-8", errors="ignore"))
+            for context in contexts
+        ]
 
     # -- internals ---------------------------------------------------------------------
 

@@ -7,7 +7,7 @@ from collections.abc import Sequence
 
 import numpy as np
 
-from probinf.llm.backends._decode import decode_step
+from probinf.llm.backends._decode import decode_step, extend_in_prefix_order, top_token_logprobs
 from probinf.llm.backends.llama_cpp import _common_prefix
 from probinf.llm.base import SamplingParams, StepResult, chatml
 
@@ -88,26 +88,14 @@ class TransformersModel:
     def extend(
         self, seeds: Sequence[int], prompt: str, prefixes: Sequence[str], params: SamplingParams,
     ) -> list[StepResult]:
-        if len(seeds) != len(prefixes):
-            raise ValueError(f"`seeds` has {len(seeds)} entries for {len(prefixes)} prefixes")
-        order = sorted(range(len(prefixes)), key=lambda i: prefixes[i])
-        results: list[StepResult | None] = [None] * len(prefixes)
-        for i in order:
-            results[i] = self._extend_one(int(seeds[i]), prompt + prefixes[i], params)
-        return results  # type: ignore[return-value]
+        return extend_in_prefix_order(seeds, prompt, prefixes, params, self._extend_one)
 
     def next_token_logprobs(self, contexts: Sequence[str], top_k: int = 20) -> list[dict[str, float]]:
-        out = []
-        for context in contexts:
-            logits = self._prime(self._tokenize(context))
-            shifted = logits - logits.max()
-            log_probs = shifted - np.log(np.exp(shifted).sum())
-            entry: dict[str, float] = {}
-            for token in np.argsort(-log_probs)[:top_k]:
-                text = self.tokenizer.decode([int(token)])
-                entry[text] = float(np.logaddexp(entry.get(text, -np.inf), log_probs[token]))
-            out.append(entry)
-        return out
+        return [
+            top_token_logprobs(self._prime(self._tokenize(context)), top_k,
+                               lambda t: self.tokenizer.decode([t]))
+            for context in contexts
+        ]
 
     def _tokenize(self, text: str) -> list[int]:
         return list(self.tokenizer.encode(text, add_special_tokens=False))
