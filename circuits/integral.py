@@ -60,7 +60,13 @@ from circuits.circuit import Circuit
 from circuits.functions import SHARING, FunctionGroup, NeuralFunctions
 from circuits.inputs import Bernoulli, Binomial, Categorical, Gaussian, InputLayer
 from circuits.kernels import BACKENDS
-from circuits.learning import _batches, _check_positive_int, _prepare_data, average_log_likelihood
+from circuits.learning import (
+    _batches,
+    _check_positive_int,
+    _gradient_epoch,
+    _prepare_data,
+    average_log_likelihood,
+)
 from circuits.quadrature import QuadratureRule
 from circuits.region_graph import RegionGraph
 from circuits.structure import CircuitStructure
@@ -443,25 +449,6 @@ class IntegralTrainResult:
     epoch_seconds: np.ndarray
 
 
-@eqx.filter_jit
-def _integral_epoch(pic, opt_state, batches, weights, optimizer, rule, backend):
-    params, static = eqx.partition(pic, eqx.is_inexact_array)
-
-    def loss_fn(params, xb, wb):
-        qpc = eqx.combine(params, static).materialize(rule, backend)
-        ll = qpc._log_marginal(xb, jnp.ones_like(xb, bool))
-        return -jnp.sum(wb * ll) / jnp.sum(wb)
-
-    def body(carry, batch):
-        params, opt_state = carry
-        loss, grads = jax.value_and_grad(loss_fn)(params, *batch)
-        updates, opt_state = optimizer.update(grads, opt_state, params)
-        return (optax.apply_updates(params, updates), opt_state), -loss * jnp.sum(batch[1])
-
-    (params, opt_state), lls = jax.lax.scan(body, (params, opt_state), (batches, weights))
-    return eqx.combine(params, static), opt_state, jnp.sum(lls)
-
-
 def _finite(tree) -> bool:
     leaves = jax.tree_util.tree_leaves(eqx.filter(tree, eqx.is_inexact_array))
     return all(bool(jnp.all(jnp.isfinite(x))) for x in leaves)
@@ -533,8 +520,8 @@ def fit_integral(
             epoch_start = time.perf_counter()
             order = jax.random.permutation(jax.random.fold_in(key, epoch), n)
             batches, weights = _batches(x[order], batch_size)
-            updated, new_state, total_ll = _integral_epoch(pic, opt_state, batches, weights,
-                                                           optimizer, rule, backend)
+            updated, new_state, total_ll = _gradient_epoch(pic, opt_state, batches, weights,
+                                                           optimizer, (rule, backend))
             mean_ll = float(total_ll) / n
             epoch_seconds.append(time.perf_counter() - epoch_start)
             if not np.isfinite(mean_ll) or not _finite(updated):

@@ -307,11 +307,15 @@ def em(
 
 # --------------------------------------------------------------- gradients
 @eqx.filter_jit
-def _gradient_epoch(circuit, opt_state, batches, weights, optimizer):
-    params, static = eqx.partition(circuit, eqx.is_inexact_array)
+def _gradient_epoch(model, opt_state, batches, weights, optimizer, materialize=None):
+    """One epoch of optax steps on the mean log-likelihood. ``model`` is a circuit, or, with
+    ``materialize=(rule, backend)``, an integral circuit turned into one at every step."""
+    params, static = eqx.partition(model, eqx.is_inexact_array)
 
     def loss_fn(params, xb, wb):
         current = eqx.combine(params, static)
+        if materialize is not None:
+            current = current.materialize(*materialize)
         ll = current._log_marginal(xb, jnp.ones_like(xb, bool))
         return -jnp.sum(wb * ll) / jnp.sum(wb)
 
