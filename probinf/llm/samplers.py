@@ -90,6 +90,16 @@ def _split4(key):
     return keys[0], keys[1], keys[2], keys[3]
 
 
+def _extend_active(run, key, particles: list, active: list[int], last: bool) -> list:
+    """Append one step to each active particle; after the last step every particle is final
+    (out of steps: whatever is unfinished is final, a documented fallback)."""
+    for i, step in zip(active, run.extend(key, particles, active), strict=True):
+        particles[i] = particles[i].extended(step)
+    if last:
+        particles = [replace(p, finished=True) for p in particles]
+    return particles
+
+
 @functools.partial(jax.jit, static_argnames=("n",))
 def _seeds(key, n: int):
     return jax.random.bits(key, (n,), dtype=jnp.uint32) & jnp.uint32(0x7FFFFFFF)
@@ -407,12 +417,7 @@ def _smc(
             if not active and (reference is None or particles[-1].finished):
                 break
             key, key_step, key_resample, key_look = _split4(key)
-            steps = run.extend(key_step, particles, active)
-            for i, step in zip(active, steps, strict=True):
-                particles[i] = particles[i].extended(step)
-            if t == max_steps - 1:
-                # Out of steps: whatever is unfinished is final (a documented fallback).
-                particles = [replace(p, finished=True) for p in particles]
+            particles = _extend_active(run, key_step, particles, active, t == max_steps - 1)
             scores = run.score([particles[i].text for i in active])
             for i, s in zip(active, scores, strict=True):
                 particles[i] = replace(particles[i], scores=particles[i].scores + (float(s),))
@@ -677,10 +682,7 @@ def sample_independent(
             if not active:
                 break
             key, sub, _, _ = _split4(key)
-            for i, step in zip(active, run.extend(sub, particles, active), strict=True):
-                particles[i] = particles[i].extended(step)
-            if t == max_steps - 1:
-                particles = [replace(p, finished=True) for p in particles]
+            particles = _extend_active(run, sub, particles, active, t == max_steps - 1)
             bar.update(1)
     return particles, (run.finish() if _run is None else run.budget)
 
@@ -810,10 +812,7 @@ def beam_search(
             if not active:
                 break
             key, key_step, key_tie, _ = _split4(key)
-            for i, step in zip(active, run.extend(key_step, particles, active), strict=True):
-                particles[i] = particles[i].extended(step)
-            if t == max_steps - 1:
-                particles = [replace(p, finished=True) for p in particles]
+            particles = _extend_active(run, key_step, particles, active, t == max_steps - 1)
             scores = run.score([particles[i].text for i in active])
             for i, s in zip(active, scores, strict=True):
                 particles[i] = replace(particles[i], scores=particles[i].scores + (float(s),))
