@@ -35,6 +35,7 @@ import numpy as np
 import optax
 
 from probinf import pcn
+from probinf._xla_workaround import environ_without_workaround
 
 ROOT = pathlib.Path(__file__).resolve().parents[1]
 OUT = ROOT / "benchmarks" / "results" / "pcn.json"
@@ -222,7 +223,7 @@ def run_pcx(data_path, sizes, epochs):
     try:
         out = subprocess.run(
             [PCX_PYTHON, script, json.dumps(config)], capture_output=True, text=True, timeout=1800,
-            env={**os.environ, "JAX_PLATFORMS": "cpu"},
+            env={**environ_without_workaround(), "JAX_PLATFORMS": "cpu"},
         )
     finally:
         os.unlink(script)

@@ -17,7 +17,7 @@ from __future__ import annotations
 import os
 import warnings
 
-__all__ = ["apply_xla_cpu_workaround", "XLA_CPU_FLAG"]
+__all__ = ["apply_xla_cpu_workaround", "environ_without_workaround", "XLA_CPU_FLAG"]
 
 XLA_CPU_FLAG = "--xla_cpu_experimental_ynn_fusion_type=-reduce"
 
@@ -54,6 +54,22 @@ def apply_xla_cpu_workaround() -> bool:
         return False
     os.environ["XLA_FLAGS"] = f"{flags} {XLA_CPU_FLAG}".strip()
     return True
+
+
+
+def environ_without_workaround() -> dict[str, str]:
+    """``os.environ`` minus :data:`XLA_CPU_FLAG`, for child processes that run another jaxlib.
+
+    The flag is exported with ``XLA_FLAGS``, so child processes inherit it; an older
+    XLA (e.g. jaxlib < 0.5) aborts on a flag it does not know.
+    """
+    env = dict(os.environ)
+    flags = " ".join(env.get("XLA_FLAGS", "").replace(XLA_CPU_FLAG, "").split())
+    if flags:
+        env["XLA_FLAGS"] = flags
+    else:
+        env.pop("XLA_FLAGS", None)
+    return env
 
 
 apply_xla_cpu_workaround()
