@@ -32,6 +32,7 @@ import optax
 from amortized.tasks.base import SimulationBatch, Task
 from amortized.transformer import DistributionTransformer
 from probinf._progress import progress_bar
+from probinf._tree import all_finite
 from probinf.families import check_num_samples
 
 __all__ = ["train", "TrainResult", "load_checkpoint", "negative_log_likelihood", "default_optimizer"]
@@ -98,10 +99,6 @@ def default_optimizer(steps: int, learning_rate: float = 1e-3) -> optax.Gradient
     return optax.chain(optax.clip_by_global_norm(1.0), optax.adam(schedule))
 
 
-def _all_finite(tree) -> jax.Array:
-    leaves = [jnp.all(jnp.isfinite(x)) for x in jtu.tree_leaves(tree) if eqx.is_inexact_array(x)]
-    return jnp.all(jnp.stack(leaves)) if leaves else jnp.array(True)
-
 
 @eqx.filter_jit
 def _run_chunk(params, static, task, opt_state, key, start, total, optimizer, batch_size, chunk_len):
@@ -117,7 +114,7 @@ def _run_chunk(params, static, task, opt_state, key, start, total, optimizer, ba
         (_, (post, prior)), grads = eqx.filter_value_and_grad(loss_fn, has_aux=True)(params, batch)
         updates, new_opt_state = optimizer.update(grads, opt_state, params)
         new_params = eqx.apply_updates(params, updates)
-        finite = jnp.isfinite(post) & jnp.isfinite(prior) & _all_finite(grads)
+        finite = jnp.isfinite(post) & jnp.isfinite(prior) & all_finite(grads)
         active = (step < total) & (bad_step < 0)
         accept = active & finite
 

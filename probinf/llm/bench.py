@@ -396,7 +396,7 @@ def run_benchmark(
                 raw.flush()
                 if progress:
                     print(f"[{time.perf_counter() - started:7.0f} s] {stage} problem {i}: "
-                          f"{len(records)}/{len(jobs)} jobs", flush=True)
+                          f"{len(records)}/{planned} jobs", flush=True)
             write()
     write(final=True)
     if plot:

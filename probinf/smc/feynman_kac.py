@@ -549,7 +549,6 @@ def _steps(model, carry: _Carry, key, steps, config):
 
     def step(carry: _Carry, t):
         key_resample, key_move = jax.random.split(jax.random.fold_in(key, t))
-        do_resample = carry.ess < ess_threshold * n
 
         def resample():
             ancestors = resample_fn(key_resample, carry.log_weights, n)
@@ -558,7 +557,16 @@ def _steps(model, carry: _Carry, key, steps, config):
         def keep():
             return carry.particles, carry.log_weights, jnp.arange(n, dtype=jnp.int32)
 
-        parents, log_prior_weights, ancestors = jax.lax.cond(do_resample, resample, keep)
+        # Thresholds 1 and 0 are decided when tracing: no conditional in the loop.
+        if ess_threshold >= 1.0:
+            do_resample = jnp.bool_(True)
+            parents, log_prior_weights, ancestors = resample()
+        elif ess_threshold <= 0.0:
+            do_resample = jnp.bool_(False)
+            parents, log_prior_weights, ancestors = keep()
+        else:
+            do_resample = carry.ess < ess_threshold * n
+            parents, log_prior_weights, ancestors = jax.lax.cond(do_resample, resample, keep)
         parents = constrain_leading_axis(parents, sharding)
         particles = constrain_leading_axis(model.transition(key_move, t, parents), sharding)
         carry, increment = _weigh(model, t, particles, log_prior_weights, carry)

@@ -14,9 +14,10 @@ import jax.numpy as jnp
 import jax.tree_util as jtu
 import numpy as np
 import optax
-from jaxtyping import Array, PRNGKeyArray
+from jaxtyping import PRNGKeyArray
 
 from probinf._progress import progress_bar
+from probinf._tree import all_finite
 from probinf.families import check_num_samples
 from probinf.vi.estimators import Learnable
 from probinf.vi.objectives import Objective
@@ -102,10 +103,6 @@ def _trainable_spec(family, target, objective, learn_target: bool):
     return family_spec, target_spec, objective_spec
 
 
-def _all_finite(tree) -> Array:
-    leaves = [jnp.all(jnp.isfinite(x)) for x in jtu.tree_leaves(tree) if eqx.is_inexact_array(x)]
-    return jnp.all(jnp.stack(leaves)) if leaves else jnp.array(True)
-
 
 def _loss(trainable, frozen, key, step):
     family, target, objective = eqx.combine(trainable, frozen)
@@ -139,7 +136,7 @@ def _run_chunk(trainable, frozen, opt_state, key, start, num_steps, optimizer, c
         loss, grads = eqx.filter_value_and_grad(_loss)(trainable, frozen, keys[i], step)
         updates, opt_state = optimizer.update(grads, opt_state, trainable)
         trainable = eqx.apply_updates(trainable, updates)
-        finite = jnp.isfinite(loss) & _all_finite(grads)
+        finite = jnp.isfinite(loss) & all_finite(grads)
         bad_step = jnp.where(finite, bad_step, step)
         return trainable, opt_state, i + 1, bad_step, losses.at[i].set(loss)
 

@@ -56,6 +56,14 @@ def test_find_claims_checks_exactly():
     assert claims[1][0] == [Fraction(19), Fraction(2)]
 
 
+def test_find_claims_on_a_long_sum_without_result():
+    """A model wrote 18 terms and no '='; the old pattern backtracked ~4^17 times (a hung job)."""
+    text = "Omar has 18 - 17 = 1 shell left.\nOmar has " + " + ".join(str(k) for k in range(1, 60))
+    assert [(c[1], c[2]) for c in find_claims(text)] == [(Fraction(1), Fraction(1))]
+    text += " = 1770"
+    assert [(c[1], c[2]) for c in find_claims(text)][-1] == (Fraction(1770), Fraction(1770))
+
+
 @pytest.mark.parametrize("solution, log_odds", [
     ("", 0.0),                                       # no claim yet: uninformative
     ("Let me think about it.", 0.0),

@@ -35,7 +35,9 @@ from fractions import Fraction
 __all__ = ["ArithmeticVerifier", "AnswerMatch", "extract_answer", "lenient_answer", "find_claims", "check_claims", "problem_numbers"]
 
 _NUMBER = r"-?\$?\d[\d,]*(?:\.\d+)?"
-_OPERAND = rf"\(*\s*{_NUMBER}\s*\)*"
+# Each run of spaces has one place to go: ambiguous `\s*` around operands made a failed
+# match backtrack exponentially in the number of terms (a long "1 + 2 + ... + 17" hung).
+_OPERAND = rf"(?:\(\s*)*{_NUMBER}(?:\s*\))*"
 _OPERATOR = r"(?:[-+*/×÷]|(?<=\s)x(?=\s))"
 _CLAIM = re.compile(
     rf"(?P<lhs>{_OPERAND}(?:\s*{_OPERATOR}\s*{_OPERAND})+)\s*=\s*(?P<rhs>{_NUMBER})"
