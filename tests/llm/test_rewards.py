@@ -64,6 +64,17 @@ def test_find_claims_on_a_long_sum_without_result():
     assert [(c[1], c[2]) for c in find_claims(text)][-1] == (Fraction(1770), Fraction(1770))
 
 
+def test_pathological_model_output_is_scored_not_fatal():
+    # Thousands of spaces after "answer" (the old answer pattern was cubic in them) and
+    # numbers past Python's 4,300-digit int(str) limit.
+    assert lenient_answer("The answer" + " " * 3000 + "is 12") == "12"
+    big = "9" * 5000
+    assert problem_numbers(f"Tom has {big} apples") == {Fraction(10**5000 - 1)}
+    scores = ArithmeticVerifier().score("Tom has 3 apples and gets 4 more.",
+                                        ["3 + 4 = 7", f"3 + {big} = {big}"])
+    assert scores[0] > 0.5 > scores[1]
+
+
 @pytest.mark.parametrize("solution, log_odds", [
     ("", 0.0),                                       # no claim yet: uninformative
     ("Let me think about it.", 0.0),

@@ -44,7 +44,9 @@ _CLAIM = re.compile(
 )
 _ANSWER_PATTERNS = [
     re.compile(r"\\boxed\{\s*(" + _NUMBER + r")\s*\}"),
-    re.compile(r"answer\s*(?:is|:|=)?\s*:?\s*\**\s*(" + _NUMBER + r")", re.IGNORECASE),
+    # Every `\s*` is followed by a required token (cf. _OPERAND): linear, not cubic, in
+    # a run of spaces after "answer".
+    re.compile(r"answer(?:\s*(?:is|:|=))*(?:\s*\*+)?\s*(" + _NUMBER + r")", re.IGNORECASE),
     re.compile(r"####\s*(" + _NUMBER + r")"),
 ]
 _WORDS = {
@@ -54,8 +56,22 @@ _WORDS = {
 }
 
 
+def _digits_to_int(digits: str) -> int:
+    # Python refuses int(str) beyond 4,300 digits, and a model can write such a number.
+    value = 0
+    for start in range(0, len(digits), 4000):
+        chunk = digits[start:start + 4000]
+        value = value * 10 ** len(chunk) + int(chunk)
+    return value
+
+
 def _to_fraction(text: str) -> Fraction:
-    return Fraction(text.replace("$", "").replace(",", ""))
+    """A number matched by ``_NUMBER`` (sign, ``$``, thousands commas, decimals), exactly."""
+    text = text.replace("$", "").replace(",", "")
+    sign = -1 if text.startswith("-") else 1
+    whole, _, decimals = text.lstrip("-").partition(".")
+    scale = 10 ** len(decimals)
+    return Fraction(sign * (_digits_to_int(whole) * scale + _digits_to_int(decimals or "0")), scale)
 
 
 def _normalise(value: Fraction) -> str:
