@@ -103,7 +103,6 @@ def _trainable_spec(family, target, objective, learn_target: bool):
     return family_spec, target_spec, objective_spec
 
 
-
 def _loss(trainable, frozen, key, step):
     family, target, objective = eqx.combine(trainable, frozen)
     if isinstance(objective, Objective):
@@ -141,7 +140,7 @@ def _run_chunk(trainable, frozen, opt_state, key, start, num_steps, optimizer, c
         return trainable, opt_state, i + 1, bad_step, losses.at[i].set(loss)
 
     init = (trainable, opt_state, jnp.asarray(0, jnp.int32), jnp.asarray(-1, jnp.int32),
-            jnp.full(chunk_len, jnp.nan, jnp.float32))
+            jnp.full(chunk_len, jnp.nan, jnp.result_type(float)))
     trainable, opt_state, _, bad_step, losses = jax.lax.while_loop(keep_going, body, init)
     return trainable, opt_state, bad_step, losses
 
@@ -267,6 +266,7 @@ def fit(
     history: list[np.ndarray] = []
     stop_reason = "completed"
     best, waited = math.inf, 0
+
     def launch(trainable, opt_state, start, num_steps):
         return _run_chunk(trainable, frozen, opt_state, key, np.int32(start), np.int32(num_steps),
                           optimizer, chunk_len)
@@ -287,11 +287,12 @@ def fit(
             elapsed = time.perf_counter() - began
             bad_step = int(bad_step)
             if bad_step >= 0:
+                # The returned state includes the bad step's update: go back to the chunk's
+                # start, then re-run it up to the step before (same keys, same result).
+                trainable, opt_state = chunk_input
                 if bad_step == 0:
                     fam, tgt, _ = eqx.combine(trainable, frozen)
                     raise _diagnose_initial_failure(fam, tgt, key, losses[0])
-                # Re-run the chunk up to the step before the bad one (same keys, same result).
-                trainable, opt_state = chunk_input
                 if bad_step > start:
                     trainable, opt_state, _, _ = launch(trainable, opt_state, start, bad_step - start)
                 history.append(losses[: bad_step - start])

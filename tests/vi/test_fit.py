@@ -215,3 +215,15 @@ def test_non_finite_target_is_named(bad_value):
         with pytest.raises(ValueError, match="`target` returned a non-finite log density"):
             probinf.fit(vi.ELBO(), probinf.MeanFieldGaussian.init(1), target,
                         key=jax.random.key(0), steps=10, progress=False)
+
+
+def test_non_finite_loss_with_a_finite_target_blames_the_objective():
+    """Diagnosed on the family as it was before the bad step (its update is NaN)."""
+    target = probinf.from_logdensity(lambda z: -0.5 * jnp.sum(z**2), 2)
+
+    def nan_loss(key, family, target):
+        return jnp.nan * jnp.sum(family.loc)
+
+    with pytest.raises(ValueError, match="although the target is finite"):
+        probinf.fit(nan_loss, probinf.MeanFieldGaussian.init(2), target,
+                    key=jax.random.key(0), steps=10, progress=False)
