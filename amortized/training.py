@@ -99,7 +99,6 @@ def default_optimizer(steps: int, learning_rate: float = 1e-3) -> optax.Gradient
     return optax.chain(optax.clip_by_global_norm(1.0), optax.adam(schedule))
 
 
-
 @eqx.filter_jit
 def _run_chunk(params, static, task, opt_state, key, start, total, optimizer, batch_size, chunk_len):
     def loss_fn(p, batch):

@@ -56,12 +56,11 @@ def apply_xla_cpu_workaround() -> bool:
     return True
 
 
-
 def environ_without_workaround() -> dict[str, str]:
     """``os.environ`` minus :data:`XLA_CPU_FLAG`, for child processes that run another jaxlib.
 
     The flag is exported with ``XLA_FLAGS``, so child processes inherit it; an older
-    XLA (e.g. jaxlib < 0.5) aborts on a flag it does not know.
+    XLA (e.g. jaxlib 0.5.3, which genjax 0.10 needs) aborts on a flag it does not know.
     """
     env = dict(os.environ)
     flags = " ".join(env.get("XLA_FLAGS", "").replace(XLA_CPU_FLAG, "").split())
