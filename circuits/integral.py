@@ -70,6 +70,7 @@ from circuits.learning import (
 from circuits.quadrature import QuadratureRule
 from circuits.region_graph import RegionGraph
 from circuits.structure import CircuitStructure
+from probinf._tree import all_finite
 
 __all__ = [
     "IntegralCircuit",
@@ -449,11 +450,6 @@ class IntegralTrainResult:
     epoch_seconds: np.ndarray
 
 
-def _finite(tree) -> bool:
-    leaves = jax.tree_util.tree_leaves(eqx.filter(tree, eqx.is_inexact_array))
-    return all(bool(jnp.all(jnp.isfinite(x))) for x in leaves)
-
-
 def fit_integral(
     pic: IntegralCircuit,
     data,
@@ -524,7 +520,7 @@ def fit_integral(
                                                            optimizer, (rule, backend))
             mean_ll = float(total_ll) / n
             epoch_seconds.append(time.perf_counter() - epoch_start)
-            if not np.isfinite(mean_ll) or not _finite(updated):
+            if not np.isfinite(mean_ll) or not bool(all_finite(updated)):
                 stop_reason = (f"stopped at epoch {epoch}: the log-likelihood or a parameter "
                                "became non-finite; that epoch's update was discarded")
                 break

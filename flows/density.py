@@ -26,6 +26,7 @@ from jaxtyping import Array, PRNGKeyArray
 from flows._checks import check_key, check_positive_int
 from flows.distribution import Flow
 from probinf._progress import progress_bar
+from probinf._tree import all_finite
 
 __all__ = ["fit_to_data", "DensityFitResult"]
 
@@ -74,21 +75,19 @@ def _run_epoch(params, static, opt_state, key, x, context, optimizer, batch_size
     batches_c = None if context is None else context[order].reshape(num_batches, batch_size, -1)
 
     def step(carry, batch):
-        params, opt_state, all_finite = carry
+        params, opt_state, all_ok = carry
         bx, bc = batch
         loss, grads = eqx.filter_value_and_grad(_negative_log_likelihood)(params, static, bx, bc)
         updates, new_state = optimizer.update(grads, opt_state, params)
         new_params = eqx.apply_updates(params, updates)
-        finite = jnp.isfinite(loss) & jnp.all(
-            jnp.stack([jnp.all(jnp.isfinite(g)) for g in jtu.tree_leaves(grads)])
-        )
+        finite = jnp.isfinite(loss) & all_finite(grads)
         keep = lambda new, old: jtu.tree_map(lambda a, b: jnp.where(finite, a, b), new, old)
-        return (keep(new_params, params), keep(new_state, opt_state), all_finite & finite), loss
+        return (keep(new_params, params), keep(new_state, opt_state), all_ok & finite), loss
 
-    (params, opt_state, all_finite), losses = jax.lax.scan(
+    (params, opt_state, all_ok), losses = jax.lax.scan(
         step, (params, opt_state, jnp.asarray(True)), (batches_x, batches_c)
     )
-    return params, opt_state, jnp.mean(losses), all_finite
+    return params, opt_state, jnp.mean(losses), all_ok
 
 
 @eqx.filter_jit
