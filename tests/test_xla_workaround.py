@@ -27,3 +27,16 @@ def test_scanned_softmax_gradient_is_exact_on_a_large_batch():
                          timeout=300)
     assert out.returncode == 0, out.stderr
     assert float(out.stdout.strip().splitlines()[-1]) < 1e-6
+
+
+def test_environ_without_workaround_drops_only_our_flag(monkeypatch):
+    from probinf._xla_workaround import XLA_CPU_FLAG, environ_without_workaround
+
+    monkeypatch.setenv("XLA_FLAGS", f"--xla_dump_to=/tmp/x {XLA_CPU_FLAG}  --xla_foo=1")
+    monkeypatch.setenv("PROBINF_TEST_VAR", "kept")
+    env = environ_without_workaround()
+    assert env["XLA_FLAGS"] == "--xla_dump_to=/tmp/x --xla_foo=1"
+    assert env["PROBINF_TEST_VAR"] == "kept"
+    assert os.environ["XLA_FLAGS"].count(XLA_CPU_FLAG) == 1  # the parent is untouched
+    monkeypatch.setenv("XLA_FLAGS", XLA_CPU_FLAG)
+    assert "XLA_FLAGS" not in environ_without_workaround()

@@ -132,6 +132,20 @@ def test_early_stopping_on_plateau(problem_2d):
     assert result.num_steps == len(result.losses)
 
 
+def test_patience_without_chunk_size_uses_fixed_chunks(problem_2d):
+    """With patience the default chunks are 100 steps, not adaptive: the stop is reproducible."""
+    family = probinf.MeanFieldGaussian.init(2)
+    runs = [
+        probinf.fit(vi.ELBO(2), family, problem_2d.target, key=jax.random.key(3), steps=5000,
+                    patience=2, min_delta=1e9, progress=False, **extra)
+        for extra in ({}, {"chunk_size": 100})
+    ]
+    # min_delta this large: only the first chunk counts as an improvement.
+    assert runs[0].stop_reason == runs[1].stop_reason == "plateau"
+    assert runs[0].num_steps == runs[1].num_steps == 300
+    np.testing.assert_array_equal(runs[0].losses, runs[1].losses)
+
+
 def test_nan_mid_training_stops_and_keeps_last_finite_state():
     def log_density(z):  # undefined beyond |z| > 3, while the mode sits at 10
         return jnp.where(jnp.abs(z[0]) > 3.0, jnp.nan, -0.5 * (z[0] - 10.0) ** 2)
