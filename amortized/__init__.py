@@ -18,7 +18,12 @@ from amortized.calibration import (
     sbc,
     tarp,
 )
-from amortized.gmm import GaussianMixture, condition_linear_gaussian, monte_carlo_kl
+from amortized.gmm import (
+    GaussianMixture,
+    condition_linear_gaussian,
+    monte_carlo_kl,
+    sign_symmetrize,
+)
 from amortized.npe import NPEPosterior, NPEResult, train_npe
 from amortized.training import TrainResult, load_checkpoint, train
 from amortized.transformer import DistributionTransformer, sequential_posterior
@@ -27,6 +32,7 @@ __all__ = [
     "GaussianMixture",
     "condition_linear_gaussian",
     "monte_carlo_kl",
+    "sign_symmetrize",
     "DistributionTransformer",
     "sequential_posterior",
     "train",

@@ -34,6 +34,7 @@ __all__ = [
     "GaussianMixture",
     "condition_linear_gaussian",
     "monte_carlo_kl",
+    "sign_symmetrize",
     "is_concrete",
 ]
 
@@ -338,6 +339,56 @@ def _check_linear_gaussian(prior, observations, design, noise_covariance, offset
     if is_concrete(mask) and not bool(jnp.any(mask)):
         raise ValueError("`mask` selects no observation: the dataset is empty")
     return observations, design, noise_covariance, offset, mask
+
+
+def sign_patterns(dim: int, axes: tuple[int, ...], name: str = "axes") -> np.ndarray:
+    """The ``(2^m, dim)`` sign vectors that flip every subset of the ``m`` coordinates ``axes``
+    (the first row is all ones). Raises a ValueError naming ``name`` unless ``axes`` are
+    distinct integers in ``[0, dim)``."""
+    axes = tuple(axes)
+    if (not all(isinstance(a, (int, np.integer)) and not isinstance(a, bool) for a in axes)
+            or len(set(axes)) != len(axes) or not all(0 <= a < dim for a in axes)):
+        raise ValueError(f"`{name}` must be distinct coordinates in [0, {dim}), got {axes!r}")
+    patterns = np.ones((2 ** len(axes), dim))
+    for row in range(patterns.shape[0]):
+        for bit, axis in enumerate(axes):
+            if row >> bit & 1:
+                patterns[row, axis] = -1.0
+    return patterns
+
+
+def sign_symmetrize(mixture: GaussianMixture, axes: tuple[int, ...]) -> GaussianMixture:
+    """The mixture averaged over sign flips of the coordinates ``axes``.
+
+    For the group :math:`G` of the :math:`2^m` diagonal sign matrices :math:`D` that flip
+    any subset of the :math:`m` coordinates in ``axes``,
+
+    .. math::
+        \\bar q(\\theta) = \\frac{1}{|G|}\\sum_{D\\in G} q(D\\theta)
+        = \\sum_{D\\in G}\\sum_k \\frac{w_k}{|G|}\\,\\mathcal N(\\theta; D m_k, (D L_k D)(D L_k D)^\\top),
+
+    a mixture of :math:`2^m K` components (:math:`D L_k D` is again lower triangular with
+    the same positive diagonal) that is exactly invariant under every flip in :math:`G`.
+    Components are ordered sign pattern by sign pattern (the first :math:`K` are
+    ``mixture`` itself). Works on unbatched mixtures; :func:`jax.vmap` it for batches.
+
+    Args:
+        mixture: the mixture :math:`q` (``(K,)`` log-weights).
+        axes: distinct coordinates in ``[0, dim)``; ``()`` returns ``mixture``.
+    """
+    if not axes:
+        return mixture
+    if mixture.log_weights.ndim != 1:
+        raise ValueError("`mixture` must be a single mixture (vmap over batches)")
+    signs = jnp.asarray(sign_patterns(mixture.dim, axes), mixture.means.dtype)  # (|G|, dim)
+    means = signs[:, None, :] * mixture.means[None]
+    tril = signs[:, None, :, None] * mixture.scale_tril[None] * signs[:, None, None, :]
+    log_weights = jnp.broadcast_to(mixture.log_weights, (signs.shape[0],) + mixture.log_weights.shape)
+    return GaussianMixture(
+        (log_weights - math.log(signs.shape[0])).reshape(-1),
+        means.reshape(-1, mixture.dim),
+        tril.reshape(-1, mixture.dim, mixture.dim),
+    )
 
 
 def condition_linear_gaussian(

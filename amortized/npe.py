@@ -32,7 +32,7 @@ import numpy as np
 import optax
 from jaxtyping import Array, Bool, Float, PRNGKeyArray
 
-from amortized.gmm import GaussianMixture
+from amortized.gmm import GaussianMixture, sign_patterns
 from amortized.tasks.base import Task
 from amortized.transformer import component_coordinates
 from probinf._progress import progress_bar
@@ -46,6 +46,11 @@ class NPEPosterior(eqx.Module):
 
     ``observation`` is a triple ``(prior, observations, mask)`` as in
     :class:`~amortized.tasks.SimulationBatch` (the prior is a mixture or a parameter vector).
+
+    With ``symmetric_axes`` the density is the flow's averaged over the sign flips
+    :math:`D` of those coordinates, :math:`\\bar q(\\theta\\mid x) = 2^{-m}\\sum_D q(D\\theta\\mid x)`
+    (exactly invariant; see :func:`~amortized.gmm.sign_symmetrize`), and a draw is a flow
+    draw with a uniformly random flip applied.
     """
 
     flow: eqx.Module
@@ -53,6 +58,7 @@ class NPEPosterior(eqx.Module):
     theta_scale: Float[Array, " dim"]
     context_loc: Float[Array, " c"]
     context_scale: Float[Array, " c"]
+    symmetric_axes: tuple[int, ...] = eqx.field(static=True, default=())
 
     @property
     def dim(self) -> int:
@@ -67,13 +73,29 @@ class NPEPosterior(eqx.Module):
 
     def log_prob(self, theta: Float[Array, "... dim"], observation) -> Float[Array, "..."]:
         """:math:`\\log q(\\theta \\mid x)` (with the Jacobian of the z-scoring)."""
-        z = (jnp.asarray(theta) - self.theta_loc) / self.theta_scale
-        return self.flow.log_prob(z, self._context(observation)) - jnp.sum(jnp.log(self.theta_scale))
+        theta = jnp.asarray(theta)
+        context = self._context(observation)
+
+        def flow_log_prob(t):
+            z = (t - self.theta_loc) / self.theta_scale
+            return self.flow.log_prob(z, context) - jnp.sum(jnp.log(self.theta_scale))
+
+        if not self.symmetric_axes:
+            return flow_log_prob(theta)
+        flips = jnp.asarray(sign_patterns(self.dim, self.symmetric_axes), theta.dtype)
+        per_flip = jnp.stack([flow_log_prob(theta * d) for d in flips])
+        return jax.scipy.special.logsumexp(per_flip, axis=0) - np.log(flips.shape[0])
 
     def sample(self, key: PRNGKeyArray, observation, num_samples: int) -> Float[Array, "n dim"]:
         """``num_samples`` draws from :math:`q(\\theta \\mid x)`."""
+        if self.symmetric_axes:
+            key, key_flip = jax.random.split(key)
         z = self.flow.sample(key, num_samples, self._context(observation))
-        return self.theta_loc + self.theta_scale * z
+        theta = self.theta_loc + self.theta_scale * z
+        if not self.symmetric_axes:
+            return theta
+        flips = jnp.asarray(sign_patterns(self.dim, self.symmetric_axes), theta.dtype)
+        return theta * flips[jax.random.randint(key_flip, (num_samples,), 0, flips.shape[0])]
 
 
 def flatten_dataset(observations: Float[Array, "n obs_dim"], mask: Bool[Array, " n"]) -> Float[Array, " c"]:
@@ -127,6 +149,7 @@ def train_npe(
     max_epochs: int = 200,
     patience: int = 20,
     validation_fraction: float = 0.1,
+    symmetric_axes: tuple[int, ...] | None = None,
     progress: bool | None = None,
 ) -> NPEResult:
     """Neural posterior estimation on ``num_simulations`` simulations of ``task``.
@@ -147,12 +170,17 @@ def train_npe(
         max_epochs: epoch limit.
         patience: epochs without a better validation loss before stopping.
         validation_fraction: share of simulations held out.
+        symmetric_axes: coordinates whose sign the posterior cannot depend on; the flow's
+            density is averaged over their flips (see :class:`NPEPosterior`). Default: the
+            task's ``symmetric_axes``; ``()`` learns any symmetry from the data.
         progress: progress bar over epochs.
     """
     num_simulations = check_num_samples(num_simulations, "num_simulations")
     batch_size = check_num_samples(batch_size, "batch_size")
     if not 0 < validation_fraction < 1:
         raise ValueError(f"`validation_fraction` must be in (0, 1), got {validation_fraction}")
+    symmetric_axes = task.symmetric_axes if symmetric_axes is None else tuple(symmetric_axes)
+    flips = jnp.asarray(sign_patterns(task.dim, symmetric_axes, "symmetric_axes"))
     num_validation = max(1, int(round(validation_fraction * num_simulations)))
     if num_simulations - num_validation < batch_size:
         raise ValueError(
@@ -164,6 +192,8 @@ def train_npe(
     theta = batch.theta
     context = jax.vmap(flatten_context)(batch.prior, batch.observations, batch.mask)
     theta_loc, theta_scale = theta.mean(0), theta.std(0) + 1e-6
+    # Centred on the symmetric axes, so a flip of theta is the same flip of z.
+    theta_loc = jnp.where(jnp.all(flips > 0, axis=0), theta_loc, 0.0)
     context_loc, context_scale = context.mean(0), context.std(0) + 1e-6
     z_theta = (theta - theta_loc) / theta_scale
     z_context = (context - context_loc) / context_scale
@@ -182,7 +212,9 @@ def train_npe(
     steps_per_epoch = num_train // batch_size
 
     def loss_fn(p, t, c):
-        return -jnp.mean(eqx.combine(p, static).log_prob(t, c))
+        flow = eqx.combine(p, static)
+        per_flip = jnp.stack([flow.log_prob(t * d, c) for d in flips])
+        return -jnp.mean(jax.scipy.special.logsumexp(per_flip, axis=0) - np.log(flips.shape[0]))
 
     @eqx.filter_jit
     def epoch(params, opt_state, k):
@@ -212,6 +244,7 @@ def train_npe(
                 waited += 1
                 if waited >= patience:
                     break
-    posterior = NPEPosterior(eqx.combine(best_params, static), theta_loc, theta_scale, context_loc, context_scale)
+    posterior = NPEPosterior(eqx.combine(best_params, static), theta_loc, theta_scale, context_loc, context_scale,
+                             symmetric_axes)
     return NPEResult(posterior, np.asarray(train_losses), np.asarray(val_losses), len(train_losses),
                      num_simulations, time.perf_counter() - started)

@@ -206,7 +206,8 @@ def train(
         raise TypeError(f"`model` must be a DistributionTransformer, got {type(model).__name__}")
     if not isinstance(task, Task):
         raise TypeError(f"`task` must be an amortized.tasks.Task, got {type(task).__name__}")
-    expected = task.model_options()
+    # Shapes must match; a model without the task's symmetric_axes is still a valid model.
+    expected = {k: v for k, v in task.model_options().items() if k != "symmetric_axes"}
     actual = {
         "dim": model.dim, "obs_dim": model.obs_dim,
         **({"prior_param_dim": model.prior_param_dim, "num_components": model.num_components}

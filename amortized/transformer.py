@@ -43,6 +43,18 @@ variance, a uniform box), ``prior_param_dim`` switches on a learned prior embedd
 (the paper's distribution embedding): the prior's parameter vector is mapped to
 ``num_components`` tokens, :math:`D(h^{(0)})` is the model's mixture approximation of
 the prior, and the posterior is :math:`D(h^{(L)})`.
+
+**Known sign symmetries.** When the likelihood depends on some coordinates of
+:math:`\\theta` only through their absolute values and the prior is symmetric in them
+(sbibm's SLCP: :math:`\\theta_3, \\theta_4` enter squared), the posterior is invariant
+under flipping their signs and has :math:`2^m` mirrored copies of every mode.
+``symmetric_axes`` builds that invariance into the model instead of leaving it to be
+learned: the :math:`K` learned components are averaged over the sign group
+(:func:`~amortized.gmm.sign_symmetrize`), so the output has :math:`2^m K` components and
+is exactly invariant. Using a known symmetry of the posterior is the idea of
+group-equivariant NPE (Dax, Wildberger, Buchholz, Green, Macke, Schölkopf, 2022,
+*Group equivariant neural posterior estimation*, ICLR); here the group is finite and
+the average is exact.
 """
 
 from __future__ import annotations
@@ -56,7 +68,7 @@ import jax.numpy as jnp
 import numpy as np
 from jaxtyping import Array, Bool, Float, PRNGKeyArray
 
-from amortized.gmm import GaussianMixture, is_concrete
+from amortized.gmm import GaussianMixture, is_concrete, sign_patterns, sign_symmetrize
 
 __all__ = [
     "DistributionTransformer",
@@ -254,7 +266,7 @@ class DistributionTransformer(eqx.Module):
     A leading batch axis on ``observations`` (``(batch, n, obs_dim)``) maps over the
     batch; the prior may then be batched too or shared. The result is a (batched)
     mixture with as many components as the prior (``num_components`` for parametric
-    priors).
+    priors, times :math:`2^m` with ``m = len(symmetric_axes)``).
 
     Args:
         dim: dimension of the parameter :math:`\\theta`.
@@ -269,12 +281,16 @@ class DistributionTransformer(eqx.Module):
         prior_param_dim: length of a parametric prior's parameter vector (``None``:
             priors are mixtures).
         num_components: mixture size of the output for parametric priors.
+        symmetric_axes: coordinates of :math:`\\theta` whose sign the posterior does not
+            depend on (see the module docstring); parametric priors only, and the prior
+            must be symmetric in them too. Default ``()``: no symmetry assumed.
     """
 
     dim: int = eqx.field(static=True)
     obs_dim: int = eqx.field(static=True)
     prior_param_dim: int | None = eqx.field(static=True)
     num_components: int | None = eqx.field(static=True)
+    symmetric_axes: tuple[int, ...] = eqx.field(static=True)
     component_embedding: _MLP
     component_de_embedding: _MLP
     final_norm: eqx.nn.LayerNorm
@@ -299,6 +315,7 @@ class DistributionTransformer(eqx.Module):
         num_null_tokens: int = 1,
         prior_param_dim: int | None = None,
         num_components: int | None = None,
+        symmetric_axes: tuple[int, ...] = (),
     ):
         for name, value in (("dim", dim), ("obs_dim", obs_dim), ("d_model", d_model),
                             ("num_heads", num_heads), ("mlp_ratio", mlp_ratio),
@@ -320,6 +337,16 @@ class DistributionTransformer(eqx.Module):
             for name, value in (("prior_param_dim", prior_param_dim), ("num_components", num_components)):
                 if isinstance(value, bool) or not isinstance(value, (int, np.integer)) or value < 1:
                     raise ValueError(f"`{name}` must be a positive integer, got {value!r}")
+        symmetric_axes = tuple(symmetric_axes)
+        if symmetric_axes:
+            if prior_param_dim is None:
+                raise ValueError(
+                    "`symmetric_axes` needs a parametric prior (`prior_param_dim`): a mixture prior "
+                    "need not be symmetric, and fed back as the next prior the mixture would double "
+                    "in size for every axis"
+                )
+            sign_patterns(dim, symmetric_axes, "symmetric_axes")
+        self.symmetric_axes = tuple(int(a) for a in symmetric_axes)
         self.dim, self.obs_dim = int(dim), int(obs_dim)
         self.prior_param_dim = None if prior_param_dim is None else int(prior_param_dim)
         self.num_components = None if num_components is None else int(num_components)
@@ -391,6 +418,9 @@ class DistributionTransformer(eqx.Module):
         else:
             post_coords = self._de_embed(tokens)
         posterior = mixture_from_coordinates(post_coords, component_mask, self.dim)
+        if self.symmetric_axes:
+            prior_mixture = sign_symmetrize(prior_mixture, self.symmetric_axes)
+            posterior = sign_symmetrize(posterior, self.symmetric_axes)
         return prior_mixture, posterior
 
     def update(self, prior, observations: Float[Array, "n obs_dim"], mask: Bool[Array, " n"]) -> GaussianMixture:
@@ -460,7 +490,8 @@ class DistributionTransformer(eqx.Module):
         if prior_params.shape != (self.prior_param_dim,):
             raise ValueError(f"`prior_params` must have shape ({self.prior_param_dim},), got {prior_params.shape}")
         coords = self._de_embed(self.prior_embedding(prior_params))
-        return mixture_from_coordinates(coords, jnp.ones(self.num_components, bool), self.dim)
+        mixture = mixture_from_coordinates(coords, jnp.ones(self.num_components, bool), self.dim)
+        return sign_symmetrize(mixture, self.symmetric_axes)
 
 
 @eqx.filter_jit

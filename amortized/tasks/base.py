@@ -147,16 +147,28 @@ class Task(eqx.Module):
         return _simulate(self, key, check_num_samples(batch_size, "batch_size"))
 
     def model_options(self) -> dict:
-        """The shape arguments a :class:`~amortized.DistributionTransformer` needs for this task."""
+        """The arguments a :class:`~amortized.DistributionTransformer` needs for this task.
+
+        The shapes, plus ``symmetric_axes`` when the task declares sign symmetries of its
+        posterior (drop that key to train a model that has to learn them).
+        """
         options = {"dim": self.dim, "obs_dim": self.obs_dim}
         if self.prior_param_dim is not None:
             options.update(prior_param_dim=self.prior_param_dim, num_components=self.num_posterior_components)
+        if self.symmetric_axes:
+            options["symmetric_axes"] = self.symmetric_axes
         return options
 
     @property
     def num_posterior_components(self) -> int | None:
         """Mixture size of the posterior for parametric priors (``None`` otherwise)."""
         return None
+
+    @property
+    def symmetric_axes(self) -> tuple[int, ...]:
+        """Coordinates of :math:`\\theta` whose sign the posterior cannot depend on (the
+        likelihood sees only their absolute values and the prior is symmetric in them)."""
+        return ()
 
     def numpyro_model(self, prior, observations: Array, mask: Array):
         """A numpyro model of prior and likelihood (for NUTS references); optional."""

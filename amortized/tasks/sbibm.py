@@ -224,7 +224,8 @@ class SLCP(_BoxPriorTask):
 
     The posterior is invariant under :math:`\\theta_3 \\to -\\theta_3` and
     :math:`\\theta_4 \\to -\\theta_4` (they enter squared and the prior is symmetric), so it
-    has up to four symmetric modes; :meth:`symmetrize` spreads reference draws over them.
+    has up to four symmetric modes; :meth:`symmetrize` spreads reference draws over them,
+    and ``model_options()`` gives a Distribution Transformer ``symmetric_axes=(2, 3)``.
 
     Args:
         num_components: mixture size of the model's posterior.
@@ -268,6 +269,11 @@ class SLCP(_BoxPriorTask):
         d = observations.reshape(4, 2) - mean
         quad = (cov[..., 1, 1] * d[:, 0] ** 2 - 2 * cov[..., 0, 1] * d[:, 0] * d[:, 1] + cov[..., 0, 0] * d[:, 1] ** 2) / det
         return jnp.sum(-0.5 * quad - 0.5 * jnp.log(det) - math.log(2 * math.pi))
+
+    @property
+    def symmetric_axes(self) -> tuple[int, ...]:
+        """:math:`\\theta_3, \\theta_4` (indices 2 and 3) enter the likelihood squared."""
+        return (2, 3)
 
     @staticmethod
     def symmetrize(key, samples: Array) -> Array:

@@ -7,7 +7,12 @@ import pytest
 from scipy import stats
 from scipy.special import logsumexp
 
-from amortized.gmm import GaussianMixture, condition_linear_gaussian, monte_carlo_kl
+from amortized.gmm import (
+    GaussianMixture,
+    condition_linear_gaussian,
+    monte_carlo_kl,
+    sign_symmetrize,
+)
 from probinf.exact import linear_gaussian_posterior
 
 WEIGHTS = np.array([0.2, 0.5, 0.3])
@@ -192,3 +197,25 @@ def test_bad_conditioning_input_is_rejected(mixture):
         mixture.log_prob(jnp.zeros(3))
     with pytest.raises(ValueError, match="num_components"):
         mixture.pad(2)
+
+
+def test_sign_symmetrize_averages_the_density_over_the_flips():
+    mix = GaussianMixture.from_covariances(
+        [0.6, 0.4], [[1.0, -2.0, 0.5], [0.3, 1.0, -1.0]],
+        [[[1.0, 0.3, 0.1], [0.3, 0.8, -0.2], [0.1, -0.2, 0.5]], 0.4 * np.eye(3)],
+    )
+    sym = sign_symmetrize(mix, (0, 2))
+    assert sym.num_components == 8
+    z = np.random.default_rng(1).normal(size=(9, 3)) * 2
+    flips = [np.array([a, 1.0, b]) for a in (1.0, -1.0) for b in (1.0, -1.0)]
+    expected = logsumexp(np.stack([np.asarray(mix.log_prob(z * d)) for d in flips]), axis=0) - np.log(4)
+    np.testing.assert_allclose(sym.log_prob(z), expected, rtol=1e-5, atol=1e-5)
+    for d in flips:
+        np.testing.assert_allclose(sym.log_prob(z * d), sym.log_prob(z), rtol=1e-5, atol=1e-5)
+    np.testing.assert_allclose(np.sum(np.exp(sym.log_weights)), 1.0, rtol=1e-6)
+    assert np.all(np.asarray(sym.scale_tril)[:, [0, 0, 1], [1, 2, 2]] == 0)  # still lower triangular
+    assert sign_symmetrize(mix, ()) is mix
+    with pytest.raises(ValueError, match="axes"):
+        sign_symmetrize(mix, (0, 0))
+    with pytest.raises(ValueError, match="axes"):
+        sign_symmetrize(mix, (3,))

@@ -3,9 +3,11 @@
 import equinox as eqx
 import jax
 import jax.numpy as jnp
+import numpy as np
 import pytest
+from scipy import stats
 
-from amortized import MixturePosterior, monte_carlo_kl, sbc, train_npe
+from amortized import MixturePosterior, NPEPosterior, monte_carlo_kl, sbc, train_npe
 from amortized.calibration import sample_posteriors
 from amortized.tasks import GaussianLinear
 
@@ -55,3 +57,27 @@ def test_bad_npe_input_is_rejected(npe):
         train_npe(jax.random.key(0), task, num_simulations=500, validation_fraction=1.5)
     with pytest.raises(TypeError, match="observation"):
         result.posterior.sample(jax.random.key(0), jnp.zeros((1, 2)), 5)
+
+
+def test_symmetric_npe_averages_the_flow_over_sign_flips(npe):
+    task, result = npe
+    base = result.posterior
+    sym = NPEPosterior(base.flow, base.theta_loc, base.theta_scale, base.context_loc, base.context_scale, (0,))
+    test = task.simulate(jax.random.key(7), 1)
+    obs = (task.prior, test.observations[0], test.mask[0])
+    theta = jnp.asarray(np.random.default_rng(0).normal(size=(6, 2)) * 0.5)
+    flip = jnp.array([-1.0, 1.0])
+    expected = jnp.logaddexp(base.log_prob(theta, obs), base.log_prob(theta * flip, obs)) - np.log(2)
+    np.testing.assert_allclose(sym.log_prob(theta, obs), expected, rtol=1e-5, atol=1e-5)
+    np.testing.assert_allclose(sym.log_prob(theta * flip, obs), sym.log_prob(theta, obs), rtol=1e-5, atol=1e-5)
+    draws = np.asarray(sym.sample(jax.random.key(8), obs, 4000))
+    reference = np.asarray(base.sample(jax.random.key(9), obs, 4000))
+    # |theta_0| keeps the flow's law; its sign is a fair coin.
+    assert abs(np.mean(draws[:, 0] < 0) - 0.5) < 0.03
+    assert stats.ks_2samp(np.abs(draws[:, 0]), np.abs(reference[:, 0])).pvalue > 1e-3
+    trained = train_npe(jax.random.key(0), task, num_simulations=400, num_layers=1, width=8, max_epochs=2,
+                        batch_size=100, symmetric_axes=(1,), progress=False)
+    assert trained.posterior.symmetric_axes == (1,)
+    assert float(trained.posterior.theta_loc[1]) == 0.0 and np.isfinite(trained.validation_losses).all()
+    with pytest.raises(ValueError, match="symmetric_axes"):
+        train_npe(jax.random.key(0), task, num_simulations=400, batch_size=100, symmetric_axes=(2,))

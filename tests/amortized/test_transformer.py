@@ -108,6 +108,22 @@ def test_parametric_prior_model():
     assert batch.means.shape == (4, 4, 1)
 
 
+def test_symmetric_axes_make_the_posterior_exactly_sign_invariant(tmp_path):
+    model = DistributionTransformer(3, 2, key=jax.random.key(3), d_model=16, num_heads=2,
+                                    prior_param_dim=2, num_components=3, symmetric_axes=(1,))
+    model = perturbed(model, jax.random.key(4))
+    params = jnp.array([-1.0, 1.0])
+    post = model(params, DATA[:, :2])
+    assert post.num_components == 6
+    z = jnp.asarray(np.random.default_rng(2).normal(size=(5, 3)))
+    np.testing.assert_allclose(post.log_prob(z * jnp.array([1.0, -1.0, 1.0])), post.log_prob(z), rtol=1e-5, atol=1e-5)
+    assert not np.allclose(post.log_prob(z * jnp.array([-1.0, 1.0, 1.0])), post.log_prob(z), atol=1e-3)
+    prior = model.prior_approximation(params)
+    np.testing.assert_allclose(prior.log_prob(z * jnp.array([1.0, -1.0, 1.0])), prior.log_prob(z), rtol=1e-5, atol=1e-5)
+    probinf.save(tmp_path / "sym.pkl", model)
+    assert_same_mixture(probinf.load(tmp_path / "sym.pkl")(params, DATA[:, :2]), post, atol=0)
+
+
 def test_save_and_load_reproduce_the_model_exactly(trained_like, tmp_path):
     probinf.save(tmp_path / "dt.pkl", trained_like)
     loaded = probinf.load(tmp_path / "dt.pkl")
@@ -147,6 +163,9 @@ def test_bad_input_is_rejected(model):
         (dict(dim=1, obs_dim=1, d_model=10, num_heads=4), "num_heads"),
         (dict(dim=1, obs_dim=1, prior_param_dim=2), "prior_param_dim"),
         (dict(dim=1, obs_dim=1, num_decoder_layers=-1), "num_decoder_layers"),
+        (dict(dim=2, obs_dim=1, symmetric_axes=(0,)), "symmetric_axes"),
+        (dict(dim=2, obs_dim=1, prior_param_dim=2, num_components=2, symmetric_axes=(2,)), "symmetric_axes"),
+        (dict(dim=2, obs_dim=1, prior_param_dim=2, num_components=2, symmetric_axes=(1, 1)), "symmetric_axes"),
     ],
 )
 def test_bad_construction_is_rejected(kwargs, match):

@@ -201,3 +201,23 @@ def test_bad_task_input_is_rejected():
         SSM.filter(GaussianMixture.gaussian([0.0, 0.0], 1.0), jnp.zeros((0, 1)))
     with pytest.raises(ValueError, match="rate_range"):
         InverseGammaVariance(rate_range=(-1.0, 2.0))
+
+
+def test_slcp_declares_its_sign_symmetries_and_models_train_with_or_without_them():
+    task = SLCP(num_components=2)
+    assert task.model_options()["symmetric_axes"] == task.symmetric_axes == (2, 3)
+    theta = jnp.array([0.7, -1.2, 1.1, -0.9, 0.4])
+    x, _ = task.simulate_data(jax.random.key(8), theta)
+    base = float(task.log_likelihood(theta, x))
+    for axis in range(5):
+        flipped = float(task.log_likelihood(theta.at[axis].multiply(-1), x))
+        assert (flipped == pytest.approx(base)) == (axis in task.symmetric_axes)
+    from amortized import DistributionTransformer, train
+
+    options = task.model_options()
+    for opts in (options, {k: v for k, v in options.items() if k != "symmetric_axes"}):
+        model = DistributionTransformer(key=jax.random.key(0), d_model=8, num_heads=2, num_encoder_layers=1,
+                                        num_decoder_layers=1, **opts)
+        result = train(model, task, key=jax.random.key(1), steps=2, batch_size=8, chunk_size=2, progress=False)
+        assert result.stop_reason == "completed" and np.all(np.isfinite(result.losses))
+        assert result.model(task.prior_params, x).num_components == 2 * 2 ** len(opts.get("symmetric_axes", ()))
