@@ -345,6 +345,8 @@ def sign_patterns(dim: int, axes: tuple[int, ...], name: str = "axes") -> np.nda
     """The ``(2^m, dim)`` sign vectors that flip every subset of the ``m`` coordinates ``axes``
     (the first row is all ones). Raises a ValueError naming ``name`` unless ``axes`` are
     distinct integers in ``[0, dim)``."""
+    if not isinstance(axes, (tuple, list)):
+        raise ValueError(f"`{name}` must be a tuple of coordinates, got {axes!r}")
     axes = tuple(axes)
     if (not all(isinstance(a, (int, np.integer)) and not isinstance(a, bool) for a in axes)
             or len(set(axes)) != len(axes) or not all(0 <= a < dim for a in axes)):

@@ -179,8 +179,9 @@ def train_npe(
     batch_size = check_num_samples(batch_size, "batch_size")
     if not 0 < validation_fraction < 1:
         raise ValueError(f"`validation_fraction` must be in (0, 1), got {validation_fraction}")
-    symmetric_axes = task.symmetric_axes if symmetric_axes is None else tuple(symmetric_axes)
+    symmetric_axes = task.symmetric_axes if symmetric_axes is None else symmetric_axes
     flips = jnp.asarray(sign_patterns(task.dim, symmetric_axes, "symmetric_axes"))
+    symmetric_axes = tuple(int(a) for a in symmetric_axes)
     num_validation = max(1, int(round(validation_fraction * num_simulations)))
     if num_simulations - num_validation < batch_size:
         raise ValueError(

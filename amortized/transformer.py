@@ -337,15 +337,13 @@ class DistributionTransformer(eqx.Module):
             for name, value in (("prior_param_dim", prior_param_dim), ("num_components", num_components)):
                 if isinstance(value, bool) or not isinstance(value, (int, np.integer)) or value < 1:
                     raise ValueError(f"`{name}` must be a positive integer, got {value!r}")
-        symmetric_axes = tuple(symmetric_axes)
-        if symmetric_axes:
-            if prior_param_dim is None:
-                raise ValueError(
-                    "`symmetric_axes` needs a parametric prior (`prior_param_dim`): a mixture prior "
-                    "need not be symmetric, and fed back as the next prior the mixture would double "
-                    "in size for every axis"
-                )
-            sign_patterns(dim, symmetric_axes, "symmetric_axes")
+        sign_patterns(dim, symmetric_axes, "symmetric_axes")
+        if symmetric_axes and prior_param_dim is None:
+            raise ValueError(
+                "`symmetric_axes` needs a parametric prior (`prior_param_dim`): a mixture prior "
+                "need not be symmetric, and fed back as the next prior the mixture would double "
+                "in size for every axis"
+            )
         self.symmetric_axes = tuple(int(a) for a in symmetric_axes)
         self.dim, self.obs_dim = int(dim), int(obs_dim)
         self.prior_param_dim = None if prior_param_dim is None else int(prior_param_dim)

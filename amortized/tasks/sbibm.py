@@ -29,6 +29,7 @@ from typing import ClassVar
 import equinox as eqx
 import jax
 import jax.numpy as jnp
+import numpy as np
 from jaxtyping import Array, Float
 
 from amortized.gmm import GaussianMixture, _condition
@@ -275,6 +276,59 @@ class SLCP(_BoxPriorTask):
         """:math:`\\theta_3, \\theta_4` (indices 2 and 3) enter the likelihood squared."""
         return (2, 3)
 
+    def reference_posterior_samples(
+        self, key, observation: Array, num_samples: int, *, grid: tuple[int, int] = (256, 128)
+    ) -> Array:
+        """Posterior draws that need no MCMC: the means integrated out exactly, a grid for the rest.
+
+        Given :math:`\\phi = (\\theta_3, \\theta_4, \\theta_5)`, the likelihood is Gaussian in
+        the mean :math:`\\mu = (\\theta_1, \\theta_2)`: with the sample mean :math:`\\bar x` and
+        scatter :math:`W = \\sum_j (x_j - \\bar x)(x_j - \\bar x)^\\top`,
+
+        .. math::
+            p(\\phi \\mid x) \\propto |S|^{-3/2} e^{-\\operatorname{tr}(S^{-1}W)/2}\\,
+            P_{\\mathcal N(\\bar x, S/4)}\\big(\\mu \\in [-3, 3]^2\\big),\\qquad
+            \\mu \\mid \\phi, x \\sim \\mathcal N(\\bar x, S/4) \\text{ restricted to the box.}
+
+        The box probability is a 64-node Gauss–Legendre quadrature of the conditional
+        normal CDF. :math:`\\phi` is drawn from its marginal on a grid of cells (midpoint
+        masses, uniform within a cell): :math:`|\\theta_3|, |\\theta_4| = 3t^3` on ``grid[0]``
+        cells of :math:`t \\in [0, 1]` each (fine near zero, where :math:`\\theta_1`'s posterior
+        is a narrow funnel), :math:`\\theta_5` on ``grid[1]`` cells of :math:`[-3, 3]`; the
+        signs of :math:`\\theta_3, \\theta_4` are fair coins (the symmetry). :math:`\\mu` is
+        then drawn by rejection from its conditional (256 tries; if all fall outside the
+        box, which needs a box probability below ~2 %, the last is clipped to the box).
+
+        Args:
+            key: PRNG key.
+            observation: the four 2-d observations, ``(4, 2)`` or sbibm's flat ``(8,)``.
+            num_samples: number of draws.
+            grid: cells per axis for :math:`|\\theta_3|, |\\theta_4|` and for :math:`\\theta_5`.
+        """
+        num_samples = check_num_samples(num_samples, "num_samples")
+        x = jnp.asarray(observation, jnp.float32).reshape(4, 2)
+        n_abs, n_rho = (check_num_samples(g, "grid") for g in grid)
+        t_mid = (jnp.arange(n_abs) + 0.5) / n_abs
+        abs_mid = 3.0 * t_mid**3
+        rho_mid = -3.0 + 6.0 * (jnp.arange(n_rho) + 0.5) / n_rho
+        log_mass = np.asarray(_slcp_phi_log_mass(x, abs_mid, rho_mid), np.float64)
+        # Cell volume in theta: d|theta3| d|theta4| dtheta5 = 9t^2/n * 9t^2/n * 6/n_rho.
+        log_width = np.log(9.0 * np.asarray(t_mid, np.float64) ** 2 / n_abs)
+        log_mass = log_mass + log_width[:, None, None] + log_width[None, :, None]
+        prob = np.exp(log_mass - log_mass.max()).reshape(-1)
+        cdf = np.cumsum(prob) / prob.sum()
+        k_cell, k_jitter, k_sign, k_mu = jax.random.split(key, 4)
+        cells = np.minimum(np.searchsorted(cdf, np.asarray(jax.random.uniform(k_cell, (num_samples,)))), cdf.size - 1)
+        i3, i4, i5 = np.unravel_index(cells, log_mass.shape)
+        u = np.asarray(jax.random.uniform(k_jitter, (num_samples, 3)), np.float64)
+        t3 = (i3 + u[:, 0]) / n_abs
+        t4 = (i4 + u[:, 1]) / n_abs
+        theta5 = -3.0 + 6.0 * (i5 + u[:, 2]) / n_rho
+        signs = np.where(np.asarray(jax.random.bernoulli(k_sign, 0.5, (num_samples, 2))), -1.0, 1.0)
+        phi = np.stack([signs[:, 0] * 3.0 * t3**3, signs[:, 1] * 3.0 * t4**3, theta5], axis=-1)
+        mu = _slcp_conditional_mean_draws(k_mu, x, jnp.asarray(phi, jnp.float32))
+        return jnp.concatenate([mu, jnp.asarray(phi, jnp.float32)], axis=-1)
+
     @staticmethod
     def symmetrize(key, samples: Array) -> Array:
         """Flip the signs of :math:`\\theta_3` and :math:`\\theta_4` independently at random."""
@@ -286,3 +340,59 @@ class SLCP(_BoxPriorTask):
 
         theta = self._numpyro_prior()
         numpyro.factor("likelihood", self.log_likelihood(theta, observations))
+
+
+def _slcp_covariance(phi: Array) -> Array:
+    theta = jnp.concatenate([jnp.zeros(phi.shape[:-1] + (2,), phi.dtype), phi], axis=-1)
+    return SLCP._mean_and_covariance(theta)[1]
+
+
+def _box_probability(mean: Array, cov: Array, nodes: Array, weights: Array) -> Array:
+    """:math:`P(\\mu \\in [-3, 3]^2)` for :math:`\\mu \\sim \\mathcal N(\\text{mean}, \\text{cov})`:
+    Gauss–Legendre over the standardised first coordinate (within 8 sd) of the
+    conditional normal probability of the second."""
+    sd1 = jnp.sqrt(cov[0, 0])
+    lo = jnp.maximum((-3.0 - mean[0]) / sd1, -8.0)
+    hi = jnp.minimum((3.0 - mean[0]) / sd1, 8.0)
+    half = 0.5 * jnp.maximum(hi - lo, 0.0)
+    z = lo + half * (nodes + 1.0)
+    mean2 = mean[1] + cov[0, 1] / sd1 * z
+    sd2 = jnp.sqrt(jnp.maximum(cov[1, 1] - cov[0, 1] ** 2 / cov[0, 0], 1e-30))
+    inside2 = jax.scipy.stats.norm.cdf((3.0 - mean2) / sd2) - jax.scipy.stats.norm.cdf((-3.0 - mean2) / sd2)
+    return half * jnp.sum(weights * jax.scipy.stats.norm.pdf(z) * inside2)
+
+
+@jax.jit
+def _slcp_phi_log_mass(x: Array, abs_mid: Array, rho_mid: Array) -> Array:
+    """Unnormalised :math:`\\log p(\\phi\\mid x)` on the grid ``abs_mid x abs_mid x rho_mid``."""
+    nodes, weights = (jnp.asarray(a, x.dtype) for a in np.polynomial.legendre.leggauss(64))
+    mean = x.mean(0)
+    centred = x - mean
+    scatter = centred.T @ centred
+
+    def one(a3, a4, t5):
+        cov = _slcp_covariance(jnp.stack([a3, a4, t5]))
+        det = cov[0, 0] * cov[1, 1] - cov[0, 1] ** 2
+        inv = jnp.array([[cov[1, 1], -cov[0, 1]], [-cov[0, 1], cov[0, 0]]]) / det
+        box = _box_probability(mean, cov / 4.0, nodes, weights)
+        return -1.5 * jnp.log(det) - 0.5 * jnp.sum(inv * scatter) + jnp.log(box)
+
+    def slab(a3):
+        return jax.vmap(lambda a4: jax.vmap(lambda t5: one(a3, a4, t5))(rho_mid))(abs_mid)
+
+    return jax.lax.map(slab, abs_mid)
+
+
+@jax.jit
+def _slcp_conditional_mean_draws(key, x: Array, phi: Array) -> Array:
+    """:math:`\\mu \\sim \\mathcal N(\\bar x, S(\\phi)/4)` restricted to the box, by rejection."""
+    mean = x.mean(0)
+
+    def one(k, p):
+        chol = cholesky(_slcp_covariance(p) / 4.0)
+        tries = mean + jax.random.normal(k, (256, 2)) @ chol.T
+        inside = jnp.all(jnp.abs(tries) <= 3.0, axis=-1)
+        first = jnp.argmax(inside)
+        return jnp.where(jnp.any(inside), tries[first], jnp.clip(tries[-1], -3.0, 3.0))
+
+    return jax.vmap(one)(jax.random.split(key, phi.shape[0]), phi)

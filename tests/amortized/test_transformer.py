@@ -166,6 +166,7 @@ def test_bad_input_is_rejected(model):
         (dict(dim=2, obs_dim=1, symmetric_axes=(0,)), "symmetric_axes"),
         (dict(dim=2, obs_dim=1, prior_param_dim=2, num_components=2, symmetric_axes=(2,)), "symmetric_axes"),
         (dict(dim=2, obs_dim=1, prior_param_dim=2, num_components=2, symmetric_axes=(1, 1)), "symmetric_axes"),
+        (dict(dim=2, obs_dim=1, prior_param_dim=2, num_components=2, symmetric_axes=1), "symmetric_axes"),
     ],
 )
 def test_bad_construction_is_rejected(kwargs, match):

@@ -221,3 +221,21 @@ def test_slcp_declares_its_sign_symmetries_and_models_train_with_or_without_them
         result = train(model, task, key=jax.random.key(1), steps=2, batch_size=8, chunk_size=2, progress=False)
         assert result.stop_reason == "completed" and np.all(np.isfinite(result.losses))
         assert result.model(task.prior_params, x).num_components == 2 * 2 ** len(opts.get("symmetric_axes", ()))
+
+
+def test_slcp_reference_sampler_agrees_with_importance_sampling_from_the_prior():
+    task = SLCP()
+    theta = jnp.array([0.5, -0.5, 1.8, 1.5, 0.8])  # broad posterior: prior importance sampling works
+    x, _ = task.simulate_data(jax.random.key(3), theta)
+    draws = np.asarray(task.reference_posterior_samples(jax.random.key(4), x, 4000, grid=(128, 64)))
+    assert draws.shape == (4000, 5) and np.all(np.abs(draws) <= 3.0)
+    z = np.asarray(jax.random.uniform(jax.random.key(5), (400_000, 5), minval=-3.0, maxval=3.0))
+    log_w = np.asarray(jax.jit(jax.vmap(lambda t: task.log_likelihood(t, x)))(z), np.float64)
+    w = np.exp(log_w - log_w.max())
+    w /= w.sum()
+    assert 1.0 / np.sum(w**2) > 2000  # effective sample size of the independent answer
+    for f in (lambda t: t[:, 0], lambda t: t[:, 1], lambda t: np.abs(t[:, 2]), lambda t: np.abs(t[:, 3]),
+              lambda t: t[:, 4], lambda t: np.sign(t[:, 2] * t[:, 3])):
+        expected = np.sum(w * f(z))
+        sd = np.sqrt(np.sum(w * (f(z) - expected) ** 2))
+        assert abs(f(draws).mean() - expected) < 0.1 * sd + 0.01
