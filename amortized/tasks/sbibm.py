@@ -306,7 +306,10 @@ class SLCP(_BoxPriorTask):
             grid: cells per axis for :math:`|\\theta_3|, |\\theta_4|` and for :math:`\\theta_5`.
         """
         num_samples = check_num_samples(num_samples, "num_samples")
-        x = jnp.asarray(observation, jnp.float32).reshape(4, 2)
+        x = jnp.asarray(observation, jnp.float32)
+        if x.size != 8 or not bool(jnp.all(jnp.isfinite(x))):
+            raise ValueError(f"`observation` must be four finite 2-d observations, got shape {x.shape}")
+        x = x.reshape(4, 2)
         n_abs, n_rho = (check_num_samples(g, "grid") for g in grid)
         t_mid = (jnp.arange(n_abs) + 0.5) / n_abs
         abs_mid = 3.0 * t_mid**3

@@ -67,11 +67,20 @@ def test_symmetric_npe_averages_the_flow_over_sign_flips(npe):
     obs = (task.prior, test.observations[0], test.mask[0])
     theta = jnp.asarray(np.random.default_rng(0).normal(size=(6, 2)) * 0.5)
     flip = jnp.array([-1.0, 1.0])
-    expected = jnp.logaddexp(base.log_prob(theta, obs), base.log_prob(theta * flip, obs)) - np.log(2)
-    np.testing.assert_allclose(sym.log_prob(theta, obs), expected, rtol=1e-5, atol=1e-5)
-    np.testing.assert_allclose(sym.log_prob(theta * flip, obs), sym.log_prob(theta, obs), rtol=1e-5, atol=1e-5)
-    draws = np.asarray(sym.sample(jax.random.key(8), obs, 4000))
-    reference = np.asarray(base.sample(jax.random.key(9), obs, 4000))
+
+    # One compiled program instead of many eager dispatches (an XLA:CPU compile of an
+    # eager scan-under-vmap once segfaulted in CI).
+    @eqx.filter_jit
+    def evaluate(base, sym, theta, obs):
+        return (base.log_prob(theta, obs), base.log_prob(theta * flip, obs), sym.log_prob(theta, obs),
+                sym.log_prob(theta * flip, obs), sym.sample(jax.random.key(8), obs, 4000),
+                base.sample(jax.random.key(9), obs, 4000))
+
+    base_lp, base_flipped, sym_lp, sym_flipped, draws, reference = evaluate(base, sym, theta, obs)
+    expected = jnp.logaddexp(base_lp, base_flipped) - np.log(2)
+    np.testing.assert_allclose(sym_lp, expected, rtol=1e-5, atol=1e-5)
+    np.testing.assert_allclose(sym_flipped, sym_lp, rtol=1e-5, atol=1e-5)
+    draws, reference = np.asarray(draws), np.asarray(reference)
     # |theta_0| keeps the flow's law; its sign is a fair coin.
     assert abs(np.mean(draws[:, 0] < 0) - 0.5) < 0.03
     assert stats.ks_2samp(np.abs(draws[:, 0]), np.abs(reference[:, 0])).pvalue > 1e-3
