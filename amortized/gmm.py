@@ -359,6 +359,24 @@ def sign_patterns(dim: int, axes: tuple[int, ...], name: str = "axes") -> np.nda
     return patterns
 
 
+def random_sign_flips(key: PRNGKeyArray, samples: Float[Array, "n dim"], axes: tuple[int, ...]) -> Array:
+    """``samples`` with the sign of each coordinate in ``axes`` flipped by an independent fair
+    coin per draw: draws of :math:`q` become draws of its flip average :math:`\\bar q`
+    (see :func:`sign_symmetrize`)."""
+    if not axes:
+        return samples
+    signs = jnp.where(jax.random.bernoulli(key, 0.5, (samples.shape[0], len(axes))), -1.0, 1.0)
+    return samples.at[:, list(axes)].multiply(signs.astype(samples.dtype))
+
+
+def flip_averaged_log_prob(log_prob, x: Array, flips: Array) -> Array:
+    """:math:`\\log \\frac{1}{|G|}\\sum_{D\\in G} \\exp \\text{log\\_prob}(D x)` for the sign
+    patterns ``flips`` (``(|G|, dim)``, from :func:`sign_patterns`): the log density of the
+    flip average of any density."""
+    per_flip = jax.vmap(lambda d: log_prob(x * d))(flips)
+    return jax.scipy.special.logsumexp(per_flip, axis=0) - math.log(flips.shape[0])
+
+
 def sign_symmetrize(mixture: GaussianMixture, axes: tuple[int, ...]) -> GaussianMixture:
     """The mixture averaged over sign flips of the coordinates ``axes``.
 

@@ -32,7 +32,7 @@ import numpy as np
 import optax
 from jaxtyping import Array, Bool, Float, PRNGKeyArray
 
-from amortized.gmm import GaussianMixture, sign_patterns
+from amortized.gmm import GaussianMixture, flip_averaged_log_prob, random_sign_flips, sign_patterns
 from amortized.tasks.base import Task
 from amortized.transformer import component_coordinates
 from probinf._progress import progress_bar
@@ -83,8 +83,7 @@ class NPEPosterior(eqx.Module):
         if not self.symmetric_axes:
             return flow_log_prob(theta)
         flips = jnp.asarray(sign_patterns(self.dim, self.symmetric_axes), theta.dtype)
-        per_flip = jnp.stack([flow_log_prob(theta * d) for d in flips])
-        return jax.scipy.special.logsumexp(per_flip, axis=0) - np.log(flips.shape[0])
+        return flip_averaged_log_prob(flow_log_prob, theta, flips)
 
     def sample(self, key: PRNGKeyArray, observation, num_samples: int) -> Float[Array, "n dim"]:
         """``num_samples`` draws from :math:`q(\\theta \\mid x)`."""
@@ -92,10 +91,7 @@ class NPEPosterior(eqx.Module):
             key, key_flip = jax.random.split(key)
         z = self.flow.sample(key, num_samples, self._context(observation))
         theta = self.theta_loc + self.theta_scale * z
-        if not self.symmetric_axes:
-            return theta
-        flips = jnp.asarray(sign_patterns(self.dim, self.symmetric_axes), theta.dtype)
-        return theta * flips[jax.random.randint(key_flip, (num_samples,), 0, flips.shape[0])]
+        return random_sign_flips(key_flip, theta, self.symmetric_axes) if self.symmetric_axes else theta
 
 
 def flatten_dataset(observations: Float[Array, "n obs_dim"], mask: Bool[Array, " n"]) -> Float[Array, " c"]:
@@ -214,8 +210,7 @@ def train_npe(
 
     def loss_fn(p, t, c):
         flow = eqx.combine(p, static)
-        per_flip = jnp.stack([flow.log_prob(t * d, c) for d in flips])
-        return -jnp.mean(jax.scipy.special.logsumexp(per_flip, axis=0) - np.log(flips.shape[0]))
+        return -jnp.mean(flip_averaged_log_prob(lambda z: flow.log_prob(z, c), t, flips))
 
     @eqx.filter_jit
     def epoch(params, opt_state, k):

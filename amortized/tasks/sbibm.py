@@ -32,7 +32,7 @@ import jax.numpy as jnp
 import numpy as np
 from jaxtyping import Array, Float
 
-from amortized.gmm import GaussianMixture, _condition
+from amortized.gmm import GaussianMixture, _condition, random_sign_flips
 from amortized.tasks.base import Task
 from probinf._linalg import cholesky
 from probinf.families import check_num_samples
@@ -310,6 +310,8 @@ class SLCP(_BoxPriorTask):
         if x.size != 8 or not bool(jnp.all(jnp.isfinite(x))):
             raise ValueError(f"`observation` must be four finite 2-d observations, got shape {x.shape}")
         x = x.reshape(4, 2)
+        if not (isinstance(grid, (tuple, list)) and len(grid) == 2):
+            raise ValueError(f"`grid` must be a pair (cells for |theta3|, |theta4|; cells for theta5), got {grid!r}")
         n_abs, n_rho = (check_num_samples(g, "grid") for g in grid)
         t_mid = (jnp.arange(n_abs) + 0.5) / n_abs
         abs_mid = 3.0 * t_mid**3
@@ -327,16 +329,16 @@ class SLCP(_BoxPriorTask):
         t3 = (i3 + u[:, 0]) / n_abs
         t4 = (i4 + u[:, 1]) / n_abs
         theta5 = -3.0 + 6.0 * (i5 + u[:, 2]) / n_rho
-        signs = np.where(np.asarray(jax.random.bernoulli(k_sign, 0.5, (num_samples, 2))), -1.0, 1.0)
-        phi = np.stack([signs[:, 0] * 3.0 * t3**3, signs[:, 1] * 3.0 * t4**3, theta5], axis=-1)
-        mu = _slcp_conditional_mean_draws(k_mu, x, jnp.asarray(phi, jnp.float32))
-        return jnp.concatenate([mu, jnp.asarray(phi, jnp.float32)], axis=-1)
+        # The grid holds |theta3|, |theta4|; their signs are fair coins (the symmetry).
+        phi = jnp.asarray(np.stack([3.0 * t3**3, 3.0 * t4**3, theta5], axis=-1), jnp.float32)
+        phi = random_sign_flips(k_sign, phi, (0, 1))
+        mu = _slcp_conditional_mean_draws(k_mu, x, phi)
+        return jnp.concatenate([mu, phi], axis=-1)
 
     @staticmethod
     def symmetrize(key, samples: Array) -> Array:
         """Flip the signs of :math:`\\theta_3` and :math:`\\theta_4` independently at random."""
-        signs = jnp.where(jax.random.bernoulli(key, 0.5, (samples.shape[0], 2)), -1.0, 1.0)
-        return samples.at[:, 2:4].multiply(signs)
+        return random_sign_flips(key, jnp.asarray(samples), (2, 3))
 
     def numpyro_model(self, prior, observations: Array, mask: Array):
         import numpyro

@@ -231,6 +231,8 @@ def test_slcp_reference_sampler_agrees_with_importance_sampling_from_the_prior()
     assert draws.shape == (4000, 5) and np.all(np.abs(draws) <= 3.0)
     with pytest.raises(ValueError, match="observation"):
         task.reference_posterior_samples(jax.random.key(4), x[:3], 10)
+    with pytest.raises(ValueError, match="grid"):
+        task.reference_posterior_samples(jax.random.key(4), x, 10, grid=(64,))
     z = np.asarray(jax.random.uniform(jax.random.key(5), (400_000, 5), minval=-3.0, maxval=3.0))
     log_w = np.asarray(jax.jit(jax.vmap(lambda t: task.log_likelihood(t, x)))(z), np.float64)
     w = np.exp(log_w - log_w.max())
