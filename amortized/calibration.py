@@ -91,6 +91,12 @@ def _num_observations(observations: Any) -> int:
     return sizes.pop()
 
 
+@eqx.filter_jit
+def _sample_each(posterior, keys, observations, num_samples):
+    # Module level, so repeated calls with the same posterior reuse the compiled program.
+    return jax.vmap(lambda key, observation: posterior.sample(key, observation, num_samples))(keys, observations)
+
+
 def sample_posteriors(
     key: PRNGKeyArray, posterior: AmortizedPosterior, observations: Any, num_samples: int
 ) -> Float[Array, "n num_samples dim"]:
@@ -101,9 +107,7 @@ def sample_posteriors(
     n = _num_observations(observations)
     keys = jax.random.split(key, n)
     try:
-        draws = eqx.filter_jit(
-            lambda p, k, o: jax.vmap(lambda kk, oo: p.sample(kk, oo, num_samples))(k, o)
-        )(posterior, keys, observations)
+        draws = _sample_each(posterior, keys, observations, num_samples)
     except (jax.errors.TracerArrayConversionError, jax.errors.ConcretizationTypeError, TypeError):
         # Not traceable by JAX (e.g. a torch model): one call per observation.
         draws = jnp.stack([

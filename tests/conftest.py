@@ -22,3 +22,22 @@ def shared_data() -> pathlib.Path:
     if not SHARED_DATA.is_dir():
         pytest.skip(f"shared data directory {SHARED_DATA} is not present")
     return SHARED_DATA
+
+
+@pytest.fixture(scope="module", autouse=True)
+def _release_compiled_programs():
+    """Drop JAX's compiled programs after each test module.
+
+    Every XLA:CPU executable holds about six memory mappings until it is freed, and
+    Linux caps a process at ``vm.max_map_count`` (65530 by default). A pytest-xdist
+    worker running half the suite compiles ~10,000 programs, so it came within a few
+    thousand of the cap, and past it LLVM's JIT segfaults while compiling. Modules
+    keep their compiled functions between tests; only the next module starts cold.
+    """
+    yield
+    import gc
+
+    import jax
+
+    jax.clear_caches()
+    gc.collect()
