@@ -299,7 +299,7 @@ def main(argv=None):
         ("gaussian_linear", GaussianLinear(), small, steps(2000), "exact"),
         ("logistic_regression", LogisticRegression(2), small, steps(2000), "nuts"),
         ("two_moons", TwoMoons(num_components=10), large, steps(3000), "exact_sampler"),
-        ("slcp", SLCP(num_components=10), large, steps(15000), "exact_sampler"),
+        ("slcp", SLCP(num_components=10), large, steps(25000), "exact_sampler"),
     ]
     results = {"benchmark": "amortized", "quick": quick, "machine": machine(), "versions": versions(), "tasks": {}}
     if args.merge and pathlib.Path(args.out).exists():
