@@ -10,7 +10,10 @@ from scipy.special import logsumexp
 from amortized.gmm import (
     GaussianMixture,
     condition_linear_gaussian,
+    flip_averaged_log_prob,
     monte_carlo_kl,
+    random_sign_flips,
+    sign_patterns,
     sign_symmetrize,
 )
 from probinf.exact import linear_gaussian_posterior
@@ -219,3 +222,24 @@ def test_sign_symmetrize_averages_the_density_over_the_flips():
         sign_symmetrize(mix, (0, 0))
     with pytest.raises(ValueError, match="axes"):
         sign_symmetrize(mix, (3,))
+
+
+def test_flip_averaged_log_prob_is_the_log_of_the_mean_density_over_flips(mixture):
+    z = np.random.default_rng(2).normal(size=(7, 2)) * 2
+    flips = jnp.asarray(sign_patterns(2, (1,)))
+    expected = np.logaddexp(scipy_log_prob(z), scipy_log_prob(z * [1.0, -1.0])) - np.log(2)
+    np.testing.assert_allclose(flip_averaged_log_prob(mixture.log_prob, jnp.asarray(z), flips), expected,
+                               rtol=1e-5, atol=1e-5)
+
+
+def test_random_sign_flips_flips_only_the_given_axes_each_by_a_fair_coin():
+    x = jnp.asarray(np.random.default_rng(3).uniform(0.5, 2.0, size=(20_000, 3)))
+    y = np.asarray(random_sign_flips(jax.random.key(0), x, (0, 2)))
+    np.testing.assert_array_equal(np.abs(y), np.asarray(x))
+    np.testing.assert_array_equal(y[:, 1], np.asarray(x)[:, 1])
+    negative = y[:, [0, 2]] < 0
+    # Fair and independent: each of the four sign patterns has probability 1/4 (4 sd ~ 0.012).
+    for a in (False, True):
+        for b in (False, True):
+            assert abs(np.mean((negative[:, 0] == a) & (negative[:, 1] == b)) - 0.25) < 0.013
+    assert random_sign_flips(jax.random.key(0), x, ()) is x

@@ -68,8 +68,8 @@ def test_symmetric_npe_averages_the_flow_over_sign_flips(npe):
     theta = jnp.asarray(np.random.default_rng(0).normal(size=(6, 2)) * 0.5)
     flip = jnp.array([-1.0, 1.0])
 
-    # One compiled program instead of many eager dispatches (an XLA:CPU compile of an
-    # eager scan-under-vmap once segfaulted in CI).
+    # One compiled program instead of many eager dispatches: fewer compiled programs
+    # (each holds memory mappings; see tests/conftest.py).
     @eqx.filter_jit
     def evaluate(base, sym, theta, obs):
         return (base.log_prob(theta, obs), base.log_prob(theta * flip, obs), sym.log_prob(theta, obs),
