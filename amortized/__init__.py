@@ -25,7 +25,7 @@ from amortized.gmm import (
     sign_symmetrize,
 )
 from amortized.npe import NPEPosterior, NPEResult, train_npe
-from amortized.training import TrainResult, load_checkpoint, train
+from amortized.training import TrainResult, default_optimizer, load_checkpoint, train
 from amortized.transformer import DistributionTransformer, sequential_posterior
 
 __all__ = [
@@ -36,6 +36,7 @@ __all__ = [
     "DistributionTransformer",
     "sequential_posterior",
     "train",
+    "default_optimizer",
     "TrainResult",
     "load_checkpoint",
     "AmortizedPosterior",

@@ -249,6 +249,46 @@ class _PriorEmbedding(eqx.Module):
         return jnp.einsum("kij,j->ki", self.component_weight, trunk) + self.component_bias
 
 
+class _ObservationReadout(eqx.Module):
+    """Component-mean shifts read from the *raw* observations.
+
+    Each component token :math:`h_k` attends over the real observations (queries from
+    :math:`h_k`, keys from the encoded observations) and reads their raw average
+    :math:`\\bar y_k = \\sum_j \\alpha_{kj} y_j`; a token-dependent matrix maps it to a
+    shift of the component mean, :math:`\\Delta m_k = A(h_k)\\,\\bar y_k`. Conjugate
+    posterior means have exactly this form (a component-specific linear map of the data
+    average), and a convex combination of the observations keeps their full precision
+    where a de-embedding MLP would have to reproduce it through layer norms (SLCP's
+    funnel, where the observations pin :math:`\\theta_{1,2}` to within :math:`10^{-3}`).
+    The query map and :math:`A` start at zero: uniform attention, no shift, so the
+    untrained model is unchanged.
+    """
+
+    query: eqx.nn.Linear
+    key_proj: eqx.nn.Linear
+    mix: eqx.nn.Linear
+    dim: int = eqx.field(static=True)
+    obs_dim: int = eqx.field(static=True)
+
+    def __init__(self, d_model: int, dim: int, obs_dim: int, *, key):
+        k1, k2, k3 = jax.random.split(key, 3)
+        zero = lambda layer: eqx.tree_at(  # noqa: E731
+            lambda m: (m.weight, m.bias), layer, (jnp.zeros_like(layer.weight), jnp.zeros_like(layer.bias))
+        )
+        self.query = zero(eqx.nn.Linear(d_model, d_model, key=k1))
+        self.key_proj = eqx.nn.Linear(d_model, d_model, key=k2)
+        self.mix = zero(eqx.nn.Linear(d_model, dim * obs_dim, key=k3))
+        self.dim, self.obs_dim = dim, obs_dim
+
+    def __call__(self, tokens: Array, memory: Array, observations: Array, mask: Array) -> Array:
+        queries, keys = _tokens(self.query, tokens), _tokens(self.key_proj, memory)
+        logits = queries @ keys.T / math.sqrt(queries.shape[-1])
+        weights = jax.nn.softmax(jnp.where(mask[None, :], logits, -jnp.inf), axis=-1)
+        average = weights @ jnp.where(mask[:, None], observations, 0.0)
+        maps = _tokens(self.mix, tokens).reshape(-1, self.dim, self.obs_dim)
+        return jnp.einsum("kij,kj->ki", maps, average)
+
+
 class DistributionTransformer(eqx.Module):
     """Maps (prior mixture, dataset) to an approximate posterior mixture.
 
@@ -284,6 +324,10 @@ class DistributionTransformer(eqx.Module):
         symmetric_axes: coordinates of :math:`\\theta` whose sign the posterior does not
             depend on (see the module docstring); parametric priors only, and the prior
             must be symmetric in them too. Default ``()``: no symmetry assumed.
+        observation_readout: add to every component mean a learned map of an
+            attention-weighted average of the raw observations (see the module
+            docstring); for observations that pin parameters more tightly than a
+            network's output can resolve. Default ``False``.
     """
 
     dim: int = eqx.field(static=True)
@@ -300,6 +344,7 @@ class DistributionTransformer(eqx.Module):
     memory_norm: eqx.nn.LayerNorm
     decoder: tuple[_DecoderBlock, ...]
     prior_embedding: _PriorEmbedding | None
+    observation_readout: _ObservationReadout | None
 
     def __init__(
         self,
@@ -316,6 +361,7 @@ class DistributionTransformer(eqx.Module):
         prior_param_dim: int | None = None,
         num_components: int | None = None,
         symmetric_axes: tuple[int, ...] = (),
+        observation_readout: bool = False,
     ):
         for name, value in (("dim", dim), ("obs_dim", obs_dim), ("d_model", d_model),
                             ("num_heads", num_heads), ("mlp_ratio", mlp_ratio),
@@ -369,6 +415,11 @@ class DistributionTransformer(eqx.Module):
             None if prior_param_dim is None
             else _PriorEmbedding(self.prior_param_dim, self.num_components, d_model, key=keys[6])
         )
+        if not isinstance(observation_readout, bool):
+            raise TypeError(f"`observation_readout` must be a bool, got {observation_readout!r}")
+        self.observation_readout = (
+            _ObservationReadout(d_model, self.dim, self.obs_dim, key=jax.random.fold_in(key, 7)) if observation_readout else None
+        )
 
     @property
     def parametric_prior(self) -> bool:
@@ -415,6 +466,11 @@ class DistributionTransformer(eqx.Module):
             post_coords = coords + self._de_embed(tokens) - self._de_embed(start)
         else:
             post_coords = self._de_embed(tokens)
+        if self.observation_readout is not None:
+            shift = self.observation_readout(
+                _tokens(self.final_norm, tokens), memory[: observations.shape[0]], observations, mask
+            )
+            post_coords = post_coords.at[..., 1 : 1 + self.dim].add(shift)
         posterior = mixture_from_coordinates(post_coords, component_mask, self.dim)
         if self.symmetric_axes:
             prior_mixture = sign_symmetrize(prior_mixture, self.symmetric_axes)

@@ -18,6 +18,7 @@ import pytest
 from amortized import (
     DistributionTransformer,
     GaussianMixture,
+    default_optimizer,
     load_checkpoint,
     monte_carlo_kl,
     sequential_posterior,
@@ -139,6 +140,28 @@ def test_non_finite_loss_stops_training_with_a_warning():
     assert result.num_steps == 0
     for a, b in zip(jax.tree_util.tree_leaves(result.model), jax.tree_util.tree_leaves(model), strict=True):
         np.testing.assert_array_equal(np.asarray(a), np.asarray(b))
+
+
+def test_default_optimizer_warms_up_then_decays_to_the_final_fraction():
+    # With a constant gradient Adam's step is the learning rate itself (m/sqrt(v) = 1).
+    optimizer = default_optimizer(1000, learning_rate=0.01, final_fraction=0.002)
+    param = jnp.zeros(())
+    state = optimizer.init(param)
+    step = jax.jit(lambda s: optimizer.update(jnp.asarray(0.5), s, param))
+    rates = []
+    for _ in range(1000):
+        update, state = step(state)
+        rates.append(-float(update))
+    rates = np.array(rates)
+    np.testing.assert_allclose(rates[[0, 50]], [0.0, 0.005], rtol=1e-4, atol=1e-9)  # linear warm-up over 100 steps
+    np.testing.assert_allclose(rates[100], 0.01, rtol=1e-4)
+    # cosine from step 100 to 1000: halfway down at step 550, 0.002 * 0.01 at the end
+    np.testing.assert_allclose(rates[550], 0.5 * (0.01 + 2e-5), rtol=1e-4)
+    np.testing.assert_allclose(rates[-1], 2e-5 + (0.01 - 2e-5) * 0.5 * (1 + np.cos(np.pi * 899 / 900)), rtol=1e-3)
+    assert np.all(np.diff(rates[100:]) <= 1e-9)
+    for bad in (-0.1, 1.5, True, "0.1"):
+        with pytest.raises(ValueError, match="final_fraction"):
+            default_optimizer(10, final_fraction=bad)
 
 
 def test_bad_training_input_is_rejected(tmp_path):

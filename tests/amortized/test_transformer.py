@@ -124,6 +124,30 @@ def test_symmetric_axes_make_the_posterior_exactly_sign_invariant(tmp_path):
     assert_same_mixture(probinf.load(tmp_path / "sym.pkl")(params, DATA[:, :2]), post, atol=0)
 
 
+def test_observation_readout_starts_at_the_prior_and_adds_a_linear_map_of_an_observation_average():
+    plain = DistributionTransformer(2, 3, key=jax.random.key(5), d_model=16, num_heads=2)
+    model = DistributionTransformer(2, 3, key=jax.random.key(5), d_model=16, num_heads=2, observation_readout=True)
+    assert_same_mixture(model(PRIOR, DATA), PRIOR)
+    # Every other weight moved, the read-out set to a known map: uniform attention over the
+    # real observations and a fixed matrix, so the means move by exactly A @ mean(y).
+    moved = eqx.tree_at(lambda m: m.observation_readout, perturbed(model, jax.random.key(6)), model.observation_readout)
+    matrix = jnp.array([[1.0, -2.0, 0.5], [0.0, 3.0, 1.0]])
+    moved = eqx.tree_at(lambda m: m.observation_readout.mix.bias, moved, matrix.reshape(-1))
+    without = eqx.tree_at(lambda m: m.observation_readout, moved, None)
+    assert without.observation_readout is None and plain.observation_readout is None
+    mask = jnp.array([True, False, True, True, False, True])
+    garbage = DATA.at[1].set(100.0).at[4].set(-7.0)
+    out, base = moved(PRIOR, garbage, mask), without(PRIOR, garbage, mask)
+    np.testing.assert_allclose(out.means - base.means, jnp.broadcast_to(matrix @ DATA[mask].mean(0), (3, 2)), atol=1e-5)
+    np.testing.assert_allclose(out.scale_tril, base.scale_tril, atol=1e-6)
+    np.testing.assert_allclose(out.log_weights, base.log_weights, atol=1e-6)
+    # With learned attention too: still invariant to observation order, blind to padding.
+    trained = perturbed(model, jax.random.key(7))
+    assert_same_mixture(trained(PRIOR, garbage, mask), trained(PRIOR, DATA[mask][::-1]), atol=1e-5)
+    with pytest.raises(TypeError, match="observation_readout"):
+        DistributionTransformer(2, 3, key=jax.random.key(5), observation_readout="yes")
+
+
 def test_save_and_load_reproduce_the_model_exactly(trained_like, tmp_path):
     probinf.save(tmp_path / "dt.pkl", trained_like)
     loaded = probinf.load(tmp_path / "dt.pkl")
