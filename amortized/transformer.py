@@ -44,6 +44,13 @@ variance, a uniform box), ``prior_param_dim`` switches on a learned prior embedd
 ``num_components`` tokens, :math:`D(h^{(0)})` is the model's mixture approximation of
 the prior, and the posterior is :math:`D(h^{(L)})`.
 
+**Raw-observation read-out.** With ``observation_readout=True`` every component mean
+is also shifted by a token-dependent linear map of an attention-weighted average of
+the *raw* observations, :math:`\\Delta m_k = A(h_k) \\sum_j \\alpha_{kj} y_j`
+(zero-initialised, so the identity start is kept). Conjugate posterior means have this
+form, and the average keeps the data's full precision where observations pin a
+parameter more tightly than the de-embedding MLP resolves (SLCP's funnel).
+
 **Known sign symmetries.** When the likelihood depends on some coordinates of
 :math:`\\theta` only through their absolute values and the prior is symmetric in them
 (sbibm's SLCP: :math:`\\theta_3, \\theta_4` enter squared), the posterior is invariant
@@ -326,8 +333,7 @@ class DistributionTransformer(eqx.Module):
             must be symmetric in them too. Default ``()``: no symmetry assumed.
         observation_readout: add to every component mean a learned map of an
             attention-weighted average of the raw observations (see the module
-            docstring); for observations that pin parameters more tightly than a
-            network's output can resolve. Default ``False``.
+            docstring). Default ``False``.
     """
 
     dim: int = eqx.field(static=True)

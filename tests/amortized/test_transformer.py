@@ -124,7 +124,7 @@ def test_symmetric_axes_make_the_posterior_exactly_sign_invariant(tmp_path):
     assert_same_mixture(probinf.load(tmp_path / "sym.pkl")(params, DATA[:, :2]), post, atol=0)
 
 
-def test_observation_readout_starts_at_the_prior_and_adds_a_linear_map_of_an_observation_average():
+def test_observation_readout_starts_at_the_prior_and_adds_a_linear_map_of_an_observation_average(tmp_path):
     plain = DistributionTransformer(2, 3, key=jax.random.key(5), d_model=16, num_heads=2)
     model = DistributionTransformer(2, 3, key=jax.random.key(5), d_model=16, num_heads=2, observation_readout=True)
     assert_same_mixture(model(PRIOR, DATA), PRIOR)
@@ -144,6 +144,8 @@ def test_observation_readout_starts_at_the_prior_and_adds_a_linear_map_of_an_obs
     # With learned attention too: still invariant to observation order, blind to padding.
     trained = perturbed(model, jax.random.key(7))
     assert_same_mixture(trained(PRIOR, garbage, mask), trained(PRIOR, DATA[mask][::-1]), atol=1e-5)
+    probinf.save(tmp_path / "readout.pkl", trained)
+    assert_same_mixture(probinf.load(tmp_path / "readout.pkl")(PRIOR, DATA), trained(PRIOR, DATA), atol=0)
     with pytest.raises(TypeError, match="observation_readout"):
         DistributionTransformer(2, 3, key=jax.random.key(5), observation_readout="yes")
 
