@@ -16,6 +16,7 @@ prior embedding add the same loss for their prior approximation,
 
 from __future__ import annotations
 
+import math
 import os
 import time
 import warnings
@@ -102,6 +103,9 @@ def default_optimizer(
     the weights settle: posteriors that need outputs resolved to :math:`10^{-3}` (SLCP's
     funnel) want a small ``final_fraction``.
     """
+    steps = check_num_samples(steps, "steps")
+    if isinstance(learning_rate, bool) or not isinstance(learning_rate, (int, float)) or not 0.0 < learning_rate < math.inf:
+        raise ValueError(f"`learning_rate` must be a positive finite number, got {learning_rate!r}")
     if isinstance(final_fraction, bool) or not isinstance(final_fraction, (int, float)) or not 0.0 <= final_fraction <= 1.0:
         raise ValueError(f"`final_fraction` must be a number in [0, 1], got {final_fraction!r}")
     warmup = max(1, min(200, steps // 10))

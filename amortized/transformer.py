@@ -123,6 +123,13 @@ def mixture_from_coordinates(
     return GaussianMixture(jax.nn.log_softmax(logits, axis=-1), means, tril)
 
 
+def _zeroed(layer: eqx.nn.Linear) -> eqx.nn.Linear:
+    """``layer`` with weight and bias set to zero (a branch that starts switched off)."""
+    return eqx.tree_at(
+        lambda m: (m.weight, m.bias), layer, (jnp.zeros_like(layer.weight), jnp.zeros_like(layer.bias))
+    )
+
+
 class _MLP(eqx.Module):
     """Two affine maps with a GELU between; the last map can start at zero."""
 
@@ -133,12 +140,7 @@ class _MLP(eqx.Module):
         k1, k2 = jax.random.split(key)
         self.first = eqx.nn.Linear(in_size, hidden, key=k1)
         second = eqx.nn.Linear(hidden, out_size, key=k2)
-        if zero_last:
-            second = eqx.tree_at(
-                lambda m: (m.weight, m.bias), second,
-                (jnp.zeros_like(second.weight), jnp.zeros_like(second.bias)),
-            )
-        self.second = second
+        self.second = _zeroed(second) if zero_last else second
 
     def __call__(self, x: Array) -> Array:
         return self.second(jax.nn.gelu(self.first(x)))
@@ -279,12 +281,9 @@ class _ObservationReadout(eqx.Module):
 
     def __init__(self, d_model: int, dim: int, obs_dim: int, *, key):
         k1, k2, k3 = jax.random.split(key, 3)
-        zero = lambda layer: eqx.tree_at(  # noqa: E731
-            lambda m: (m.weight, m.bias), layer, (jnp.zeros_like(layer.weight), jnp.zeros_like(layer.bias))
-        )
-        self.query = zero(eqx.nn.Linear(d_model, d_model, key=k1))
+        self.query = _zeroed(eqx.nn.Linear(d_model, d_model, key=k1))
         self.key_proj = eqx.nn.Linear(d_model, d_model, key=k2)
-        self.mix = zero(eqx.nn.Linear(d_model, dim * obs_dim, key=k3))
+        self.mix = _zeroed(eqx.nn.Linear(d_model, dim * obs_dim, key=k3))
         self.dim, self.obs_dim = dim, obs_dim
 
     def __call__(self, tokens: Array, memory: Array, observations: Array, mask: Array) -> Array:
@@ -441,8 +440,9 @@ class DistributionTransformer(eqx.Module):
             tokens = block(tokens, valid)
         return _tokens(self.memory_norm, tokens), valid
 
-    def _de_embed(self, tokens: Array) -> Array:
-        return _tokens(self.component_de_embedding, _tokens(self.final_norm, tokens))
+    def _de_embed(self, tokens: Array, *, normed: bool = False) -> Array:
+        """Token -> mixture coordinates; ``normed``: ``tokens`` already went through ``final_norm``."""
+        return _tokens(self.component_de_embedding, tokens if normed else _tokens(self.final_norm, tokens))
 
     def forward(
         self, prior, observations: Float[Array, "n obs_dim"], mask: Bool[Array, " n"]
@@ -467,15 +467,14 @@ class DistributionTransformer(eqx.Module):
         tokens = start
         for block in self.decoder:
             tokens = block(tokens, component_mask, memory, memory_mask)
+        final = _tokens(self.final_norm, tokens)
         if self.prior_embedding is None:
             # Reading the *change* of each token keeps the untrained map an exact identity.
-            post_coords = coords + self._de_embed(tokens) - self._de_embed(start)
+            post_coords = coords + self._de_embed(final, normed=True) - self._de_embed(start)
         else:
-            post_coords = self._de_embed(tokens)
+            post_coords = self._de_embed(final, normed=True)
         if self.observation_readout is not None:
-            shift = self.observation_readout(
-                _tokens(self.final_norm, tokens), memory[: observations.shape[0]], observations, mask
-            )
+            shift = self.observation_readout(final, memory[: observations.shape[0]], observations, mask)
             post_coords = post_coords.at[..., 1 : 1 + self.dim].add(shift)
         posterior = mixture_from_coordinates(post_coords, component_mask, self.dim)
         if self.symmetric_axes:

@@ -146,13 +146,13 @@ def test_default_optimizer_warms_up_then_decays_to_the_final_fraction():
     # With a constant gradient Adam's step is the learning rate itself (m/sqrt(v) = 1).
     optimizer = default_optimizer(1000, learning_rate=0.01, final_fraction=0.002)
     param = jnp.zeros(())
-    state = optimizer.init(param)
-    step = jax.jit(lambda s: optimizer.update(jnp.asarray(0.5), s, param))
-    rates = []
-    for _ in range(1000):
-        update, state = step(state)
-        rates.append(-float(update))
-    rates = np.array(rates)
+
+    def step(state, _):
+        update, state = optimizer.update(jnp.asarray(0.5), state, param)
+        return state, -update
+
+    _, rates = jax.lax.scan(step, optimizer.init(param), length=1000)
+    rates = np.asarray(rates)
     np.testing.assert_allclose(rates[[0, 50]], [0.0, 0.005], rtol=1e-4, atol=1e-9)  # linear warm-up over 100 steps
     np.testing.assert_allclose(rates[100], 0.01, rtol=1e-4)
     # cosine from step 100 to 1000: halfway down at step 550, 0.002 * 0.01 at the end
@@ -162,6 +162,11 @@ def test_default_optimizer_warms_up_then_decays_to_the_final_fraction():
     for bad in (-0.1, 1.5, True, "0.1"):
         with pytest.raises(ValueError, match="final_fraction"):
             default_optimizer(10, final_fraction=bad)
+    for bad in (0.0, -1e-3, float("nan"), float("inf"), True):
+        with pytest.raises(ValueError, match="learning_rate"):
+            default_optimizer(10, learning_rate=bad)
+    with pytest.raises(ValueError, match="steps"):
+        default_optimizer(0)
 
 
 def test_bad_training_input_is_rejected(tmp_path):
