@@ -14,7 +14,9 @@ and `from_logdensity` for a plain JAX function.
 
 from __future__ import annotations
 
-from collections.abc import Callable
+import functools
+import warnings
+from collections.abc import Callable, Mapping
 from typing import Any
 
 import equinox as eqx
@@ -41,8 +43,10 @@ class Target(eqx.Module):
         params: optional pytree of model parameters passed to ``log_density_fn``;
             objectives such as reweighted wake-sleep (wake-p) can learn them.
         constrain_fn: maps one unconstrained point to a dict of named sites.
-        init_position: a sensible starting point (for numpyro models, a valid
-            initial value found by numpyro), or ``None``.
+        init_position: a sensible starting point, or ``None``. For numpyro models it is
+            the unconstrained point of ``from_numpyro``'s ``init_strategy`` (by default
+            numpyro's ``init_to_median``: each site's prior median), checked to have a
+            finite log density and gradient.
         site_shape_items: ``(name, shape)`` of every named site returned by
             ``constrain`` (hashable, as a static field must be); see `site_shapes`.
     """
@@ -119,7 +123,7 @@ def from_logdensity(
     if isinstance(dim, bool) or not isinstance(dim, (int, np.integer)) or dim < 1:
         raise ValueError(f"`dim` must be a positive integer, got {dim!r}")
     dim = int(dim)
-    probe = jax.ShapeDtypeStruct((dim,), jnp.float32)
+    probe = jax.ShapeDtypeStruct((dim,), jnp.result_type(float))
     try:
         out = jax.eval_shape(fn, probe) if params is None else jax.eval_shape(fn, probe, params)
     except Exception as err:  # the user's function failed on a (dim,) input
@@ -132,7 +136,7 @@ def from_logdensity(
         name: tuple(s.shape) for name, s in jax.eval_shape(constrain_fn, probe).items()
     }
     if init_position is not None:
-        init_position = jnp.asarray(init_position, dtype=jnp.float32)
+        init_position = jnp.asarray(init_position, dtype=jnp.result_type(float))
         if init_position.shape != (dim,):
             raise ValueError(
                 f"`init_position` must have shape ({dim},), got {tuple(init_position.shape)}"
@@ -147,66 +151,571 @@ def from_logdensity(
     )
 
 
-def from_numpyro(model: Callable, *args: Any, key: Array | None = None, **kwargs: Any) -> Target:
+_INIT_STRATEGY_NAMES = (
+    "init_to_median",
+    "init_to_uniform",
+    "init_to_value",
+    "init_to_feasible",
+    "init_to_sample",
+    "init_to_mean",
+)
+
+
+def from_numpyro(
+    model: Callable,
+    *args: Any,
+    key: Array | None = None,
+    init_strategy: Any = None,
+    **kwargs: Any,
+) -> Target:
     """Turn a numpyro model into a `Target` on its unconstrained space.
 
-    Every latent site is mapped to the real line by numpyro's own
-    ``biject_to(site.support)`` transform, and the log-Jacobian of that transform
-    is added, so
+    Every continuous latent site $x_i$ is mapped to the real line by numpyro's own
+    ``biject_to(site.support)`` transform $T_i$ (for a support that depends on other
+    latents, such as ``Uniform(0, 1 - a)``, at their current values), and the
+    log-Jacobian of that transform is added, as in ADVI (Kucukelbir, Tran, Ranganath,
+    Gelman & Blei, JMLR 2017):
 
     $$
-    \\log \\tilde p(z) = \\log p\\big(T(z), y\\big) + \\log |\\det J_T(z)|.
+    \\log \\tilde p(z) = \\log p\\big(T(z), y\\big) + \\log |\\det J_T(z)|
+                      = -\\mathrm{potential\\_energy}(z).
     $$
+
+    The density is numpyro's own ``potential_energy``, so everything numpyro's HMC
+    accepts is accepted here: improper priors (``ImproperUniform`` on any support, with
+    log density 0), ``numpyro.factor``, ``deterministic`` sites (returned by
+    ``constrain``), masks (``handlers.mask`` and ``.mask()``; masked-out observed
+    entries may be NaN), ``obs_mask``, ``scale`` and plates. ``numpyro.param`` sites
+    are held at their initial values, as numpyro's MCMC does.
+
+    The starting point ``init_position`` is chosen by a numpyro initialisation
+    strategy, in numpyro's meaning: the default ``init_to_median()`` (numpyro's
+    autoguide default) takes, per site, the median of ``num_samples=15`` prior draws
+    in the unconstrained space; sites without a sampler (improper priors) fall back to
+    ``init_to_uniform``. ``init_to_uniform(radius=2)`` draws each unconstrained
+    coordinate uniformly in $(-r, r)$, ``init_to_feasible()`` is its $r = 0$ case,
+    ``init_to_sample()`` one prior draw, ``init_to_mean()`` the prior mean and
+    ``init_to_value(values={name: value})`` the given constrained values (other sites
+    by ``init_to_uniform``). The dtype of the target (of ``init_position``, and the
+    dtype every ``z`` is cast to) is the dtype of that initial point: float64 under
+    ``jax_enable_x64`` for the usual Python-float priors, float32 otherwise.
 
     Args:
         model: a numpyro model function.
         *args: positional arguments for the model (e.g. data).
-        key: PRNG key used only to find a valid initial point (default ``PRNGKey(0)``).
+        key: PRNG key of the initialisation strategy (default ``PRNGKey(0)``).
+        init_strategy: one of ``numpyro.infer.init_to_median``, ``init_to_uniform``,
+            ``init_to_value``, ``init_to_feasible``, ``init_to_sample``,
+            ``init_to_mean``, plain or called with its options (e.g.
+            ``init_to_value(values={"sigma": 1.0})``). Default ``init_to_median()``.
         **kwargs: keyword arguments for the model.
 
+    Returns:
+        A `Target` whose ``init_position`` is the chosen initial point, unconstrained
+        and flattened (sites in sorted name order, as ``jax.flatten_util.ravel_pytree``
+        of numpyro's ``{site: unconstrained value}`` dict).
+
     Raises:
-        ValueError: if the model has a discrete latent site (name given) or no latent site.
+        TypeError: ``model`` is not callable, ``key`` is not a PRNG key, or
+            ``init_strategy`` is not callable.
+        ValueError: each naming the site, its distribution and the reason: an unknown
+            ``init_strategy``; a site that cannot be traced at its initial value; a
+            subsampled plate (the log density must be deterministic; numpyro's
+            potential-based inference rejects them too); an observed site with NaN or
+            infinite values (outside its mask); a discrete or ``Delta`` latent site; a
+            model with no latent site; ``init_to_value`` values naming no latent site,
+            of the wrong shape or outside the support; a log density or gradient that
+            is not finite at the initial point.
     """
-    from numpyro import handlers
-    from numpyro.infer.util import initialize_model
+    from numpyro.distributions.transforms import biject_to
+    from numpyro.infer.initialization import init_to_value
+    from numpyro.infer.util import constrain_fn, potential_energy, transform_fn
 
     if not callable(model):
         raise TypeError(f"`model` must be a callable numpyro model, got {type(model).__name__}")
-    key = jax.random.PRNGKey(0) if key is None else key
-    trace = handlers.trace(handlers.seed(model, key)).get_trace(*args, **kwargs)
-    latent = []
+    key = jax.random.PRNGKey(0) if key is None else _check_key(key)
+    strategy, strategy_name = _resolve_init_strategy(init_strategy)
+
+    user_values = strategy.keywords["values"] if strategy.func is init_to_value else {}
+    try:
+        trace = _trace_at_init(model, args, kwargs, key, strategy, strategy_name)
+    except Exception:
+        if user_values:  # the model may have failed on a bad given value: name it if so
+            _recheck_init_values(model, args, kwargs, key, user_values)
+        raise
+    _check_plates(trace)
+    _check_observations(trace)
+    latent = _latent_sites(trace)
+    if user_values:
+        _check_init_values(user_values, latent)
+
+    constrained, transforms = {}, {}
+    for name, site in latent.items():
+        constrained[name] = _as_float_array(site["value"])
+        expected = tuple(site["kwargs"].get("sample_shape") or ()) + tuple(site["fn"].shape())
+        if constrained[name].shape != expected:
+            raise ValueError(
+                f"the initial value of site '{name}' ({_describe_distribution(site['fn'])}) "
+                f"from {strategy_name} has shape {constrained[name].shape}, but the site's "
+                f"shape is {expected}"
+            )
+        transforms[name] = biject_to(site["fn"].support)  # _latent_sites checked it exists
+    unconstrained = transform_fn(transforms, constrained, invert=True)
+    flat_init, unravel = ravel_pytree(unconstrained)
+    dtype = flat_init.dtype
+    concrete = not isinstance(flat_init, jax.core.Tracer)
+    if concrete:
+        _check_finite_unconstrained(unconstrained, latent, strategy_name)
+
+    prepared = _prepared_model(model, trace, key)
+
+    def log_density_fn(z: Array) -> Array:
+        return -potential_energy(prepared, args, kwargs, unravel(jnp.asarray(z, dtype)))
+
+    def constrain(z: Array) -> dict[str, Array]:
+        return constrain_fn(prepared, args, kwargs, unravel(jnp.asarray(z, dtype)),
+                            return_deterministic=True)
+
+    if concrete:
+        # numpyro's find_valid_initial_params checks the same (value and gradient), but
+        # would silently retry up to 100 random points; a bad start is reported instead.
+        try:
+            value, grad = jax.jit(jax.value_and_grad(log_density_fn))(flat_init)
+        except Exception as err:
+            err.add_note(f"(raised while probinf.from_numpyro evaluated the model's log density "
+                         f"and its gradient at the initial point from {strategy_name})")
+            raise
+        if not np.isfinite(np.asarray(value)):
+            _raise_nonfinite_init(prepared, args, kwargs, constrained, unconstrained, transforms,
+                                  value, strategy, strategy_name)
+        bad_grad = [name for name, g in unravel(grad).items()
+                    if not np.all(np.isfinite(np.asarray(g)))]
+        if bad_grad:
+            sites = ", ".join(f"'{n}' ({_describe_distribution(latent[n]['fn'])})"
+                              for n in bad_grad)
+            raise ValueError(
+                f"the gradient of the log density is not finite at the initial point chosen by "
+                f"{strategy_name}, at site(s) {sites}; {_other_strategies(strategy)}"
+            )
+
+    probe = jax.ShapeDtypeStruct((int(flat_init.shape[0]),), dtype)
+    site_shapes = {name: tuple(s.shape) for name, s in jax.eval_shape(constrain, probe).items()}
+    return Target(
+        log_density_fn=log_density_fn,
+        dim=int(flat_init.shape[0]),
+        constrain_fn=constrain,
+        init_position=flat_init,
+        site_shape_items=tuple(site_shapes.items()),
+    )
+
+
+def _check_key(key: Any) -> Array:
+    typed = isinstance(key, jax.Array) and jnp.issubdtype(key.dtype, jax.dtypes.prng_key)
+    is_key = isinstance(key, jax.Array) and (
+        (typed and key.shape == ())
+        or (not typed and key.shape == (2,) and key.dtype == jnp.uint32)
+    )
+    if not is_key:
+        shape = getattr(key, "shape", None)
+        raise TypeError(
+            "`key` must be one JAX PRNG key (jax.random.key(0) or jax.random.PRNGKey(0)), got "
+            f"{type(key).__name__}" + (f" of shape {tuple(shape)}" if shape is not None else "")
+        )
+    return key
+
+
+def _as_float_array(value: Any) -> Array:
+    """An array, in the default float dtype when the value is integer or boolean."""
+    array = jnp.asarray(value)
+    if not jnp.issubdtype(array.dtype, jnp.inexact):
+        array = array.astype(jax.dtypes.canonicalize_dtype(jnp.float64))
+    return array
+
+
+def _resolve_init_strategy(init_strategy: Any) -> tuple[functools.partial, str]:
+    """numpyro's own ``partial`` form of ``init_strategy``, and its name for messages."""
+    from numpyro.infer import initialization
+
+    if init_strategy is None:
+        return initialization.init_to_median(), "init_to_median(num_samples=15) (the default)"
+    known = {getattr(initialization, name): name for name in _INIT_STRATEGY_NAMES}
+    is_partial = isinstance(init_strategy, functools.partial)
+    func = init_strategy.func if is_partial else init_strategy
+    if not callable(init_strategy) or func not in known or (is_partial and init_strategy.args):
+        error = TypeError if not callable(init_strategy) else ValueError
+        raise error(
+            "`init_strategy` must be one of numpyro's initialisation strategies "
+            f"(numpyro.infer.{', '.join(_INIT_STRATEGY_NAMES)}), plain or called with its "
+            "options, e.g. init_to_median(num_samples=15) or init_to_value(values={...}); "
+            f"got {init_strategy!r}"
+        )
+    options = dict(init_strategy.keywords) if is_partial else {}
+    shown = ", ".join(
+        f"values={{{', '.join(repr(k) for k in v)}}}" if k == "values" and isinstance(v, Mapping)
+        else f"{k}={v!r}"
+        for k, v in options.items()
+    )
+    name = f"{known[func]}({shown})"
+    try:
+        strategy = init_strategy()  # site=None: numpyro returns its canonical partial
+    except TypeError as err:
+        raise ValueError(
+            f"`init_strategy` {name} has options numpyro does not accept: {err}"
+        ) from err
+    options = strategy.keywords
+    if "num_samples" in options:
+        n = options["num_samples"]
+        if isinstance(n, bool) or not isinstance(n, (int, np.integer)) or n < 1:
+            raise ValueError(
+                f"`init_strategy` {name}: `num_samples` must be a positive integer, got {n!r}"
+            )
+    if "radius" in options:
+        r = options["radius"]
+        if isinstance(r, bool) or not isinstance(r, (int, float, np.number)) or not 0 <= r < np.inf:
+            raise ValueError(
+                f"`init_strategy` {name}: `radius` must be a finite number >= 0, got {r!r}"
+            )
+    if strategy.func is initialization.init_to_value:
+        values = options.get("values", {})
+        if not isinstance(values, Mapping):
+            raise TypeError(
+                f"`init_strategy` init_to_value: `values` must be a dict of site name to value, "
+                f"got {type(values).__name__}"
+            )
+        floats = {}
+        for site_name, value in values.items():
+            if not isinstance(site_name, str):
+                raise TypeError(
+                    f"`init_strategy` init_to_value: `values` must be keyed by site name "
+                    f"(str), got key {site_name!r}"
+                )
+            try:
+                floats[site_name] = _as_float_array(value)
+            except TypeError as err:
+                raise TypeError(
+                    f"`init_strategy` init_to_value: the value for site '{site_name}' is not "
+                    f"an array: {err}"
+                ) from err
+        strategy = functools.partial(initialization.init_to_value, values=floats)
+    return strategy, name
+
+
+def _unwrap_distribution(fn: Any) -> tuple[Any, list[str]]:
+    """The distribution under numpyro's mask / to_event / expand wrappers, and those wrappers."""
+    from numpyro.distributions import ExpandedDistribution, Independent, MaskedDistribution
+
+    wrappers = []
+    while True:
+        if isinstance(fn, MaskedDistribution):
+            wrappers.append("masked")
+        elif isinstance(fn, Independent):
+            wrappers.append(f"to_event({fn.reinterpreted_batch_ndims})")
+        elif not isinstance(fn, ExpandedDistribution):
+            return fn, wrappers
+        fn = fn.base_dist
+
+
+def _describe_distribution(fn: Any) -> str:
+    """``Normal``, ``Normal (masked, to_event(1))``: what a site's distribution is."""
+    base, wrappers = _unwrap_distribution(fn)
+    name = type(base).__name__
+    return f"{name} ({', '.join(wrappers)})" if wrappers else name
+
+
+def _describe_support(fn: Any) -> str:
+    try:
+        return repr(fn.support)
+    except Exception:  # a distribution without a support attribute
+        return "unknown support"
+
+
+def _trace_at_init(model: Callable, args: tuple, kwargs: dict, key: Array,
+                   strategy: functools.partial, strategy_name: str) -> dict[str, Any]:
+    """One run of the model with every latent site at its initial value.
+
+    As in numpyro's ``initialize_model``, the strategy substitutes each latent value,
+    so nothing is drawn from a distribution without a sampler (``ImproperUniform``).
+    A failure is reported with the site the model was processing.
+    """
+    from numpyro import handlers
+    from numpyro.distributions.transforms import biject_to
+    from numpyro.primitives import Messenger
+
+    class _SiteTracker(Messenger):
+        def __init__(self, fn: Callable):
+            super().__init__(fn)
+            self.current: dict | None = None
+            self.last_name: str | None = None
+
+        def process_message(self, msg: dict) -> None:
+            self.current = msg
+
+        def postprocess_message(self, msg: dict) -> None:
+            self.current = None
+            self.last_name = msg.get("name")
+
+    tracker = _SiteTracker(model)
+    seeded = handlers.seed(tracker, key)
+    traced = handlers.trace(handlers.substitute(seeded, substitute_fn=strategy))
+    try:
+        return traced.get_trace(*args, **kwargs)
+    except Exception as err:
+        site = tracker.current
+        if site is None or site.get("type") != "sample":
+            where = (f"after site '{tracker.last_name}'" if tracker.last_name
+                     else "before its first site")
+            err.add_note(
+                f"(raised while probinf.from_numpyro ran the model once at its initial point, "
+                f"init_strategy={strategy_name}, {where})"
+            )
+            raise
+        name, fn = site["name"], site["fn"]
+        reason = f"{type(err).__name__}: {err}" if str(err) else f"{type(err).__name__}"
+        hint = ""
+        if isinstance(err, NotImplementedError):
+            try:
+                biject_to(fn.support)
+                hint = (" numpyro cannot draw from this distribution; give the site a starting "
+                        f"value with init_strategy=init_to_value(values={{'{name}': ...}}).")
+            except Exception:
+                hint = (" Its support has no bijection to the real line (numpyro's biject_to), "
+                        "so it cannot be a continuous latent site; reparameterise it.")
+        raise ValueError(
+            f"numpyro site '{name}' ({_describe_distribution(fn)}, support "
+            f"{_describe_support(fn)}) could not be initialised with {strategy_name}: "
+            f"{reason.rstrip('.')}.{hint}"
+        ) from err
+
+
+def _check_plates(trace: dict[str, Any]) -> None:
+    for name, site in trace.items():
+        if site["type"] != "plate":
+            continue
+        size, subsample_size = site["args"]
+        if subsample_size is not None and subsample_size != size:
+            raise ValueError(
+                f"plate '{name}' subsamples {subsample_size} of its {size} entries; a Target's log "
+                "density must be deterministic (numpyro's HMC/NUTS and initialize_model reject "
+                "subsampling too). Use the full plate (subsample_size=None) with from_numpyro, "
+                "or numpyro's SVI or HMCECS for data subsampling."
+            )
+
+
+def _observed_mask(fn: Any, shape: tuple[int, ...]) -> np.ndarray | None:
+    """Entries of an observed value that count in the log density (False where masked out);
+    ``None`` when a mask is a tracer."""
+    from numpyro.distributions import ExpandedDistribution, Independent, MaskedDistribution
+
+    counted = np.ones(shape, dtype=bool)
+    while isinstance(fn, (MaskedDistribution, Independent, ExpandedDistribution)):
+        if isinstance(fn, MaskedDistribution):
+            mask = fn._mask
+            if mask is False:
+                return np.zeros(shape, dtype=bool)
+            if isinstance(mask, jax.core.Tracer):
+                return None
+            if mask is not True:
+                mask = np.asarray(mask)
+                mask = mask.reshape(mask.shape + (1,) * fn.event_dim)
+                try:
+                    counted = counted & np.broadcast_to(mask, shape)
+                except ValueError:  # an unusual layout: count every entry
+                    pass
+        fn = fn.base_dist
+    return counted
+
+
+def _check_observations(trace: dict[str, Any]) -> None:
+    """NaN or infinite data (outside any mask) fail at once, naming the site."""
+    for name, site in trace.items():
+        if site["type"] != "sample" or not site["is_observed"]:
+            continue
+        value = site["value"]
+        if isinstance(value, jax.core.Tracer):
+            continue
+        try:
+            value = np.asarray(value)
+            nonfinite = ~np.isfinite(value)
+        except TypeError:  # a non-numeric observation: the distribution will say
+            continue
+        if not nonfinite.any():
+            continue
+        fn = site["fn"]
+        counted = _observed_mask(fn, value.shape)
+        if counted is None:  # a mask only known under tracing
+            continue
+        nonfinite &= counted
+        count = int(nonfinite.sum())
+        if count:
+            kinds = []
+            if np.isnan(value[nonfinite]).any():
+                kinds.append("NaN")
+            if np.isinf(value[nonfinite]).any():
+                kinds.append("infinite")
+            raise ValueError(
+                f"observed site '{name}' ({_describe_distribution(fn)}) has {count} non-finite "
+                f"value(s) ({' and '.join(kinds)}) among its {value.size} entries; the log density "
+                "needs finite data. Drop those entries, or mask them out (numpyro's "
+                "`.mask(...)`, `handlers.mask` or `obs_mask=`): masked-out entries may be NaN."
+            )
+
+
+def _latent_sites(trace: dict[str, Any]) -> dict[str, dict]:
+    from numpyro.distributions import Delta
+    from numpyro.distributions.transforms import biject_to
+
+    latent = {}
     for name, site in trace.items():
         if site["type"] != "sample" or site["is_observed"]:
             continue
-        if site["fn"].support.is_discrete:
+        fn = site["fn"]
+        described = _describe_distribution(fn)
+        if fn.support.is_discrete:
             raise ValueError(
-                f"numpyro site '{name}' is a discrete latent variable; from_numpyro needs "
-                "continuous latents (marginalise it in the model, or write a discrete "
-                "target with from_logdensity)"
+                f"numpyro site '{name}' is a discrete latent variable ({described}, support "
+                f"{_describe_support(fn)}); from_numpyro needs continuous latents (marginalise "
+                "it in the model, or write a discrete target with from_logdensity)"
             )
-        latent.append(name)
+        if isinstance(_unwrap_distribution(fn)[0], Delta):
+            raise ValueError(
+                f"numpyro site '{name}' is a latent site with a Delta distribution ({described}); "
+                "its log density is -inf off one point. Use numpyro.deterministic for a value "
+                "computed from other sites."
+            )
+        try:
+            biject_to(fn.support)
+        except NotImplementedError:
+            raise ValueError(
+                f"numpyro site '{name}' ({described}) has support {_describe_support(fn)}, which "
+                "has no bijection to the real line (numpyro's biject_to), so it cannot be a "
+                "continuous latent site; reparameterise it"
+            ) from None
+        latent[name] = site
     if not latent:
-        raise ValueError("the numpyro model has no latent sample site to infer")
+        observed = [n for n, s in trace.items() if s["type"] == "sample"]
+        raise ValueError(
+            "the numpyro model has no latent sample site to infer"
+            + (f" (its sample sites {observed} are all observed or factors)" if observed else "")
+        )
+    return latent
 
-    info = initialize_model(key, model, model_args=args, model_kwargs=kwargs, dynamic_args=False)
-    init_params = info.param_info.z
-    flat_init, unravel = ravel_pytree(init_params)
-    potential_fn = info.potential_fn
-    postprocess_fn = info.postprocess_fn
 
-    def log_density_fn(z: Array) -> Array:
-        return -potential_fn(unravel(z))
+def _check_init_values(values: Mapping[str, Array], latent: dict[str, dict]) -> None:
+    """init_to_value's values name latent sites, with their shapes, inside their supports."""
+    unknown = sorted(set(values) - set(latent))
+    if unknown:
+        raise ValueError(
+            f"`init_strategy` init_to_value(values=...) names {unknown}, which are not latent "
+            f"sample sites of the model; its latent sites are {sorted(latent)}"
+        )
+    for name, value in values.items():
+        fn = latent[name]["fn"]
+        expected = tuple(latent[name]["kwargs"].get("sample_shape") or ()) + tuple(fn.shape())
+        if tuple(value.shape) != expected:
+            raise ValueError(
+                f"`init_strategy` init_to_value gives site '{name}' ({_describe_distribution(fn)}) "
+                f"a value of shape {tuple(value.shape)}; the site's shape is {expected}"
+            )
+        inside = fn.support(value)
+        if isinstance(inside, jax.core.Tracer):
+            continue
+        if not np.all(np.asarray(inside)):
+            raise ValueError(
+                f"`init_strategy` init_to_value gives site '{name}' ({_describe_distribution(fn)}) "
+                f"a value outside its support {_describe_support(fn)} (or not finite): {value}"
+            )
 
-    def constrain_fn(z: Array) -> dict[str, Array]:
-        return postprocess_fn(unravel(z))
 
-    dim = int(flat_init.shape[0])
-    probe = jax.ShapeDtypeStruct((dim,), flat_init.dtype)
-    site_shapes = {name: tuple(s.shape) for name, s in jax.eval_shape(constrain_fn, probe).items()}
-    return Target(
-        log_density_fn=log_density_fn,
-        dim=dim,
-        constrain_fn=constrain_fn,
-        init_position=flat_init,
-        site_shape_items=tuple(site_shapes.items()),
+def _recheck_init_values(model: Callable, args: tuple, kwargs: dict, key: Array,
+                         values: Mapping[str, Array]) -> None:
+    """After the model failed at init_to_value's values: check them against the sites
+    (traced without them) and raise the specific error, if there is one."""
+    from numpyro.infer import initialization
+
+    try:
+        trace = _trace_at_init(model, args, kwargs, key, initialization.init_to_median(), "")
+        latent = _latent_sites(trace)
+    except Exception:  # the model fails without the values too: the first error stands
+        return
+    _check_init_values(values, latent)
+
+
+def _check_finite_unconstrained(unconstrained: dict[str, Array], latent: dict[str, dict],
+                                strategy_name: str) -> None:
+    for name, value in unconstrained.items():
+        if not np.all(np.isfinite(np.asarray(value))):
+            fn = latent[name]["fn"]
+            raise ValueError(
+                f"the initial value of site '{name}' ({_describe_distribution(fn)}) from "
+                f"{strategy_name} is on the boundary of its support {_describe_support(fn)} (or "
+                "not finite), so its unconstrained value is not finite; choose a value inside "
+                "the support with init_to_value(values={...}) or use another init_strategy"
+            )
+
+
+def _prepared_model(model: Callable, trace: dict[str, Any], key: Array) -> Callable:
+    """The model as numpyro's ``initialize_model`` prepares it for ``potential_energy``:
+    ``param``/``mutable`` sites held at their traced values, a fixed key for any
+    ``numpyro.prng_key()`` call, and observations as JAX arrays."""
+    from numpyro import handlers
+    from numpyro.primitives import Messenger
+
+    class _ForPotential(Messenger):
+        def process_message(self, msg: dict) -> None:
+            if msg["type"] == "prng_key" and msg["value"] is None:
+                msg["value"] = key
+            elif msg["type"] == "sample" and msg["is_observed"] and not isinstance(
+                    msg["value"], jax.Array):
+                # numpyro checks a NumPy / Python observation against a support with
+                # NumPy, which fails once the support's bounds are traced latents.
+                msg["value"] = jnp.asarray(msg["value"])
+
+    prepared = _ForPotential(model)
+    fixed = {n: s["value"] for n, s in trace.items() if s["type"] in ("param", "mutable")}
+    return handlers.substitute(prepared, data=fixed) if fixed else prepared
+
+
+def _other_strategies(strategy: functools.partial) -> str:
+    options = ["init_to_value(values={...}) at a point where the model is finite",
+               "init_to_median()", "init_to_feasible()", "init_to_uniform() (try another key too)"]
+    used = strategy.func.__name__
+    if used == "init_to_uniform" and strategy.keywords.get("radius") == 0:
+        used = "init_to_feasible"
+    options = [o for o in options if not o.startswith(used + "(")]
+    return "try another init_strategy: " + ", ".join(options)
+
+
+def _raise_nonfinite_init(prepared: Callable, args: tuple, kwargs: dict,
+                          constrained: dict[str, Array], unconstrained: dict[str, Array],
+                          transforms: dict[str, Any], value: Array,
+                          strategy: functools.partial, strategy_name: str) -> None:
+    """Say which sites make the log density non-finite at the initial point."""
+    from numpyro.distributions import Unit
+    from numpyro.infer.util import compute_log_probs
+
+    culprits = []
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # numpyro's out-of-support warnings: reported below
+        try:
+            log_probs, trace = compute_log_probs(prepared, args, kwargs, constrained)
+        except Exception:  # the diagnosis is best effort; the error below stands
+            log_probs, trace = {}, {}
+        for name, log_prob in log_probs.items():
+            if not np.isfinite(np.asarray(log_prob)):
+                fn = trace[name]["fn"]
+                if isinstance(_unwrap_distribution(fn)[0], Unit):
+                    culprits.append(f"factor '{name}': {float(log_prob)}")
+                    continue
+                role = "observed" if trace[name]["is_observed"] else "latent"
+                culprits.append(f"{role} site '{name}' ({_describe_distribution(fn)}): "
+                                f"log density {float(log_prob)}")
+        for name, transform in transforms.items():
+            log_det = transform.log_abs_det_jacobian(unconstrained[name], constrained[name])
+            if not np.all(np.isfinite(np.asarray(log_det))):
+                culprits.append(f"site '{name}': the log-Jacobian of its map to the support")
+    found = "; ".join(culprits) if culprits else "no single site (check the model's arithmetic)"
+    raise ValueError(
+        f"the log density is {float(value)} at the initial point chosen by {strategy_name}: "
+        f"{found}. Check the data against the model's supports, or "
+        f"{_other_strategies(strategy)}"
     )
