@@ -41,3 +41,69 @@ def test_linear_gaussian_posterior_against_brute_force():
     assert cov[0, 0] == pytest.approx(((grid - post_mean) ** 2 * joint).sum() * dx / evidence, abs=1e-8)
     with pytest.raises(ValueError, match="design"):
         probinf.exact.linear_gaussian_posterior([0.0], [[1.0]], [[1.0, 2.0]], [0.0], [[1.0]])
+
+
+@pytest.mark.parametrize("shape", [0.2, 0.5, 0.9, 1.2])
+def test_psis_recovers_the_pareto_shape_of_exact_quantiles(shape):
+    """Weights w = u^(-k) have a generalised Pareto tail of shape exactly k (P(w > t) = t^(-1/k)).
+
+    Their exact quantiles (no sampling noise) leave only the fit's prior, which pulls k-hat
+    towards 0.5 by (M k + 5) / (M + 10) with M = 300 tail draws: under 0.012 here.
+    """
+    num_draws = 10_000
+    quantiles = (np.arange(num_draws) + 0.5) / num_draws
+    log_weights = np.random.default_rng(0).permutation(-shape * np.log(quantiles))
+    smoothed, khat = probinf.diagnostics.psis(log_weights)
+    assert abs(khat - shape) < 0.04
+    assert smoothed.shape == (num_draws,) and smoothed.dtype == np.float64
+    assert np.logaddexp.reduce(smoothed) == pytest.approx(0.0, abs=1e-12)
+    # Log weights are defined up to a constant: nothing changes with a shift.
+    shifted, khat_shifted = probinf.diagnostics.psis(log_weights + 123.0)
+    assert khat_shifted == pytest.approx(khat, abs=1e-9)
+    np.testing.assert_allclose(shifted, smoothed, atol=1e-9)
+    # The body below the tail is untouched (only normalised).
+    body = log_weights < np.quantile(log_weights, 0.9)
+    np.testing.assert_allclose(smoothed[body] - smoothed[body][0],
+                               log_weights[body] - log_weights[body][0], atol=1e-9)
+
+
+def test_psis_non_finite_and_degenerate_weights():
+    psis = probinf.diagnostics.psis
+    log_weights = np.random.default_rng(1).normal(size=1000)
+    # NaN and -inf count as zero weight, identically.
+    with_nan, with_minus_inf = log_weights.copy(), log_weights.copy()
+    with_nan[:50], with_minus_inf[:50] = np.nan, -np.inf
+    smoothed_nan, khat_nan = psis(with_nan)
+    smoothed_inf, khat_inf = psis(with_minus_inf)
+    assert khat_nan == khat_inf and np.isfinite(khat_nan)
+    np.testing.assert_array_equal(smoothed_nan, smoothed_inf)
+    assert np.all(smoothed_nan[:50] == -np.inf)
+    # No positive weight at all: nothing to smooth, k-hat infinite.
+    smoothed, khat = psis(np.full(100, -np.inf))
+    assert khat == np.inf and np.all(np.isnan(smoothed))
+    # An unbounded weight: infinite k-hat, all the mass on it.
+    unbounded = log_weights.copy()
+    unbounded[[3, 7]] = np.inf
+    smoothed, khat = psis(unbounded)
+    assert khat == np.inf
+    np.testing.assert_allclose(np.exp(smoothed[[3, 7]]), 0.5)
+    assert np.exp(smoothed).sum() == pytest.approx(1.0)
+    # Equal positive weights (q matches the target up to a constant): bounded, k-hat -inf.
+    equal = np.where(np.arange(100) < 60, 2.5, -np.inf)
+    smoothed, khat = psis(equal)
+    assert khat == -np.inf
+    np.testing.assert_allclose(np.exp(smoothed[:60]), 1 / 60)
+    with pytest.raises(ValueError, match="1-d"):
+        psis(np.zeros((2, 10)))
+    with pytest.raises(ValueError, match="1-d"):
+        psis(np.zeros(0))
+
+
+def test_khat_threshold_follows_vehtari_et_al_2024():
+    threshold = probinf.diagnostics.khat_threshold
+    assert threshold(100) == pytest.approx(0.5)
+    assert threshold(1000) == pytest.approx(2 / 3)
+    assert threshold(2000) == pytest.approx(1 - 1 / np.log10(2000))
+    assert threshold(10_000) == 0.7  # capped: above 0.7 more draws do not help
+    with pytest.raises(ValueError, match="num_draws"):
+        threshold(1)

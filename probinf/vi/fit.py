@@ -19,6 +19,15 @@ from jaxtyping import PRNGKeyArray
 from probinf._progress import progress_bar
 from probinf._tree import all_finite
 from probinf.families import check_num_samples
+from probinf.vi import convergence
+from probinf.vi.diagnostics import (
+    DEFAULT_DIAGNOSTIC_DRAWS,
+    VIDiagnostics,
+    _check_draws,
+    _draw_log_weights,
+    importance_resample,
+)
+from probinf.vi.diagnostics import diagnose as _diagnose_family
 from probinf.vi.estimators import Learnable
 from probinf.vi.objectives import Objective
 
@@ -32,6 +41,12 @@ DEFAULT_OPTIMIZER = optax.adam(1e-2)
 MAX_CHUNK = 1000
 CHUNK_SECONDS = 0.2
 PATIENCE_CHUNK = 100
+# steps=None runs until `probinf.vi.convergence`'s rule says the loss stopped improving,
+# or this many steps. Generous: steps of small models cost microseconds, and a run that
+# is still improving here says so.
+DEFAULT_MAX_STEPS = 20_000
+# The diagnostics' draws use fold_in(key, DIAGNOSTIC_STREAM): never a step's index.
+DIAGNOSTIC_STREAM = 0xFFFFFFFF
 
 
 @dataclass(frozen=True)
@@ -44,9 +59,20 @@ class FitResult:
         objective: the objective (with any learned baseline).
         losses: loss at every completed step, ``(num_steps,)``.
         num_steps: number of optimisation steps applied.
-        stop_reason: ``"completed"``, ``"plateau"`` or a sentence naming the step
-            at which the loss became non-finite.
+        stop_reason: why training ended:
+
+            * ``"converged"`` — ``steps=None`` and the loss stopped improving by the
+              rule of `probinf.vi.convergence`;
+            * ``"max_steps"`` — ``steps=None`` and ``max_steps`` ran out first (the loss
+              was still improving; a ``RuntimeWarning`` said so);
+            * ``"completed"`` — a fixed number of ``steps`` ran;
+            * ``"plateau"`` — the ``patience`` rule stopped it;
+            * a sentence naming the step at which the loss became non-finite.
         opt_state: the optimizer state, to continue training.
+        diagnostics: `probinf.vi.VIDiagnostics` of the fitted family (Pareto
+            $\\hat k$, log evidence, ELBO, ESS), or ``None`` with ``diagnose=False``.
+        converged: whether the loss had stopped improving at the end by the rule of
+            `probinf.vi.convergence` (for any ``steps``), ``None`` below 1,000 steps.
     """
 
     family: Any
@@ -56,6 +82,8 @@ class FitResult:
     num_steps: int
     stop_reason: str
     opt_state: Any = None
+    diagnostics: VIDiagnostics | None = None
+    converged: bool | None = None
 
     def sample_posterior(self, key: PRNGKeyArray, num_samples: int = 1000) -> dict[str, np.ndarray]:
         """Draws from the fitted family mapped to the model's named, constrained sites."""
@@ -63,12 +91,57 @@ class FitResult:
         z = self.family.sample(key, num_samples)
         return {name: np.asarray(v) for name, v in self.target.constrain(z).items()}
 
+    def resample(
+        self, key: PRNGKeyArray, num_samples: int = 1000, *, num_proposals: int | None = None
+    ) -> dict[str, np.ndarray]:
+        """Importance-resampled draws at the model's named, constrained sites.
+
+        Sampling-importance-resampling (Rubin 1988) with Pareto-smoothed weights:
+        ``num_proposals`` draws from the fitted family (default
+        ``max(10 * num_samples, 2000)``) are weighted by $\\tilde p / q$ and
+        ``num_samples`` of them resampled, which corrects a family that is close but not
+        exact (Pareto $\\hat k$ up to about 0.7). A ``RuntimeWarning`` says when
+        $\\hat k$ is above its threshold: resampling cannot fix that. See
+        `probinf.vi.importance_resample` (its unconstrained form).
+        """
+        z, _ = importance_resample(key, self.family, self.target, num_samples,
+                                   num_proposals=num_proposals, stacklevel=3)
+        return {name: np.asarray(v) for name, v in self.target.constrain(jnp.asarray(z)).items()}
+
     def to_inference_data(self, key: PRNGKeyArray, num_samples: int = 1000):
-        """Draws from the fitted family as an ArviZ ``InferenceData`` (one chain)."""
+        """Draws from the fitted family as an ArviZ ``InferenceData`` (one chain).
+
+        ``sample_stats.log_weight`` holds each draw's log importance weight
+        $\\log \\tilde p(z) - \\log q(z)$ (e.g. for `arviz.psislw`). The fit's scalar
+        diagnostics are attributes of the posterior group, ``idata.posterior.attrs``:
+        ``vi_khat``, ``vi_khat_threshold``, ``vi_log_evidence``, ``vi_elbo``, ``vi_ess``,
+        ``vi_ess_raw``, ``vi_num_diagnostic_draws``, ``vi_num_nonfinite``, ``vi_verdict``,
+        ``vi_notes`` (when diagnosed), and ``vi_stop_reason``, ``vi_num_steps``.
+        """
         from probinf.diagnostics import to_inference_data
 
-        samples = self.sample_posterior(key, num_samples)
-        return to_inference_data({k: v[None] for k, v in samples.items()})
+        num_samples = check_num_samples(num_samples, "num_samples")
+        z, log_p, log_q = _draw_log_weights(key, self.family, self.target, num_samples)
+        samples = {name: np.asarray(v)[None] for name, v in self.target.constrain(z).items()}
+        log_weight = np.asarray(log_p, np.float64) - np.asarray(log_q, np.float64)
+        idata = to_inference_data(samples, sample_stats={"log_weight": log_weight[None]})
+        attrs = {} if self.diagnostics is None else self.diagnostics.to_attrs()
+        attrs.update(vi_stop_reason=self.stop_reason, vi_num_steps=self.num_steps)
+        idata.posterior.attrs.update(attrs)
+        return idata
+
+    def summary(self) -> str:
+        """How training ended and, when diagnosed, how good the approximation is."""
+        converged = {True: "yes", False: "no: the loss was still decreasing",
+                     None: "not assessed (under 1,000 steps)"}[self.converged]
+        lines = [f"fit: {self.num_steps} steps, stop reason: {self.stop_reason}; "
+                 f"converged: {converged}"]
+        if len(self.losses):
+            tail = self.losses[-min(len(self.losses), convergence.WINDOW):]
+            lines.append(f"  final loss (mean of last {len(tail)} steps): {tail.mean():.6g}")
+        if self.diagnostics is not None:
+            lines.append(self.diagnostics.summary())
+        return "\n".join(lines)
 
     def plot_losses(self, ax=None, *, smooth: int | None = None):
         """Plot the loss history (with a running mean when ``smooth`` is given)."""
@@ -180,21 +253,46 @@ def fit(
     *,
     key: PRNGKeyArray,
     optimizer: optax.GradientTransformation | None = None,
-    steps: int = 1000,
+    steps: int | None = None,
+    max_steps: int = DEFAULT_MAX_STEPS,
     chunk_size: int | None = None,
     progress: bool | None = None,
     learn_target: bool = False,
     patience: int | None = None,
     min_delta: float = 0.0,
     opt_state: Any = None,
+    diagnose: bool = True,
+    num_diagnostic_draws: int = DEFAULT_DIAGNOSTIC_DRAWS,
 ) -> FitResult:
-    """Optimise ``objective`` over the parameters of ``family``.
+    """Optimise ``objective`` over the parameters of ``family``, then check the result.
 
     The loop runs compiled (a ``jax.lax.while_loop``) in chunks of steps, with one
     host sync and one progress-bar update per chunk. Step ``t`` uses the key
     ``fold_in(key, t)``, so results do not depend on how the steps are chunked. The
     compiled loop is reused across calls with the same objective, family structure,
     target and optimizer *object*: pass one optimizer instance to repeated calls.
+
+    **When it stops.** By default (``steps=None``) training runs until the loss stops
+    improving, by the rule of `probinf.vi.convergence`: the losses are averaged over
+    windows of 100 steps; after at least 1,000 steps a line is fitted to the window
+    means of the second half of the run, and training stops (``stop_reason=
+    "converged"``) once, at two consecutive windows, its slope is not negative by more
+    than one standard error (estimated from the noise of the losses) or the fitted
+    decrease is below ``min_delta``. If ``max_steps`` come first, ``stop_reason=
+    "max_steps"`` and a ``RuntimeWarning`` says the loss was still improving. An
+    integer ``steps`` runs exactly that many (``"completed"``). ``patience`` selects
+    the older, simpler rule instead (chunk means against the best by ``min_delta``,
+    ``"plateau"``); prefer the default. The rule assumes the objective itself does not
+    change with the step: give an annealed objective (`probinf.vi.TemperedELBO` with a
+    schedule) a fixed ``steps`` that covers its schedule.
+
+    **Diagnostics.** With ``diagnose=True`` (default) ``num_diagnostic_draws`` draws
+    from the fitted family are weighted by the target (key ``fold_in(key,
+    0xFFFFFFFF)``) and give the Pareto $\\hat k$, the importance-weighted log
+    evidence, the ELBO and the effective sample size (`probinf.vi.diagnose`,
+    ``FitResult.diagnostics``). When $\\hat k$ exceeds $\\min(1 - 1/\\log_{10} S,
+    0.7)$ (Vehtari et al. 2024) a ``RuntimeWarning`` says the approximation is
+    unreliable and what to try.
 
     Args:
         objective: an `probinf.vi.Objective`, or any function
@@ -204,18 +302,23 @@ def fit(
         key: PRNG key.
         optimizer: any optax ``GradientTransformation`` (default: the shared
             ``DEFAULT_OPTIMIZER = optax.adam(1e-2)``).
-        steps: number of optimisation steps.
+        steps: number of optimisation steps, or ``None`` (default) to run until
+            convergence (at most ``max_steps``).
+        max_steps: the most steps ``steps=None`` runs (default 20,000).
         chunk_size: steps per compiled chunk (and per progress-bar update). ``None``
             (default) adapts: chunks grow from one step to about 0.2 s of work each,
             at most 1,000 steps, so the per-call overhead stays negligible on
             microsecond steps; with ``patience`` the default is 100 steps.
         progress: show a progress bar (default: only on a terminal).
         learn_target: also train ``target.params`` (model learning, e.g. RWS wake-p).
-        patience: stop when the mean loss of a chunk has not improved by more than
-            ``min_delta`` for this many chunks (``None``: never stop early); chunks are
-            then of a fixed size, so the stopping step is reproducible.
-        min_delta: improvement that counts for ``patience``.
+        patience: the older stopping rule: stop when the mean loss of a chunk has not
+            improved by more than ``min_delta`` for this many chunks (``None``: off);
+            chunks are then of a fixed size, so the stopping step is reproducible.
+        min_delta: improvement that counts, for ``patience`` between chunk means and
+            for the default rule over its horizon.
         opt_state: optimizer state to resume from (``FitResult.opt_state``).
+        diagnose: compute ``FitResult.diagnostics`` after training.
+        num_diagnostic_draws: draws for the diagnostics (at least 100; default 2,000).
 
     Returns:
         A `FitResult`. If the loss or a gradient becomes non-finite, training
@@ -248,15 +351,21 @@ def fit(
             "`optimizer` must be an optax GradientTransformation (e.g. optax.adam(1e-2)), "
             f"got {type(optimizer).__name__}"
         )
-    steps = check_num_samples(steps, "steps")
+    until_converged = steps is None
+    budget = check_num_samples(max_steps if until_converged else steps,
+                               "max_steps" if until_converged else "steps")
     if chunk_size is None and patience is not None:
         chunk_size = PATIENCE_CHUNK
     if chunk_size is not None:
         chunk_size = check_num_samples(chunk_size, "chunk_size")
     if patience is not None:
         patience = check_num_samples(patience, "patience")
-    if not (isinstance(min_delta, (int, float)) and min_delta >= 0):
+    if isinstance(min_delta, bool) or not (isinstance(min_delta, (int, float)) and min_delta >= 0):
         raise ValueError(f"`min_delta` must be a non-negative number, got {min_delta!r}")
+    if not isinstance(diagnose, bool):
+        raise TypeError(f"`diagnose` must be True or False, got {diagnose!r}")
+    if diagnose:
+        num_diagnostic_draws = _check_draws(num_diagnostic_draws, "num_diagnostic_draws")
 
     spec = _trainable_spec(family, target, objective, learn_target)
     trainable, frozen = eqx.partition((family, target, objective), spec)
@@ -266,6 +375,9 @@ def fit(
     history: list[np.ndarray] = []
     stop_reason = "completed"
     best, waited = math.inf, 0
+    loss_eps = float(jnp.finfo(jnp.result_type(float)).eps)
+    monitor = (convergence.ConvergenceMonitor(min_delta=min_delta, eps=loss_eps)
+               if until_converged and patience is None else None)
 
     def launch(trainable, opt_state, start, num_steps):
         return _run_chunk(trainable, frozen, opt_state, key, np.int32(start), np.int32(num_steps),
@@ -274,12 +386,12 @@ def fit(
     # Adaptive chunks start at one step (the first call also compiles) and grow to
     # about CHUNK_SECONDS each, so microsecond steps are not dominated by the
     # per-call overhead (~0.2 ms) and slow steps still move the progress bar.
-    chunk_len = min(steps, MAX_CHUNK if chunk_size is None else chunk_size)
+    chunk_len = min(budget, MAX_CHUNK if chunk_size is None else chunk_size)
     num_steps = 1 if chunk_size is None else chunk_len
     start = 0
-    with progress_bar(total=steps, enabled=progress, desc="fit") as bar:
-        while start < steps:
-            num_steps = min(num_steps, steps - start)
+    with progress_bar(total=budget, enabled=progress, desc="fit") as bar:
+        while start < budget:
+            num_steps = min(num_steps, budget - start)
             chunk_input = (trainable, opt_state)
             began = time.perf_counter()
             trainable, opt_state, bad_step, losses = launch(trainable, opt_state, start, num_steps)
@@ -303,6 +415,17 @@ def fit(
                 warnings.warn(f"fit stopped: {stop_reason}", RuntimeWarning, stacklevel=2)
                 bar.update(bad_step - start)
                 break
+            if monitor is not None:
+                used = monitor.update(losses)
+                if used is not None:
+                    # Converged at a window boundary inside this chunk: keep the state
+                    # there (re-run the chunk that far), as if the chunk had ended there.
+                    if used < num_steps:
+                        trainable, opt_state, _, _ = launch(*chunk_input, start, used)
+                    history.append(losses[:used])
+                    bar.update(used)
+                    stop_reason = "converged"
+                    break
             history.append(losses)
             bar.update(num_steps)
             bar.set_postfix(loss=f"{losses.mean():.4g}")
@@ -322,6 +445,31 @@ def fit(
 
     family, target, objective = eqx.combine(trainable, frozen)
     all_losses = np.concatenate(history) if history else np.zeros(0)
+    trend = convergence.loss_trend(all_losses, min_delta=min_delta, eps=loss_eps)
+    converged = None if trend is None else not trend.improving
+    if stop_reason == "converged":
+        converged = True
+    elif until_converged and stop_reason == "completed":
+        stop_reason = "max_steps"
+        converged = False if trend is None else converged
+        detail = (
+            f"it needs at least {convergence.MIN_WINDOWS * convergence.WINDOW} steps to judge"
+            if trend is None else trend.describe()
+        )
+        warnings.warn(
+            f"fit did not converge in max_steps={budget} steps: {detail}. Raise max_steps, "
+            "or the learning rate (or use a schedule); a loss that keeps falling can also "
+            "mean an improper posterior (e.g. a scale drifting to infinity).",
+            RuntimeWarning,
+            stacklevel=2,
+        )
+
+    diagnostics = None
+    if diagnose:
+        diagnostics = _diagnostics_or_warning(jax.random.fold_in(key, DIAGNOSTIC_STREAM),
+                                              family, target, num_diagnostic_draws)
+        if diagnostics is not None and diagnostics.reliable is False:
+            warnings.warn(f"fit: {diagnostics.unreliable_message()}", RuntimeWarning, stacklevel=2)
     return FitResult(
         family=family,
         target=target,
@@ -330,4 +478,20 @@ def fit(
         num_steps=len(all_losses),
         stop_reason=stop_reason,
         opt_state=opt_state,
+        diagnostics=diagnostics,
+        converged=converged,
     )
+
+
+def _diagnostics_or_warning(key, family, target, num_draws) -> VIDiagnostics | None:
+    # A failure here must not throw away a finished training run: it becomes a warning.
+    try:
+        return _diagnose_family(key, family, target, num_draws)
+    except Exception as error:  # noqa: BLE001
+        warnings.warn(
+            f"fit: the diagnostics failed ({type(error).__name__}: {error}); the fitted "
+            "family is returned without them",
+            RuntimeWarning,
+            stacklevel=3,
+        )
+        return None

@@ -36,8 +36,13 @@ def test_rezende_mohamed_potentials():
     objective = vi.ELBO(32, vi.STL())
     for index, (name, prior_scale) in enumerate([("U1", None), ("U2", 2.0), ("U3", 2.0), ("U4", 2.0)]):
         target, log_z = flows.potentials.rezende_mohamed(name, prior_scale=prior_scale)
+        # The ELBO gap is the quantity under test. fit's PSIS diagnostics are off: after
+        # this short budget the flows' tails are too light for importance sampling on U1
+        # and U2 (k-hat 0.86-0.94 on 2,000 draws, 0.57-0.62 on U3/U4) although the ELBO
+        # is within 0.13 nats; fit would rightly warn about that.
         result = probinf.fit(objective, flow, target, key=jax.random.key(index), steps=STEPS,
-                             optimizer=OPTIMIZER, chunk_size=STEPS, progress=False)
+                             optimizer=OPTIMIZER, chunk_size=STEPS, progress=False,
+                             diagnose=False)
         elbo, se = _elbo_and_standard_error(jax.random.key(10 + index), result.family, target)
         assert elbo <= log_z + 4 * se, name
         assert log_z - elbo < 0.2, (name, log_z - elbo)

@@ -60,6 +60,9 @@ def test_enumeration_fits_a_discrete_posterior_exactly():
                          steps=600, optimizer=optax.adam(0.1), progress=False)
     probs = jax.nn.softmax(result.family.logits[0])
     np.testing.assert_allclose(probs, unnormalised / unnormalised.sum(), atol=1e-3)
+    # No Pareto k-hat for a discrete family; the log evidence is exact here (q = p / Z).
+    assert result.diagnostics.reliable is None
+    assert abs(result.diagnostics.log_evidence - math.log(float(unnormalised.sum()))) < 1e-3
     assert abs(-result.losses[-1] - math.log(float(unnormalised.sum()))) < 1e-4
 
 
@@ -241,3 +244,99 @@ def test_non_finite_loss_with_a_finite_target_blames_the_objective():
     with pytest.raises(ValueError, match="although the target is finite"):
         probinf.fit(nan_loss, probinf.MeanFieldGaussian.init(2), target,
                     key=jax.random.key(0), steps=10, progress=False)
+
+
+def test_steps_none_converges_to_the_exact_optimum(problem_2d):
+    """Gaussian target, full-rank family: the optimum is the target itself (q = p / Z).
+    Run until converged: stops far below max_steps, at the optimum, and the diagnostics
+    see (near-)constant weights whose average is Z."""
+    family = probinf.FullRankGaussian.init(2)
+    result = probinf.fit(vi.ELBO(8, vi.STL()), family, problem_2d.target, key=jax.random.key(0),
+                         progress=False)
+    assert result.stop_reason == "converged" and result.converged
+    assert 1000 < result.num_steps < 5000 and len(result.losses) == result.num_steps
+    np.testing.assert_allclose(result.family.mean, problem_2d.mean, atol=0.01)
+    np.testing.assert_allclose(result.family.covariance, problem_2d.cov, atol=0.01)
+    diagnostics = result.diagnostics
+    assert diagnostics.reliable and diagnostics.khat < 0.5 and diagnostics.num_draws == 2000
+    assert abs(diagnostics.log_evidence - problem_2d.log_z) < 1e-3
+    assert abs(diagnostics.elbo - problem_2d.log_z) < 1e-3
+    assert "stop reason: converged" in result.summary() and "k-hat" in result.summary()
+
+
+def test_slow_straight_climb_runs_to_max_steps_and_says_so():
+    """Plain gradient descent with a tiny step on N(10, I): E[grad of the ELBO wrt loc] =
+    10 - loc, so loc_t = 10 (1 - (1 - lr)^t) = 2.59 after 3,000 steps at lr = 1e-4 (the
+    sampling noise adds ~0.002). The loss falls steadily the whole time: the rule must not
+    stop, the run ends at max_steps with a warning, and k-hat flags the unfinished fit."""
+    import optax
+
+    target = probinf.from_logdensity(lambda z: -0.5 * jnp.sum((z - 10.0) ** 2), 2)
+    with pytest.warns(RuntimeWarning) as record:
+        result = probinf.fit(vi.ELBO(8), probinf.MeanFieldGaussian.init(2), target,
+                             key=jax.random.key(0), optimizer=optax.sgd(1e-4), max_steps=3000,
+                             progress=False)
+    messages = [str(w.message) for w in record]
+    assert any("did not converge in max_steps=3000" in m for m in messages), messages
+    assert any("k-hat" in m and "unreliable" in m for m in messages), messages
+    assert result.stop_reason == "max_steps" and result.num_steps == 3000
+    assert result.converged is False and result.diagnostics.reliable is False
+    np.testing.assert_allclose(result.family.loc, 10 * (1 - (1 - 1e-4) ** 3000), atol=0.02)
+
+
+def test_max_steps_below_what_the_rule_needs_warns():
+    target = probinf.from_logdensity(lambda z: -0.5 * jnp.sum(z**2), 1)
+    with pytest.warns(RuntimeWarning, match="at least 1000 steps to judge"):
+        result = probinf.fit(vi.ELBO(2), probinf.MeanFieldGaussian.init(1), target,
+                             key=jax.random.key(0), max_steps=200, progress=False, diagnose=False)
+    assert result.stop_reason == "max_steps" and result.num_steps == 200
+    assert result.converged is False and result.diagnostics is None
+
+
+def test_convergence_stop_does_not_depend_on_chunking(problem_2d):
+    family = probinf.MeanFieldGaussian.init(2, loc=problem_2d.mean)
+    runs = [
+        probinf.fit(vi.ELBO(2), family, problem_2d.target, key=jax.random.key(5),
+                    chunk_size=size, progress=False, diagnose=False)
+        for size in (7, 100, None)
+    ]
+    assert runs[0].stop_reason == "converged"
+    for run in runs[1:]:
+        assert run.num_steps == runs[0].num_steps
+        np.testing.assert_array_equal(runs[0].family.loc, run.family.loc)
+        np.testing.assert_array_equal(runs[0].losses, run.losses)
+
+
+def test_fixed_steps_and_exports(problem_2d):
+    """A fixed budget completes as asked; the diagnostics travel to ArviZ."""
+    family = probinf.FullRankGaussian.init(2, loc=problem_2d.mean,
+                                           scale_tril=jnp.linalg.cholesky(problem_2d.cov))
+    # Plain SGD: STL's gradient vanishes at the optimum, so the family stays there (Adam's
+    # normalised first steps would move it by about the learning rate).
+    sgd = optax.sgd(1e-2)
+    result = probinf.fit(vi.ELBO(4, vi.STL()), family, problem_2d.target, key=jax.random.key(0),
+                         steps=30, optimizer=sgd, progress=False)
+    assert result.stop_reason == "completed" and result.num_steps == 30
+    assert result.converged is None  # under the 1,000 steps the rule needs
+    idata = result.to_inference_data(jax.random.key(1), 200)
+    attrs = idata.posterior.attrs
+    assert attrs["vi_khat"] == result.diagnostics.khat
+    assert attrs["vi_log_evidence"] == result.diagnostics.log_evidence
+    assert attrs["vi_verdict"] == "good" and attrs["vi_stop_reason"] == "completed"
+    # Each draw's log weight: at the optimum every one is log Z.
+    log_weight = idata.sample_stats["log_weight"].values
+    assert log_weight.shape == (1, 200)
+    np.testing.assert_allclose(log_weight, problem_2d.log_z, atol=1e-4)
+    assert probinf.fit(vi.ELBO(4, vi.STL()), family, problem_2d.target, key=jax.random.key(0),
+                       steps=30, optimizer=sgd, progress=False, diagnose=False).diagnostics is None
+
+
+def test_bad_stopping_and_diagnostic_options(problem_2d):
+    target, key = problem_2d.target, jax.random.key(0)
+    family = probinf.MeanFieldGaussian.init(2)
+    with pytest.raises(ValueError, match="max_steps"):
+        probinf.fit(vi.ELBO(), family, target, key=key, max_steps=0)
+    with pytest.raises(ValueError, match="num_diagnostic_draws"):
+        probinf.fit(vi.ELBO(), family, target, key=key, steps=5, num_diagnostic_draws=10)
+    with pytest.raises(TypeError, match="diagnose"):
+        probinf.fit(vi.ELBO(), family, target, key=key, steps=5, diagnose="yes")
