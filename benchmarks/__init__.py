@@ -1,0 +1,1 @@
+"""Benchmarks and development suites (not installed; run from the repository root)."""
