@@ -5,6 +5,7 @@ See `probinf.vi.estimators` for the gradient estimators and
 compatible estimator.
 """
 
+from probinf.vi.diagnostics import VIDiagnostics, diagnose, importance_resample
 from probinf.vi.estimators import (
     STL,
     DReG,
@@ -15,6 +16,7 @@ from probinf.vi.estimators import (
     Score,
 )
 from probinf.vi.fit import FitResult, fit
+from probinf.vi.laplace import LaplaceResult, MAPResult, find_map, laplace
 from probinf.vi.objectives import (
     CUBO,
     ELBO,
@@ -28,6 +30,7 @@ from probinf.vi.objectives import (
     linear_schedule,
     logmeanexp,
 )
+from probinf.vi.pathfinder import PathfinderResult, initialize, pathfinder
 
 __all__ = [
     "Estimator",
@@ -50,4 +53,14 @@ __all__ = [
     "logmeanexp",
     "fit",
     "FitResult",
+    "VIDiagnostics",
+    "diagnose",
+    "importance_resample",
+    "find_map",
+    "MAPResult",
+    "laplace",
+    "LaplaceResult",
+    "pathfinder",
+    "PathfinderResult",
+    "initialize",
 ]
