@@ -129,7 +129,7 @@ def _check_thetas(thetas, observations) -> np.ndarray:
 
 # -- SBC --------------------------------------------------------------------------------
 def _chi2_sf(statistic: np.ndarray, dof: int) -> np.ndarray:
-    return np.asarray(gammaincc(0.5 * dof, 0.5 * jnp.asarray(statistic, jnp.float32)), np.float64)
+    return np.asarray(gammaincc(0.5 * dof, 0.5 * jnp.asarray(statistic, jnp.result_type(float))), np.float64)
 
 
 @dataclass(frozen=True)
@@ -480,7 +480,7 @@ def c2st(
         p, q = (p - loc) / scale, (q - loc) / scale
     dim = p.shape[1]
     width = 10 * dim if width is None else check_num_samples(width, "width")
-    data = jnp.asarray(np.concatenate([p, q]), jnp.float32)
+    data = jnp.asarray(np.concatenate([p, q]), jnp.result_type(float))  # float64 under x64
     labels = jnp.concatenate([jnp.zeros(p.shape[0]), jnp.ones(q.shape[0])])
     key_split, key_folds, key_drop = jax.random.split(key, 3)
     # Equal folds: drop the few rows (at random) beyond a multiple of num_folds.

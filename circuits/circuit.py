@@ -116,8 +116,11 @@ def _columns(groups, sources, index: np.ndarray, pad_value):
     return [_take_rows(groups, sources, index[:, a], pad_value) for a in range(index.shape[1])]
 
 
-def _sum_kernel(backend: str):
-    backend = default_backend() if backend == "auto" else backend
+def _sum_kernel(backend: str, dtype):
+    if backend == "auto":
+        # The fused kernel computes in float32 on a GPU: float64 circuits (x64) keep the
+        # einsum's full precision unless the user asks for "pallas".
+        backend = default_backend() if dtype == jnp.float32 else "einsum"
     return fused_log_matmul_exp if backend == "pallas" else log_matmul_exp
 
 
@@ -137,7 +140,7 @@ def upward(structure: CircuitStructure, input_values, log_w, log_mix, semiring="
         The list of output groups (``None`` for stages without mixing); the root
         value is ``groups[g][row, :, 0]`` with ``(g, row) = structure.root_location``.
     """
-    kernel = _sum_kernel(backend)
+    kernel = _sum_kernel(backend, jnp.result_type(input_values, *log_w))
     if structure.leaf_slots.shape[1] == 1:
         leaves = input_values
     else:
@@ -297,6 +300,12 @@ class Circuit(eqx.Module):
         leaves = jax.tree_util.tree_leaves((self.input_params, self.sum_logits, self.mix_logits))
         return int(sum(np.prod(x.shape) for x in leaves))
 
+    @property
+    def float_dtype(self):
+        """The float dtype queries compute in: the parameters' widest (float64 under x64)."""
+        leaves = jax.tree_util.tree_leaves((self.input_params, self.sum_logits, self.mix_logits))
+        return jnp.result_type(*[x for x in leaves if jnp.issubdtype(x.dtype, jnp.inexact)], float)
+
     def log_weights(self):
         """The log-weights used by the layers: ``(sum, mixing)`` tuples per stage."""
         log_w = tuple(jax.nn.log_softmax(w, axis=-1) if self.normalized else w
@@ -350,7 +359,7 @@ class Circuit(eqx.Module):
         if _is_traced(x):
             batch_shape = tuple(x.shape[:-1])
             mask = _as_mask(observed, "observed", v, batch_shape)
-            x2 = jnp.reshape(x, (-1, v)).astype(jnp.float32)
+            x2 = jnp.reshape(x, (-1, v)).astype(self.float_dtype)
             m2 = jnp.ones_like(x2, bool) if mask is None else jnp.reshape(mask, (-1, v))
             return x2, m2, batch_shape
         array = np.asarray(x)
@@ -372,7 +381,7 @@ class Circuit(eqx.Module):
                 "mark missing values as unobserved with the mask instead"
             )
         self.input_layer.check_values(values.reshape(-1, v), mask.reshape(-1, v), name)
-        x2 = jnp.asarray(np.where(mask, values, 0.0).reshape(-1, v), jnp.float32)
+        x2 = jnp.asarray(np.where(mask, values, 0.0).reshape(-1, v), self.float_dtype)
         if int(np.prod(batch_shape, dtype=int)) == 0:
             raise ValueError(f"`{name}` holds no rows (shape {array.shape})")
         return x2, jnp.asarray(mask.reshape(-1, v)), batch_shape
@@ -551,10 +560,10 @@ class Circuit(eqx.Module):
     def _fill(self, slot_units, slot_values, x, observed):
         """Write the values of the selected input slots into ``x`` where not observed."""
         slots = jnp.asarray(self.structure.slot_variable)
-        chosen = jnp.where(slot_units >= 0, slot_values.astype(jnp.float32), 0.0)
-        completed = jnp.zeros((self.num_variables, x.shape[0])).at[slots].add(chosen).T
+        chosen = jnp.where(slot_units >= 0, slot_values.astype(x.dtype), 0.0)
+        completed = jnp.zeros((self.num_variables, x.shape[0]), x.dtype).at[slots].add(chosen).T
         out = jnp.where(observed, x, completed)
-        return out.astype(self.input_layer.value_dtype())
+        return out.astype(jnp.int32) if self.input_layer.discrete else out
 
 
 def _check_evidence_possible(log_evidence, name):
@@ -689,7 +698,7 @@ def compile_circuit(
             raise ValueError(f"`data` must be (num_samples, {structure.num_variables}), got shape "
                              f"{data.shape}")
         input_layer.check_values(data, np.ones(data.shape, bool), "data")
-        data_slots = jnp.asarray(data[:, structure.slot_variable], jnp.float32)
+        data_slots = jnp.asarray(data[:, structure.slot_variable], jnp.result_type(float))
     # One compiled function draws every initial parameter (eager dispatch of many small
     # random ops would compile each of them separately).
     input_params, sum_logits, mix_logits = _initial_parameters(structure, input_layer, key,

@@ -86,7 +86,8 @@ class InputLayer(abc.ABC):
         return jnp.diagonal(table, axis1=1, axis2=2)[..., :num_units]
 
     def value_dtype(self):
-        return jnp.int32 if self.discrete else jnp.float32
+        """dtype of drawn values: int32 for discrete inputs, else the default float."""
+        return jnp.int32 if self.discrete else jnp.result_type(float)
 
 
 def _check_discrete(x, observed, name, upper, layer):

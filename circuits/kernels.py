@@ -10,14 +10,18 @@ into one kernel, so the shifted exponentials never travel through main memory
 The grid runs over folds and blocks of the batch; each program loads one
 ``(block, J)`` tile of ``h`` and the fold's ``(O, J)`` weights.
 
-On a GPU the kernel is compiled by Pallas' Triton backend; elsewhere it runs in
-Pallas' interpret mode (slow, for testing against the einsum reference). Its
+On a GPU the kernel is compiled by Pallas' Triton backend and computes in float32
+(float64 inputs are rounded to float32 inside the kernel, with a warning; the
+``"auto"`` backend of a circuit therefore uses the einsum for float64 circuits);
+elsewhere it runs in Pallas' interpret mode in the inputs' dtype (slow, for
+testing against the einsum reference). The output has the inputs' dtype. Its
 gradient is the gradient of the einsum reference (a custom VJP), which is exact.
 """
 
 from __future__ import annotations
 
 import functools
+import warnings
 
 import jax
 import jax.numpy as jnp
@@ -40,7 +44,7 @@ def _next_power_of_two(n: int, minimum: int = 16) -> int:
     return max(minimum, 1 << (int(n) - 1).bit_length())
 
 
-def _kernel(h_ref, w_ref, out_ref):
+def _kernel(h_ref, w_ref, out_ref, compute_dtype):
     h = h_ref[0]  # (block, J)
     log_w = w_ref[0]  # (O, J)
     shift_h = jnp.max(h, axis=1, keepdims=True)
@@ -50,7 +54,7 @@ def _kernel(h_ref, w_ref, out_ref):
     s = jax.lax.dot_general(
         jnp.exp(h - shift_h), jnp.exp(log_w - shift_w),
         dimension_numbers=(((1,), (1,)), ((), ())),
-        preferred_element_type=jnp.float32,
+        preferred_element_type=compute_dtype,
     )  # (block, O)
     positive = s > 0
     out = jnp.where(positive, jnp.log(jnp.where(positive, s, 1.0)), -jnp.inf)
@@ -59,6 +63,9 @@ def _kernel(h_ref, w_ref, out_ref):
 
 @functools.partial(jax.jit, static_argnames=("interpret", "block_batch"))
 def _fused_forward(h, log_w, interpret: bool, block_batch: int):
+    dtype = jnp.result_type(h, log_w)
+    # Triton tiles are float32; interpret mode runs in the inputs' own dtype.
+    compute_dtype = dtype if interpret else jnp.float32
     folds, batch, width = h.shape
     outputs = log_w.shape[1]
     # Triton needs power-of-two tiles of at least 16: pad with -inf (exp(-inf) = 0).
@@ -71,8 +78,8 @@ def _fused_forward(h, log_w, interpret: bool, block_batch: int):
     w_p = jnp.pad(log_w, ((0, 0), (0, outputs_p - outputs), (0, width_p - width)),
                   constant_values=-jnp.inf)
     out = pl.pallas_call(
-        _kernel,
-        out_shape=jax.ShapeDtypeStruct((folds, batch_p, outputs_p), jnp.float32),
+        functools.partial(_kernel, compute_dtype=compute_dtype),
+        out_shape=jax.ShapeDtypeStruct((folds, batch_p, outputs_p), compute_dtype),
         grid=(folds, batch_p // block),
         in_specs=[
             pl.BlockSpec((1, block, width_p), lambda f, b: (f, b, 0)),
@@ -80,8 +87,8 @@ def _fused_forward(h, log_w, interpret: bool, block_batch: int):
         ],
         out_specs=pl.BlockSpec((1, block, outputs_p), lambda f, b: (f, b, 0)),
         interpret=interpret,
-    )(h_p.astype(jnp.float32), w_p.astype(jnp.float32))
-    return out[:, :batch, :outputs]
+    )(h_p.astype(compute_dtype), w_p.astype(compute_dtype))
+    return out[:, :batch, :outputs].astype(dtype)
 
 
 @functools.partial(jax.custom_vjp, nondiff_argnums=(2, 3))
@@ -112,8 +119,14 @@ def fused_log_matmul_exp(h, log_w, *, interpret: bool | None = None, block_batch
         block_batch: batch rows per program (a power of two).
 
     Returns:
-        ``(F, B, O)`` float32.
+        ``(F, B, O)`` in the inputs' dtype (computed in float32 on a GPU).
     """
     if interpret is None:
         interpret = jax.default_backend() != "gpu"
+    if not interpret and jnp.result_type(h, log_w) == jnp.float64:
+        warnings.warn(
+            "fused_log_matmul_exp computes in float32 on a GPU: the float64 inputs lose "
+            "precision; use the circuit backend 'einsum' (or 'auto') for float64",
+            UserWarning, stacklevel=2,
+        )
     return _fused(h, log_w, bool(interpret), int(block_batch))

@@ -14,4 +14,4 @@ def load_eight_schools() -> dict[str, np.ndarray]:
     """Eight schools (Rubin, 1981): ``{"y": (8,), "sigma": (8,)}`` coaching effects and standard errors."""
     text = resources.files("probinf").joinpath("data/eight_schools.json").read_text()
     raw = json.loads(text)
-    return {"y": np.asarray(raw["y"], np.float32), "sigma": np.asarray(raw["sigma"], np.float32)}
+    return {"y": np.asarray(raw["y"], np.float64), "sigma": np.asarray(raw["sigma"], np.float64)}

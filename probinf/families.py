@@ -96,7 +96,7 @@ def _check_point(z: Array, dim: int) -> Array:
 
 
 def _as_vector(x: object, dim: int, name: str) -> Array:
-    arr = jnp.asarray(x, dtype=jnp.float32)
+    arr = jnp.asarray(x, dtype=jnp.result_type(float))  # the default float (float64 under x64)
     arr = jnp.broadcast_to(arr, (dim,)) if arr.ndim == 0 else arr
     if arr.shape != (dim,):
         raise ValueError(f"`{name}` must be a scalar or have shape ({dim},), got {arr.shape}")
@@ -178,7 +178,7 @@ class FullRankGaussian(Family):
             if not bool(jnp.all(scale > 0)):
                 raise ValueError("`scale` must be positive")
             return cls(loc, jnp.log(scale), jnp.zeros((dim, dim)))
-        tril = jnp.asarray(scale_tril, dtype=jnp.float32)
+        tril = jnp.asarray(scale_tril, dtype=jnp.result_type(float))
         if tril.shape != (dim, dim):
             raise ValueError(f"`scale_tril` must have shape ({dim}, {dim}), got {tril.shape}")
         diag = jnp.diag(tril)
@@ -240,7 +240,7 @@ class Mixture(Family):
             raise ValueError(f"all `components` must share one dim, got dims {sorted(dims)}")
         self.components = components
         k = len(components)
-        logits = jnp.zeros(k) if logits is None else jnp.asarray(logits, dtype=jnp.float32)
+        logits = jnp.zeros(k) if logits is None else jnp.asarray(logits, dtype=jnp.result_type(float))
         if logits.shape != (k,):
             raise ValueError(f"`logits` must have shape ({k},), got {logits.shape}")
         self.logits = logits
@@ -309,7 +309,7 @@ class Bernoulli(Family):
     def sample_and_log_prob(self, key: PRNGKeyArray, n: int) -> tuple[Array, Array]:
         n = check_num_samples(n)
         z = jax.random.bernoulli(key, jax.nn.sigmoid(self.logits), (n, self.dim))
-        z = z.astype(jnp.float32)
+        z = z.astype(self.logits.dtype)
         return z, self.log_prob(z)
 
     def log_prob(self, z: Array) -> Array:
@@ -322,7 +322,7 @@ class Bernoulli(Family):
     def support(self) -> Float[Array, "m dim"]:
         """Every point of the support, ``(2**dim, dim)``."""
         _support_size(2, self.dim)
-        return jnp.asarray(list(itertools.product((0.0, 1.0), repeat=self.dim)), jnp.float32)
+        return jnp.asarray(list(itertools.product((0.0, 1.0), repeat=self.dim)), self.logits.dtype)
 
 
 class Categorical(Family):
@@ -352,7 +352,7 @@ class Categorical(Family):
     def sample_and_log_prob(self, key: PRNGKeyArray, n: int) -> tuple[Array, Array]:
         n = check_num_samples(n)
         z = jax.random.categorical(key, self.logits, axis=-1, shape=(n, self.dim))
-        z = z.astype(jnp.float32)
+        z = z.astype(self.logits.dtype)
         return z, self.log_prob(z)
 
     def log_prob(self, z: Array) -> Array:
@@ -366,7 +366,7 @@ class Categorical(Family):
         """Every point of the support, ``(num_categories**dim, dim)``."""
         _support_size(self.num_categories, self.dim)
         grid = itertools.product(range(self.num_categories), repeat=self.dim)
-        return jnp.asarray(list(grid), jnp.float32)
+        return jnp.asarray(list(grid), self.logits.dtype)
 
 
 class AffineGaussianConditional(eqx.Module):
@@ -439,7 +439,7 @@ class HierarchicalFamily(Family):
         self.conditional = conditional
         self.reverse = reverse
         self.num_inner = int(num_inner)
-        u_probe = jax.ShapeDtypeStruct((mixing.dim,), jnp.float32)
+        u_probe = jax.ShapeDtypeStruct((mixing.dim,), jnp.result_type(float))
         self.dim_z = jax.eval_shape(lambda u: conditional(u).sample(jax.random.PRNGKey(0), 1), u_probe).shape[-1]
 
     @property

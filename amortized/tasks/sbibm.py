@@ -306,7 +306,7 @@ class SLCP(_BoxPriorTask):
             grid: cells per axis for :math:`|\\theta_3|, |\\theta_4|` and for :math:`\\theta_5`.
         """
         num_samples = check_num_samples(num_samples, "num_samples")
-        x = jnp.asarray(observation, jnp.float32)
+        x = jnp.asarray(observation, jnp.result_type(float))  # the default float (float64 under x64)
         if x.size != 8 or not bool(jnp.all(jnp.isfinite(x))):
             raise ValueError(f"`observation` must be four finite 2-d observations, got shape {x.shape}")
         x = x.reshape(4, 2)
@@ -330,7 +330,7 @@ class SLCP(_BoxPriorTask):
         t4 = (i4 + u[:, 1]) / n_abs
         theta5 = -3.0 + 6.0 * (i5 + u[:, 2]) / n_rho
         # The grid holds |theta3|, |theta4|; their signs are fair coins (the symmetry).
-        phi = jnp.asarray(np.stack([3.0 * t3**3, 3.0 * t4**3, theta5], axis=-1), jnp.float32)
+        phi = jnp.asarray(np.stack([3.0 * t3**3, 3.0 * t4**3, theta5], axis=-1), jnp.result_type(float))
         phi = random_sign_flips(k_sign, phi, (0, 1))
         mu = _slcp_conditional_mean_draws(k_mu, x, phi)
         return jnp.concatenate([mu, phi], axis=-1)

@@ -535,7 +535,7 @@ def _start(model, key, n, sharding):
     particles = constrain_leading_axis(model.init(jax.random.fold_in(key, 0), n), sharding)
     carry = _Carry(
         particles, jnp.full(n, -math.log(n)), jnp.zeros(()), jnp.int32(0), jnp.int32(-1),
-        jnp.float32(n),
+        jnp.asarray(float(n), jnp.result_type(float)),
     )
     carry, increment = _weigh(model, jnp.int32(0), particles, carry.log_weights, carry)
     filtering = _filtering_log_weights(model, jnp.int32(0), particles, carry.log_weights)

@@ -47,8 +47,8 @@ def gaussian_log_density(x: Float[Array, "... d"], mean: Float[Array, "... d"], 
     return -0.5 * squared - half_logdet - 0.5 * dim * math.log(2 * math.pi)
 
 
-def _as_matrix(value, shape, name):
-    array = jnp.asarray(value, dtype=jnp.float32)
+def _as_matrix(value, shape, name, dtype):
+    array = jnp.asarray(value, dtype=dtype)
     if array.shape != shape:
         raise ValueError(f"`{name}` must have shape {shape}, got {tuple(array.shape)}")
     if not isinstance(array, jax.core.Tracer) and not np.all(np.isfinite(np.asarray(array))):
@@ -93,27 +93,33 @@ class LinearGaussianSSM(StateSpaceModel):
             ValueError: if a piece has the wrong shape (the message names it and the
                 shape it should have) or a non-finite entry.
         """
-        mean = jnp.asarray(initial_mean, dtype=jnp.float32)
+        pieces = (initial_mean, initial_cov, transition_matrix, transition_cov, observation_matrix,
+                  observation_cov, observations)
+        # One float dtype for the model: the inputs' widest (float64 under x64), integers -> float.
+        dtype = jnp.result_type(*(p if hasattr(p, "dtype") else np.asarray(p) for p in pieces), float)
+        if not jnp.issubdtype(dtype, jnp.floating):
+            raise TypeError(f"the model's arrays must hold real numbers, got dtype {dtype}")
+        mean = jnp.asarray(initial_mean, dtype=dtype)
         if mean.ndim != 1 or mean.shape[0] < 1:
             raise ValueError(f"`initial_mean` must be a non-empty 1-d array, got shape {mean.shape}")
         dx = mean.shape[0]
-        observation_matrix = jnp.asarray(observation_matrix, dtype=jnp.float32)
+        observation_matrix = jnp.asarray(observation_matrix, dtype=dtype)
         if observation_matrix.ndim != 2 or observation_matrix.shape[1] != dx:
             raise ValueError(
                 f"`observation_matrix` must have shape (dy, {dx}), got {observation_matrix.shape}"
             )
         dy = observation_matrix.shape[0]
-        observations = jnp.asarray(observations, dtype=jnp.float32)
+        observations = jnp.asarray(observations, dtype=dtype)
         if observations.ndim != 2 or observations.shape[1] != dy or observations.shape[0] < 1:
             raise ValueError(
                 f"`observations` must have shape (T, {dy}) with T >= 1, got {observations.shape}"
             )
-        self.initial_mean = _as_matrix(mean, (dx,), "initial_mean")
-        self.initial_cov = _as_matrix(initial_cov, (dx, dx), "initial_cov")
-        self.transition_matrix = _as_matrix(transition_matrix, (dx, dx), "transition_matrix")
-        self.transition_cov = _as_matrix(transition_cov, (dx, dx), "transition_cov")
-        self.observation_matrix = _as_matrix(observation_matrix, (dy, dx), "observation_matrix")
-        self.observation_cov = _as_matrix(observation_cov, (dy, dy), "observation_cov")
+        self.initial_mean = _as_matrix(mean, (dx,), "initial_mean", dtype)
+        self.initial_cov = _as_matrix(initial_cov, (dx, dx), "initial_cov", dtype)
+        self.transition_matrix = _as_matrix(transition_matrix, (dx, dx), "transition_matrix", dtype)
+        self.transition_cov = _as_matrix(transition_cov, (dx, dx), "transition_cov", dtype)
+        self.observation_matrix = _as_matrix(observation_matrix, (dy, dx), "observation_matrix", dtype)
+        self.observation_cov = _as_matrix(observation_cov, (dy, dy), "observation_cov", dtype)
         self.observations = observations
 
     @property

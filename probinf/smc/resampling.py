@@ -71,7 +71,7 @@ def _check_log_weights(log_weights) -> Array:
             f"{tuple(log_weights.shape)}"
         )
     if not jnp.issubdtype(log_weights.dtype, jnp.floating):
-        log_weights = log_weights.astype(jnp.float32)
+        log_weights = log_weights.astype(jnp.result_type(float))  # float64 under x64
     message = "`log_weights` cannot be normalised: it holds a NaN or +inf, or every weight is -inf"
     if isinstance(log_weights, jax.core.Tracer):
         return eqx.error_if(log_weights, invalid_log_weights(log_weights), message)

@@ -299,9 +299,10 @@ class HMMResult(eqx.Module):
 
 
 def _check_hmm(log_initial, log_transition, log_likelihoods):
-    log_initial = jnp.asarray(log_initial, dtype=jnp.float32)
-    log_transition = jnp.asarray(log_transition, dtype=jnp.float32)
-    log_likelihoods = jnp.asarray(log_likelihoods, dtype=jnp.float32)
+    pieces = (log_initial, log_transition, log_likelihoods)
+    # One float dtype: the inputs' widest (float64 under x64), integers -> the default float.
+    dtype = jnp.result_type(*(p if hasattr(p, "dtype") else np.asarray(p) for p in pieces), float)
+    log_initial, log_transition, log_likelihoods = (jnp.asarray(p, dtype=dtype) for p in pieces)
     if log_initial.ndim != 1 or log_initial.shape[0] < 1:
         raise ValueError(
             f"`log_initial` must be a 1-d array of K log probabilities, got shape {log_initial.shape}"
@@ -364,7 +365,7 @@ def _log_matmul(x, y):
 def _scaled_log_matmul(x, y):
     """Log-space product of (matrix, log_scale) elements, keeping each matrix's max at 0.
 
-    Keeping the matrices normalised holds the float32 precision of the filtered
+    Keeping the matrices normalised holds the working precision of the filtered
     probabilities however long the chain; the scale carries the running log evidence.
     """
     product = _log_matmul(x[0], y[0])

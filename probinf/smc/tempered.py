@@ -159,7 +159,7 @@ def _next_temperature_adaptive(log_ratio, temperature, target_ess, n):
 
     low, _ = jax.lax.fori_loop(0, 60, bisect, (jnp.zeros_like(max_delta), max_delta))
     delta = jnp.where(ess_of(max_delta) >= goal, max_delta, low)
-    # Never stall on a zero step: the smallest step float32 can represent at this temperature.
+    # Never stall on a zero step: a relative step of 1e-7 is still resolved in float32 (and float64).
     delta = jnp.maximum(delta, jnp.minimum(max_delta, 1e-7 * jnp.maximum(temperature, 1e-3)))
     return jnp.where(max_delta - delta < 1e-6, 1.0, temperature + delta)
 
@@ -233,8 +233,8 @@ def _run_stages(state: _State, key, target, reference, temperatures, stop_stage,
             spread = jnp.sqrt(weights @ (s.particles - center) ** 2)
             scale = jnp.where(spread > 0, spread, 1.0)
         else:
-            center = jnp.zeros(s.particles.shape[-1])
-            scale = jnp.ones(s.particles.shape[-1])
+            center = jnp.zeros(s.particles.shape[-1], s.particles.dtype)
+            scale = jnp.ones(s.particles.shape[-1], s.particles.dtype)
 
         safe_log_weights = jnp.where(zero_weight, -math.log(n), log_weights)
         ancestors = _UNCHECKED[scheme](key_resample, safe_log_weights, num_starts)
@@ -272,7 +272,7 @@ def _run_stages(state: _State, key, target, reference, temperatures, stop_stage,
             step_size = jnp.where(jnp.isfinite(factor), step_size * factor, step_size)
         record = (new_temperature, increment, ess, acceptance_rate, s.step_size)
         history = tuple(h.at[s.stage].set(v) for h, v in zip(s.history, record, strict=True))
-        return _State(
+        new_state = _State(
             particles=particles,
             log_ratio=log_ratio,
             temperature=new_temperature,
@@ -283,6 +283,9 @@ def _run_stages(state: _State, key, target, reference, temperatures, stop_stage,
             failed_at=jnp.where(stage_failure != 0, s.stage, s.failed_at),
             history=history,
         )
+        # The carry keeps the dtypes `_initial_state` chose (a float32 target under x64, or a
+        # float64 Python constant, must not change the loop's types).
+        return jax.tree.map(lambda new, old: new.astype(old.dtype), new_state, s)
 
     state = jax.lax.while_loop(not_done, body, state)
     out_of_stages = (state.temperature < 1.0) & (state.stage >= max_stages) & (state.failure == 0)
@@ -296,14 +299,18 @@ def _run_stages(state: _State, key, target, reference, temperatures, stop_stage,
 def _initial_state(key, target, reference, n, step_size, max_stages, sharding):
     particles = constrain_leading_axis(reference.sample(key, n), sharding)
     log_ratio = jax.vmap(_log_ratio_fn(target, reference))(particles)
+    # One float dtype for the whole run: the widest of the particles and the log densities
+    # (float64 under x64 with float64 inputs, float32 otherwise).
+    dtype = jnp.result_type(particles, log_ratio, float)
+    particles, log_ratio = particles.astype(dtype), log_ratio.astype(dtype)
     bad = jnp.any(jnp.isnan(log_ratio) | (log_ratio == jnp.inf))
-    history = tuple(jnp.full(max_stages, jnp.nan) for _ in range(5))
+    history = tuple(jnp.full(max_stages, jnp.nan, dtype) for _ in range(5))
     return _State(
         particles=particles,
         log_ratio=log_ratio,
-        temperature=jnp.zeros(()),
-        log_evidence=jnp.zeros(()),
-        step_size=jnp.asarray(step_size, jnp.float32),
+        temperature=jnp.zeros((), dtype),
+        log_evidence=jnp.zeros((), dtype),
+        step_size=jnp.asarray(step_size, dtype),
         stage=jnp.int32(0),
         failure=jnp.where(bad, 1, 0).astype(jnp.int32),
         failed_at=jnp.where(bad, 0, -1).astype(jnp.int32),
@@ -324,7 +331,7 @@ def _check_temperatures(temperatures) -> Array:
             f"`temperatures` must lie in (0, 1] and end at 1 (0 is the reference), got "
             f"first {values[0]} and last {values[-1]}"
         )
-    return jnp.asarray(values, jnp.float32)
+    return jnp.asarray(values, jnp.result_type(float))  # the default float dtype (float64 under x64)
 
 
 def tempered_smc(

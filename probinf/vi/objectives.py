@@ -215,7 +215,7 @@ def linear_schedule(start: float, end: float, num_steps: int) -> Callable[[Array
     num_steps = check_num_samples(num_steps, "num_steps")
 
     def schedule(step: Array) -> Array:
-        fraction = jnp.clip(jnp.asarray(step, jnp.float32) / num_steps, 0.0, 1.0)
+        fraction = jnp.clip(jnp.asarray(step, jnp.result_type(float)) / num_steps, 0.0, 1.0)
         return start + (end - start) * fraction
 
     return schedule
@@ -281,7 +281,7 @@ class ForwardKL(Objective):
     maximize: ClassVar[bool] = False
 
     def __init__(self, samples: Array, num_samples: int | None = None):
-        samples = jnp.asarray(samples, dtype=jnp.float32)
+        samples = jnp.asarray(samples, dtype=jnp.result_type(float))  # float64 under x64
         if samples.ndim != 2 or samples.shape[0] == 0:
             raise ValueError(
                 f"`samples` must be a non-empty (n, dim) array, got shape {tuple(samples.shape)}"
