@@ -28,10 +28,12 @@ from probinf.families import (
     HierarchicalFamily,
     MeanFieldGaussian,
     Mixture,
+    Standardized,
 )
 from probinf.io import load, save
 from probinf.target import Target, from_logdensity, from_numpyro
 from probinf.vi import fit
+from probinf.auto import infer
 
 __all__ = [
     "__version__",
@@ -45,11 +47,13 @@ __all__ = [
     "Bernoulli",
     "Categorical",
     "HierarchicalFamily",
+    "Standardized",
     "AffineGaussianConditional",
     "vi",
     "datasets",
     "exact",
     "fit",
+    "infer",
     "save",
     "load",
     "to_inference_data",

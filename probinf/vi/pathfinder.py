@@ -34,7 +34,7 @@ import numpy as np
 from jaxtyping import Array, Float, Int, PRNGKeyArray
 
 from probinf._linalg import cholesky
-from probinf.families import FullRankGaussian, MeanFieldGaussian
+from probinf.families import FullRankGaussian, MeanFieldGaussian, Standardized
 from probinf.target import Target
 from probinf.vi import _lbfgs
 from probinf.vi.laplace import _EXACT as _LAPLACE_EXACT
@@ -370,8 +370,17 @@ def initialize(
     family: str = "full_rank",
     method: str = "pathfinder",
     init: Float[Array, " dim"] | None = None,
-) -> FullRankGaussian | MeanFieldGaussian:
+    standardized: bool = True,
+) -> Standardized | FullRankGaussian | MeanFieldGaussian:
     """A starting Gaussian family for variational inference on ``target``.
+
+    By default the Gaussian is returned as a `probinf.Standardized` family: a standard
+    normal of the chosen kind in the frame (mean and Cholesky factor) of the
+    approximation below. It is the same distribution, but `probinf.fit` then trains it
+    in units of the approximation's own scale: Adam's steps of about its learning rate
+    are a fraction of a posterior sd in every direction, whatever the model's units
+    (without the frame, a posterior with sds of 1e-3 is left within a few hundred
+    steps). ``standardized=False`` returns the plain Gaussian.
 
     ``method``:
 
@@ -397,6 +406,8 @@ def initialize(
         family: ``"full_rank"`` or ``"mean_field"``.
         method: ``"pathfinder"``, ``"laplace"`` or ``"prior_median"``.
         init: where the optimiser starts (or the ``prior_median`` mean).
+        standardized: return the Gaussian as a `probinf.Standardized` family (default)
+            rather than as a plain `probinf.FullRankGaussian` / `probinf.MeanFieldGaussian`.
 
     Raises:
         ValueError: on an unknown ``family`` or ``method``, a bad ``init``, or (for the
@@ -470,4 +481,5 @@ def initialize(
             )
     if result is None:
         result = _unit_gaussian(target, init)
-    return _to_mean_field(result) if family == "mean_field" else result
+    gaussian = _to_mean_field(result) if family == "mean_field" else result
+    return Standardized.around(gaussian) if standardized else gaussian

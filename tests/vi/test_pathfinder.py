@@ -260,10 +260,10 @@ def test_initialize_methods_and_families():
     # Pathfinder is approximate here (KL about 1 nat, above), while the Laplace approximation
     # at the end of its path is the exact posterior: its ELBO is log Z with no variance,
     # so initialize keeps it.
-    full = initialize(key, target, init=start)
+    full = initialize(key, target, init=start, standardized=False)
     assert isinstance(full, probinf.FullRankGaussian)
     np.testing.assert_allclose(np.asarray(full.covariance), COV, atol=2e-4 * np.abs(COV).max())
-    mean_field = initialize(key, target, family="mean_field", init=start)
+    mean_field = initialize(key, target, family="mean_field", init=start, standardized=False)
     assert isinstance(mean_field, probinf.MeanFieldGaussian)
     np.testing.assert_allclose(np.asarray(mean_field.scale) ** 2, np.diag(COV), rtol=1e-3)
     np.testing.assert_array_equal(np.asarray(mean_field.loc), np.asarray(full.loc))
@@ -272,12 +272,34 @@ def test_initialize_methods_and_families():
     iso = initialize(key, gaussian_target(ISO_MEAN, ISO_COV), init=np.full(DIM, 10.0))
     np.testing.assert_allclose(np.asarray(iso.covariance), ISO_COV, atol=2e-5 * ISO_SD**2)
 
-    laplace_mf = initialize(key, target, family="mean_field", method="laplace", init=start)
+    laplace_mf = initialize(key, target, family="mean_field", method="laplace", init=start,
+                            standardized=False)
     np.testing.assert_allclose(np.asarray(laplace_mf.scale) ** 2, np.diag(COV), rtol=1e-3)
 
-    median = initialize(key, target, method="prior_median")
+    median = initialize(key, target, method="prior_median", standardized=False)
     np.testing.assert_array_equal(np.asarray(median.loc), np.zeros(DIM))  # no init_position: zeros
     np.testing.assert_array_equal(np.asarray(median.covariance), np.eye(DIM))
+
+
+def test_initialize_default_is_the_same_gaussian_in_its_own_frame():
+    target = gaussian_target(MEAN, COV)
+    key = jax.random.PRNGKey(0)
+    start = np.full(DIM, 30.0)
+    for kind in ("full_rank", "mean_field"):
+        plain = initialize(key, target, family=kind, init=start, standardized=False)
+        framed = initialize(key, target, family=kind, init=start)
+        assert isinstance(framed, probinf.Standardized)
+        np.testing.assert_allclose(np.asarray(framed.mean), np.asarray(plain.mean), rtol=1e-5)
+        np.testing.assert_allclose(np.asarray(framed.covariance), np.asarray(plain.covariance),
+                                   rtol=1e-4, atol=1e-6 * np.abs(COV).max())
+        points = np.asarray(plain.sample(jax.random.PRNGKey(1), 5))
+        np.testing.assert_allclose(np.asarray(framed.log_prob(points)),
+                                   np.asarray(plain.log_prob(points)), rtol=1e-5)
+        # Draws with the same key are the same points: z = m + L u with u the base's draw.
+        z_plain, lq_plain = plain.sample_and_log_prob(jax.random.PRNGKey(2), 4)
+        z_framed, lq_framed = framed.sample_and_log_prob(jax.random.PRNGKey(2), 4)
+        np.testing.assert_allclose(np.asarray(z_framed), np.asarray(z_plain), rtol=1e-5, atol=1e-5)
+        np.testing.assert_allclose(np.asarray(lq_framed), np.asarray(lq_plain), rtol=1e-5)
 
 
 def ball_log_density(z, params):
@@ -310,7 +332,7 @@ def test_initialize_falls_back_to_laplace_when_pathfinder_fails():
     with pytest.warns(RuntimeWarning, match="not finite"):
         pathfinder(key, target, init=centre + 0.01)
     with pytest.warns(RuntimeWarning, match="Pathfinder failed.*Laplace"):
-        family = initialize(key, target, init=centre + 0.01)
+        family = initialize(key, target, init=centre + 0.01, standardized=False)
     np.testing.assert_allclose(np.asarray(family.loc), centre, atol=1e-3)
     np.testing.assert_allclose(np.asarray(family.covariance), np.linalg.inv(precision), rtol=1e-4)
 
@@ -320,7 +342,7 @@ def test_initialize_falls_back_to_unit_scale_when_laplace_fails_too():
     centre = np.array([0.5, 2.0])
     target = ball_target(centre, np.zeros((2, 2)), 1.0)
     with pytest.warns(RuntimeWarning) as record:
-        family = initialize(jax.random.PRNGKey(0), target, init=centre)
+        family = initialize(jax.random.PRNGKey(0), target, init=centre, standardized=False)
     messages = " | ".join(str(w.message) for w in record)
     assert "Pathfinder failed" in messages and "Laplace approximation failed" in messages
     np.testing.assert_array_equal(np.asarray(family.loc), centre.astype(np.float32))
