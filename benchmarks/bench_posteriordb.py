@@ -33,7 +33,6 @@ import time
 import warnings
 
 import jax
-import jax.numpy as jnp
 import numpy as np
 
 ROOT = pathlib.Path(__file__).resolve().parents[1]
@@ -176,12 +175,39 @@ def _machine():
             "probinf": probinf.__version__, "x64": bool(jax.config.jax_enable_x64)}
 
 
+def markdown_table(results) -> str:
+    """The docs table: per posterior and method, errors / wall time (x NUTS's speed)."""
+    methods = [m for m in METHODS if any(m in row for row in results["posteriors"].values())]
+    lines = ["| posterior | " + " | ".join(methods) + " |",
+             "|---|" + "---|" * len(methods)]
+    for name, row in results["posteriors"].items():
+        cells = []
+        for method in methods:
+            entry = row.get(method)
+            if entry is None:
+                cells.append("—")
+            elif "error" in entry:
+                cells.append("error")
+            else:
+                cell = f"{entry['max_mean_error_sd']:.2f} / {entry['max_abs_log_sd_ratio']:.2f}"
+                if "khat" in entry:
+                    cell += f", k̂ {entry['khat']:.2f}"
+                cell += f", {entry['wall_time_s']:.0f} s"
+                cells.append(cell)
+        lines.append(f"| {name} | " + " | ".join(cells) + " |")
+    return "\n".join(lines)
+
+
 def main(argv=None):
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("posteriors", nargs="*", default=list(POSTERIORS))
     parser.add_argument("--methods", default=",".join(METHODS))
     parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--table", action="store_true", help="print the docs table and exit")
     args = parser.parse_args(argv)
+    if args.table:
+        print(markdown_table(json.loads(RESULTS.read_text())))
+        return
     methods = [m for m in args.methods.split(",") if m]
     unknown = sorted(set(methods) - set(METHODS))
     if unknown:
@@ -204,6 +230,7 @@ def main(argv=None):
             except Exception as err:  # noqa: BLE001 - a crash is a result, reported as such
                 entry = {"error": f"{type(err).__name__}: {err}"[:500],
                          "wall_time_s": time.perf_counter() - began}
+            entry["load_average_1m"] = os.getloadavg()[0]
             row[method] = entry
             print(f"{name:45s} {method:22s} " + ", ".join(
                 f"{k}={v:.3g}" if isinstance(v, float) else f"{k}={v}"
@@ -211,7 +238,7 @@ def main(argv=None):
                                                     "khat", "wall_time_s", "error")), flush=True)
             RESULTS.write_text(json.dumps(results, indent=1, default=float))
         nuts = row.get("numpyro_nuts", {}).get("wall_time_s")
-        for method, entry in row.items():
+        for entry in row.values():
             if nuts and "wall_time_s" in entry:
                 entry["speedup_vs_nuts"] = nuts / entry["wall_time_s"]
         RESULTS.write_text(json.dumps(results, indent=1, default=float))

@@ -18,6 +18,7 @@ from probinf import (
     vi,
 )
 from probinf._version import __version__
+from probinf.auto import infer
 from probinf.diagnostics import effective_sample_size, to_inference_data
 from probinf.families import (
     AffineGaussianConditional,
@@ -33,7 +34,6 @@ from probinf.families import (
 from probinf.io import load, save
 from probinf.target import Target, from_logdensity, from_numpyro
 from probinf.vi import fit
-from probinf.auto import infer
 
 __all__ = [
     "__version__",

@@ -31,13 +31,11 @@ diagnostics and the time each stage took.
 
 from __future__ import annotations
 
-import math
 import time
 import warnings
 from collections.abc import Callable
 from typing import Any
 
-import equinox as eqx
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -216,15 +214,18 @@ def infer(
 def _fit_flow(key, gaussian, target):
     """Flow VI started at ``gaussian``: ELBO, Adam, run until the loss stops improving."""
     import flows  # lazily: probinf never imports its sibling packages at import time
-
     from probinf import vi
 
     key_flow, key_fit = jax.random.split(key)
-    # The flow starts at the identity (a standard normal) in the frame of `gaussian`, so
-    # it starts equal to it and trains in units of its scale (see probinf.Standardized).
+    # In the frame of `gaussian` (see probinf.Standardized) the flow starts at the identity,
+    # i.e. equal to `gaussian`, and trains in units of its scale. Its last layer is a
+    # trainable triangular affine map (starting at the identity), so it can rescale and
+    # rotate beyond the splines' interval where the Gaussian was too narrow.
+    identity = gaussian.base
     if target.dim >= 2:
-        flow = flows.spline_flow(key_flow, target.dim)
+        flow = flows.spline_flow(key_flow, target.dim, gaussian=identity)
     else:  # a coupling flow needs two coordinates
-        flow = flows.inverse_autoregressive_flow(key_flow, 1, transformer="spline")
+        flow = flows.inverse_autoregressive_flow(key_flow, 1, transformer="spline",
+                                                 gaussian=identity)
     family = Standardized(flow, gaussian.frame_loc, gaussian.frame_scale_tril)
     return vi.fit(vi.ELBO(16), family, target, key=key_fit, diagnose=False)
