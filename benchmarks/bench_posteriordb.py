@@ -231,6 +231,9 @@ def main(argv=None):
                 entry = {"error": f"{type(err).__name__}: {err}"[:500],
                          "wall_time_s": time.perf_counter() - began}
             entry["load_average_1m"] = os.getloadavg()[0]
+            # Free compiled programs: each holds memory mappings, and one process compiling
+            # every method on every posterior otherwise reaches Linux's cap and crashes.
+            jax.clear_caches()
             row[method] = entry
             print(f"{name:45s} {method:22s} " + ", ".join(
                 f"{k}={v:.3g}" if isinstance(v, float) else f"{k}={v}"
