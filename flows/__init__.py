@@ -26,7 +26,7 @@ from flows.coupling import Coupling, MaskedCoupling
 from flows.density import DensityFitResult, fit_to_data
 from flows.distribution import ConditionedFlow, Flow, StandardNormal
 from flows.elementwise import Affine, Exp, Sigmoid, Softplus, Spline, Tanh
-from flows.linear import LULinear, Permutation
+from flows.linear import LULinear, Permutation, TriangularAffine
 from flows.planar import Planar, Radial
 from flows.spline import AffineTransformer, SplineTransformer, Transformer
 
@@ -44,6 +44,7 @@ __all__ = [
     "Spline",
     "Permutation",
     "LULinear",
+    "TriangularAffine",
     "Coupling",
     "MaskedCoupling",
     "MaskedAutoregressive",

@@ -83,5 +83,5 @@ def check_context(context: object, context_dim: int | None) -> jax.Array | None:
             f"got shape {tuple(context.shape)}"
         )
     if not jnp.issubdtype(context.dtype, jnp.floating):
-        context = context.astype(jnp.float32)
+        context = context.astype(jnp.result_type(float))  # the default float (float64 under x64)
     return context

@@ -224,7 +224,12 @@ class Scan(Bijection):
                 value, log_det = layer.forward_and_log_det(value, context)
             return (value, total + log_det), None
 
-        init = (value, jnp.zeros((), value.dtype))
+        # The carry takes the widest float of the input, the context and the layers' arrays
+        # (e.g. a float32 point through a float64 flow under x64), as an unrolled Chain would.
+        inexact = [leaf for leaf in jax.tree_util.tree_leaves((value, context, params))
+                   if jnp.issubdtype(jnp.result_type(leaf), jnp.inexact)]
+        dtype = jnp.result_type(*inexact, float)
+        init = (value.astype(dtype), jnp.zeros((), dtype))
         (value, total), _ = jax.lax.scan(body, init, params, reverse=inverse, unroll=self.unroll)
         return value, total
 

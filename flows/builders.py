@@ -10,7 +10,10 @@ conditional: the context then enters every conditioner network, and
 Every layer starts at the identity (zero-initialised output layers), so a new
 flow is its base distribution; ``loc``/``scale`` append a trainable
 :class:`~flows.elementwise.Affine` layer that starts the flow at
-:math:`\\mathcal N(\\mathrm{loc}, \\mathrm{diag}(\\mathrm{scale}^2))`.
+:math:`\\mathcal N(\\mathrm{loc}, \\mathrm{diag}(\\mathrm{scale}^2))`, and ``gaussian``
+(a Gaussian, e.g. from :func:`probinf.vi.initialize`) appends a trainable full-rank affine
+map started at the identity and the Gaussian's fixed frame, so the flow starts at that
+Gaussian and trains in its units (:class:`~flows.linear.TriangularAffine`).
 """
 
 from __future__ import annotations
@@ -26,7 +29,7 @@ from flows.bijection import Bijection, Chain, Invert, Scan
 from flows.coupling import Coupling
 from flows.distribution import Flow
 from flows.elementwise import Affine
-from flows.linear import Permutation
+from flows.linear import Permutation, TriangularAffine
 from flows.planar import Planar, Radial
 
 __all__ = [
@@ -50,7 +53,15 @@ def _check_permutation(permutation: object) -> str:
     return str(permutation)
 
 
-def _finish(bijection: Bijection, dim: int, loc: object, scale: object) -> Flow:
+def _finish(bijection: Bijection, dim: int, loc: object, scale: object,
+            gaussian: object = None) -> Flow:
+    if gaussian is not None:
+        if loc is not None or scale is not None:
+            raise ValueError("give either `gaussian` or `loc`/`scale`, not both")
+        frame = TriangularAffine.from_gaussian(gaussian, trainable=False)
+        if frame.dim != dim:
+            raise ValueError(f"`gaussian` has dim {frame.dim} but the flow has dim {dim}")
+        return Flow(Chain([bijection, TriangularAffine.identity(dim), frame]))
     if loc is None and scale is None:
         return Flow(bijection)
     affine = Affine.init(dim, loc=0.0 if loc is None else loc, scale=1.0 if scale is None else scale)
@@ -73,7 +84,8 @@ def coupling_flow(
     key: PRNGKeyArray, dim: int, *, num_layers: int = 8, transformer: str = "affine",
     width: int = 64, depth: int = 2, activation: str = "relu", context_dim: int | None = None,
     num_bins: int = 8, bound: float = 5.0, permutation: str = "random",
-    loc: object = None, scale: object = None, unroll: int | bool = 1,
+    loc: object = None, scale: object = None, gaussian: object = None,
+    unroll: int | bool = 1,
 ) -> Flow:
     """Coupling flow: ``num_layers`` x (split coupling, then a permutation).
 
@@ -95,6 +107,11 @@ def coupling_flow(
             ``"reverse"``; for ``dim == 2`` the two coordinates are always swapped.
         loc: if given (or ``scale``), append a trainable affine layer with this shift.
         scale: if given (or ``loc``), append a trainable affine layer with this scale.
+        gaussian: a :class:`probinf.FullRankGaussian`, :class:`probinf.MeanFieldGaussian` or
+            standardised Gaussian (:func:`probinf.vi.initialize`'s result): start the flow at
+            this Gaussian and train it in the Gaussian's frame (instead of ``loc``/``scale``):
+            the layers are followed by a trainable full-rank affine map started at the
+            identity and the Gaussian's fixed frame (:class:`~flows.linear.TriangularAffine`).
         unroll: passed to :class:`~flows.bijection.Scan`; ``True`` trades compile time
             (then growing with depth) for faster steps on small problems.
 
@@ -117,7 +134,7 @@ def coupling_flow(
         return Chain([coupling, _permutation(k_perm, dim, how)])
 
     _probe(make_layer, key)
-    return _finish(_stack(key, num_layers, make_layer, unroll), dim, loc, scale)
+    return _finish(_stack(key, num_layers, make_layer, unroll), dim, loc, scale, gaussian)
 
 
 def _probe(make_layer, key) -> None:
@@ -126,7 +143,7 @@ def _probe(make_layer, key) -> None:
 
 
 def _autoregressive(key, dim, num_layers, transformer, width, depth, activation, context_dim,
-                    num_bins, bound, permutation, loc, scale, unroll, invert: bool) -> Flow:
+                    num_bins, bound, permutation, loc, scale, gaussian, unroll, invert: bool) -> Flow:
     dim, num_layers, context_dim = _common(key, dim, num_layers, context_dim)
     how = _check_permutation(permutation)
 
@@ -141,14 +158,15 @@ def _autoregressive(key, dim, num_layers, transformer, width, depth, activation,
         return Chain([layer, _permutation(k_perm, dim, how)])
 
     _probe(make_layer, key)
-    return _finish(_stack(key, num_layers, make_layer, unroll), dim, loc, scale)
+    return _finish(_stack(key, num_layers, make_layer, unroll), dim, loc, scale, gaussian)
 
 
 def masked_autoregressive_flow(
     key: PRNGKeyArray, dim: int, *, num_layers: int = 5, transformer: str = "affine",
     width: int = 64, depth: int = 2, activation: str = "relu", context_dim: int | None = None,
     num_bins: int = 8, bound: float = 5.0, permutation: str = "reverse",
-    loc: object = None, scale: object = None, unroll: int | bool = 1,
+    loc: object = None, scale: object = None, gaussian: object = None,
+    unroll: int | bool = 1,
 ) -> Flow:
     """Masked autoregressive flow (MAF; Papamakarios et al., 2017).
 
@@ -159,14 +177,15 @@ def masked_autoregressive_flow(
     the order between layers.
     """
     return _autoregressive(key, dim, num_layers, transformer, width, depth, activation,
-                           context_dim, num_bins, bound, permutation, loc, scale, unroll, invert=True)
+                           context_dim, num_bins, bound, permutation, loc, scale, gaussian, unroll, invert=True)
 
 
 def inverse_autoregressive_flow(
     key: PRNGKeyArray, dim: int, *, num_layers: int = 5, transformer: str = "affine",
     width: int = 64, depth: int = 2, activation: str = "relu", context_dim: int | None = None,
     num_bins: int = 8, bound: float = 5.0, permutation: str = "reverse",
-    loc: object = None, scale: object = None, unroll: int | bool = 1,
+    loc: object = None, scale: object = None, gaussian: object = None,
+    unroll: int | bool = 1,
 ) -> Flow:
     """Inverse autoregressive flow (IAF; Kingma et al., 2016).
 
@@ -176,14 +195,15 @@ def inverse_autoregressive_flow(
     Arguments as in :func:`coupling_flow`.
     """
     return _autoregressive(key, dim, num_layers, transformer, width, depth, activation,
-                           context_dim, num_bins, bound, permutation, loc, scale, unroll, invert=False)
+                           context_dim, num_bins, bound, permutation, loc, scale, gaussian, unroll, invert=False)
 
 
 def spline_flow(
     key: PRNGKeyArray, dim: int, *, kind: str = "coupling", num_layers: int = 8,
     num_bins: int = 8, bound: float = 5.0, width: int = 64, depth: int = 2,
     activation: str = "relu", context_dim: int | None = None, permutation: str | None = None,
-    loc: object = None, scale: object = None, unroll: int | bool = 1,
+    loc: object = None, scale: object = None, gaussian: object = None,
+    unroll: int | bool = 1,
 ) -> Flow:
     """Neural spline flow with rational-quadratic spline transformers (Durkan et al., 2019).
 
@@ -202,6 +222,7 @@ def spline_flow(
         context_dim: length of the context vector for a conditional flow.
         loc: if given (or ``scale``), append a trainable affine layer with this shift.
         scale: if given (or ``loc``), append a trainable affine layer with this scale.
+        gaussian: start the flow at this Gaussian (see :func:`coupling_flow`).
         permutation: ``"random"`` or ``"reverse"`` (default: random for coupling,
             reverse for the autoregressive kinds).
         unroll: passed to :class:`~flows.bijection.Scan` (see :func:`coupling_flow`).
@@ -214,19 +235,20 @@ def spline_flow(
         return coupling_flow(key, dim, num_layers=num_layers, transformer="spline", width=width,
                              depth=depth, activation=activation, context_dim=context_dim,
                              num_bins=num_bins, bound=bound, permutation=permutation or "random",
-                             loc=loc, scale=scale, unroll=unroll)
+                             loc=loc, scale=scale, gaussian=gaussian, unroll=unroll)
     if kind in ("maf", "iaf"):
         builder = masked_autoregressive_flow if kind == "maf" else inverse_autoregressive_flow
         return builder(key, dim, num_layers=num_layers, transformer="spline", width=width,
                        depth=depth, activation=activation, context_dim=context_dim,
                        num_bins=num_bins, bound=bound, permutation=permutation or "reverse",
-                       loc=loc, scale=scale, unroll=unroll)
+                       loc=loc, scale=scale, gaussian=gaussian, unroll=unroll)
     raise ValueError(f"`kind` must be 'coupling', 'maf' or 'iaf', got {kind!r}")
 
 
 def planar_flow(
     key: PRNGKeyArray, dim: int, *, num_layers: int = 16, kind: str = "planar",
-    loc: object = None, scale: object = None, unroll: int | bool = 1,
+    loc: object = None, scale: object = None, gaussian: object = None,
+    unroll: int | bool = 1,
 ) -> Flow:
     """Stack of planar (or radial, ``kind="radial"``) layers (Rezende & Mohamed, 2015).
 
@@ -237,6 +259,11 @@ def planar_flow(
         kind: ``"planar"`` or ``"radial"``.
         loc: if given (or ``scale``), append a trainable affine layer with this shift.
         scale: if given (or ``loc``), append a trainable affine layer with this scale.
+        gaussian: a :class:`probinf.FullRankGaussian`, :class:`probinf.MeanFieldGaussian` or
+            standardised Gaussian (:func:`probinf.vi.initialize`'s result): start the flow at
+            this Gaussian and train it in the Gaussian's frame (instead of ``loc``/``scale``):
+            the layers are followed by a trainable full-rank affine map started at the
+            identity and the Gaussian's fixed frame (:class:`~flows.linear.TriangularAffine`).
         unroll: passed to :class:`~flows.bijection.Scan` (see :func:`coupling_flow`).
     """
     dim, num_layers, _ = _common(key, dim, num_layers, None)
@@ -246,4 +273,4 @@ def planar_flow(
         make_layer = lambda k: Radial(k, dim)
     else:
         raise ValueError(f"`kind` must be 'planar' or 'radial', got {kind!r}")
-    return _finish(_stack(key, num_layers, make_layer, unroll), dim, loc, scale)
+    return _finish(_stack(key, num_layers, make_layer, unroll), dim, loc, scale, gaussian)

@@ -59,7 +59,7 @@ def _check_array(value: object, name: str, width: int, rows: int | None = None) 
         raise ValueError(f"`{name}` must have {rows} rows (one per row of `data`), got {arr.shape[0]}")
     if not np.issubdtype(arr.dtype, np.number) or not np.all(np.isfinite(arr)):
         raise ValueError(f"`{name}` contains NaN or infinite values (or is not numeric)")
-    return jnp.asarray(arr, dtype=jnp.float32)
+    return jnp.asarray(arr, dtype=jnp.result_type(float))  # the default float (float64 under x64)
 
 
 def _negative_log_likelihood(params, static, x, context):

@@ -11,6 +11,19 @@ Sampling with :meth:`Flow.sample_and_log_prob` uses only the forward direction;
 :meth:`Flow.log_prob` of given points uses only the inverse. A :class:`Flow` is a
 :class:`probinf.families.Family`, so :func:`probinf.vi.fit` trains it with any
 objective of :mod:`probinf.vi`.
+
+Which pass reports :math:`\\log q` of a draw. In exact arithmetic the two passes agree.
+In floating point the forward pass is exact for the draw it produced, while the
+inverse must reconstruct :math:`u` from the rounded :math:`x`; where the flow squeezes
+a region of the base into fewer representable numbers than it had (a near-flat spline
+bin, a saturated ``Sigmoid``/``Tanh``), that reconstruction is lost and the inverse
+:math:`\\log q` can be off by many nats, and an optimiser that scores its own draws
+through the inverse learns to go there. Everything in this package that scores the
+flow's own draws therefore uses the forward value: :meth:`Flow.sample_and_log_prob`,
+:meth:`Flow.sample_and_frozen_log_prob` (the path-derivative estimators STL and DReG of
+:mod:`probinf.vi`), and :class:`flows.FlowDistribution` under numpyro (it caches the
+forward value as the sample's intermediates, as numpyro's own transformed
+distributions do). :meth:`Flow.log_prob` is for points that did not come from the flow.
 """
 
 from __future__ import annotations
@@ -26,7 +39,7 @@ from jaxtyping import Array, Float, PRNGKeyArray
 
 from flows._checks import check_context, check_points, check_positive_int
 from flows.bijection import Bijection
-from probinf.families import Family, check_num_samples
+from probinf.families import Family, check_num_samples, stop_gradient_params
 
 __all__ = ["StandardNormal", "Flow", "ConditionedFlow"]
 
@@ -121,6 +134,20 @@ class Flow(Family):
             x, log_det = fn(u, ctx)
         return x, log_base - log_det
 
+    def sample_and_frozen_log_prob(self, key: PRNGKeyArray, n: int) -> tuple[Array, Array]:
+        """``n`` draws and their log density with the parameters held fixed inside it.
+
+        What the path-derivative estimators (STL, DReG of :mod:`probinf.vi`) need:
+        :math:`\\log q_{\\bar\\phi}(x)` at :math:`x = f_\\phi(u)`, differentiated through
+        :math:`x` only. Its *value* is the forward-pass log density of each draw (exact
+        for it, see the module docstring); its *gradient* is that of the inverse pass
+        with stopped parameters, :math:`\\nabla_x \\log q(x)\\, \\partial x/\\partial\\phi`,
+        which needs the inverse's Jacobian and is equal to it in exact arithmetic.
+        """
+        x, log_q = self.sample_and_log_prob(key, n)
+        frozen = stop_gradient_params(self).log_prob(x)
+        return x, jax.lax.stop_gradient(log_q) + (frozen - jax.lax.stop_gradient(frozen))
+
     def sample(self, key: PRNGKeyArray, n: int,
                context: Float[Array, "... c"] | None = None) -> Float[Array, "n ... dim"]:
         """``n`` draws (shape as in :meth:`sample_and_log_prob`)."""
@@ -171,6 +198,13 @@ class ConditionedFlow(Family):
 
     def sample_and_log_prob(self, key: PRNGKeyArray, n: int) -> tuple[Array, Array]:
         return self.flow.sample_and_log_prob(key, n, jax.lax.stop_gradient(self.context))
+
+    def sample_and_frozen_log_prob(self, key: PRNGKeyArray, n: int) -> tuple[Array, Array]:
+        """As :meth:`Flow.sample_and_frozen_log_prob`, at this context."""
+        context = jax.lax.stop_gradient(self.context)
+        x, log_q = self.flow.sample_and_log_prob(key, n, context)
+        frozen = stop_gradient_params(self.flow).log_prob(x, context)
+        return x, jax.lax.stop_gradient(log_q) + (frozen - jax.lax.stop_gradient(frozen))
 
     def log_prob(self, z: Array) -> Array:
         return self.flow.log_prob(z, jax.lax.stop_gradient(self.context))

@@ -156,7 +156,8 @@ class Spline(Bijection):
         shape = (dim, self.transformer.num_params)
         if params is None:
             params = jnp.zeros(shape)
-        params = jnp.asarray(params, jnp.float32)
+        params = jnp.asarray(params)
+        params = params.astype(jnp.result_type(params, float))  # a float dtype; integers -> default
         if params.shape != shape:
             raise ValueError(f"`params` must have shape {shape}, got {params.shape}")
         self.params = params

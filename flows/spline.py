@@ -26,8 +26,8 @@ joins the identity tails with a continuous slope), and, in bin :math:`k`,
                  {[s + (\\delta_{k+1} + \\delta_k - 2s)\\,\\xi(1-\\xi)]^2}.
 
 The inverse solves the quadratic :math:`a\\xi^2 + b\\xi + c = 0` for the root in
-:math:`[0, 1]`, written as :math:`\\xi = 2c / (-b - \\sqrt{b^2 - 4ac})` to avoid
-cancellation.
+:math:`[0, 1]` in whichever of its two algebraic forms avoids cancellation (by the sign
+of :math:`b`), then takes one Newton step on the forward map.
 """
 
 from __future__ import annotations
@@ -134,7 +134,16 @@ def rational_quadratic_forward(
 def rational_quadratic_inverse(
     y: Float[Array, " m"], x_knots: Array, y_knots: Array, derivatives: Array
 ) -> tuple[Float[Array, " m"], Float[Array, " m"]]:
-    """Inverse spline values and elementwise ``log (g^{-1})'(y)``; identity in the tails."""
+    """Inverse spline values and elementwise ``log (g^{-1})'(y)``; identity in the tails.
+
+    The root of :math:`a\\xi^2 + b\\xi + c = 0` in :math:`[0, 1]` is
+    :math:`\\xi = 2c / (-b - \\sqrt{b^2 - 4ac}) = (-b + \\sqrt{b^2 - 4ac}) / (2a)`; the first
+    form is evaluated when :math:`b \\ge 0` and the second when :math:`b < 0`, so neither
+    subtracts nearly equal numbers (``b < 0`` happens near the right end of a bin whose
+    right derivative exceeds twice its slope, where the first form alone lost up to half
+    of float32's digits). One Newton step on the forward map then removes the rounding
+    left by the square root, so the inverse is accurate to the conditioning of ``g``.
+    """
     lower, upper = y_knots[..., 0], y_knots[..., -1]
     inside = (y > lower) & (y < upper)
     y_in = jnp.clip(y, lower, upper)
@@ -145,8 +154,24 @@ def rational_quadratic_inverse(
     a = h * (s - d0) + offset * curvature
     b = h * d0 - offset * curvature
     c = -s * offset
-    discriminant = jnp.maximum(b**2 - 4.0 * a * c, 0.0)
-    xi = 2.0 * c / (-b - jnp.sqrt(discriminant))
+    root = jnp.sqrt(jnp.maximum(b**2 - 4.0 * a * c, 0.0))
+    positive_b = b >= 0
+    # Each branch's denominator is nonzero where it is selected (b >= 0 and c <= 0 make
+    # -b - root < 0 unless offset = 0, where c = 0 too; b < 0 forces a > 0).
+    denominator = jnp.where(positive_b, -b - root, 2.0 * a)
+    denominator = jnp.where(denominator == 0.0, 1.0, denominator)
+    xi = jnp.where(positive_b, 2.0 * c, -b + root) / denominator
+    xi = jnp.where(xi < 0.0, 0.0, jnp.where(xi > 1.0, 1.0, xi))
+    # Newton step on y(xi) = offset, with dy/dxi = w g'(x) = h s N / D^2. It is kept only
+    # inside the bin: where y sits on a near-flat stretch (g' ~ 0, e.g. a y rounded past a
+    # knot), every xi there maps to y within rounding and a full step would leave the bin.
+    xi_term = xi * (1.0 - xi)
+    forward_denominator = s + curvature * xi_term
+    residual = h * (s * xi**2 + d0 * xi_term) / forward_denominator - offset
+    slope = h * s * (d1 * xi**2 + 2.0 * s * xi_term + d0 * (1.0 - xi) ** 2) / forward_denominator**2
+    refined = xi - residual / jnp.where(slope > 0.0, slope, 1.0)
+    keep = (slope > 0.0) & (refined >= 0.0) & (refined <= 1.0)
+    xi = jnp.where(keep, refined, xi)
     x = x0 + xi * w
     log_det = -_log_slope(xi, s, d0, d1)
     return jnp.where(inside, x, y), jnp.where(inside, log_det, 0.0)

@@ -218,14 +218,14 @@ def _fit_flow(key, gaussian, target):
 
     key_flow, key_fit = jax.random.split(key)
     # In the frame of `gaussian` (see probinf.Standardized) the flow starts at the identity,
-    # i.e. equal to `gaussian`, and trains in units of its scale. Its last layer is a
-    # trainable elementwise affine map (starting at the identity; the frame carries the
-    # correlations), so it can rescale beyond the splines' interval where the Gaussian
-    # was too narrow.
+    # i.e. equal to `gaussian`, and trains in units of its scale. Its trainable full-rank
+    # affine layer (starting at the identity) can rescale and rotate beyond the splines'
+    # interval where the Gaussian was too narrow.
+    identity = gaussian.base
     if target.dim >= 2:
-        flow = flows.spline_flow(key_flow, target.dim, loc=0.0, scale=1.0)
+        flow = flows.spline_flow(key_flow, target.dim, gaussian=identity)
     else:  # a coupling flow needs two coordinates
         flow = flows.inverse_autoregressive_flow(key_flow, 1, transformer="spline",
-                                                 loc=0.0, scale=1.0)
+                                                 gaussian=identity)
     family = Standardized(flow, gaussian.frame_loc, gaussian.frame_scale_tril)
     return vi.fit(vi.ELBO(16), family, target, key=key_fit, diagnose=False)

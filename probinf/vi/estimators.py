@@ -90,6 +90,15 @@ def _frozen_log_prob(estimator: str, family: Family, z: Array) -> Array:
         ) from err
 
 
+def _sample_and_frozen_log_prob(estimator: str, family: Family, key, num_samples: int):
+    # A family whose log_prob may disagree with the density its draws came from (a flow,
+    # whose inverse pass is inexact in floating point) reports the draws' own log q.
+    if hasattr(family, "sample_and_frozen_log_prob"):
+        return family.sample_and_frozen_log_prob(key, num_samples)
+    z = family.sample(key, num_samples)
+    return z, _frozen_log_prob(estimator, family, z)
+
+
 class Estimator(eqx.Module):
     """Base class: turns ``E_q[F(log weights)]`` into a surrogate scalar."""
 
@@ -133,8 +142,7 @@ class STL(Estimator):
                 "STL() is unbiased only for separable objectives (ELBO-type); "
                 "use DReG() for importance-weighted objectives"
             )
-        z = family.sample(key, num_samples)
-        log_q = _frozen_log_prob("STL()", family, z)
+        z, log_q = _sample_and_frozen_log_prob("STL()", family, key, num_samples)
         return reduce_fn(log_weight_fn(target, z, log_q))
 
 
@@ -169,8 +177,7 @@ class DReG(Estimator):
 
     def estimate(self, key, family, target, num_samples, log_weight_fn, reduce_fn, separable):
         _require_reparameterized("DReG()", family)
-        z = family.sample(key, num_samples)
-        log_q_frozen = _frozen_log_prob("DReG()", family, z)
+        z, log_q_frozen = _sample_and_frozen_log_prob("DReG()", family, key, num_samples)
         log_w_path = log_weight_fn(stop_gradient_params(target), z, log_q_frozen)
         log_w_model = log_weight_fn(
             target, jax.lax.stop_gradient(z), jax.lax.stop_gradient(log_q_frozen)

@@ -26,6 +26,7 @@ from flows import (
     Softplus,
     Spline,
     Tanh,
+    TriangularAffine,
 )
 
 DIM = 4
@@ -61,6 +62,7 @@ BIJECTIONS = {
     "spline": lambda: Spline(DIM, num_bins=6, bound=3.0),
     "permutation": lambda: Permutation.random(KEY, DIM),
     "lu_linear": lambda: LULinear(DIM, key=KEY),
+    "triangular_affine": lambda: TriangularAffine(jnp.zeros(DIM), jnp.zeros(DIM), jnp.zeros((DIM, DIM))),
     "coupling_affine": lambda: Coupling(KEY, DIM, width=8),
     "coupling_spline": lambda: Coupling(KEY, DIM, transformer="spline", width=8, bound=3.0),
     "coupling_split_1": lambda: Coupling(KEY, DIM, split=1, width=8),

@@ -113,6 +113,21 @@ def test_builder_options_and_errors():
         flows.spline_flow(KEY, 3, num_bins=1)
     with pytest.raises(ValueError, match="scale"):
         flows.coupling_flow(KEY, 3, scale=0.0)
+    with pytest.raises(ValueError, match="gaussian"):
+        flows.spline_flow(KEY, 2, gaussian=probinf.FullRankGaussian.init(3))
+    with pytest.raises(ValueError, match="gaussian"):
+        flows.spline_flow(KEY, 2, loc=1.0, gaussian=probinf.FullRankGaussian.init(2))
+    with pytest.raises(TypeError, match="gaussian"):
+        flows.spline_flow(KEY, 2, gaussian="laplace")
+
+
+def test_gaussian_option_starts_the_flow_at_that_gaussian():
+    """Every layer starts at the identity, so the new flow's density is the Gaussian's."""
+    gaussian = probinf.FullRankGaussian.init(2, loc=MEAN, scale_tril=jnp.linalg.cholesky(COV))
+    for flow in (flows.spline_flow(KEY, 2, num_layers=2, width=8, gaussian=gaussian),
+                 flows.inverse_autoregressive_flow(KEY, 2, num_layers=2, width=8, gaussian=gaussian)):
+        z = _exact_samples()[:50]
+        np.testing.assert_allclose(flow.log_prob(z), jax.vmap(_log_density)(z), rtol=1e-5, atol=1e-5)
     with pytest.raises(TypeError, match="key"):
         flows.coupling_flow(0, 3)
     assert np.isfinite(float(flows.inverse_autoregressive_flow(KEY, 1).log_prob(jnp.zeros(1))))

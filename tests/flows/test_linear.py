@@ -5,7 +5,7 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from flows import LULinear, Permutation
+from flows import LULinear, Permutation, TriangularAffine
 
 
 def test_permutation_round_trip_and_errors():
@@ -36,3 +36,29 @@ def test_lu_linear_matches_its_matrix():
     np.testing.assert_allclose(log_det, np.linalg.slogdet(matrix)[1], rtol=1e-5, atol=1e-5)
     np.testing.assert_allclose(layer.inverse(y), x, atol=1e-5)
     assert layer.permutation.dtype == jnp.int32  # never trained by probinf.fit
+
+
+def test_triangular_affine_pushes_the_standard_normal_to_its_gaussian():
+    from scipy import stats
+
+    import flows
+    import probinf
+
+    scale_tril = np.array([[1.5, 0.0, 0.0], [0.4, 0.2, 0.0], [-0.7, 0.3, 2.0]])
+    loc = np.array([1.0, -2.0, 0.5])
+    layer = TriangularAffine.from_gaussian(probinf.FullRankGaussian.init(3, loc=loc, scale_tril=scale_tril))
+    np.testing.assert_allclose(layer.scale_tril, scale_tril, rtol=1e-6)
+    flow = flows.Flow(layer)
+    z = jax.random.normal(jax.random.key(0), (5, 3)) * 2.0
+    exact = stats.multivariate_normal(loc, scale_tril @ scale_tril.T).logpdf(np.asarray(z))
+    np.testing.assert_allclose(flow.log_prob(z), exact, rtol=1e-5)
+    draws, log_q = flow.sample_and_log_prob(jax.random.key(1), 5)
+    np.testing.assert_allclose(log_q, stats.multivariate_normal(loc, scale_tril @ scale_tril.T).logpdf(
+        np.asarray(draws)), rtol=1e-5)
+    # A mean-field Gaussian gives a diagonal factor.
+    diagonal = TriangularAffine.from_gaussian(probinf.MeanFieldGaussian.init(3, loc=loc, scale=[1.0, 2.0, 3.0]))
+    np.testing.assert_allclose(diagonal.scale_tril, np.diag([1.0, 2.0, 3.0]), rtol=1e-6)
+    with pytest.raises(TypeError, match="gaussian"):
+        TriangularAffine.from_gaussian("not a Gaussian")
+    with pytest.raises(ValueError, match="shapes"):
+        TriangularAffine(jnp.zeros(3), jnp.zeros(2), jnp.zeros((3, 3)))
