@@ -96,10 +96,6 @@ def check_target(target: object) -> Target:
     return target
 
 
-def check_positive_int(value: object, name: str) -> int:
-    return check_num_samples(value, name)
-
-
 def check_tolerance(value: object, name: str, default: float) -> float:
     if value is None:
         return default
@@ -232,8 +228,8 @@ def find_map(
             density or its gradient is not finite, or bad settings.
     """
     target = check_target(target)
-    max_iters = check_positive_int(max_iters, "max_iters")
-    history_size = check_positive_int(history_size, "history_size")
+    max_iters = check_num_samples(max_iters, "max_iters")
+    history_size = check_num_samples(history_size, "history_size")
     x0 = resolve_init(target, init)
     default_ftol, default_gtol = _lbfgs.default_tolerances(x0.dtype)
     ftol = check_tolerance(ftol, "ftol", default_ftol)

@@ -34,14 +34,14 @@ import numpy as np
 from jaxtyping import Array, Float, Int, PRNGKeyArray
 
 from probinf._linalg import cholesky
-from probinf.families import FullRankGaussian, MeanFieldGaussian, Standardized
+from probinf.families import FullRankGaussian, MeanFieldGaussian, Standardized, check_num_samples
 from probinf.target import Target
 from probinf.vi import _lbfgs
+from probinf.vi.fit import _check_key
 from probinf.vi.laplace import _EXACT as _LAPLACE_EXACT
 from probinf.vi.laplace import (
     _laplace_compiled,
     check_finite_start,
-    check_positive_int,
     check_target,
     check_tolerance,
     is_concrete,
@@ -195,11 +195,6 @@ def _combine_paths(target, paths: PathfinderResult, log_w, fresh):
     )
 
 
-def _check_key(key: object) -> None:
-    if not hasattr(key, "shape") or not hasattr(key, "dtype"):
-        raise TypeError(f"`key` must be a JAX PRNG key, got {type(key).__name__}")
-
-
 def _starts(key, target: Target, init: object, num_paths: int) -> Array:
     """``(num_paths, dim)`` starting points: ``init`` rows, or jitter around one start."""
     if init is not None and np.ndim(init) == 2:
@@ -224,10 +219,10 @@ def _pathfinder(key, target, *, init, num_draws, max_iters, history_size, num_pa
     """`pathfinder` without its failure warning (``initialize`` words its own)."""
     _check_key(key)
     target = check_target(target)
-    num_draws = check_positive_int(num_draws, "num_draws")
-    max_iters = check_positive_int(max_iters, "max_iters")
-    history_size = check_positive_int(history_size, "history_size")
-    num_paths = check_positive_int(num_paths, "num_paths")
+    num_draws = check_num_samples(num_draws, "num_draws")
+    max_iters = check_num_samples(max_iters, "max_iters")
+    history_size = check_num_samples(history_size, "history_size")
+    num_paths = check_num_samples(num_paths, "num_paths")
     default_ftol, default_gtol = _lbfgs.default_tolerances(working_dtype())
     ftol = check_tolerance(ftol, "ftol", default_ftol)
     gtol = check_tolerance(gtol, "gtol", default_gtol)
