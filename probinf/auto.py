@@ -67,12 +67,10 @@ class _Proposal:
         self.ess = self.diagnostics.ess
 
     def resample(self, key, n: int) -> tuple[np.ndarray, np.ndarray]:
-        """``n`` draws by systematic resampling with the smoothed weights, shuffled."""
-        from probinf.smc.resampling import systematic
+        """``n`` draws resampled with the smoothed weights, and their log weights."""
+        from probinf.vi.diagnostics import resample_indices
 
-        key_pick, key_shuffle = jax.random.split(key)
-        index = np.asarray(systematic(key_pick, jnp.asarray(self.log_weights), n))
-        index = index[np.asarray(jax.random.permutation(key_shuffle, n))]
+        index = resample_indices(key, self.log_weights, n)
         return self.z[index], self.log_weights[index]
 
     def stats(self) -> dict[str, float | int | str]:

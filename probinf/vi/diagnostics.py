@@ -315,9 +315,18 @@ def importance_resample(
             RuntimeWarning,
             stacklevel=stacklevel,
         )
+    ancestors = resample_indices(key_pick, log_weights, num_samples,
+                                 key_shuffle)
+    return np.asarray(z)[ancestors], diagnostics
+
+
+def resample_indices(key: PRNGKeyArray, log_weights: np.ndarray, num_samples: int,
+                     key_shuffle: PRNGKeyArray | None = None) -> np.ndarray:
+    """Systematic resampling of ``num_samples`` indices, then shuffled so any prefix is fair."""
     from probinf.smc.resampling import systematic  # lazily: probinf.smc loads on first use
 
+    if key_shuffle is None:
+        key, key_shuffle = jax.random.split(key)
     normalised = log_weights - np.logaddexp.reduce(log_weights[log_weights > -np.inf])
-    ancestors = systematic(key_pick, jnp.asarray(normalised), num_samples)
-    ancestors = jax.random.permutation(key_shuffle, ancestors)
-    return np.asarray(z)[np.asarray(ancestors)], diagnostics
+    ancestors = systematic(key, jnp.asarray(normalised), num_samples)
+    return np.asarray(jax.random.permutation(key_shuffle, ancestors))
