@@ -19,8 +19,9 @@ class LMJudgeReward:
 
     The judge model is asked ``template`` (with ``{question}`` and ``{solution}``) in its
     chat template, and the next-token log-probabilities of the answer words are read
-    (every top token whose stripped, lower-cased text is ``yes`` / ``no`` counts). When
-    neither word is among the top tokens the score is 1/2: the judge gave no evidence.
+    (every top token whose stripped, case-folded text is ``yes`` / ``no`` counts; the ratio is
+    computed in log space, so extreme log-probabilities cannot overflow). When neither word
+    is among the top tokens the score is 1/2: the judge gave no evidence.
 
     Args:
         model: any :class:`~probinf.llm.base.LanguageModel` (it may be the generator itself).
@@ -31,8 +32,15 @@ class LMJudgeReward:
     kind = "process"
 
     def __init__(self, model, template: str = DEFAULT_TEMPLATE, top_k: int = 20):
-        if "{question}" not in template or "{solution}" not in template:
-            raise ValueError("`template` must contain {question} and {solution}")
+        if not isinstance(template, str) or "{question}" not in template or "{solution}" not in template:
+            raise ValueError(f"`template` must be a str containing {{question}} and {{solution}}, got {template!r}")
+        try:  # any other field or a stray brace would fail on every call to `score`
+            template.format(question="", solution="")
+        except (IndexError, KeyError, ValueError) as err:
+            raise ValueError(
+                f"`template` may use only the fields {{question}} and {{solution}} (write a literal "
+                f"brace as {{{{ or }}}}), got {template!r}"
+            ) from err
         self.model = model
         self.template = template
         self.top_k = int(top_k)
@@ -42,9 +50,36 @@ class LMJudgeReward:
             self.model.format_prompt(self.template.format(question=question, solution=s.strip() or "(empty)"))
             for s in solutions
         ]
-        scores = []
-        for top in self.model.next_token_logprobs(contexts, top_k=self.top_k):
-            yes = sum(math.exp(v) for k, v in top.items() if k.strip().lower() == "yes")
-            no = sum(math.exp(v) for k, v in top.items() if k.strip().lower() == "no")
-            scores.append(yes / (yes + no) if yes + no > 0 else 0.5)
-        return scores
+        return [_yes_probability(top) for top in self.model.next_token_logprobs(contexts, top_k=self.top_k)]
+
+
+def _log_sum_exp(values: list[float]) -> float:
+    finite = [v for v in values if v == v and v != -math.inf]
+    if not finite:
+        return -math.inf
+    peak = max(finite)
+    if peak == math.inf:
+        return math.inf
+    return peak + math.log(sum(math.exp(v - peak) for v in finite))
+
+
+def _yes_probability(top: dict) -> float:
+    r""":math:`\sigma(\log P(\text{Yes}) - \log P(\text{No}))`, in log space; 1/2 without evidence.
+
+    A token counts when its text, stripped of whitespace and case-folded, is ``yes`` / ``no``
+    (one pass over the top tokens; NaN log-probabilities are ignored).
+    """
+    words = {"yes": [], "no": []}
+    for token, logprob in top.items():
+        word = str(token).strip().casefold()
+        if word in words:
+            words[word].append(float(logprob))
+    log_yes, log_no = _log_sum_exp(words["yes"]), _log_sum_exp(words["no"])
+    if log_yes == log_no:  # neither word (both -inf), or equal evidence
+        return 0.5
+    difference = log_yes - log_no
+    if difference != difference:  # inf - inf
+        return 0.5
+    if difference >= 0:
+        return 1.0 / (1.0 + math.exp(-difference))
+    return math.exp(difference) / (1.0 + math.exp(difference))
