@@ -17,12 +17,15 @@ from probinf.llm.backends import (
     as_language_model,
 )
 from probinf.llm.base import (
+    DEFAULT_CONFIG,
     CallableReward,
+    DecodeConfig,
     LanguageModel,
     LLMBackendError,
     RewardModel,
     SamplingParams,
     StepResult,
+    TokenText,
     as_reward,
 )
 from probinf.llm.problems import ArithmeticProblem, make_problems
@@ -63,8 +66,11 @@ __all__ = [
     "RewardModel",
     "CallableReward",
     "as_reward",
+    "DecodeConfig",
+    "DEFAULT_CONFIG",
     "SamplingParams",
     "StepResult",
+    "TokenText",
     "LLMBackendError",
     "LlamaCppModel",
     "TransformersModel",

@@ -17,7 +17,7 @@ def llm_step(key, quick: bool) -> DemoStep:
     import jax
 
     from probinf.llm import ArithmeticVerifier, LlamaCppModel, make_problems, particle_filter
-    from probinf.llm.bench import BENCH_PARAMS, _is_final
+    from probinf.llm.base import DEFAULT_CONFIG
     from probinf.llm.rewards import check_claims, lenient_answer
 
     key_problem, key_decode = jax.random.split(key)
@@ -25,9 +25,11 @@ def llm_step(key, quick: bool) -> DemoStep:
     model = LlamaCppModel.smollm2()
     n = 2 if quick else 6
     verifier = ArithmeticVerifier()
+    # The library's defaults; the quick demo caps the steps to stay short.
+    config = DEFAULT_CONFIG.replace(max_steps=2) if quick else DEFAULT_CONFIG
     result = particle_filter(
-        key_decode, model, problem.question, verifier, n_particles=n, params=BENCH_PARAMS,
-        max_steps=2 if quick else 3, is_final=_is_final, answer_fn=lenient_answer, progress=False,
+        key_decode, model, problem.question, verifier, n_particles=n, config=config,
+        answer_fn=lenient_answer, progress=False,
     )
     checked = ", ".join(f"{claim} ({'right' if ok else 'WRONG'})" for claim, ok in check_claims(result.text))
     checked = checked or "none"

@@ -7,6 +7,14 @@ a :class:`RewardModel` scores partial traces (a *process* reward) or finished on
 *outcome* reward) with a number in :math:`[0, 1]`, read as the probability that the
 trace is on a correct path. The samplers in :mod:`probinf.llm.samplers` only talk to
 these two protocols, so any backend and any verifier plug in.
+
+**Token faithfulness.** A partial trace is a :class:`TokenText`: the token ids the model
+emitted, and their text. Backends that see token ids (llama.cpp, transformers) extend
+the ids themselves, so every step is conditioned on exactly the sequence the model
+produced; text is only ever derived from ids, never turned back into ids. (Turning text
+back into ids is not the identity: SmolLM2 emits a blank line as two ``"\n"`` tokens,
+but its tokenizer encodes ``"\n\n"`` as one token, a sequence the model itself never
+produces.)
 """
 
 from __future__ import annotations
@@ -19,8 +27,12 @@ from typing import Literal, Protocol, runtime_checkable
 import numpy as np
 
 __all__ = [
+    "TokenText",
+    "as_token_text",
     "StepResult",
     "SamplingParams",
+    "DecodeConfig",
+    "DEFAULT_CONFIG",
     "LanguageModel",
     "RewardModel",
     "CallableReward",
@@ -37,17 +49,68 @@ class LLMBackendError(RuntimeError):
 
 
 @dataclass(frozen=True)
+class TokenText:
+    """A token sequence and its text: a prompt, or what one particle generated so far.
+
+    Attributes:
+        text: the text. For generated tokens it is their detokenisation, decoded
+            incrementally: a multi-byte UTF-8 character split across tokens appears once
+            its last byte has been emitted (an incomplete character at the very end of a
+            generation that goes on is not in ``text`` yet).
+        tokens: the token ids, exactly as the model emitted them (for a prompt: as the
+            backend's tokenizer encoded it, with the beginning-of-sequence token if the
+            model uses one). ``None`` when they are unknown: text written by a user, or
+            a backend that reports only text (OpenAI-compatible servers); a token-level
+            backend then tokenises ``text``.
+    """
+
+    text: str = ""
+    tokens: tuple[int, ...] | None = ()
+
+    def __post_init__(self):
+        if not isinstance(self.text, str):
+            raise TypeError(f"`text` must be a str, got {type(self.text).__name__}")
+        if self.tokens is not None:
+            tokens = tuple(self.tokens)
+            if any(isinstance(t, bool) or not isinstance(t, (int, np.integer)) or t < 0 for t in tokens):
+                raise ValueError(f"`tokens` must be non-negative token ids or None, got {self.tokens!r}")
+            object.__setattr__(self, "tokens", tuple(int(t) for t in tokens))
+
+
+def as_token_text(value, name: str = "prefix") -> TokenText:
+    """A :class:`TokenText` from one, or from anything with ``.text`` and ``.tokens`` (a
+    particle), or from a plain string (user-written text: ``tokens=None``).
+
+    Raises:
+        TypeError: naming ``name`` for anything else.
+    """
+    if isinstance(value, TokenText):
+        return value
+    if isinstance(value, str):
+        return TokenText(value, None)
+    if hasattr(value, "text") and hasattr(value, "tokens"):
+        return TokenText(value.text, value.tokens)
+    raise TypeError(f"`{name}` must be a TokenText, a particle or a str, got {type(value).__name__}")
+
+
+@dataclass(frozen=True)
 class StepResult:
     """One step appended to one partial generation.
 
     Attributes:
-        text: the new text, including the delimiter that ended it (if any).
-        num_tokens: tokens generated for this step.
+        text: the step's text: the detokenisation of ``tokens`` (incremental, see
+            :class:`TokenText`), including the delimiter or stop string that ended it and
+            whatever else the last token holds after it (a step ends at a token, never
+            inside one).
+        num_tokens: tokens generated for this step (the end-of-sequence token is not
+            counted, nor in ``tokens``).
         log_prob: sum of the model's log-probabilities of those tokens (temperature 1,
             before any truncation); ``nan`` when the backend does not report them.
         finished: the generation is complete (end-of-sequence token, a stop string, or
-            the total token budget is spent); no further step will be asked for.
+            the context window is full); no further step will be asked for.
         truncated: the step hit the per-step token cap without a delimiter.
+        tokens: the step's token ids as emitted, or ``None`` from a backend that reports
+            only text.
     """
 
     text: str
@@ -55,6 +118,15 @@ class StepResult:
     log_prob: float = math.nan
     finished: bool = False
     truncated: bool = False
+    tokens: tuple[int, ...] | None = None
+
+    def __post_init__(self):
+        if self.tokens is not None:
+            object.__setattr__(self, "tokens", tuple(int(t) for t in self.tokens))
+            if len(self.tokens) != self.num_tokens:
+                raise ValueError(
+                    f"`num_tokens` is {self.num_tokens} but the step has {len(self.tokens)} token ids"
+                )
 
 
 @dataclass(frozen=True)
@@ -68,8 +140,14 @@ class SamplingParams:
         min_p: drop tokens whose probability is below ``min_p`` times the top one.
         max_step_tokens: token cap of one step.
         delimiter: text that ends a step (``None``: a step runs to a stop string, the
-            end-of-sequence token or the cap).
-        stop: strings that end the whole generation (kept out of the text).
+            end-of-sequence token or the cap). After each token the step's text so far is
+            searched for it (it must follow some non-blank text of the step), and the step
+            ends at the token that completes it.
+        stop: strings that end the whole generation. They are searched for after each
+            token in the text generated so far (so one may straddle a step boundary);
+            the generation ends at the token that completes one, and that token is kept:
+            the text *includes* the stop string (and anything after it inside the same
+            token), because text is always the detokenisation of the emitted tokens.
     """
 
     temperature: float = 0.8
@@ -103,6 +181,80 @@ class SamplingParams:
         return self.temperature == 0
 
 
+def _positive_int(value, name: str) -> None:
+    if isinstance(value, bool) or not isinstance(value, (int, np.integer)) or value < 1:
+        raise ValueError(f"`{name}` must be a positive int, got {value!r}")
+
+
+@dataclass(frozen=True)
+class DecodeConfig:
+    """The decoding defaults, in one place: used by :func:`~probinf.llm.samplers.generate`
+    and every sampler, the ``probinf decode`` command, the docs and the benchmark.
+
+    The caps come from a measurement on the embedded SmolLM2-135M-Instruct
+    (``benchmarks/llm_defaults.py``, figures in ``benchmarks/results/llm_defaults.json``
+    and ``docs/llm.md``; 30 development problems that are not the benchmark's, greedy
+    and sampled, two system prompts): with a newline delimiter a step took at most 51
+    and 60 tokens at the 95th percentile, and a solution stated its answer (or ended)
+    within 5 and 6.8 steps, so the caps are 64 tokens and 7 steps. A newline rather than
+    a blank line delimits steps because a particle filter acts between steps: with a
+    blank line the median solution was one or two steps long. A particle that hits a cap
+    is flagged (``truncated`` steps, ``finish_reason="max_steps"``), never silently cut.
+
+    Attributes:
+        n_particles: the method's budget :math:`N` (particles, samples or beams).
+        max_steps: the most steps per solution; what is unfinished then is final.
+        max_step_tokens: token cap of one step.
+        delimiter: text that ends a step (see :class:`SamplingParams`).
+        stop_at_answer: a particle is finished as soon as it states an answer
+            (:func:`probinf.llm.rewards.extract_answer` finds one), saving the tokens a
+            model spends after it.
+        temperature, top_k, top_p, min_p: token sampling (see :class:`SamplingParams`);
+            llama.cpp's default truncation, which keeps a small model's samples coherent.
+        stop: strings that end a generation (see :class:`SamplingParams`).
+    """
+
+    n_particles: int = 8
+    max_steps: int = 7
+    max_step_tokens: int = 64
+    delimiter: str | None = "\n"
+    stop_at_answer: bool = True
+    temperature: float = 0.8
+    top_k: int = 40
+    top_p: float = 0.95
+    min_p: float = 0.05
+    stop: tuple[str, ...] = ()
+
+    def __post_init__(self):
+        _positive_int(self.n_particles, "n_particles")
+        _positive_int(self.max_steps, "max_steps")
+        if not isinstance(self.stop_at_answer, bool):
+            raise ValueError(f"`stop_at_answer` must be True or False, got {self.stop_at_answer!r}")
+        if isinstance(self.stop, list):
+            object.__setattr__(self, "stop", tuple(self.stop))
+        _ = self.sampling  # validates the sampling fields, naming the one that is wrong
+
+    @property
+    def sampling(self) -> SamplingParams:
+        """The :class:`SamplingParams` a backend receives."""
+        return SamplingParams(
+            temperature=self.temperature, top_k=self.top_k, top_p=self.top_p, min_p=self.min_p,
+            max_step_tokens=self.max_step_tokens, delimiter=self.delimiter, stop=self.stop,
+        )
+
+    def replace(self, **changes) -> DecodeConfig:
+        """A copy with some fields changed (validated again)."""
+        import dataclasses
+
+        unknown = set(changes) - {f.name for f in dataclasses.fields(self)}
+        if unknown:
+            raise TypeError(f"DecodeConfig has no field(s) {sorted(unknown)}")
+        return dataclasses.replace(self, **changes)
+
+
+DEFAULT_CONFIG = DecodeConfig()
+
+
 @runtime_checkable
 class LanguageModel(Protocol):
     """A causal language model that extends partial generations one step at a time.
@@ -113,25 +265,39 @@ class LanguageModel(Protocol):
     completions server) and :class:`probinf.llm.backends.ToyStepModel` (a model whose
     step distribution is known exactly, for tests).
 
+    A sampler encodes the prompt once per run (:meth:`encode_prompt`) and then calls
+    :meth:`extend` with *all* live particles at once, so a backend is free to batch them.
+
     Attributes:
         supports_seeding: ``True`` when the same seeds give the same steps.
     """
 
     supports_seeding: bool
 
+    def format_prompt(self, question: str, system: str | None = None) -> str:
+        """Wrap a user question in the model's chat template (ending where the answer starts)."""
+        ...
+
+    def encode_prompt(self, prompt: str) -> TokenText:
+        """The prompt as the model sees it: its token ids (``None`` for a text-only backend)."""
+        ...
+
     def extend(
         self,
         seeds: Sequence[int],
-        prompt: str,
-        prefixes: Sequence[str],
+        prompt: TokenText | str,
+        prefixes: Sequence[TokenText],
         params: SamplingParams,
     ) -> list[StepResult]:
         """Append one step to each ``prompt + prefix``.
 
         Args:
             seeds: one integer seed per prefix (used by backends that support seeding).
-            prompt: the formatted prompt shared by every particle.
-            prefixes: the text generated so far by each particle (``""`` at the start).
+            prompt: the encoded prompt shared by every particle (a ``str`` is encoded).
+            prefixes: what each particle generated so far (``TokenText()`` at the start).
+                A token-level backend continues ``prompt.tokens + prefix.tokens`` as they
+                are; only a prefix without ids (``tokens=None``: user-written text) is
+                tokenised.
             params: sampling parameters, including the step delimiter and token cap.
 
         Returns:
@@ -139,12 +305,15 @@ class LanguageModel(Protocol):
         """
         ...
 
-    def next_token_logprobs(self, contexts: Sequence[str], top_k: int = 20) -> list[dict[str, float]]:
-        """The ``top_k`` most likely next tokens after each context with their log-probabilities."""
-        ...
+    def next_token_logprobs(
+        self, contexts: Sequence[TokenText | str], top_k: int = 20,
+        prefixes: Sequence[TokenText] | None = None,
+    ) -> list[dict[str, float]]:
+        """The ``top_k`` most likely next tokens after each context, with their log-probabilities.
 
-    def format_prompt(self, question: str, system: str | None = None) -> str:
-        """Wrap a user question in the model's chat template (ending where the answer starts)."""
+        ``contexts`` are prompts (encoded or text); with ``prefixes``, context ``i`` is
+        continued by ``prefixes[i]`` exactly as in :meth:`extend`.
+        """
         ...
 
 

@@ -20,6 +20,7 @@ Jobs are shared by worker processes, each with its own model (one thread each).
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import math
 import os
@@ -29,23 +30,17 @@ from concurrent.futures import FIRST_COMPLETED, ProcessPoolExecutor, wait
 
 import numpy as np
 
-from probinf.llm.base import SamplingParams
+from probinf.llm.base import DEFAULT_CONFIG
 
-__all__ = ["run_benchmark", "summarize", "plot_results", "BENCH_PARAMS"]
+__all__ = ["run_benchmark", "summarize", "plot_results", "BENCH_CONFIG"]
 
-BENCH_PARAMS = SamplingParams(temperature=0.8, top_k=40, top_p=0.95, min_p=0.05, max_step_tokens=32,
-                              delimiter="\n")
-MAX_STEPS = 3
+# The library's single defaults (sampling, delimiter, caps, stop at a stated answer); the
+# benchmark varies only N.
+BENCH_CONFIG = DEFAULT_CONFIG
 NUM_SHARED_SAMPLES = 16
 PARTICLE_METHODS = ("particle_filter", "entropic_particle_filter", "beam_search")
 
 _MODEL = None
-
-
-def _is_final(text: str) -> bool:
-    from probinf.llm.rewards import extract_answer
-
-    return extract_answer(text) is not None
 
 
 def _init_worker(model_spec: str, budgets=()) -> None:
@@ -78,8 +73,7 @@ def _job(stage: str, index: int, problem: dict, seed: int, budgets: list[int]) -
     from probinf.llm.rewards import ArithmeticVerifier, lenient_answer
 
     verifier = ArithmeticVerifier()
-    common = dict(params=BENCH_PARAMS, max_steps=MAX_STEPS, progress=False, is_final=_is_final,
-                  answer_fn=lenient_answer)
+    common = dict(config=BENCH_CONFIG, progress=False, answer_fn=lenient_answer)
     question, answer = problem["question"], str(problem["answer"])
     record: dict = {"stage": stage, "problem": index}
     if stage == "baseline":
@@ -335,9 +329,8 @@ def run_benchmark(
         "config": {
             "num_problems": num_problems, "difficulty": difficulty, "budgets": budgets, "seed": seed,
             "model": model, "workers": workers, "time_budget_s": time_budget_s, "stages": list(stages),
-            "sampling": {k: getattr(BENCH_PARAMS, k) for k in ("temperature", "top_k", "top_p", "min_p",
-                                                               "max_step_tokens", "delimiter")},
-            "max_steps": MAX_STEPS, "shared_samples": NUM_SHARED_SAMPLES,
+            "decode_config": {k: v for k, v in dataclasses.asdict(BENCH_CONFIG).items() if k != "n_particles"},
+            "shared_samples": NUM_SHARED_SAMPLES,
             "system_prompt": "the model's default (SmolLM2 chat template)",
             "finish": "a particle finishes once it states an answer ('The answer is N', '#### N', boxed)",
             "grading": "lenient: the stated answer, else the last number written",

@@ -100,7 +100,7 @@ def compare_with_its_hub(its_hub_python: str, *, num_problems: int = 20, n: int 
 
     from probinf.llm import OpenAICompletionsModel, particle_filter
     from probinf.llm.backends import smollm2_path
-    from probinf.llm.bench import BENCH_PARAMS, MAX_STEPS, _is_final, _key
+    from probinf.llm.bench import BENCH_CONFIG, _key
     from probinf.llm.problems import make_problems
     from probinf.llm.rewards import ArithmeticVerifier, lenient_answer
 
@@ -108,8 +108,9 @@ def compare_with_its_hub(its_hub_python: str, *, num_problems: int = 20, n: int 
                 for p in make_problems(jax.random.key(seed), 100)][:num_problems]
     process, url = start_llama_server(smollm2_path())
     arith = os.path.join(os.path.dirname(__file__), "rewards", "arithmetic.py")
-    config = {"url": url, "n": n, "max_steps": MAX_STEPS, "max_step_tokens": BENCH_PARAMS.max_step_tokens,
-              "delimiter": BENCH_PARAMS.delimiter, "temperature": BENCH_PARAMS.temperature,
+    config = {"url": url, "n": n, "max_steps": BENCH_CONFIG.max_steps,
+              "max_step_tokens": BENCH_CONFIG.max_step_tokens,
+              "delimiter": BENCH_CONFIG.delimiter, "temperature": BENCH_CONFIG.temperature,
               "stop_token": "answer is"}
     with tempfile.NamedTemporaryFile("w", suffix=".py", delete=False) as f:
         f.write(_PEER_SCRIPT)
@@ -125,8 +126,8 @@ def compare_with_its_hub(its_hub_python: str, *, num_problems: int = 20, n: int 
                     # system message; the completions backend's ChatML adds none unless asked.
                     result = particle_filter(
                         _key(seed, i, 99, n), model, problem["question"], ArithmeticVerifier(),
-                        system=SMOLLM2_DEFAULT_SYSTEM, n_particles=n, params=BENCH_PARAMS,
-                        max_steps=MAX_STEPS, is_final=_is_final, answer_fn=lenient_answer, progress=False,
+                        system=SMOLLM2_DEFAULT_SYSTEM, n_particles=n, config=BENCH_CONFIG,
+                        answer_fn=lenient_answer, progress=False,
                     )
                     ours.append({"correct": result.answer == str(problem["answer"]),
                                  "budget": result.budget.as_dict()})

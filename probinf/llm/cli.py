@@ -9,6 +9,9 @@ accuracy-against-budget benchmark of `probinf.llm.bench`.
 from __future__ import annotations
 
 import argparse
+import codecs
+
+from probinf.llm.base import DEFAULT_CONFIG
 
 __all__ = ["add_decode_parser", "cmd_decode", "METHOD_NAMES"]
 
@@ -25,6 +28,19 @@ def _positive(text: str) -> int:
         raise argparse.ArgumentTypeError(f"expected a positive integer, got {text!r}") from None
     if value < 1:
         raise argparse.ArgumentTypeError(f"expected a positive integer, got {text!r}")
+    return value
+
+
+def _delimiter(text: str) -> str | None:
+    """A step delimiter from the command line: backslash escapes (``\\n``) are read; ``none``: no delimiter."""
+    if text.lower() == "none":
+        return None
+    try:
+        value = codecs.decode(text, "unicode_escape")
+    except UnicodeDecodeError:
+        raise argparse.ArgumentTypeError(f"expected a delimiter such as '\\n' or 'none', got {text!r}") from None
+    if not value:
+        raise argparse.ArgumentTypeError("expected a non-empty delimiter, or 'none'")
     return value
 
 
@@ -49,7 +65,9 @@ def add_decode_parser(subparsers) -> argparse.ArgumentParser:
         "pip install -e '.[llm]'.",
     )
     decode.add_argument("prompt", nargs="?", help="the question to answer")
-    decode.add_argument("--particles", type=_positive, default=8, help="number of particles N (default: %(default)s)")
+    defaults = DEFAULT_CONFIG
+    decode.add_argument("--particles", type=_positive, default=defaults.n_particles,
+                        help="number of particles N (default: %(default)s)")
     decode.add_argument("--method", choices=METHOD_NAMES, default="particle_filter",
                         help="sampler (default: %(default)s)")
     decode.add_argument("--model", default="smollm2",
@@ -61,10 +79,17 @@ def add_decode_parser(subparsers) -> argparse.ArgumentParser:
     decode.add_argument("--selection", choices=["argmax", "sample", "vote"], default="argmax",
                         help="how the answer is picked from the particles (default: %(default)s)")
     decode.add_argument("--seed", type=int, default=0, help="random seed (default: %(default)s)")
-    decode.add_argument("--max-steps", type=_positive, default=8, help="most steps per solution (default: %(default)s)")
-    decode.add_argument("--max-step-tokens", type=_positive, default=48,
+    decode.add_argument("--max-steps", type=_positive, default=defaults.max_steps,
+                        help="most steps per solution (default: %(default)s)")
+    decode.add_argument("--max-step-tokens", type=_positive, default=defaults.max_step_tokens,
                         help="token cap of one step (default: %(default)s)")
-    decode.add_argument("--temperature", type=float, default=0.8, help="sampling temperature (default: %(default)s)")
+    decode.add_argument("--delimiter", type=_delimiter, default=defaults.delimiter,
+                        help="text that ends a step, with backslash escapes, or 'none' "
+                        f"(default: {defaults.delimiter!r})")
+    decode.add_argument("--temperature", type=float, default=defaults.temperature,
+                        help="sampling temperature (default: %(default)s)")
+    decode.add_argument("--no-stop-at-answer", dest="stop_at_answer", action="store_false",
+                        help="keep generating after a solution states its answer (default: stop there)")
     decode.add_argument("--bench", action="store_true", help="run the accuracy-against-budget benchmark instead")
     decode.add_argument("--problems", type=_positive, default=100, help="benchmark: number of problems (default: %(default)s)")
     decode.add_argument("--budgets", type=_budgets, default=[1, 2, 4, 8, 16],
@@ -90,23 +115,27 @@ def cmd_decode(args: argparse.Namespace) -> int:
 
     import jax
 
-    from probinf.llm import SamplingParams, as_language_model, generate
+    from probinf.llm import as_language_model, generate
     from probinf.llm.problems import SOLVE_INSTRUCTIONS
     from probinf.llm.rewards import ArithmeticVerifier, LMJudgeReward
 
+    config = DEFAULT_CONFIG.replace(
+        n_particles=args.particles, max_steps=args.max_steps, max_step_tokens=args.max_step_tokens,
+        delimiter=args.delimiter, temperature=args.temperature, stop_at_answer=args.stop_at_answer,
+    )
     model = as_language_model(args.model)
     reward = ArithmeticVerifier() if args.reward == "verifier" else LMJudgeReward(model)
-    params = SamplingParams(temperature=args.temperature, max_step_tokens=args.max_step_tokens)
-    options = {"params": params, "max_steps": args.max_steps, "system": SOLVE_INSTRUCTIONS, "progress": True}
+    options = {"config": config, "system": SOLVE_INSTRUCTIONS, "progress": True}
     if args.method in ("particle_filter", "entropic_particle_filter", "particle_gibbs"):
         options["selection"] = args.selection
-    result = generate(model, args.prompt, reward=reward, method=args.method, n_particles=args.particles,
-                      key=jax.random.key(args.seed), **options)
+    result = generate(model, args.prompt, reward=reward, method=args.method, key=jax.random.key(args.seed),
+                      **options)
     print(f"method: {result.method}   particles: {len(result.particles)}")
     for i, (particle, weight) in enumerate(zip(result.particles, result.weights, strict=True)):
         mark = "*" if i == result.index else " "
         first_line = " | ".join(line.strip() for line in particle.text.strip().splitlines() if line.strip())
-        print(f"{mark} [{i}] w={weight:.3f} score={particle.score:.3f} {first_line[:110]}")
+        print(f"{mark} [{i}] w={weight:.3f} score={particle.score:.3f} ({particle.finish_reason}) "
+              f"{first_line[:100]}")
     budget = result.budget
     print(f"answer: {result.answer}")
     print(f"budget: {budget.tokens} tokens, {budget.lm_calls} LM calls, {budget.reward_calls} reward calls, "

@@ -21,9 +21,23 @@ step, or when the effective sample size falls below a threshold) with any scheme
 * ``weighting="likelihood"``: :math:`\log G_t = \log(\hat r_t)/\tau` (the reward read
   as a plain likelihood; :math:`\tau = 1` is the textbook filter).
 
-A finished particle keeps receiving the potential of its final score at every later
-step (its state no longer changes but the observations keep arriving), which matches
-the paper's treatment of completed solutions.
+**Finished particles are frozen (absorbed).** A particle that finished (end-of-sequence,
+a stop string, a stated answer, or the step cap) is kept with its weight fixed: it is
+neither extended, nor resampled away, nor duplicated. In Feynman–Kac terms the state
+carries a "finished" flag that is *absorbing*: the Markov kernel maps a finished state to
+itself, and its potential is :math:`G_t \equiv 1` at every step after the one at which it
+finished (that step's own potential, of its final score, is still applied). Resampling
+then acts on the live particles alone: with live set :math:`L` (:math:`m = |L|`) and live
+mass :math:`W_L = \sum_{j \in L} w_j`, the :math:`m` live slots get ancestors drawn from
+:math:`L` with probabilities :math:`w_j / W_L` and each gets weight :math:`W_L / m`. This
+is an unbiased resampling of the whole weighted population (a finished particle's
+expected offspring weight is its own weight, a live particle's too), so the final
+unnormalised weights satisfy
+:math:`\mathbb E\bigl[\tfrac1N \sum_i w_i f(x_i)\bigr] = \sum_x p(x) \prod_t G_t(x) f(x)`
+for every :math:`f`, and :math:`\tfrac1N\sum_i w_i` estimates the normalising constant
+without bias. (Resampling finished particles together with live ones, as the paper and
+its_hub do, duplicates finished solutions and keeps multiplying their weights by a
+potential of a state that no longer changes, which double counts its score.)
 
 Relatives: :func:`entropic_particle_filter` (Giannone et al., 2025, *Mitigating
 Premature Exploitation in Particle-based Monte Carlo for Inference-Time Scaling*) and
@@ -33,8 +47,10 @@ Premature Exploitation in Particle-based Monte Carlo for Inference-Time Scaling*
 2024).
 
 Every sampler returns a :class:`DecodeResult` with all particles, their weights and
-genealogy (``ancestors[t, i]`` is the index, among the particles alive before the
-resampling at step ``t``, of particle ``i``'s parent), and a :class:`Budget`.
+genealogy (``ancestors[t, i]`` is the index, among the particles before the resampling
+at step ``t``, of particle ``i``'s parent), and a :class:`Budget`. Decoding settings
+(sampling, step delimiter, caps, stop at a stated answer, :math:`N`) come from one
+:class:`~probinf.llm.base.DecodeConfig`.
 """
 
 from __future__ import annotations
@@ -51,15 +67,16 @@ import jax.numpy as jnp
 import numpy as np
 
 from probinf._progress import progress_bar
-from probinf.diagnostics import effective_sample_size
 from probinf.llm.base import (
+    DEFAULT_CONFIG,
+    DecodeConfig,
     LLMBackendError,
-    SamplingParams,
     StepResult,
+    TokenText,
     as_reward,
     check_scores,
 )
-from probinf.llm.rewards.arithmetic import extract_answer
+from probinf.llm.rewards import extract_answer
 from probinf.smc.resampling import check_scheme, resample
 
 __all__ = [
@@ -80,7 +97,7 @@ __all__ = [
 ]
 
 SELECTIONS = ("argmax", "sample", "vote")
-DEFAULT_PARAMS = SamplingParams()  # immutable, so safe as a default argument
+FINISH_REASONS = ("model", "answer", "max_steps")
 
 
 # One compiled call per step keeps the sampler's own cost negligible next to the LM's.
@@ -90,13 +107,18 @@ def _split4(key):
     return keys[0], keys[1], keys[2], keys[3]
 
 
-def _extend_active(run, key, particles: list, active: list[int], last: bool) -> list:
-    """Append one step to each active particle; after the last step every particle is final
-    (out of steps: whatever is unfinished is final, a documented fallback)."""
-    for i, step in zip(active, run.extend(key, particles, active), strict=True):
-        particles[i] = particles[i].extended(step)
+def _step_particles(run, key, particles: list, indices: list[int], last: bool = False) -> list:
+    """Append one step to ``particles[i]`` for ``i in indices``; a particle that states an
+    answer (when the run stops there) is finished. After the last step every particle is
+    final (out of steps: whatever is unfinished is final, a documented fallback)."""
+    particles = list(particles)
+    for i, step in zip(indices, run.extend(key, particles, indices), strict=True):
+        particle = particles[i].extended(step)
+        if not particle.finished and run.stops(particle.text):
+            particle = particle.finish("answer")
+        particles[i] = particle
     if last:
-        particles = [replace(p, finished=True) for p in particles]
+        particles = [p.finish("max_steps") for p in particles]
     return particles
 
 
@@ -106,9 +128,33 @@ def _seeds(key, n: int):
 
 
 @functools.partial(jax.jit, static_argnames=("n", "scheme"))
-def _ess_and_ancestors(key, log_weights, beta, n: int, scheme: str):
-    """ESS of the weights, and ``n`` ancestors drawn from the weights raised to ``beta``."""
-    return effective_sample_size(log_weights), resample(key, beta * log_weights, n, scheme=scheme)
+def _ancestors(key, log_weights, n: int, scheme: str):
+    """``n`` ancestors drawn from the (unnormalised) log weights."""
+    return resample(key, log_weights, n, scheme=scheme)
+
+
+def _draw_ancestors(key, log_weights: np.ndarray, count: int, total: int, scheme: str) -> np.ndarray:
+    """``count`` ancestors (indices into ``log_weights``) for ``count`` live slots out of ``total``."""
+    if scheme == "multinomial":
+        # Multinomial draws are i.i.d., so the first `count` of `total` draws from the weights
+        # padded to length `total` (zero weight: never drawn) are a multinomial sample of size
+        # `count`; the fixed shapes compile once per N instead of once per number of live particles.
+        padded = np.full(total, -np.inf)
+        padded[: log_weights.size] = log_weights
+        return np.asarray(_ancestors(key, jnp.asarray(padded), total, scheme))[:count]
+    return np.asarray(_ancestors(key, jnp.asarray(log_weights), count, scheme))
+
+
+def _log_sum(log_weights) -> float:
+    log_weights = np.asarray(log_weights, dtype=np.float64)
+    top = np.max(log_weights)
+    return float(top + np.log(np.sum(np.exp(log_weights - top))))
+
+
+def _ess(log_weights) -> float:
+    """Kish's effective sample size of log weights (host-side: a handful of numbers)."""
+    log_weights = np.asarray(log_weights, dtype=np.float64)
+    return float(np.exp(2 * _log_sum(log_weights) - _log_sum(2 * log_weights)))
 
 
 def _rng(key) -> np.random.Generator:
@@ -127,14 +173,21 @@ class Particle:
     """One partial or finished solution.
 
     Attributes:
-        text: everything generated so far.
+        text: everything generated so far: the detokenisation of ``tokens``.
         steps: the steps, in order (their concatenation is ``text``).
-        finished: no further step will be generated.
+        finished: no further step will be generated; the particle is frozen.
         num_tokens: tokens generated along this particle's own history.
         log_prob: the model's log-probability of ``text`` (``nan`` if a backend did not say).
         scores: the reward of each prefix ``steps[:t+1]`` (process rewards) or of the
             final text (outcome rewards).
         truncated_steps: how many steps hit the per-step token cap.
+        tokens: the token ids the model emitted, in order (``None`` from a text-only
+            backend: an OpenAI-compatible server, the toy model).
+        finish_reason: why it finished: ``"model"`` (the backend ended it: the
+            end-of-sequence token, a stop string, or a full context window),
+            ``"answer"`` (it stated an answer, or ``is_final`` held), ``"max_steps"`` (the
+            step cap); ``None`` while live.
+        history: the :class:`~probinf.llm.base.StepResult` of every step.
     """
 
     text: str = ""
@@ -144,22 +197,49 @@ class Particle:
     log_prob: float = 0.0
     scores: tuple[float, ...] = ()
     truncated_steps: int = 0
+    tokens: tuple[int, ...] | None = ()
+    finish_reason: str | None = None
+    history: tuple[StepResult, ...] = field(default=(), repr=False)
 
     @property
     def score(self) -> float:
         """The latest reward (``nan`` before any)."""
         return self.scores[-1] if self.scores else math.nan
 
+    def as_prefix(self) -> TokenText:
+        """What a backend continues: the emitted token ids and their text."""
+        return TokenText(self.text, self.tokens)
+
     def extended(self, step: StepResult) -> Particle:
+        """The particle with ``step`` appended (a finished particle cannot be extended)."""
+        if self.finished:
+            raise ValueError("a finished particle is frozen and cannot be extended")
+        tokens = None if self.tokens is None or step.tokens is None else self.tokens + step.tokens
         return replace(
             self,
             text=self.text + step.text,
             steps=self.steps + (step.text,),
             finished=step.finished,
+            finish_reason="model" if step.finished else None,
             num_tokens=self.num_tokens + step.num_tokens,
             log_prob=self.log_prob + step.log_prob,
             truncated_steps=self.truncated_steps + int(step.truncated),
+            tokens=tokens,
+            history=self.history + (step,),
         )
+
+    def finish(self, reason: str) -> Particle:
+        """The particle marked finished for ``reason`` (unchanged if it already is)."""
+        if reason not in FINISH_REASONS:
+            raise ValueError(f"`reason` must be one of {FINISH_REASONS}, got {reason!r}")
+        return self if self.finished else replace(self, finished=True, finish_reason=reason)
+
+    def prefix(self, depth: int) -> Particle:
+        """The particle as it was after its first ``depth`` steps (live unless a step ended it)."""
+        particle = Particle()
+        for step in self.history[:depth]:
+            particle = particle.extended(step)
+        return replace(particle, scores=self.scores[:depth])
 
 
 @dataclass
@@ -214,11 +294,15 @@ class DecodeResult:
         text: the selected solution.
         index: the selected particle.
         particles: every final particle.
-        log_weights: ``(n,)`` final unnormalised log weights.
+        log_weights: ``(n,)`` final unnormalised log weights (for the particle methods
+            :math:`\\tfrac1N \\sum_i e^{\\ell_i}` is an unbiased estimate of the Feynman–Kac
+            normalising constant when resampling is unannealed and without look-ahead).
         ancestors: ``(steps, n)`` genealogy: ``ancestors[t, i]`` is the parent, among the
             particles before the resampling of step ``t``, of particle ``i`` after it
-            (the identity where no resampling happened).
-        ess: ``(steps,)`` effective sample size before each resampling decision.
+            (the identity where no resampling happened, and always for a finished
+            particle: it is frozen).
+        ess: ``(steps,)`` effective sample size of the live particles' weights before
+            each resampling decision (of all particles once none is live).
         resampled: ``(steps,)`` whether step ``t`` resampled.
         budget: the cost of the run.
         method: the sampler's name.
@@ -236,6 +320,11 @@ class DecodeResult:
     budget: Budget
     method: str
     iterations: list = field(default_factory=list)
+
+    @property
+    def tokens(self) -> tuple[int, ...] | None:
+        """The selected solution's token ids, as the model emitted them (``None`` from a text-only backend)."""
+        return self.particles[self.index].tokens
 
     @property
     def weights(self) -> np.ndarray:
@@ -269,37 +358,39 @@ class DecodeResult:
 class _Run:
     """Calls the LM and the reward for a sampler, with validation and budget accounting."""
 
-    def __init__(self, lm, reward, question: str, prompt: str, params: SamplingParams, is_final=None):
+    def __init__(self, lm, reward, question: str, prompt: TokenText, config: DecodeConfig, is_final=None):
         self.is_final = is_final
         self.lm = lm
         self.reward = reward
         self.question = question
         self.prompt = prompt
-        self.params = params
+        self.config = config
+        self.params = config.sampling
         self.budget = Budget()
         self.started = time.perf_counter()
 
+    def stops(self, text: str) -> bool:
+        """Whether a particle with this text is finished: it states an answer, or ``is_final``."""
+        if self.config.stop_at_answer and extract_answer(text) is not None:
+            return True
+        return self.is_final is not None and bool(self.is_final(text))
+
     def extend(self, key, particles: list[Particle], indices: Sequence[int], params=None) -> list[StepResult]:
-        """Extend ``particles[i]`` for ``i in indices``; particle ``i`` uses seed ``i`` drawn from ``key``."""
+        """Extend ``particles[i]`` for ``i in indices`` in one backend call; particle ``i``
+        uses seed ``i`` drawn from ``key``."""
         if not indices:
             return []
         params = params or self.params
         all_seeds = np.asarray(_seeds(key, len(particles)))
         seeds = [int(all_seeds[i]) for i in indices]
         start = time.perf_counter()
-        steps = self.lm.extend(seeds, self.prompt, [particles[i].text for i in indices], params)
+        steps = self.lm.extend(seeds, self.prompt, [particles[i].as_prefix() for i in indices], params)
         self.budget.lm_seconds += time.perf_counter() - start
         if not isinstance(steps, (list, tuple)) or len(steps) != len(indices):
             count = len(steps) if isinstance(steps, (list, tuple)) else type(steps).__name__
             raise LLMBackendError(f"the language model returned {count} steps for {len(indices)} prefixes")
         self.budget.lm_calls += len(indices)
         self.budget.tokens += sum(int(s.num_tokens) for s in steps)
-        if self.is_final is not None:
-            steps = [
-                replace(step, finished=True)
-                if not step.finished and self.is_final(particles[i].text + step.text) else step
-                for i, step in zip(indices, steps, strict=True)
-            ]
         return list(steps)
 
     def score(self, texts: Sequence[str]) -> np.ndarray:
@@ -323,15 +414,17 @@ def _log_potential(scores: np.ndarray, weighting: str, temperature: float) -> np
     return np.log(np.clip(scores, 1e-12, 1.0)) / temperature
 
 
-def _check_common(question, n_particles, max_steps, params, name="n_particles"):
+def _check_common(question, config, n=None, name="n_particles") -> int:
+    """Validate the common arguments; returns the budget ``n`` (``config.n_particles`` when ``None``)."""
     if not isinstance(question, str) or not question.strip():
         raise ValueError(f"`prompt` must be a non-empty string, got {question!r}")
-    if isinstance(n_particles, bool) or not isinstance(n_particles, (int, np.integer)) or n_particles < 1:
-        raise ValueError(f"`{name}` must be a positive int, got {n_particles!r}")
-    if isinstance(max_steps, bool) or not isinstance(max_steps, (int, np.integer)) or max_steps < 1:
-        raise ValueError(f"`max_steps` must be a positive int, got {max_steps!r}")
-    if not isinstance(params, SamplingParams):
-        raise TypeError(f"`params` must be a SamplingParams, got {type(params).__name__}")
+    if not isinstance(config, DecodeConfig):
+        raise TypeError(f"`config` must be a DecodeConfig, got {type(config).__name__}")
+    if n is None:
+        return int(config.n_particles)
+    if isinstance(n, bool) or not isinstance(n, (int, np.integer)) or n < 1:
+        raise ValueError(f"`{name}` must be a positive int, got {n!r}")
+    return int(n)
 
 
 def _random_argmax(key, values: np.ndarray) -> int:
@@ -401,65 +494,86 @@ def _result(key, particles, log_weights, ancestors, ess, resampled, run, method,
 
 
 def _smc(
-    key, run: _Run, n: int, *, max_steps: int, weighting: str, temperature: float,
+    key, run: _Run, n: int, *, weighting: str, temperature: float,
     ess_threshold: float, scheme: str, progress, desc: str,
     anneal_threshold: float | None = None, lookahead: int = 0, lookahead_strength: float = 1.0,
     keep_residual_weights: bool = False, reference: Particle | None = None,
 ):
-    """The particle loop shared by PF, entropic PF and conditional PF (particle Gibbs)."""
+    """The particle loop shared by PF, entropic PF and conditional PF (particle Gibbs).
+
+    Finished particles are frozen: only particles live at the start of a step are
+    extended and receive that step's potential; resampling redistributes the live
+    particles' total weight among the live slots (see the module docstring). With a
+    ``reference`` (particle Gibbs) the last slot replays it, step by step, and is never
+    overwritten; the other live slots may resample onto it.
+    """
+    max_steps = run.config.max_steps
     particles = [Particle() for _ in range(n)]
     log_w = np.zeros(n)
+    ref = n - 1 if reference is not None else None
     ancestors, ess_history, resampled = [], [], []
-    free = n - 1 if reference is not None else n
     with progress_bar(total=max_steps, enabled=progress, desc=desc) as bar:
         for t in range(max_steps):
-            active = [i for i in range(free) if not particles[i].finished]
-            if not active and (reference is None or particles[-1].finished):
+            live = [i for i in range(n) if not particles[i].finished]
+            if not live:
                 break
+            last = t == max_steps - 1
             key, key_step, key_resample, key_look = _split4(key)
-            particles = _extend_active(run, key_step, particles, active, t == max_steps - 1)
-            scores = run.score([particles[i].text for i in active])
-            for i, s in zip(active, scores, strict=True):
+            free = [i for i in live if i != ref]
+            particles = _step_particles(run, key_step, particles, free, last)
+            scores = run.score([particles[i].text for i in free])
+            for i, s in zip(free, scores, strict=True):
                 particles[i] = replace(particles[i], scores=particles[i].scores + (float(s),))
-            if reference is not None:
-                depth = min(t + 1, len(reference.steps))
-                particles[-1] = replace(
-                    reference,
-                    text="".join(reference.steps[:depth]),
-                    steps=reference.steps[:depth],
-                    scores=reference.scores[:depth],
-                    finished=reference.finished and depth == len(reference.steps) or t == max_steps - 1,
-                )
-            latest = np.array([p.score for p in particles])
-            log_w = log_w + _log_potential(latest, weighting, temperature)
-            ess, chosen = _ess_and_ancestors(key_resample, jnp.asarray(log_w), 1.0, free, scheme)
-            ess = float(ess)
-            ess_history.append(ess)
+            if ref in live:
+                depth = len(particles[ref].steps) + 1
+                replayed = reference.prefix(depth)
+                if depth >= len(reference.steps):
+                    replayed = replace(replayed, finished=True, finish_reason=reference.finish_reason)
+                particles[ref] = replayed.finish("max_steps") if last else replayed
+            # Potentials of this step, for the particles that took it (frozen ones: G = 1).
+            latest = np.array([particles[i].score for i in live])
+            log_w[live] += _log_potential(latest, weighting, temperature)
             bar.update(1)
-            done = all(p.finished for p in particles)
-            if done or not (ess_threshold >= 1.0 or ess < ess_threshold * n):
-                ancestors.append(np.arange(n))
+            alive = [i for i in live if not particles[i].finished]
+            identity = np.arange(n)
+            if not alive:
+                ess_history.append(_ess(log_w))
+                ancestors.append(identity)
                 resampled.append(False)
-                if done:
-                    break
+                break
+            m = len(alive)
+            ess = _ess(log_w[alive])
+            ess_history.append(ess)
+            slots = [i for i in alive if i != ref]
+            if m < 2 or not slots or not (ess_threshold >= 1.0 or ess < ess_threshold * m):
+                ancestors.append(identity)
+                resampled.append(False)
                 continue
             beta = 1.0
-            if anneal_threshold is not None and ess < anneal_threshold * n:
-                beta = annealing_exponent(ess, n, t, max_steps)
+            if anneal_threshold is not None and ess < anneal_threshold * m:
+                beta = annealing_exponent(ess, m, t, max_steps)
+            proposal = log_w[alive].copy()
             if lookahead > 0:
-                resample_log_w = log_w + lookahead_strength * _look_ahead(
-                    key_look, run, particles, lookahead, weighting, temperature
+                proposal += lookahead_strength * _look_ahead(
+                    key_look, run, particles, alive, lookahead, weighting, temperature
                 )
-                _, chosen = _ess_and_ancestors(key_resample, jnp.asarray(resample_log_w), beta, free, scheme)
-            elif beta != 1.0:
-                _, chosen = _ess_and_ancestors(key_resample, jnp.asarray(log_w), beta, free, scheme)
-            chosen = np.asarray(chosen)
-            if reference is not None:
-                chosen = np.concatenate([chosen, [n - 1]])
-            # Children of the reference (particle Gibbs) continue from its prefix.
-            particles = [particles[a] for a in chosen]
-            log_w = (1.0 - beta) * log_w[chosen] if keep_residual_weights else np.zeros(n)
-            ancestors.append(chosen)
+            proposal *= beta
+            drawn = _draw_ancestors(key_resample, proposal, len(slots), n, scheme)
+            # Position (within `alive`) of each live slot's parent; the reference keeps itself.
+            kept = [ref] if ref in alive else []
+            new_slots = slots + kept
+            parent_pos = np.concatenate([drawn, [alive.index(i) for i in kept]]).astype(np.int64)
+            order = identity.copy()
+            order[new_slots] = np.asarray(alive)[parent_pos]
+            if keep_residual_weights:
+                # Unbiased for any proposal q_j ∝ v_j: child weight w_j / (m q_j).
+                new_log_w = log_w[alive][parent_pos] - proposal[parent_pos] + _log_sum(proposal) - math.log(m)
+            else:
+                # The live mass, shared equally (exactly the above when q_j ∝ w_j).
+                new_log_w = np.full(m, _log_sum(log_w[alive]) - math.log(m))
+            particles = [particles[a] for a in order]
+            log_w[new_slots] = new_log_w
+            ancestors.append(order)
             resampled.append(True)
     return particles, log_w, ancestors, ess_history, resampled
 
@@ -474,25 +588,26 @@ def annealing_exponent(ess: float, n: int, step: int, horizon: int) -> float:
     return 1.0 / max(1.0, (n / max(ess, 1e-12)) * (1.0 - step / horizon))
 
 
-def _look_ahead(key, run: _Run, particles, depth: int, weighting: str, temperature: float) -> np.ndarray:
-    """Look-ahead modulation: the log potential of ``depth`` sampled future steps, per particle.
+def _look_ahead(key, run: _Run, particles, indices: list[int], depth: int, weighting: str,
+                temperature: float) -> np.ndarray:
+    """Look-ahead modulation: the log potential of ``depth`` sampled future steps of
+    ``particles[i]`` for ``i in indices``.
 
-    Finished particles get the potential of their final score (they have no future).
-    The look-ahead text is discarded; its tokens and reward calls count in the budget.
+    A particle that finishes during the look-ahead is scored where it finished. The
+    look-ahead text is discarded; its tokens and reward calls count in the budget.
     """
     ahead = list(particles)
     for _ in range(depth):
         key, sub, _, _ = _split4(key)
-        active = [i for i, p in enumerate(ahead) if not p.finished]
-        for i, step in zip(active, run.extend(sub, ahead, active), strict=True):
-            ahead[i] = ahead[i].extended(step)
-    changed = [i for i in range(len(ahead)) if ahead[i].text != particles[i].text]
-    scores = np.array([p.score for p in particles])
-    scores[changed] = run.score([ahead[i].text for i in changed])
-    return _log_potential(scores, weighting, temperature)
+        active = [i for i in indices if not ahead[i].finished]
+        ahead = _step_particles(run, sub, ahead, active)
+    changed = [i for i in indices if len(ahead[i].steps) != len(particles[i].steps)]
+    scores = {i: particles[i].score for i in indices}
+    scores.update(zip(changed, run.score([ahead[i].text for i in changed]), strict=True))
+    return _log_potential(np.array([scores[i] for i in indices]), weighting, temperature)
 
 
-def _prepare(lm, question, reward, params, system, prompt, needs_process=True, is_final=None):
+def _prepare(lm, question, reward, config, system, prompt, needs_process=True, is_final=None):
     from probinf.llm.backends import as_language_model
 
     lm = as_language_model(lm)
@@ -502,7 +617,8 @@ def _prepare(lm, question, reward, params, system, prompt, needs_process=True, i
     if is_final is not None and not callable(is_final):
         raise TypeError("`is_final` must be a callable text -> bool")
     formatted = prompt if prompt is not None else lm.format_prompt(question, system)
-    return _Run(lm, reward, question, formatted, params, is_final)
+    # Tokenised once per run; every particle continues these ids.
+    return _Run(lm, reward, question, lm.encode_prompt(formatted), config, is_final)
 
 
 def _check_pf(weighting, temperature, ess_threshold, scheme, selection):
@@ -518,13 +634,14 @@ def _check_pf(weighting, temperature, ess_threshold, scheme, selection):
 
 
 def particle_filter(
-    key, lm, question: str, reward, *, n_particles: int = 8, params: SamplingParams = DEFAULT_PARAMS,
-    max_steps: int = 12, weighting: str = "logit", reward_temperature: float = 1.0,
-    ess_threshold: float = 1.0, scheme: str = "multinomial", selection: str = "argmax",
-    system: str | None = None, prompt: str | None = None, is_final: Callable[[str], bool] | None = None,
+    key, lm, question: str, reward, *, config: DecodeConfig = DEFAULT_CONFIG, n_particles: int | None = None,
+    weighting: str = "logit", reward_temperature: float = 1.0, ess_threshold: float = 1.0,
+    scheme: str = "multinomial", selection: str = "argmax", system: str | None = None,
+    prompt: str | None = None, is_final: Callable[[str], bool] | None = None,
     answer_fn: Callable[[str], str | None] = extract_answer, progress: bool | None = None,
 ) -> DecodeResult:
-    """Particle filtering over reasoning steps (Puri et al., 2025, Algorithm 1).
+    """Particle filtering over reasoning steps (Puri et al., 2025, Algorithm 1), with
+    finished particles frozen (see the module docstring).
 
     Args:
         key: PRNG key (drives the LM seeds, resampling and selection).
@@ -534,19 +651,20 @@ def particle_filter(
             chat template unless ``prompt`` is given).
         reward: a process :class:`~probinf.llm.base.RewardModel` or a callable
             ``(question, partial_solution) -> float in [0, 1]``.
-        n_particles: :math:`N`.
-        params: sampling parameters (temperature, truncation, step delimiter, token cap).
-        max_steps: the most steps per particle; unfinished particles are final after it.
+        config: the decoding settings: sampling, step delimiter, token and step caps,
+            stop at a stated answer, and :math:`N` (``config.n_particles``).
+        n_particles: :math:`N`, overriding ``config.n_particles``.
         weighting: ``"logit"`` or ``"likelihood"`` (see the module docstring).
         reward_temperature: :math:`\\tau`.
-        ess_threshold: resample when :math:`\\mathrm{ESS} < \\text{threshold}\\cdot N`;
-            ``1.0`` resamples at every step (the paper's choice), ``0`` never.
+        ess_threshold: resample when the live particles' :math:`\\mathrm{ESS} <
+            \\text{threshold}\\cdot m` (:math:`m` live particles); ``1.0`` resamples at
+            every step (the paper's choice), ``0`` never.
         scheme: a resampling scheme of :mod:`probinf.smc.resampling`.
         selection: ``"argmax"``, ``"sample"`` or ``"vote"`` (weighted majority).
         system: system message for the chat template.
         prompt: an already formatted prompt (skips the chat template).
-        is_final: ``text -> bool``; a particle whose text satisfies it is finished (e.g.
-            once it states an answer), saving the tokens a model spends after that.
+        is_final: ``text -> bool``; a particle whose text satisfies it is finished, in
+            addition to ``config.stop_at_answer``.
         answer_fn: extracts the final answer from a solution.
         progress: show a progress bar per step (``None``: when on a terminal).
 
@@ -558,68 +676,71 @@ def particle_filter(
             returns NaN, values outside ``[0, 1]`` or the wrong number of scores.
         LLMBackendError: when the backend fails (server down, malformed reply, timeout).
     """
-    _check_common(question, n_particles, max_steps, params)
+    n = _check_common(question, config, n_particles)
     _check_pf(weighting, reward_temperature, ess_threshold, scheme, selection)
-    run = _prepare(lm, question, reward, params, system, prompt, is_final=is_final)
+    run = _prepare(lm, question, reward, config, system, prompt, is_final=is_final)
     key, key_select, _, _ = _split4(key)
     out = _smc(
-        key, run, int(n_particles), max_steps=max_steps, weighting=weighting,
-        temperature=reward_temperature, ess_threshold=ess_threshold, scheme=scheme,
-        progress=progress, desc="particle filter",
+        key, run, n, weighting=weighting, temperature=reward_temperature,
+        ess_threshold=ess_threshold, scheme=scheme, progress=progress, desc="particle filter",
     )
     return _result(key_select, *out, run, "particle_filter", selection, answer_fn)
 
 
 def entropic_particle_filter(
-    key, lm, question: str, reward, *, n_particles: int = 8, params: SamplingParams = DEFAULT_PARAMS,
-    max_steps: int = 12, weighting: str = "logit", reward_temperature: float = 1.0,
+    key, lm, question: str, reward, *, config: DecodeConfig = DEFAULT_CONFIG, n_particles: int | None = None,
+    weighting: str = "logit", reward_temperature: float = 1.0,
     ess_threshold: float = 1.0, anneal_threshold: float = 0.5, lookahead: int = 0,
     lookahead_strength: float = 1.0, keep_residual_weights: bool = False,
     scheme: str = "multinomial", selection: str = "argmax", system: str | None = None,
-    prompt: str | None = None, is_final: Callable[[str], bool] | None = None, answer_fn: Callable[[str], str | None] = extract_answer,
-    progress: bool | None = None,
+    prompt: str | None = None, is_final: Callable[[str], bool] | None = None,
+    answer_fn: Callable[[str], str | None] = extract_answer, progress: bool | None = None,
 ) -> DecodeResult:
     """Entropic particle filtering (Giannone et al., 2025).
 
     Particle filtering whose resampling distribution is annealed when diversity drops
-    (*entropic annealing*): when :math:`\\mathrm{ESS}_t < \\text{anneal\\_threshold}\\cdot N`,
-    ancestors are drawn with probabilities :math:`\\propto w_i^{\\beta_t}` where
-    :math:`\\beta_t^{-1} = \\max\\bigl(1, (N/\\mathrm{ESS}_t)(1 - t/T)\\bigr)`, flattening the
-    distribution early and less so as the horizon :math:`T` (``max_steps``) nears.
+    (*entropic annealing*): when the live particles' :math:`\\mathrm{ESS}_t <
+    \\text{anneal\\_threshold}\\cdot m`, ancestors are drawn with probabilities
+    :math:`\\propto w_i^{\\beta_t}` where
+    :math:`\\beta_t^{-1} = \\max\\bigl(1, (m/\\mathrm{ESS}_t)(1 - t/T)\\bigr)`, flattening the
+    distribution early and less so as the horizon :math:`T` (``config.max_steps``) nears.
     Optional *look-ahead modulation* (``lookahead > 0``) samples that many future steps
-    per particle, scores them, and adds ``lookahead_strength`` times their log potential
-    to the resampling weights, so a state is judged by where it leads; the look-ahead
-    text is discarded but its tokens are counted in the budget.
+    per live particle, scores them, and adds ``lookahead_strength`` times their log
+    potential to the resampling weights, so a state is judged by where it leads; the
+    look-ahead text is discarded but its tokens are counted in the budget.
 
-    With ``keep_residual_weights=True`` the part :math:`w^{1-\\beta}` not used by the
-    annealed resampling is carried forward, which keeps the weighted particles a valid
-    importance sample of the filter's target; the paper's variant (default) drops it.
+    Finished particles are frozen, as in :func:`particle_filter`: annealing and
+    look-ahead act on the live particles only. With ``keep_residual_weights=True`` a
+    child of live particle :math:`j` drawn with probability :math:`q_j` gets weight
+    :math:`w_j / (m q_j)` (for :math:`q \\propto w^\\beta` that is
+    :math:`w_j^{1-\\beta} \\sum_{k} w_k^\\beta / m`), which keeps the weighted particles an
+    unbiased importance sample of the filter's target; the paper's variant (default)
+    shares the live mass equally.
 
     Other arguments as in :func:`particle_filter`.
     """
-    _check_common(question, n_particles, max_steps, params)
+    n = _check_common(question, config, n_particles)
     _check_pf(weighting, reward_temperature, ess_threshold, scheme, selection)
     if not (isinstance(anneal_threshold, (int, float)) and 0 <= anneal_threshold <= 1):
         raise ValueError(f"`anneal_threshold` must be in [0, 1], got {anneal_threshold!r}")
     if isinstance(lookahead, bool) or not isinstance(lookahead, int) or lookahead < 0:
         raise ValueError(f"`lookahead` must be an int >= 0, got {lookahead!r}")
-    run = _prepare(lm, question, reward, params, system, prompt, is_final=is_final)
+    run = _prepare(lm, question, reward, config, system, prompt, is_final=is_final)
     key, key_select, _, _ = _split4(key)
     out = _smc(
-        key, run, int(n_particles), max_steps=max_steps, weighting=weighting,
-        temperature=reward_temperature, ess_threshold=ess_threshold, scheme=scheme,
-        progress=progress, desc="entropic PF", anneal_threshold=anneal_threshold,
-        lookahead=lookahead, lookahead_strength=lookahead_strength,
+        key, run, n, weighting=weighting, temperature=reward_temperature,
+        ess_threshold=ess_threshold, scheme=scheme, progress=progress, desc="entropic PF",
+        anneal_threshold=anneal_threshold, lookahead=lookahead, lookahead_strength=lookahead_strength,
         keep_residual_weights=keep_residual_weights,
     )
     return _result(key_select, *out, run, "entropic_particle_filter", selection, answer_fn)
 
 
 def particle_gibbs(
-    key, lm, question: str, reward, *, n_particles: int = 8, iterations: int = 2,
-    params: SamplingParams = DEFAULT_PARAMS, max_steps: int = 12, weighting: str = "logit",
-    reward_temperature: float = 1.0, scheme: str = "multinomial", selection: str = "argmax",
-    system: str | None = None, prompt: str | None = None, is_final: Callable[[str], bool] | None = None,
+    key, lm, question: str, reward, *, config: DecodeConfig = DEFAULT_CONFIG, n_particles: int | None = None,
+    iterations: int = 2, weighting: str = "logit", reward_temperature: float = 1.0,
+    scheme: str = "multinomial", selection: str = "argmax", system: str | None = None,
+    prompt: str | None = None, is_final: Callable[[str], bool] | None = None,
     answer_fn: Callable[[str], str | None] = extract_answer, progress: bool | None = None,
 ) -> DecodeResult:
     """Particle Gibbs: iterated conditional particle filters (Andrieu, Doucet and Holenstein, 2010).
@@ -627,27 +748,29 @@ def particle_gibbs(
     The first sweep is a particle filter. Each later sweep keeps one *reference*
     trajectory — drawn from the previous sweep's final weights — in the last slot: it is
     never resampled away, its prefixes are re-weighted with their stored scores, and the
-    other :math:`N - 1` particles may resample onto it and branch from its prefix. This is
-    the particle-Gibbs extension of Puri et al. (2025, Sec. 3.2). The budget counts every
-    sweep; the answer is selected from the last one (every sweep is in ``iterations``).
+    other live particles may resample onto it and branch from its prefix (its token ids
+    included). This is the particle-Gibbs extension of Puri et al. (2025, Sec. 3.2).
+    Finished particles are frozen as in :func:`particle_filter`; the reference, once
+    replayed to its end, is frozen like any other. The budget counts every sweep; the
+    answer is selected from the last one (every sweep is in ``iterations``).
 
     Other arguments as in :func:`particle_filter`; resampling happens at every step.
     """
-    _check_common(question, n_particles, max_steps, params)
+    n = _check_common(question, config, n_particles)
     _check_pf(weighting, reward_temperature, 1.0, scheme, selection)
     if isinstance(iterations, bool) or not isinstance(iterations, int) or iterations < 1:
         raise ValueError(f"`iterations` must be a positive int, got {iterations!r}")
-    if iterations > 1 and n_particles < 2:
+    if iterations > 1 and n < 2:
         raise ValueError("`n_particles` must be >= 2 for particle Gibbs with more than one iteration")
-    run = _prepare(lm, question, reward, params, system, prompt, is_final=is_final)
+    run = _prepare(lm, question, reward, config, system, prompt, is_final=is_final)
     reference = None
     sweeps = []
     for sweep in range(iterations):
         key, key_sweep, key_ref, _ = _split4(key)
         out = _smc(
-            key_sweep, run, int(n_particles), max_steps=max_steps, weighting=weighting,
-            temperature=reward_temperature, ess_threshold=1.0, scheme=scheme,
-            progress=progress, desc=f"particle Gibbs {sweep + 1}/{iterations}", reference=reference,
+            key_sweep, run, n, weighting=weighting, temperature=reward_temperature,
+            ess_threshold=1.0, scheme=scheme, progress=progress,
+            desc=f"particle Gibbs {sweep + 1}/{iterations}", reference=reference,
         )
         sweeps.append(out)
         particles, log_w = out[0], out[1]
@@ -664,40 +787,44 @@ def particle_gibbs(
 
 
 def sample_independent(
-    key, lm, question: str, *, n: int, params: SamplingParams = DEFAULT_PARAMS, max_steps: int = 12,
-    system: str | None = None, prompt: str | None = None, is_final: Callable[[str], bool] | None = None, progress: bool | None = None,
-    _run: _Run | None = None,
+    key, lm, question: str, *, n: int | None = None, config: DecodeConfig = DEFAULT_CONFIG,
+    system: str | None = None, prompt: str | None = None, is_final: Callable[[str], bool] | None = None,
+    progress: bool | None = None, _run: _Run | None = None,
 ) -> tuple[list[Particle], Budget]:
-    """``n`` independent complete solutions, generated step by step (no reward involved).
+    """``n`` independent complete solutions (default ``config.n_particles``), generated step
+    by step (no reward involved); all live particles are extended in one backend call.
 
     Returns:
         The particles and the budget (rewards are not scored here).
     """
-    _check_common(question, n, max_steps, params, name="n")
-    run = _run or _prepare(lm, question, lambda q, s: 0.5, params, system, prompt, is_final=is_final)
-    particles = [Particle() for _ in range(int(n))]
+    n = _check_common(question, config, n, name="n")
+    run = _run or _prepare(lm, question, lambda q, s: 0.5, config, system, prompt, is_final=is_final)
+    particles = [Particle() for _ in range(n)]
+    max_steps = run.config.max_steps
     with progress_bar(total=max_steps, enabled=progress, desc="sampling") as bar:
         for t in range(max_steps):
             active = [i for i, p in enumerate(particles) if not p.finished]
             if not active:
                 break
             key, sub, _, _ = _split4(key)
-            particles = _extend_active(run, sub, particles, active, t == max_steps - 1)
+            particles = _step_particles(run, sub, particles, active, t == max_steps - 1)
             bar.update(1)
     return particles, (run.finish() if _run is None else run.budget)
 
 
 def greedy(
-    key, lm, question: str, reward=None, *, params: SamplingParams = DEFAULT_PARAMS,
-    max_steps: int = 12, system: str | None = None, prompt: str | None = None, is_final: Callable[[str], bool] | None = None,
+    key, lm, question: str, reward=None, *, config: DecodeConfig = DEFAULT_CONFIG, system: str | None = None,
+    prompt: str | None = None, is_final: Callable[[str], bool] | None = None,
     answer_fn: Callable[[str], str | None] = extract_answer, progress: bool | None = None, **_,
 ) -> DecodeResult:
-    """Greedy decoding (temperature 0), one step at a time; the reward is not used."""
-    params = replace(params, temperature=0.0)
-    _check_common(question, 1, max_steps, params)
-    run = _prepare(lm, question, reward or (lambda q, s: 0.5), params, system, prompt, needs_process=False, is_final=is_final)
-    particles, _ = sample_independent(key, None, question, n=1, params=params, max_steps=max_steps,
-                                      progress=progress, _run=run)
+    """Greedy decoding (``config`` at temperature 0), one step at a time; the reward is not
+    used. With a token-level backend this is the model's own greedy output, token for
+    token, whatever the step delimiter."""
+    _check_common(question, config)
+    config = config.replace(temperature=0.0)
+    run = _prepare(lm, question, reward or (lambda q, s: 0.5), config, system, prompt, needs_process=False,
+                   is_final=is_final)
+    particles, _ = sample_independent(key, None, question, n=1, config=config, progress=progress, _run=run)
     return _result(key, particles, np.zeros(1), np.zeros((0, 1)), [1.0], [False], run, "greedy",
                    "argmax", answer_fn)
 
@@ -719,10 +846,10 @@ def _aggregate_scores(run: _Run, particles: list[Particle], aggregate: str) -> n
 
 
 def best_of_n(
-    key, lm, question: str, reward, *, n_particles: int = 8, params: SamplingParams = DEFAULT_PARAMS,
-    max_steps: int = 12, aggregate: str = "last", system: str | None = None, prompt: str | None = None, is_final: Callable[[str], bool] | None = None,
-    answer_fn: Callable[[str], str | None] = extract_answer, progress: bool | None = None,
-    samples: Sequence[Particle] | None = None,
+    key, lm, question: str, reward, *, config: DecodeConfig = DEFAULT_CONFIG, n_particles: int | None = None,
+    aggregate: str = "last", system: str | None = None, prompt: str | None = None,
+    is_final: Callable[[str], bool] | None = None, answer_fn: Callable[[str], str | None] = extract_answer,
+    progress: bool | None = None, samples: Sequence[Particle] | None = None,
 ) -> DecodeResult:
     """Best-of-N: draw ``n_particles`` independent solutions, return the highest-scoring one.
 
@@ -736,16 +863,16 @@ def best_of_n(
     Other arguments as in :func:`particle_filter`. The log weights of the result are the
     log scores.
     """
-    _check_common(question, n_particles, max_steps, params)
+    n = _check_common(question, config, n_particles)
     if aggregate not in _AGGREGATES:
         raise ValueError(f"`aggregate` must be one of {_AGGREGATES}, got {aggregate!r}")
-    run = _prepare(lm, question, reward, params, system, prompt, needs_process=False, is_final=is_final)
+    run = _prepare(lm, question, reward, config, system, prompt, needs_process=False, is_final=is_final)
     key, key_sample, key_select, _ = _split4(key)
     if samples is None:
-        particles, _ = sample_independent(key_sample, None, question, n=n_particles, params=params,
-                                          max_steps=max_steps, progress=progress, _run=run)
+        particles, _ = sample_independent(key_sample, None, question, n=n, config=config, progress=progress,
+                                          _run=run)
     else:
-        particles = list(samples)[: int(n_particles)]
+        particles = list(samples)[:n]
     scores = _aggregate_scores(run, particles, aggregate)
     particles = [replace(p, scores=p.scores + (float(s),)) for p, s in zip(particles, scores, strict=True)]
     log_w = np.log(np.clip(scores, 1e-300, None))
@@ -755,8 +882,8 @@ def best_of_n(
 
 
 def majority_vote(
-    key, lm, question: str, reward=None, *, n_particles: int = 8, params: SamplingParams = DEFAULT_PARAMS,
-    max_steps: int = 12, system: str | None = None, prompt: str | None = None, is_final: Callable[[str], bool] | None = None,
+    key, lm, question: str, reward=None, *, config: DecodeConfig = DEFAULT_CONFIG, n_particles: int | None = None,
+    system: str | None = None, prompt: str | None = None, is_final: Callable[[str], bool] | None = None,
     answer_fn: Callable[[str], str | None] = extract_answer, progress: bool | None = None,
     samples: Sequence[Particle] | None = None,
 ) -> DecodeResult:
@@ -765,14 +892,15 @@ def majority_vote(
     With a ``reward`` it is the *weighted* majority vote: each sample votes with its
     reward (an outcome reward, or a process reward on the whole solution).
     """
-    _check_common(question, n_particles, max_steps, params)
-    run = _prepare(lm, question, reward or (lambda q, s: 1.0), params, system, prompt, needs_process=False, is_final=is_final)
+    n = _check_common(question, config, n_particles)
+    run = _prepare(lm, question, reward or (lambda q, s: 1.0), config, system, prompt, needs_process=False,
+                   is_final=is_final)
     key, key_sample, key_select, _ = _split4(key)
     if samples is None:
-        particles, _ = sample_independent(key_sample, None, question, n=n_particles, params=params,
-                                          max_steps=max_steps, progress=progress, _run=run)
+        particles, _ = sample_independent(key_sample, None, question, n=n, config=config, progress=progress,
+                                          _run=run)
     else:
-        particles = list(samples)[: int(n_particles)]
+        particles = list(samples)[:n]
     if reward is None:
         log_w = np.zeros(len(particles))
     else:
@@ -785,48 +913,52 @@ def majority_vote(
 
 
 def beam_search(
-    key, lm, question: str, reward, *, n_particles: int = 8, beam_width: int = 4,
-    params: SamplingParams = DEFAULT_PARAMS, max_steps: int = 12, system: str | None = None,
-    prompt: str | None = None, is_final: Callable[[str], bool] | None = None, answer_fn: Callable[[str], str | None] = extract_answer,
+    key, lm, question: str, reward, *, config: DecodeConfig = DEFAULT_CONFIG, n_particles: int | None = None,
+    beam_width: int = 4, system: str | None = None, prompt: str | None = None,
+    is_final: Callable[[str], bool] | None = None, answer_fn: Callable[[str], str | None] = extract_answer,
     progress: bool | None = None,
 ) -> DecodeResult:
     """PRM-guided step-level beam search (Snell et al., 2024).
 
-    ``n_particles`` partial solutions are extended by one step; the best
-    ``n_particles // beam_width`` by process reward survive (ties broken at random) and
-    each is copied ``beam_width`` times to be extended again. Finished solutions compete
-    with unfinished ones on their final score. The answer is the highest-scoring solution.
+    ``n_particles`` partial solutions are extended by one step; of the :math:`m` live
+    ones, the best ``max(1, m // beam_width)`` by process reward survive (ties broken at
+    random) and are copied ``beam_width`` times each into the :math:`m` live slots, to
+    be extended again. A finished solution is set aside where it is — kept once, never
+    copied nor dropped, as in Snell et al.'s search, where completed beams leave the
+    active set. The answer is the highest-scoring solution.
     """
-    _check_common(question, n_particles, max_steps, params)
+    n = _check_common(question, config, n_particles)
     if isinstance(beam_width, bool) or not isinstance(beam_width, int) or beam_width < 1:
         raise ValueError(f"`beam_width` must be a positive int, got {beam_width!r}")
-    run = _prepare(lm, question, reward, params, system, prompt, is_final=is_final)
-    n = int(n_particles)
+    run = _prepare(lm, question, reward, config, system, prompt, is_final=is_final)
+    max_steps = config.max_steps
     width = min(beam_width, n)
-    keep = max(1, n // width)
     particles = [Particle() for _ in range(n)]
     ancestors, resampled = [], []
     with progress_bar(total=max_steps, enabled=progress, desc="beam search") as bar:
         for t in range(max_steps):
-            active = [i for i, p in enumerate(particles) if not p.finished]
-            if not active:
+            live = [i for i, p in enumerate(particles) if not p.finished]
+            if not live:
                 break
             key, key_step, key_tie, _ = _split4(key)
-            particles = _extend_active(run, key_step, particles, active, t == max_steps - 1)
-            scores = run.score([particles[i].text for i in active])
-            for i, s in zip(active, scores, strict=True):
+            particles = _step_particles(run, key_step, particles, live, t == max_steps - 1)
+            scores = run.score([particles[i].text for i in live])
+            for i, s in zip(live, scores, strict=True):
                 particles[i] = replace(particles[i], scores=particles[i].scores + (float(s),))
             bar.update(1)
-            if all(p.finished for p in particles):
-                ancestors.append(np.arange(n))
+            alive = np.array([i for i in live if not particles[i].finished], dtype=np.int64)
+            order = np.arange(n)
+            if alive.size == 0:
+                ancestors.append(order)
                 resampled.append(False)
                 break
-            latest = np.array([p.score for p in particles])
-            jitter = _rng(key_tie).random(n)
-            order = np.lexsort((jitter, -latest))[:keep]
-            chosen = np.resize(np.repeat(order, width), n)
-            particles = [particles[a] for a in chosen]
-            ancestors.append(chosen)
+            keep = max(1, alive.size // width)
+            latest = np.array([particles[i].score for i in alive])
+            jitter = _rng(key_tie).random(alive.size)
+            best = alive[np.lexsort((jitter, -latest))[:keep]]
+            order[alive] = np.resize(np.repeat(best, width), alive.size)
+            particles = [particles[a] for a in order]
+            ancestors.append(order)
             resampled.append(True)
     key, key_select, _, _ = _split4(key)
     log_w = np.log(np.clip([p.score for p in particles], 1e-300, None))
@@ -846,8 +978,8 @@ METHODS: dict[str, Callable] = {
 
 
 def generate(
-    model_or_backend, prompt: str, reward=None, method: str = "particle_filter", n_particles: int = 8,
-    *, key=None, seed: int = 0, **options,
+    model_or_backend, prompt: str, reward=None, method: str = "particle_filter", n_particles: int | None = None,
+    *, config: DecodeConfig | None = None, key=None, seed: int = 0, **options,
 ) -> DecodeResult:
     """Reward-guided decoding in one call.
 
@@ -862,10 +994,13 @@ def generate(
         method: one of :data:`METHODS` (``"particle_filter"``, ``"entropic_particle_filter"``,
             ``"particle_gibbs"``, ``"greedy"``, ``"best_of_n"``, ``"majority_vote"``,
             ``"beam_search"``).
-        n_particles: the number of particles / samples / beams.
+        n_particles: the number of particles / samples / beams (default:
+            ``config.n_particles``).
+        config: the decoding settings (default: :data:`~probinf.llm.base.DEFAULT_CONFIG`,
+            the measured defaults: sampling, step delimiter, caps, stop at a stated answer).
         key: PRNG key (default: ``jax.random.key(seed)``).
         seed: used when ``key`` is not given.
-        **options: passed to the method (``params``, ``max_steps``, ``selection``, ...).
+        **options: passed to the method (``selection``, ``weighting``, ``system``, ...).
 
     Returns:
         A :class:`DecodeResult`: ``answer``, ``text``, all ``particles`` with
@@ -876,6 +1011,10 @@ def generate(
     """
     if method not in METHODS:
         raise ValueError(f"`method` must be one of {sorted(METHODS)}, got {method!r}")
+    for name in ("params", "max_steps"):
+        if name in options:
+            raise TypeError(f"`{name}` is now a field of `config`: pass config=DecodeConfig(...)")
+    config = DEFAULT_CONFIG if config is None else config
     if reward is None:
         from probinf.llm.rewards import ArithmeticVerifier
 
@@ -883,5 +1022,6 @@ def generate(
     if key is None:
         key = jax.random.key(seed)
     if method == "greedy":
-        return greedy(key, model_or_backend, prompt, reward, **options)
-    return METHODS[method](key, model_or_backend, prompt, reward, n_particles=n_particles, **options)
+        return greedy(key, model_or_backend, prompt, reward, config=config, **options)
+    return METHODS[method](key, model_or_backend, prompt, reward, config=config, n_particles=n_particles,
+                           **options)

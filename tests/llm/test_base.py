@@ -4,8 +4,15 @@ import numpy as np
 import pytest
 from scipy import stats
 
-from probinf.llm import SamplingParams
-from probinf.llm.backends._decode import decode_step, sample_token, split_at_delimiter
+from probinf.llm import SamplingParams, StepResult, TokenText
+from probinf.llm.backends._decode import (
+    ByteText,
+    WindowText,
+    decode_step,
+    find_stop,
+    sample_token,
+    split_at_delimiter,
+)
 
 
 @pytest.mark.parametrize("kwargs, match", [
@@ -48,32 +55,107 @@ def test_sample_token_truncation_matches_exact_distribution():
     assert stats.binomtest(counts[0], 4000, 0.25 / (0.25 + 0.09)).pvalue > 1e-3
 
 
+# A byte vocabulary in which a blank line can be one token or two, and "é" (two UTF-8
+# bytes) is split over two tokens.
+VOCABULARY = {0: b"a", 1: b"\n\n", 2: b"END", 3: b"<eos>", 4: b"\n", 5: b"\xc3", 6: b"\xa9", 7: b"x\n\ny"}
+
+
+def run_step(sequence, params, room=100, context=(), before=""):
+    """decode_step driven by a model that emits ``sequence``; returns the step and the appended ids."""
+    tokens = iter(sequence)
+    state = {"next": next(tokens)}
+    appended = []
+
+    def logits():
+        out = np.full(len(VOCABULARY), -10.0)
+        out[state["next"]] = 10.0
+        return out
+
+    def append(token):
+        appended.append(token)
+        state["next"] = next(tokens)
+
+    text = ByteText(VOCABULARY.__getitem__, context)
+    step = decode_step(logits, append, text, lambda t: t == 3, np.random.default_rng(0), params, room, before)
+    return step, appended
+
+
 def test_decode_step_stops_at_delimiter_stop_string_eos_and_cap():
-    vocabulary = {0: b"a", 1: b"\n\n", 2: b"END", 3: b"<eos>"}
-
-    def run(sequence, params, room=100):
-        tokens = iter(sequence)
-        state = {"next": next(tokens)}
-
-        def logits():
-            out = np.full(4, -10.0)
-            out[state["next"]] = 10.0
-            return out
-
-        def append(token):
-            state["next"] = next(tokens)
-
-        return decode_step(logits, append, lambda ids: b"".join(vocabulary[i] for i in ids),
-                           lambda t: t == 3, np.random.default_rng(0), params, room)
-
     greedy = SamplingParams(temperature=0.0, max_step_tokens=5, stop=("END",))
-    step = run([0, 0, 1, 0], greedy)
-    assert (step.text, step.num_tokens, step.finished, step.truncated) == ("aa\n\n", 3, False, False)
-    step = run([0, 2, 0], greedy)
-    assert (step.text, step.finished) == ("a", True)
-    step = run([0, 3], greedy)
-    assert (step.text, step.num_tokens, step.finished) == ("a", 1, True)
-    step = run([0] * 9, greedy)
+    step, appended = run_step([0, 0, 1, 0], greedy)
+    assert (step.text, step.tokens, step.finished, step.truncated) == ("aa\n\n", (0, 0, 1), False, False)
+    assert appended == [0, 0]  # the step's last token starts the next step's context
+    # The delimiter is found on tokens: two "\n" tokens end the step just as one "\n\n" does,
+    # and the ids are kept as emitted (never merged).
+    step, _ = run_step([0, 4, 4, 0], greedy)
+    assert (step.text, step.tokens) == ("a\n\n", (0, 4, 4))
+    # A stop string ends the generation at the token that completes it, and stays in the text.
+    step, _ = run_step([0, 2, 0], greedy)
+    assert (step.text, step.tokens, step.finished) == ("aEND", (0, 2), True)
+    step, _ = run_step([0, 3], greedy)
+    assert (step.text, step.num_tokens, step.tokens, step.finished) == ("a", 1, (0,), True)
+    step, _ = run_step([0] * 9, greedy)
     assert (step.text, step.num_tokens, step.truncated, step.finished) == ("aaaaa", 5, True, False)
-    step = run([0] * 9, greedy, room=2)  # the context window is full: the generation ends
+    step, _ = run_step([0] * 9, greedy, room=2)  # the context window is full: the generation ends
     assert (step.num_tokens, step.truncated, step.finished) == (2, True, True)
+
+
+def test_decode_step_keeps_a_token_that_straddles_the_delimiter():
+    # The token "x\n\ny" completes the delimiter: the step ends at it and keeps all its text.
+    step, _ = run_step([0, 7, 0], SamplingParams(temperature=0.0, max_step_tokens=5))
+    assert (step.text, step.tokens) == ("ax\n\ny", (0, 7))
+
+
+def test_stop_string_straddling_the_step_boundary():
+    params = SamplingParams(temperature=0.0, max_step_tokens=5, delimiter=None, stop=("a\n\na",))
+    step, _ = run_step([0, 0, 0], params, before="xa\n\n")
+    assert (step.text, step.tokens, step.finished) == ("a", (0,), True)
+    assert find_stop("xa\n", "\na", ("a\n\na",)) == "a\n\na"
+    assert find_stop("a\n\na", "b", ("a\n\na",)) is None  # ended before this text: not this step's
+    assert find_stop("", "abc", ("zz", "bc")) == "bc"
+
+
+def test_multibyte_character_split_across_tokens_and_steps():
+    # "é" = C3 A9 over two tokens: nothing is shown until its second byte arrives.
+    text = ByteText(VOCABULARY.__getitem__)
+    assert [text.push(t) for t in (0, 5, 6, 0)] == ["a", "", "é", "a"]
+    assert text.flush() == ""
+    # Across a step boundary: the earlier step ended on the first byte; the new step
+    # starts from that context and releases the whole character.
+    step, _ = run_step([6, 0, 1, 0], SamplingParams(temperature=0.0, max_step_tokens=5), context=(0, 5))
+    assert (step.text, step.tokens) == ("éa\n\n", (6, 0, 1))
+    # A generation that ends on an incomplete character shows it as U+FFFD.
+    step, _ = run_step([0, 5, 3], SamplingParams(temperature=0.0, max_step_tokens=5))
+    assert (step.text, step.tokens, step.finished) == ("a\ufffd", (0, 5), True)
+
+
+def test_window_text_matches_full_decoding():
+    # A SentencePiece-like tokenizer: "▁" is a space except at the very start, and
+    # byte-fallback tokens make up multi-byte characters.
+    pieces = {0: "▁Hello", 1: "▁wor", 2: "ld", 3: "<0xC3>", 4: "<0xA9>", 5: "!"}
+
+    def decode(ids):
+        data = b""
+        for i in ids:
+            piece = pieces[i]
+            data += bytes([int(piece[3:5], 16)]) if piece.startswith("<0x") else piece.replace("▁", " ").encode()
+        return data.decode("utf-8", errors="replace").removeprefix(" ")
+
+    sequence = [0, 1, 2, 3, 4, 5, 1, 3, 4]
+    for split in range(1, len(sequence)):
+        context, rest = sequence[:split], sequence[split:]
+        text = WindowText(decode, context)
+        # What the context shows (held back: a trailing incomplete character) ...
+        shown = decode(context).rstrip("\ufffd")
+        new = "".join(text.push(t) for t in rest) + text.flush()
+        assert shown + new == decode(sequence), split
+
+
+def test_token_text_and_step_result_validation():
+    assert TokenText("ab", [1, 2]).tokens == (1, 2)
+    with pytest.raises(ValueError, match="tokens"):
+        TokenText("a", (1, -2))
+    with pytest.raises(TypeError, match="text"):
+        TokenText(3)
+    with pytest.raises(ValueError, match="num_tokens"):
+        StepResult("ab", 3, tokens=(1, 2))

@@ -14,7 +14,7 @@ from scipy import stats
 from probinf.llm import (
     ArithmeticVerifier,
     Budget,
-    SamplingParams,
+    DecodeConfig,
     ToyStepModel,
     beam_search,
     best_of_n,
@@ -27,7 +27,7 @@ from probinf.llm import (
 from probinf.llm.samplers import annealing_exponent
 
 QUESTION = "Tom has 3 apples and gets 4 more. How many apples does Tom have now?"
-PARAMS = SamplingParams(temperature=1.0, max_step_tokens=16)
+CONFIG = DecodeConfig(temperature=1.0, max_step_tokens=16, delimiter="\n\n", max_steps=12)
 
 # Two steps: a claim (correct with probability Q), then the answer the claim implies.
 Q = 0.3
@@ -75,7 +75,7 @@ def test_constant_reward_systematic_is_exactly_independent_sampling():
     # particles are N independent draws from the LM: test their distribution.
     model = ToyStepModel(letters_transition)
     result = particle_filter(jax.random.key(0), model, QUESTION, constant, n_particles=1000,
-                             params=PARAMS, scheme="systematic")
+                             config=CONFIG, scheme="systematic")
     assert np.all(result.ancestors == np.arange(1000))
     assert chi_square_pvalue([p.text for p in result.particles], EXACT_LETTERS) > 1e-3
     np.testing.assert_allclose(result.weights, 1 / 1000)
@@ -88,7 +88,7 @@ def test_constant_reward_multinomial_particles_follow_the_lm():
     texts = []
     for seed in range(150):
         result = particle_filter(jax.random.key(seed), model, QUESTION, constant, n_particles=3,
-                                 params=PARAMS, scheme="multinomial")
+                                 config=CONFIG, scheme="multinomial")
         texts.append(result.particles[0].text)
     assert chi_square_pvalue(texts, EXACT_LETTERS) > 1e-3
 
@@ -109,7 +109,7 @@ def test_particle_filter_concentrates_on_correct_answers(n_particles, runs):
     correct = 0
     for seed in range(runs):
         result = particle_filter(jax.random.key(seed), model, QUESTION, verifier,
-                                 n_particles=n_particles, params=PARAMS)
+                                 n_particles=n_particles, config=CONFIG)
         correct += result.answer == "7"
     exact = exact_pf_accuracy(n_particles)
     assert stats.binomtest(correct, runs, exact).pvalue > 1e-3
@@ -130,7 +130,7 @@ def test_beam_search_keeps_the_best_first_step():
     runs = 100
     correct = sum(
         beam_search(jax.random.key(s), model, QUESTION, ArithmeticVerifier(), n_particles=4,
-                    beam_width=2, params=PARAMS).answer == "7"
+                    beam_width=2, config=CONFIG).answer == "7"
         for s in range(runs)
     )
     assert stats.binomtest(correct, runs, 1 - (1 - Q) ** 4).pvalue > 1e-3
@@ -163,7 +163,7 @@ def test_entropic_particle_filter_resamples_from_the_annealed_distribution():
     for seed in range(runs):
         result = entropic_particle_filter(
             jax.random.key(seed), model, QUESTION, ArithmeticVerifier(), n_particles=n,
-            params=PARAMS, max_steps=horizon, anneal_threshold=1.0,
+            config=CONFIG.replace(max_steps=horizon), anneal_threshold=1.0,
         )
         fractions.append(np.mean([p.steps[0].startswith("3 + 4 = 7") for p in result.particles]))
     annealed = exact_fraction_after_resampling(n, lambda ess: annealing_exponent(ess, n, 0, horizon))
@@ -176,7 +176,7 @@ def test_entropic_particle_filter_resamples_from_the_annealed_distribution():
 def test_particle_gibbs_keeps_the_reference():
     model = ToyStepModel(arithmetic_transition)
     result = particle_gibbs(jax.random.key(1), model, QUESTION, ArithmeticVerifier(), n_particles=4,
-                            iterations=3, params=PARAMS)
+                            iterations=3, config=CONFIG)
     assert len(result.iterations) == 3
     for before, after in zip(result.iterations, result.iterations[1:], strict=False):
         reference = after["particles"][-1]
@@ -189,7 +189,7 @@ def test_best_of_n_and_majority_vote_on_shared_samples():
     model = ToyStepModel(arithmetic_transition)
     from probinf.llm import sample_independent
 
-    samples, budget = sample_independent(jax.random.key(3), model, QUESTION, n=12, params=PARAMS)
+    samples, budget = sample_independent(jax.random.key(3), model, QUESTION, n=12, config=CONFIG)
     answers = [p.text.rsplit(" ", 1)[1].rstrip(".") for p in samples]
     best = best_of_n(jax.random.key(0), model, QUESTION, ArithmeticVerifier(), n_particles=12, samples=samples)
     assert best.answer == ("7" if "7" in answers else best.answer)
@@ -227,7 +227,7 @@ def test_budget_accounting(method):
         return 0.5 + 0.1 * ("= 7" in solution)
 
     result = generate(model, QUESTION, reward=reward, method=method, n_particles=4,
-                      params=PARAMS, max_steps=5)
+                      config=CONFIG.replace(max_steps=5))
     budget = result.budget
     assert isinstance(budget, Budget)
     assert budget.tokens == sum(s.num_tokens for s in model.steps)
@@ -240,7 +240,7 @@ def test_budget_accounting(method):
 def test_genealogy_is_consistent():
     model = ToyStepModel(arithmetic_transition)
     result = particle_filter(jax.random.key(5), model, QUESTION, ArithmeticVerifier(), n_particles=6,
-                             params=PARAMS)
+                             config=CONFIG)
     assert result.ancestors.shape == (2, 6)
     assert result.resampled.tolist() == [True, False]
     assert len(result.lineage()) == 3
@@ -255,8 +255,8 @@ def test_genealogy_is_consistent():
 
 def test_same_key_same_output():
     model = ToyStepModel(arithmetic_transition)
-    a = particle_filter(jax.random.key(9), model, QUESTION, ArithmeticVerifier(), n_particles=5, params=PARAMS)
-    b = particle_filter(jax.random.key(9), model, QUESTION, ArithmeticVerifier(), n_particles=5, params=PARAMS)
+    a = particle_filter(jax.random.key(9), model, QUESTION, ArithmeticVerifier(), n_particles=5, config=CONFIG)
+    b = particle_filter(jax.random.key(9), model, QUESTION, ArithmeticVerifier(), n_particles=5, config=CONFIG)
     assert [p.text for p in a.particles] == [p.text for p in b.particles]
     np.testing.assert_array_equal(a.ancestors, b.ancestors)
 
@@ -265,14 +265,14 @@ def test_same_key_same_output():
 def test_selection_modes_return_a_particle(selection):
     model = ToyStepModel(arithmetic_transition)
     result = particle_filter(jax.random.key(2), model, QUESTION, ArithmeticVerifier(), n_particles=8,
-                             params=PARAMS, selection=selection)
+                             config=CONFIG, selection=selection)
     assert result.text == result.particles[result.index].text
 
 
 def test_likelihood_weighting_and_ess_threshold():
     model = ToyStepModel(arithmetic_transition)
     result = particle_filter(jax.random.key(2), model, QUESTION, ArithmeticVerifier(), n_particles=8,
-                             params=PARAMS, weighting="likelihood", ess_threshold=0.0)
+                             config=CONFIG, weighting="likelihood", ess_threshold=0.0)
     assert not result.resampled.any()
     # Never resampled: the final log weight is the sum of log scores of both steps.
     verifier = ArithmeticVerifier()
@@ -308,7 +308,11 @@ def test_unknown_method_and_options():
     with pytest.raises(ValueError, match="ess_threshold"):
         generate(model, QUESTION, reward=constant, ess_threshold=2.0)
     with pytest.raises(ValueError, match="max_steps"):
-        generate(model, QUESTION, reward=constant, max_steps=0)
+        generate(model, QUESTION, reward=constant, config=CONFIG.replace(max_steps=0))
+    with pytest.raises(TypeError, match="config"):
+        generate(model, QUESTION, reward=constant, max_steps=3)
+    with pytest.raises(TypeError, match="config"):
+        generate(model, QUESTION, reward=constant, config={"max_steps": 3})
     with pytest.raises(ValueError, match="process reward"):
         from probinf.llm import AnswerMatch
 
@@ -342,7 +346,7 @@ def test_token_cap_truncates_and_max_steps_ends_runs():
         return [("word " * 100, 1.0)]
 
     result = particle_filter(jax.random.key(0), ToyStepModel(rambling), QUESTION, constant, n_particles=2,
-                             params=SamplingParams(max_step_tokens=5), max_steps=3)
+                             config=CONFIG.replace(max_step_tokens=5, max_steps=3))
     assert all(p.finished for p in result.particles)
     assert all(p.truncated_steps == 3 and len(p.steps) == 3 for p in result.particles)
     assert result.budget.tokens == 2 * 3 * 5
@@ -351,8 +355,148 @@ def test_token_cap_truncates_and_max_steps_ends_runs():
 def test_look_ahead_modulation_is_charged_to_the_budget():
     model = CountingModel(arithmetic_transition)
     result = entropic_particle_filter(jax.random.key(0), model, QUESTION, ArithmeticVerifier(), n_particles=4,
-                                      params=PARAMS, lookahead=1)
+                                      config=CONFIG, lookahead=1)
     # Step 1 (4 calls) + one look-ahead step per particle before resampling (4) + step 2 (4).
     assert result.budget.lm_calls == len(model.steps) == 12
     assert result.budget.tokens == sum(s.num_tokens for s in model.steps)
     assert all(len(p.steps) == 2 for p in result.particles)  # look-ahead text is discarded
+
+
+# -- finished particles are frozen -------------------------------------------------------------
+
+# "stop" finishes at step 1; "go" goes on for two more steps. Likelihood weighting with
+# tau = 1 makes the potential the reward itself, so the Feynman-Kac target is explicit.
+def stop_or_go(steps):
+    if not steps:
+        return [("stop", 0.3), ("go", 0.7)]
+    if steps == ("go",):
+        return [("x", 0.5), ("y", 0.5)]
+    if len(steps) == 2:
+        return [("z", 1.0)]
+    return []
+
+
+STOP_OR_GO_REWARD = {"stop": 0.4, "go\n\n": 0.6, "go\n\nx\n\n": 0.9, "go\n\ny\n\n": 0.2,
+                     "go\n\nx\n\nz": 0.5, "go\n\ny\n\nz": 0.5}
+# sum over complete paths of p(path) * prod_t G_t(path), a finished path taking G = 1 after it ends
+STOP_OR_GO_TARGET = {"stop": 0.3 * 0.4, "go\n\nx\n\nz": 0.7 * 0.6 * 0.5 * 0.9 * 0.5,
+                     "go\n\ny\n\nz": 0.7 * 0.6 * 0.5 * 0.2 * 0.5}
+
+
+def stop_or_go_reward(question, solution):
+    return STOP_OR_GO_REWARD[solution]
+
+
+@pytest.mark.parametrize("method, options", [
+    ("particle_filter", {}),
+    ("particle_filter", {"ess_threshold": 0.5, "scheme": "systematic"}),
+    ("entropic_particle_filter", {"anneal_threshold": 1.0, "keep_residual_weights": True}),
+])
+def test_frozen_particles_keep_the_weighted_sample_unbiased(method, options):
+    # Resampling only the live particles, each live slot taking an equal share of the live
+    # mass (or w / (m q) when annealed), keeps E[(1/N) sum_i w_i 1{x_i = path}] equal to
+    # the exact unnormalised target of every path. Resampling finished particles with the
+    # live ones, and re-applying their last potential, would not.
+    model = ToyStepModel(stop_or_go)
+    n, runs = 6, 300
+    estimates = {path: [] for path in STOP_OR_GO_TARGET}
+    for seed in range(runs):
+        result = generate(model, QUESTION, reward=stop_or_go_reward, method=method, n_particles=n,
+                          config=CONFIG, weighting="likelihood", key=jax.random.key(seed), **options)
+        weights = np.exp(result.log_weights)
+        for path in STOP_OR_GO_TARGET:
+            estimates[path].append(sum(w for p, w in zip(result.particles, weights, strict=True) if p.text == path) / n)
+    for path, exact in STOP_OR_GO_TARGET.items():
+        values = np.array(estimates[path])
+        standard_error = values.std(ddof=1) / np.sqrt(runs)
+        assert abs(values.mean() - exact) < 4 * standard_error, (path, values.mean(), exact)
+    total = sum(np.mean(v) for v in estimates.values())
+    assert total == pytest.approx(sum(STOP_OR_GO_TARGET.values()), abs=4 * np.std(
+        np.sum([estimates[p] for p in estimates], axis=0), ddof=1) / np.sqrt(runs))
+
+
+@pytest.mark.parametrize("method", ["particle_filter", "entropic_particle_filter", "particle_gibbs"])
+def test_finished_particles_are_kept_not_extended_resampled_or_duplicated(method):
+    model = CountingModel(stop_or_go)
+    n = 8
+    result = generate(model, QUESTION, reward=stop_or_go_reward, method=method, n_particles=n, config=CONFIG,
+                      weighting="likelihood", key=jax.random.key(3))
+    sweeps = result.iterations or [{"particles": result.particles, "log_weights": result.log_weights,
+                                    "ancestors": result.ancestors}]
+    first_steps = [s.text for s in model.steps[:n]]  # the first call extends all N particles
+    for k, sweep in enumerate(sweeps):
+        stopped = [i for i, p in enumerate(sweep["particles"]) if p.steps == ("stop",)]
+        for i in stopped:
+            particle = sweep["particles"][i]
+            # Its weight is the step-1 potential, untouched by the two later steps.
+            assert sweep["log_weights"][i] == pytest.approx(math.log(0.4), abs=1e-12)
+            assert particle.text == "stop" and particle.finished and particle.finish_reason == "model"
+            assert all(row[i] == i for row in np.asarray(sweep["ancestors"])[1:])
+        if k == 0:
+            # Neither duplicated nor resampled away: as many as the LM drew at step 1.
+            assert len(stopped) == first_steps.count("stop") > 0
+    if method != "particle_gibbs":
+        # A frozen particle is never extended: N first steps, then two per "go" particle.
+        assert result.budget.lm_calls == n + 2 * first_steps.count("go\n\n")
+
+
+def test_beam_search_sets_finished_beams_aside():
+    # "stop" has the best reward; beam search used to copy it beam_width times.
+    def reward(question, solution):
+        return {"stop": 0.99}.get(solution, STOP_OR_GO_REWARD[solution])
+
+    for seed in range(5):
+        model = CountingModel(stop_or_go)
+        result = beam_search(jax.random.key(seed), model, QUESTION, reward, n_particles=8, beam_width=2,
+                             config=CONFIG)
+        drawn = [s.text for s in model.steps[:8]].count("stop")
+        assert [p.text for p in result.particles].count("stop") == drawn
+        assert result.answer is None and result.text == ("stop" if drawn else result.text)
+
+
+def test_a_stated_answer_finishes_a_particle():
+    def chatty(steps):
+        return [("3 + 4 = 7. The answer is 7.", 1.0)] if not steps else [("More words.", 1.0)]
+
+    model = CountingModel(chatty)
+    result = particle_filter(jax.random.key(0), model, QUESTION, constant, n_particles=3, config=CONFIG)
+    assert all(p.finish_reason == "answer" and len(p.steps) == 1 for p in result.particles)
+    assert result.answer == "7" and len(model.steps) == 3
+    result = particle_filter(jax.random.key(0), model, QUESTION, constant, n_particles=3,
+                             config=CONFIG.replace(stop_at_answer=False, max_steps=3))
+    assert all(p.finish_reason == "max_steps" and len(p.steps) == 3 for p in result.particles)
+
+
+def test_particle_prefix_replays_its_steps_and_frozen_particles_cannot_grow():
+    from probinf.llm import StepResult
+    from probinf.llm.samplers import Particle
+
+    particle = Particle().extended(StepResult("a\n", 2, -1.0, tokens=(1, 2)))
+    particle = replace_scores(particle, (0.5,)).extended(StepResult("b", 1, -0.5, finished=True, tokens=(3,)))
+    assert particle.tokens == (1, 2, 3) and particle.text == "a\nb" and particle.finish_reason == "model"
+    head = particle.prefix(1)
+    assert (head.text, head.tokens, head.num_tokens, head.log_prob, head.finished) == ("a\n", (1, 2), 2, -1.0, False)
+    assert head.scores == (0.5,)
+    with pytest.raises(ValueError, match="frozen"):
+        particle.extended(StepResult("c", 1))
+    text_only = Particle().extended(StepResult("a", 1))
+    assert text_only.tokens is None
+
+
+def replace_scores(particle, scores):
+    from dataclasses import replace
+
+    return replace(particle, scores=scores)
+
+
+def test_decode_config_validation_names_the_field():
+    for kwargs, name in [({"n_particles": 0}, "n_particles"), ({"max_steps": 1.5}, "max_steps"),
+                         ({"max_step_tokens": 0}, "max_step_tokens"), ({"stop_at_answer": "yes"}, "stop_at_answer"),
+                         ({"temperature": -0.1}, "temperature"), ({"delimiter": ""}, "delimiter"),
+                         ({"top_p": 0}, "top_p")]:
+        with pytest.raises(ValueError, match=name):
+            DecodeConfig(**kwargs)
+    with pytest.raises(TypeError, match="no field"):
+        CONFIG.replace(max_tokens=3)
+    sampling = CONFIG.sampling
+    assert (sampling.temperature, sampling.max_step_tokens, sampling.delimiter) == (1.0, 16, "\n\n")

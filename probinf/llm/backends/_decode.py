@@ -1,20 +1,36 @@
-"""Token sampling and step segmentation shared by the local backends (llama.cpp, transformers).
+"""Token sampling, incremental detokenisation and step segmentation for the local backends.
 
-Both local backends expose two primitives — the next-token logits after a context, and
-"append this token" — and this module turns them into one reasoning step: draw tokens
-with the requested truncation and temperature, stop at the delimiter, a stop string,
-the end-of-sequence token or the token cap, and sum the model's log-probabilities.
+Both local backends (llama.cpp, transformers) expose two primitives — the next-token
+logits after a context, and "append this token" — and this module turns them into one
+reasoning step: draw tokens with the requested truncation and temperature, turn them into
+text incrementally, stop at the delimiter, a stop string, the end-of-sequence token or the
+token cap, and sum the model's log-probabilities. The step boundary is found on tokens:
+after each token the text so far is searched, and the step ends at that token; the ids are
+kept exactly as drawn and the next step continues from them (never from re-tokenised text).
 """
 
 from __future__ import annotations
 
+import codecs
 from collections.abc import Callable, Sequence
+from typing import Protocol
 
 import numpy as np
 
-from probinf.llm.base import SamplingParams, StepResult
+from probinf.llm.base import SamplingParams, StepResult, TokenText, as_token_text
 
-__all__ = ["sample_token", "decode_step", "split_at_delimiter"]
+__all__ = [
+    "sample_token",
+    "decode_step",
+    "split_at_delimiter",
+    "find_stop",
+    "IncrementalText",
+    "ByteText",
+    "WindowText",
+    "context_tokens",
+    "extend_in_context_order",
+    "top_token_logprobs",
+]
 
 
 def _log_softmax(logits: np.ndarray) -> np.ndarray:
@@ -27,6 +43,7 @@ def sample_token(logits: np.ndarray, rng: np.random.Generator, params: SamplingP
 
     The truncations follow llama.cpp's order: top-k, then top-p, then min-p, all on the
     temperature-1 distribution, and the temperature is applied last to what survives.
+    Temperature 0 is the argmax (the first one on ties, as ``numpy.argmax``).
     """
     logits = np.asarray(logits, dtype=np.float64)
     log_probs = _log_softmax(logits)
@@ -69,62 +86,174 @@ def split_at_delimiter(text: str, delimiter: str | None) -> int | None:
         start = index + 1
 
 
+def find_stop(before: str, text: str, stops: Sequence[str]) -> str | None:
+    """The first stop string (in ``stops`` order) that ends inside ``text``, searched in
+    ``before + text`` so that one straddling the two is found; ``None`` if none does."""
+    for stop in stops:
+        tail = before[max(len(before) - len(stop) + 1, 0):] if len(stop) > 1 else ""
+        if stop in tail + text:
+            return stop
+    return None
+
+
+# -- incremental detokenisation --------------------------------------------------------------
+
+
+class IncrementalText(Protocol):
+    """Text of a growing token sequence, released in whole characters only."""
+
+    def push(self, token: int) -> str:
+        """Add a token; returns the text it completes (``""`` while a character is incomplete)."""
+        ...
+
+    def flush(self) -> str:
+        """The text still held back (an incomplete character, shown as U+FFFD); call at the end."""
+        ...
+
+
+class ByteText:
+    """Incremental UTF-8 decoding of tokens whose bytes are known (llama.cpp's pieces).
+
+    Bytes are concatenated and decoded with Python's incremental UTF-8 decoder, so a
+    character split across tokens (byte-fallback tokens, byte-level BPE) is released
+    when its last byte arrives. The decoder starts in the state left by ``context`` (the
+    particle's earlier tokens: a character may be pending across a step boundary).
+    """
+
+    def __init__(self, token_bytes: Callable[[int], bytes], context: Sequence[int] = ()):
+        self._token_bytes = token_bytes
+        self._decoder = codecs.getincrementaldecoder("utf-8")(errors="replace")
+        self._decoder.decode(b"".join(token_bytes(t) for t in context))
+
+    def push(self, token: int) -> str:
+        return self._decoder.decode(self._token_bytes(token))
+
+    def flush(self) -> str:
+        return self._decoder.decode(b"", final=True)
+
+
+class WindowText:
+    """Incremental detokenisation by a tokenizer's ``decode`` on a sliding window (for
+    tokenizers whose per-token bytes are not exposed, e.g. Hugging Face's).
+
+    The new text of a token is ``decode(ids[p:]) - decode(ids[p:r])`` where ``r`` marks
+    what has been released and ``p`` a few tokens before it (so that SentencePiece's
+    leading spaces and merges are decoded in context); text ending in U+FFFD (an
+    incomplete character) is held back. This is the scheme of Hugging Face's
+    text-generation-inference and vLLM.
+    """
+
+    WINDOW = 6
+
+    def __init__(self, decode: Callable[[list[int]], str], context: Sequence[int] = ()):
+        self._decode = decode
+        self._ids = list(context)
+        read = len(self._ids)
+        # Tokens at the end that do not form a whole character yet have not been released.
+        while read > 0 and len(self._ids) - read < 4 and self._window_text(read).endswith("\ufffd"):
+            read -= 1
+        self._read = read
+        self._prefix = max(read - self.WINDOW, 0)
+
+    def _window_text(self, read: int) -> str:
+        return self._decode(self._ids[max(read - self.WINDOW, 0): read])
+
+    def _advance(self, final: bool) -> str:
+        shown = self._decode(self._ids[self._prefix: self._read])
+        full = self._decode(self._ids[self._prefix:])
+        if len(full) > len(shown) and (final or not full.endswith("\ufffd")):
+            self._prefix, self._read = self._read, len(self._ids)
+            return full[len(shown):]
+        return ""
+
+    def push(self, token: int) -> str:
+        self._ids.append(int(token))
+        return self._advance(final=False)
+
+    def flush(self) -> str:
+        return self._advance(final=True)
+
+
+# -- one step --------------------------------------------------------------------------------
+
+
 def decode_step(
     next_logits: Callable[[], np.ndarray],
     append: Callable[[int], None],
-    detokenize: Callable[[list[int]], bytes],
+    text: IncrementalText,
     is_end_of_sequence: Callable[[int], bool],
     rng: np.random.Generator,
     params: SamplingParams,
     room: int,
+    before: str = "",
 ) -> StepResult:
     """Generate one step from the current context.
 
+    After every drawn token the step's text so far is searched for a stop string (in
+    ``before`` + the step's text, so one may straddle the step boundary) and for the
+    delimiter; the step ends at the token that completes one. The returned text is the
+    detokenisation of the returned ids (a character still incomplete is carried into
+    the next step, or flushed when the generation ends); nothing is cut out of it.
+
     Args:
         next_logits: logits of the next token after the current context.
-        append: feed a sampled token to the model (extends the context).
-        detokenize: bytes of a list of tokens.
-        is_end_of_sequence: whether a token ends the generation.
+        append: feed a drawn token to the model (extends the context); not called for
+            the step's last token, which the next step's context starts with.
+        text: incremental detokeniser, in the state after the particle's earlier tokens.
+        is_end_of_sequence: whether a token ends the generation (it is neither counted
+            nor kept: it has no text).
         rng: source of randomness (unused when greedy).
         params: sampling parameters.
         room: tokens left in the context window; when it runs out the generation is
             finished (a documented fallback, never an error mid-decoding).
+        before: the text the particle generated before this step (for stop strings).
     """
     tokens: list[int] = []
     log_prob = 0.0
     limit = min(params.max_step_tokens, max(room, 0))
-    text = ""
+    step_text = ""
+
+    def result(finished: bool, truncated: bool = False) -> StepResult:
+        final_text = step_text + (text.flush() if finished else "")
+        return StepResult(final_text, len(tokens), log_prob, finished=finished, truncated=truncated,
+                          tokens=tuple(tokens))
+
     while len(tokens) < limit:
         token, token_log_prob = sample_token(next_logits(), rng, params)
         if is_end_of_sequence(token):
-            return StepResult(text, len(tokens), log_prob, finished=True)
+            return result(finished=True)
         tokens.append(token)
         log_prob += token_log_prob
-        text = detokenize(tokens).decode("utf-8", errors="ignore")
-        for stop in params.stop:
-            index = text.find(stop)
-            if index >= 0:
-                return StepResult(text[:index], len(tokens), log_prob, finished=True)
-        cut = split_at_delimiter(text, params.delimiter)
-        if cut is not None:
-            return StepResult(text[:cut], len(tokens), log_prob)
+        step_text += text.push(token)
+        if params.stop and find_stop(before, step_text, params.stop) is not None:
+            return result(finished=True)
+        if split_at_delimiter(step_text, params.delimiter) is not None:
+            return result(finished=False)
         if len(tokens) < limit:
             append(token)
-    out_of_room = limit < params.max_step_tokens
-    return StepResult(text, len(tokens), log_prob, finished=out_of_room, truncated=True)
+    return result(finished=limit < params.max_step_tokens, truncated=True)
 
 
-def extend_in_prefix_order(
-    seeds: Sequence[int], prompt: str, prefixes: Sequence[str], params: SamplingParams,
-    extend_one: Callable[[int, str, SamplingParams], StepResult],
+def context_tokens(prompt: TokenText, prefix, tokenize: Callable[[str], list[int]]) -> list[int]:
+    """``prompt.tokens + prefix.tokens``; a prefix without ids (user-written text) is tokenised."""
+    prefix = as_token_text(prefix)
+    if prompt.tokens is None:
+        raise ValueError("`prompt` has no token ids; encode it with the model's encode_prompt")
+    generated = list(prefix.tokens) if prefix.tokens is not None else (tokenize(prefix.text) if prefix.text else [])
+    return list(prompt.tokens) + generated
+
+
+def extend_in_context_order(
+    seeds: Sequence[int], contexts: Sequence[list[int]], extend_one: Callable[[int, list[int], int], StepResult],
 ) -> list[StepResult]:
-    """``extend`` of a local backend: one step per prefix, visited in sorted order so that
-    resampled siblings (equal prefixes) follow each other and reuse the cached prefix."""
-    if len(seeds) != len(prefixes):
-        raise ValueError(f"`seeds` has {len(seeds)} entries for {len(prefixes)} prefixes")
-    results: list[StepResult | None] = [None] * len(prefixes)
-    for i in sorted(range(len(prefixes)), key=lambda i: prefixes[i]):
-        results[i] = extend_one(int(seeds[i]), prompt + prefixes[i], params)
+    """``extend`` of a one-sequence-at-a-time backend: one step per context, visited in the
+    order of their ids so that resampled siblings (equal contexts) follow each other and
+    reuse the cached prefix. ``extend_one(seed, context, index)`` makes one step."""
+    if len(seeds) != len(contexts):
+        raise ValueError(f"`seeds` has {len(seeds)} entries for {len(contexts)} prefixes")
+    results: list[StepResult | None] = [None] * len(contexts)
+    for i in sorted(range(len(contexts)), key=lambda i: contexts[i]):
+        results[i] = extend_one(int(seeds[i]), contexts[i], i)
     return results  # type: ignore[return-value]
 
 

@@ -7,8 +7,14 @@ from collections.abc import Sequence
 
 import numpy as np
 
-from probinf.llm.backends._decode import decode_step, extend_in_prefix_order, top_token_logprobs
-from probinf.llm.base import SamplingParams, StepResult, chatml
+from probinf.llm.backends._decode import (
+    ByteText,
+    context_tokens,
+    decode_step,
+    extend_in_context_order,
+    top_token_logprobs,
+)
+from probinf.llm.base import SamplingParams, StepResult, TokenText, as_token_text, chatml
 
 __all__ = ["LlamaCppModel", "smollm2_path"]
 
@@ -46,11 +52,16 @@ def _common_prefix(a: Sequence[int], b: Sequence[int]) -> int:
 class LlamaCppModel:
     """A ``llama_cpp.Llama`` as a :class:`~probinf.llm.base.LanguageModel`.
 
-    Particles are extended one after the other in an order that groups equal prefixes,
+    Token-faithful: the prompt is tokenised once per run (:meth:`encode_prompt`) and every
+    particle is continued from the token ids it emitted, so a step boundary never changes
+    what the model conditions on: greedy decoding step by step gives llama.cpp's own
+    greedy output token for token. A token's text is its llama.cpp piece (special tokens
+    render as nothing), decoded incrementally as UTF-8.
+
+    Particles are extended one after the other in an order that groups equal contexts,
     and each one re-uses the longest prefix already in llama.cpp's KV cache: siblings
-    produced by resampling share their parent's whole text, so only the new step is
-    evaluated for all but the first of them (prompt re-encoding is avoided, not just
-    the shared system prompt).
+    produced by resampling share their parent's whole token sequence, so only the new
+    step is evaluated for all but the first of them.
 
     Sampling is done here (not by llama.cpp's sampler) from the logits, with a NumPy
     generator seeded per particle, so the same seeds give the same steps, and the
@@ -69,6 +80,7 @@ class LlamaCppModel:
         self.llama = llama
         self.system_prompt = system_prompt
         self._n_vocab = llama.n_vocab()
+        self._pieces: dict[int, bytes] = {}
 
     @classmethod
     def from_path(
@@ -115,22 +127,50 @@ class LlamaCppModel:
         ]
         return Jinja2ChatFormatter(template, eos_token=eos, bos_token=bos)(messages=messages).prompt
 
-    def extend(
-        self, seeds: Sequence[int], prompt: str, prefixes: Sequence[str], params: SamplingParams,
-    ) -> list[StepResult]:
-        return extend_in_prefix_order(seeds, prompt, prefixes, params, self._extend_one)
+    def encode_prompt(self, prompt: str) -> TokenText:
+        if isinstance(prompt, TokenText):
+            return prompt if prompt.tokens is not None else self.encode_prompt(prompt.text)
+        if not isinstance(prompt, str):
+            raise TypeError(f"`prompt` must be a str or a TokenText, got {type(prompt).__name__}")
+        return TokenText(prompt, tuple(self.llama.tokenize(prompt.encode("utf-8"), add_bos=True, special=True)))
 
-    def next_token_logprobs(self, contexts: Sequence[str], top_k: int = 20) -> list[dict[str, float]]:
-        return [
-            top_token_logprobs(self._prime(self._tokenize(context)), top_k,
-                               lambda t: self.llama.detokenize([t]).decode("utf-8", errors="ignore"))
-            for context in contexts
-        ]
+    def extend(
+        self, seeds: Sequence[int], prompt: TokenText | str, prefixes: Sequence[TokenText], params: SamplingParams,
+    ) -> list[StepResult]:
+        prompt = self.encode_prompt(prompt)
+        prefixes = [as_token_text(p, "prefixes") for p in prefixes]
+        contexts = [context_tokens(prompt, p, self._tokenize_text) for p in prefixes]
+        n_prompt = len(prompt.tokens)
+
+        def extend_one(seed: int, context: list[int], index: int) -> StepResult:
+            return self._extend_one(seed, context, n_prompt, prefixes[index].text, params)
+
+        return extend_in_context_order(seeds, contexts, extend_one)
+
+    def next_token_logprobs(
+        self, contexts: Sequence[TokenText | str], top_k: int = 20, prefixes: Sequence[TokenText] | None = None,
+    ) -> list[dict[str, float]]:
+        if prefixes is not None and len(prefixes) != len(contexts):
+            raise ValueError(f"`prefixes` has {len(prefixes)} entries for {len(contexts)} contexts")
+        out = []
+        for i, context in enumerate(contexts):
+            tokens = context_tokens(self.encode_prompt(context),
+                                    TokenText() if prefixes is None else prefixes[i], self._tokenize_text)
+            out.append(top_token_logprobs(self._prime(tokens), top_k, lambda t: self._piece(t).decode(
+                "utf-8", errors="replace")))
+        return out
 
     # -- internals ---------------------------------------------------------------------
 
-    def _tokenize(self, text: str) -> list[int]:
-        return self.llama.tokenize(text.encode("utf-8"), add_bos=True, special=True)
+    def _tokenize_text(self, text: str) -> list[int]:
+        """Tokens of user-written text that continues a prompt (no BOS)."""
+        return self.llama.tokenize(text.encode("utf-8"), add_bos=False, special=False)
+
+    def _piece(self, token: int) -> bytes:
+        piece = self._pieces.get(token)
+        if piece is None:
+            piece = self._pieces[token] = self.llama.detokenize([token])
+        return piece
 
     def _logits(self) -> np.ndarray:
         pointer = self.llama._ctx.get_logits_ith(-1)
@@ -153,27 +193,29 @@ class LlamaCppModel:
         llama.eval(tokens[cached:])
         return self._logits()
 
-    def _extend_one(self, seed: int, context: str, params: SamplingParams) -> StepResult:
-        tokens = self._tokenize(context)
-        first_logits = [self._prime(tokens)]
+    def _extend_one(self, seed: int, context: list[int], n_prompt: int, before: str,
+                    params: SamplingParams) -> StepResult:
+        first_logits = [self._prime(context)]
 
         def next_logits():
             if first_logits:
                 return first_logits.pop()
             return self._logits()
 
-        model = self.llama._model
         import llama_cpp
 
+        vocab = self.llama._model.vocab
+
         def is_end(token: int) -> bool:
-            return bool(llama_cpp.llama_vocab_is_eog(model.vocab, token))
+            return bool(llama_cpp.llama_vocab_is_eog(vocab, token))
 
         return decode_step(
             next_logits,
             lambda token: self.llama.eval([token]),
-            self.llama.detokenize,
+            ByteText(self._piece, context[n_prompt:]),
             is_end,
             np.random.default_rng(seed),
             params,
-            room=self.llama.n_ctx() - len(tokens) - 1,
+            room=self.llama.n_ctx() - len(context) - 1,
+            before=before,
         )

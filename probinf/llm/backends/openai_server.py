@@ -11,8 +11,15 @@ import urllib.error
 import urllib.request
 from collections.abc import Sequence
 
-from probinf.llm.backends._decode import split_at_delimiter
-from probinf.llm.base import LLMBackendError, SamplingParams, StepResult, chatml
+from probinf.llm.backends._decode import find_stop, split_at_delimiter
+from probinf.llm.base import (
+    LLMBackendError,
+    SamplingParams,
+    StepResult,
+    TokenText,
+    as_token_text,
+    chatml,
+)
 
 __all__ = ["OpenAICompletionsModel"]
 
@@ -26,6 +33,21 @@ class OpenAICompletionsModel:
     end-of-sequence token by asking for one more step: a server that immediately
     returns nothing has finished the generation. Requests carry a ``seed``; servers
     that honour it (llama.cpp, vLLM) make runs repeatable.
+
+    **Not token-faithful.** The plain OpenAI completions schema returns text, not token
+    ids, so this backend is text-based: each request sends ``prompt + generated text``
+    and the server *re-tokenises* it. Wherever the model's own tokens differ from the
+    tokenizer's encoding of their text (SmolLM2 emits a blank line as two ``"\n"``
+    tokens, its tokenizer encodes ``"\n\n"`` as one) every later step is conditioned on
+    a sequence the model never produced, and step-wise greedy decoding can differ from
+    the server's own greedy completion right after such a place. Steps report
+    ``tokens=None``. The local backends (:class:`LlamaCppModel`,
+    :class:`TransformersModel`) have no such gap.
+
+    Stop strings follow the local backends' rule (the text keeps the stop string) when
+    the server says which one matched (vLLM's ``stop_reason``, llama.cpp's
+    ``stopping_word``, or the text itself when the server honours vLLM's
+    ``include_stop_str_in_output``); otherwise the stripped stop cannot be put back.
 
     Args:
         base_url: e.g. ``"http://127.0.0.1:8000/v1"``.
@@ -95,18 +117,35 @@ class OpenAICompletionsModel:
             ) from err
         return data
 
+    def encode_prompt(self, prompt: str) -> TokenText:
+        """The prompt as text (``tokens=None``): the server tokenises it."""
+        if isinstance(prompt, TokenText):
+            return TokenText(prompt.text, None)
+        if not isinstance(prompt, str):
+            raise TypeError(f"`prompt` must be a str or a TokenText, got {type(prompt).__name__}")
+        return TokenText(prompt, None)
+
     def extend(
-        self, seeds: Sequence[int], prompt: str, prefixes: Sequence[str], params: SamplingParams,
+        self, seeds: Sequence[int], prompt: TokenText | str, prefixes: Sequence[TokenText], params: SamplingParams,
     ) -> list[StepResult]:
         if len(seeds) != len(prefixes):
             raise ValueError(f"`seeds` has {len(seeds)} entries for {len(prefixes)} prefixes")
-        return [self._extend_one(int(s), prompt + p, params) for s, p in zip(seeds, prefixes, strict=True)]
+        stops = list(params.stop) + ([params.delimiter] if params.delimiter else [])
+        if len(stops) > 4:
+            raise ValueError(
+                "the OpenAI completions API allows at most four stop strings; `params` has "
+                f"{len(params.stop)} stop strings plus the delimiter: {stops!r}"
+            )
+        prompt = self.encode_prompt(prompt)
+        prefixes = [as_token_text(p, "prefixes") for p in prefixes]
+        return [self._extend_one(int(s), prompt.text, p.text, params)
+                for s, p in zip(seeds, prefixes, strict=True)]
 
-    def _extend_one(self, seed: int, context: str, params: SamplingParams) -> StepResult:
+    def _extend_one(self, seed: int, prompt: str, before: str, params: SamplingParams) -> StepResult:
         stops = list(params.stop) + ([params.delimiter] if params.delimiter else [])
         payload = {
             "model": self.model,
-            "prompt": context,
+            "prompt": prompt + before,
             "max_tokens": params.max_step_tokens,
             "temperature": float(params.temperature),
             "top_p": float(params.top_p),
@@ -121,7 +160,8 @@ class OpenAICompletionsModel:
             "stream": False,
         }
         if stops:
-            payload["stop"] = stops[:4]  # the OpenAI API allows at most four stop strings
+            payload["stop"] = stops
+            payload["include_stop_str_in_output"] = True  # vLLM; other servers ignore it
         data = self._post(payload)
         choice = data["choices"][0]
         text = choice["text"]
@@ -130,24 +170,40 @@ class OpenAICompletionsModel:
         usage = data.get("usage") or {}
         num_tokens = int(usage.get("completion_tokens", len(token_log_probs)))
         log_prob = float(sum(x for x in token_log_probs if x is not None)) if token_log_probs else math.nan
+        # Which stop string ended the step: in the text (the server kept it) or as reported.
+        matched = find_stop(before, text, params.stop) if params.stop else None
+        if matched is None:
+            reported = choice.get("stop_reason", choice.get("stopping_word"))
+            if isinstance(reported, str) and reported in stops:
+                matched = reported
+                if not text.endswith(reported):  # stripped (a server stops at its first occurrence)
+                    text += reported  # the text keeps it, as with the local backends
+        if matched is not None and matched in params.stop:
+            return StepResult(text, num_tokens, log_prob, finished=True)
         if reason == "length":
             return StepResult(text, num_tokens, log_prob, truncated=True)
-        for stop in params.stop:
-            if text.endswith(stop) or stop in text:
-                return StepResult(text[: text.find(stop)], num_tokens, log_prob, finished=True)
+        if params.delimiter and split_at_delimiter(text, params.delimiter) is not None:
+            return StepResult(text, num_tokens, log_prob)  # the delimiter is in the text already
         if not text.strip():
             # Nothing before the stop: the end-of-sequence token (or only blank lines).
             return StepResult(text, num_tokens, log_prob, finished=True)
-        if params.delimiter and split_at_delimiter(text + params.delimiter, params.delimiter) is not None:
-            # Stopped on the delimiter (servers strip it): put it back so prefixes stay exact.
+        if params.delimiter and reason == "stop" and (matched == params.delimiter or matched is None):
+            # Stopped on the delimiter (stripped by the server): put it back so prefixes stay exact.
             return StepResult(text + params.delimiter, num_tokens, log_prob)
         return StepResult(text, num_tokens, log_prob, finished=True)
 
-    def next_token_logprobs(self, contexts: Sequence[str], top_k: int = 20) -> list[dict[str, float]]:
+    def next_token_logprobs(
+        self, contexts: Sequence[TokenText | str], top_k: int = 20, prefixes: Sequence[TokenText] | None = None,
+    ) -> list[dict[str, float]]:
+        if prefixes is not None and len(prefixes) != len(contexts):
+            raise ValueError(f"`prefixes` has {len(prefixes)} entries for {len(contexts)} contexts")
         out = []
-        for context in contexts:
+        for i, context in enumerate(contexts):
+            text = self.encode_prompt(context).text
+            if prefixes is not None:
+                text += as_token_text(prefixes[i], "prefixes").text
             data = self._post({
-                "model": self.model, "prompt": context, "max_tokens": 1, "temperature": 0.0,
+                "model": self.model, "prompt": text, "max_tokens": 1, "temperature": 0.0,
                 "logprobs": int(top_k), "stream": False,
             })
             try:

@@ -7,7 +7,7 @@ from collections.abc import Callable, Sequence
 
 import numpy as np
 
-from probinf.llm.base import SamplingParams, StepResult
+from probinf.llm.base import SamplingParams, StepResult, TokenText, as_token_text
 
 __all__ = ["ToyStepModel"]
 
@@ -18,9 +18,10 @@ class ToyStepModel:
     ``transition(steps)`` receives the steps generated so far (a tuple of strings,
     delimiters stripped) and returns the next step's options as ``[(text, prob), ...]``;
     an empty list means the generation is finished. Words count as tokens, so the
-    per-step token cap truncates long options exactly as a real backend would.
-    Because every step probability is known, sampler output can be compared with exact
-    distributions.
+    per-step token cap truncates long options exactly as a real backend would. It is
+    text-only (steps report ``tokens=None``): its steps are strings, read back from the
+    prefix text by splitting at the delimiter. Because every step probability is known,
+    sampler output can be compared with exact distributions.
 
     Args:
         transition: ``steps -> [(text, probability), ...]``; probabilities must sum to 1.
@@ -39,6 +40,9 @@ class ToyStepModel:
     def format_prompt(self, question: str, system: str | None = None) -> str:
         return f"{system + chr(10) if system else ''}Q: {question}\nA: "
 
+    def encode_prompt(self, prompt: str) -> TokenText:
+        return TokenText(prompt.text if isinstance(prompt, TokenText) else str(prompt), None)
+
     @staticmethod
     def steps_of(prefix: str, delimiter: str | None) -> tuple[str, ...]:
         if not prefix:
@@ -48,12 +52,12 @@ class ToyStepModel:
         return tuple(part for part in prefix.split(delimiter) if part)
 
     def extend(
-        self, seeds: Sequence[int], prompt: str, prefixes: Sequence[str], params: SamplingParams,
+        self, seeds: Sequence[int], prompt: TokenText | str, prefixes: Sequence[TokenText], params: SamplingParams,
     ) -> list[StepResult]:
         if len(seeds) != len(prefixes):
             raise ValueError(f"`seeds` has {len(seeds)} entries for {len(prefixes)} prefixes")
         results = []
-        for seed, prefix in zip(seeds, prefixes, strict=True):
+        for seed, prefix in zip(seeds, [as_token_text(p, "prefixes").text for p in prefixes], strict=True):
             options = list(self.transition(self.steps_of(prefix, params.delimiter)))
             if not options:
                 results.append(StepResult("", 0, 0.0, finished=True))
@@ -75,11 +79,16 @@ class ToyStepModel:
             results.append(StepResult(text + suffix, len(words), math.log(prob), finished=finished))
         return results
 
-    def next_token_logprobs(self, contexts: Sequence[str], top_k: int = 20) -> list[dict[str, float]]:
+    def next_token_logprobs(
+        self, contexts: Sequence[TokenText | str], top_k: int = 20, prefixes: Sequence[TokenText] | None = None,
+    ) -> list[dict[str, float]]:
         if self.judge is None:
             raise NotImplementedError("this ToyStepModel has no `judge`; pass judge=context -> P(Yes)")
         out = []
-        for context in contexts:
-            p = float(self.judge(context))
+        for i, context in enumerate(contexts):
+            text = context.text if isinstance(context, TokenText) else context
+            if prefixes is not None:
+                text += as_token_text(prefixes[i], "prefixes").text
+            p = float(self.judge(text))
             out.append({" Yes": math.log(max(p, 1e-300)), " No": math.log(max(1 - p, 1e-300))})
         return out

@@ -7,9 +7,15 @@ from collections.abc import Sequence
 
 import numpy as np
 
-from probinf.llm.backends._decode import decode_step, extend_in_prefix_order, top_token_logprobs
+from probinf.llm.backends._decode import (
+    WindowText,
+    context_tokens,
+    decode_step,
+    extend_in_context_order,
+    top_token_logprobs,
+)
 from probinf.llm.backends.llama_cpp import _common_prefix
-from probinf.llm.base import SamplingParams, StepResult, chatml
+from probinf.llm.base import SamplingParams, StepResult, TokenText, as_token_text, chatml
 
 __all__ = ["TransformersModel"]
 
@@ -17,9 +23,14 @@ __all__ = ["TransformersModel"]
 class TransformersModel:
     """A ``transformers`` causal LM + tokenizer as a :class:`~probinf.llm.base.LanguageModel`.
 
+    Token-faithful: the prompt is tokenised once per run (:meth:`encode_prompt`) and every
+    particle is continued from the token ids it emitted (text is derived from ids with
+    the tokenizer's ``decode`` on a sliding window, never re-encoded), so greedy decoding
+    step by step gives ``model.generate``'s greedy output token for token.
+
     The key/value cache of the last decoded sequence is kept and cropped to the longest
     prefix the next particle shares with it (particles are visited in an order that groups
-    equal prefixes), so resampled siblings do not re-encode their parent's text.
+    equal contexts), so resampled siblings do not re-encode their parent's tokens.
     Sampling uses the same NumPy code as the llama.cpp backend, seeded per particle.
 
     Args:
@@ -85,20 +96,43 @@ class TransformersModel:
             return self.tokenizer.apply_chat_template(messages, tokenize=False, add_generation_prompt=True)
         return chatml(question, system)
 
+    def encode_prompt(self, prompt: str) -> TokenText:
+        if isinstance(prompt, TokenText):
+            return prompt if prompt.tokens is not None else self.encode_prompt(prompt.text)
+        if not isinstance(prompt, str):
+            raise TypeError(f"`prompt` must be a str or a TokenText, got {type(prompt).__name__}")
+        # The chat template already holds any special tokens the model expects.
+        return TokenText(prompt, tuple(self.tokenizer.encode(prompt, add_special_tokens=False)))
+
     def extend(
-        self, seeds: Sequence[int], prompt: str, prefixes: Sequence[str], params: SamplingParams,
+        self, seeds: Sequence[int], prompt: TokenText | str, prefixes: Sequence[TokenText], params: SamplingParams,
     ) -> list[StepResult]:
-        return extend_in_prefix_order(seeds, prompt, prefixes, params, self._extend_one)
+        prompt = self.encode_prompt(prompt)
+        prefixes = [as_token_text(p, "prefixes") for p in prefixes]
+        contexts = [context_tokens(prompt, p, self._tokenize_text) for p in prefixes]
 
-    def next_token_logprobs(self, contexts: Sequence[str], top_k: int = 20) -> list[dict[str, float]]:
-        return [
-            top_token_logprobs(self._prime(self._tokenize(context)), top_k,
-                               lambda t: self.tokenizer.decode([t]))
-            for context in contexts
-        ]
+        def extend_one(seed: int, context: list[int], index: int) -> StepResult:
+            return self._extend_one(seed, context, prefixes[index].text, params)
 
-    def _tokenize(self, text: str) -> list[int]:
+        return extend_in_context_order(seeds, contexts, extend_one)
+
+    def next_token_logprobs(
+        self, contexts: Sequence[TokenText | str], top_k: int = 20, prefixes: Sequence[TokenText] | None = None,
+    ) -> list[dict[str, float]]:
+        if prefixes is not None and len(prefixes) != len(contexts):
+            raise ValueError(f"`prefixes` has {len(prefixes)} entries for {len(contexts)} contexts")
+        out = []
+        for i, context in enumerate(contexts):
+            tokens = context_tokens(self.encode_prompt(context),
+                                    TokenText() if prefixes is None else prefixes[i], self._tokenize_text)
+            out.append(top_token_logprobs(self._prime(tokens), top_k, lambda t: self.tokenizer.decode([t])))
+        return out
+
+    def _tokenize_text(self, text: str) -> list[int]:
         return list(self.tokenizer.encode(text, add_special_tokens=False))
+
+    def _decode_ids(self, ids: list[int]) -> str:
+        return self.tokenizer.decode(ids, skip_special_tokens=True, clean_up_tokenization_spaces=False)
 
     def _forward(self, new_tokens: list[int]) -> np.ndarray:
         import torch
@@ -134,9 +168,8 @@ class TransformersModel:
             self._cache, self._cached_tokens, keep = None, [], 0
         return self._forward(tokens[keep:])
 
-    def _extend_one(self, seed: int, context: str, params: SamplingParams) -> StepResult:
-        tokens = self._tokenize(context)
-        state = {"logits": self._prime(tokens)}
+    def _extend_one(self, seed: int, context: list[int], before: str, params: SamplingParams) -> StepResult:
+        state = {"logits": self._prime(context)}
 
         def append(token: int) -> None:
             state["logits"] = self._forward([token])
@@ -144,9 +177,13 @@ class TransformersModel:
         return decode_step(
             lambda: state["logits"],
             append,
-            lambda ids: self.tokenizer.decode(ids).encode("utf-8"),
+            # The window reaches back into the context, so the first generated token is
+            # decoded in context (SentencePiece leading spaces) and a character split
+            # across the step boundary is released whole.
+            WindowText(self._decode_ids, context),
             lambda token: token in self._end_ids,
             np.random.default_rng(seed),
             params,
-            room=self.max_context - len(tokens) - 1,
+            room=self.max_context - len(context) - 1,
+            before=before,
         )
