@@ -22,7 +22,7 @@ $Z = \int \tilde p$.
   that the effective sample size of the new weights is ``target_ess * n``.
 * **Moves** are blackjax kernels: random-walk Metropolis, MALA or HMC. With
   ``tune=True`` each stage works in coordinates whitened by the weighted mean and
-  standard deviation of the particle cloud, and the step size follows the previous
+  covariance (Cholesky factor) of the particle cloud, and the step size follows the previous
   stage's acceptance rate toward the kernel's usual optimum (in the spirit of
   Buchholz, Chopin and Jacob, 2021).
 * **Waste-free SMC** (Dau and Chopin, 2022): resample only ``n / P`` particles, run
@@ -50,6 +50,8 @@ from probinf.smc.sharding import check_divisible, constrain_leading_axis
 __all__ = ["tempered_smc", "TemperedResult", "KERNELS", "TEMPERED_FAILURES"]
 
 KERNELS = ("rwm", "mala", "hmc")
+# Adaptive moves stop once a block adds less than this fraction to the mean squared jump.
+_JUMP_TOLERANCE = 0.1
 # Acceptance rates the step size is steered toward (Roberts and Rosenthal, 2001; Beskos et al., 2013).
 _TARGET_ACCEPTANCE = {"rwm": 0.234, "mala": 0.574, "hmc": 0.65}
 
@@ -79,6 +81,7 @@ class TemperedResult(eqx.Module):
         ess: ``(max_stages,)`` effective sample size of the incremental weights.
         acceptance_rates: ``(max_stages,)`` mean MCMC acceptance rate per stage.
         step_sizes: ``(max_stages,)`` step size used at each stage.
+        mcmc_steps: ``(max_stages,)`` MCMC moves per particle at each stage.
         num_stages: how many stages ran.
         failure: ``0``, or a key of `TEMPERED_FAILURES`.
         failed_at: the first failing stage, or ``-1``.
@@ -94,6 +97,7 @@ class TemperedResult(eqx.Module):
     ess: Float[Array, " S"]
     acceptance_rates: Float[Array, " S"]
     step_sizes: Float[Array, " S"]
+    mcmc_steps: Float[Array, " S"]
     num_stages: Int[Array, ""]
     failure: Int[Array, ""]
     failed_at: Int[Array, ""]
@@ -200,10 +204,85 @@ def _log_ratio_fn(target, reference):
     return log_ratio
 
 
+def _whitening(weights, particles):
+    """Weighted mean $m$ and a factor $L$ of the cloud's spread: moves run on $u = L^{-1}(z - m)$.
+
+    $L$ is the Cholesky factor of the weighted covariance when the cloud has at least
+    two particles per dimension (correlated targets then look isotropic to the kernel)
+    and the covariance is well conditioned; otherwise the diagonal of standard deviations.
+    """
+    center = weights @ particles
+    centred = particles - center
+    spread = jnp.sqrt(weights @ centred**2)
+    diagonal = jnp.diag(jnp.where(spread > 0, spread, 1.0))
+    n, dim = particles.shape
+    if n < 2 * dim:
+        return center, diagonal
+    covariance = (centred * weights[:, None]).T @ centred
+    eps = jnp.finfo(particles.dtype).eps
+    covariance = covariance + jnp.diag(dim * eps * jnp.diag(covariance) + jnp.finfo(particles.dtype).tiny)
+    tril = jnp.linalg.cholesky(covariance)
+    usable = jnp.all(jnp.isfinite(tril)) & jnp.all(jnp.diag(tril) > 0)
+    return center, jnp.where(usable, tril, diagonal)
+
+
+def _move_until_decorrelated(key, starts, logdensity, init_kernel, move, step_size, block,
+                             max_blocks, tolerance, sharding):
+    """MCMC moves of every particle in blocks of ``block``, until the cloud has left its start.
+
+    After block $j$ the mean squared jump distance from the stage's starting points,
+    $d_j = \\frac1n\\sum_i \\lVert u_i^{(j)} - u_i^{(0)}\\rVert^2$ (whitened
+    coordinates), is compared with $d_{j-1}$: while the chains are still diffusing away
+    from their starts $d$ keeps growing (linearly for a random walk); once they have
+    forgotten them it levels off at twice the spread. Moving stops at the first block with
+    $d_j < (1 + \\text{tolerance})\\, d_{j-1}$, or after ``max_blocks`` blocks (the
+    adaptive rule of Chopin & Papaspiliopoulos, *An Introduction to Sequential Monte
+    Carlo*, 2020, ch. 17, for SMC samplers). ``max_blocks = 1`` is a fixed number of moves.
+
+    Returns the final positions, the mean acceptance rate and the number of moves made.
+    """
+
+    def run_block(states, key_block):
+        def chain(key_chain, state):
+            def one_move(mcmc_state, key_step):
+                new_state, info = move(key_step, mcmc_state, logdensity, step_size)
+                return new_state, info.acceptance_rate
+
+            final, acceptance = jax.lax.scan(one_move, state, jax.random.split(key_chain, block))
+            return final, jnp.mean(acceptance)
+
+        states, acceptance = jax.vmap(chain)(jax.random.split(key_block, starts.shape[0]), states)
+        return states, jnp.mean(acceptance)
+
+    def jump(states):
+        return jnp.mean(jnp.sum((states.position - starts) ** 2, axis=-1))
+
+    states = jax.vmap(lambda u: init_kernel(u, logdensity))(starts)
+    states, acceptance = run_block(states, key)  # the first block uses `key` as a fixed run does
+    if max_blocks == 1:
+        return constrain_leading_axis(states.position, sharding), acceptance, jnp.asarray(block)
+
+    def keep_moving(carry):
+        blocks, _, _, _, grew = carry
+        return (blocks < max_blocks) & grew
+
+    def next_block(carry):
+        blocks, states, acceptance_sum, distance, _ = carry
+        states, acceptance = run_block(states, jax.random.fold_in(key, blocks))
+        new_distance = jump(states)
+        return blocks + 1, states, acceptance_sum + acceptance, new_distance, new_distance >= (
+            1.0 + tolerance) * distance
+
+    carry = (jnp.int32(1), states, acceptance, jump(states), jnp.asarray(True))
+    blocks, states, acceptance_sum, _, _ = jax.lax.while_loop(keep_moving, next_block, carry)
+    return (constrain_leading_axis(states.position, sharding), acceptance_sum / blocks,
+            blocks * block)
+
+
 @eqx.filter_jit
 def _run_stages(state: _State, key, target, reference, temperatures, stop_stage, config):
-    (n, kernel, num_mcmc_steps, num_integration_steps, chain_length, scheme, target_ess,
-     tune, sharding, max_stages) = config
+    (n, kernel, num_mcmc_steps, max_blocks, jump_tolerance, num_integration_steps, chain_length,
+     scheme, target_ess, tune, sharding, max_stages) = config
     init_kernel, move = _build_kernel(kernel, num_integration_steps)
     log_ratio_fn = _log_ratio_fn(target, reference)
     num_starts = n // chain_length if chain_length else n
@@ -229,39 +308,40 @@ def _run_stages(state: _State, key, target, reference, temperatures, stop_stage,
         # Whitening from the reweighted cloud, before resampling thins it.
         weights = jnp.where(zero_weight, 1.0 / n, jnp.exp(log_weights))
         if tune:
-            center = weights @ s.particles
-            spread = jnp.sqrt(weights @ (s.particles - center) ** 2)
-            scale = jnp.where(spread > 0, spread, 1.0)
+            center, tril = _whitening(weights, s.particles)
         else:
             center = jnp.zeros(s.particles.shape[-1], s.particles.dtype)
-            scale = jnp.ones(s.particles.shape[-1], s.particles.dtype)
+            tril = jnp.eye(s.particles.shape[-1], dtype=s.particles.dtype)
 
         safe_log_weights = jnp.where(zero_weight, -math.log(n), log_weights)
         ancestors = _UNCHECKED[scheme](key_resample, safe_log_weights, num_starts)
-        starts = constrain_leading_axis((s.particles[ancestors] - center) / scale, sharding)
+        starts = jax.scipy.linalg.solve_triangular(tril, (s.particles[ancestors] - center).T, lower=True).T
+        starts = constrain_leading_axis(starts, sharding)
 
         def logdensity(u):
-            z = center + scale * u
+            z = center + tril @ u
             return reference.log_prob(z) + new_temperature * log_ratio_fn(z)
 
-        def chain(key_chain, position):
-            state0 = init_kernel(position, logdensity)
+        if chain_length:  # waste-free: every state of every chain is a particle
+            def chain(key_chain, position):
+                def one_move(mcmc_state, key_step):
+                    new_state, info = move(key_step, mcmc_state, logdensity, s.step_size)
+                    return new_state, (new_state.position, info.acceptance_rate)
 
-            def one_move(mcmc_state, key_step):
-                new_state, info = move(key_step, mcmc_state, logdensity, s.step_size)
-                return new_state, (new_state.position, info.acceptance_rate)
-
-            keys = jax.random.split(key_chain, chain_length - 1 if chain_length else num_mcmc_steps)
-            final, (positions, acceptance) = jax.lax.scan(one_move, state0, keys)
-            if chain_length:
+                keys = jax.random.split(key_chain, chain_length - 1)
+                _, (positions, acceptance) = jax.lax.scan(one_move, init_kernel(position, logdensity), keys)
                 return jnp.concatenate([position[None], positions]), jnp.mean(acceptance)
-            return final.position, jnp.mean(acceptance)
 
-        moved, acceptance = jax.vmap(chain)(jax.random.split(key_move, num_starts), starts)
-        moved = moved.reshape(n, -1)
-        particles = constrain_leading_axis(center + scale * moved, sharding)
+            moved, acceptance = jax.vmap(chain)(jax.random.split(key_move, num_starts), starts)
+            moved = moved.reshape(n, -1)
+            acceptance_rate = jnp.mean(acceptance)
+            num_moves = jnp.asarray(chain_length - 1)
+        else:
+            moved, acceptance_rate, num_moves = _move_until_decorrelated(
+                key_move, starts, logdensity, init_kernel, move, s.step_size, num_mcmc_steps,
+                max_blocks, jump_tolerance, sharding)
+        particles = constrain_leading_axis(center + moved @ tril.T, sharding)
         log_ratio = constrain_leading_axis(jax.vmap(log_ratio_fn)(particles), sharding)
-        acceptance_rate = jnp.mean(acceptance)
 
         bad = jnp.any(jnp.isnan(log_ratio) | (log_ratio == jnp.inf)) | jnp.any(~jnp.isfinite(particles))
         bad = bad | jnp.any(jnp.isnan(s.log_ratio))
@@ -270,7 +350,7 @@ def _run_stages(state: _State, key, target, reference, temperatures, stop_stage,
         if tune:
             factor = jnp.exp(2.0 * (acceptance_rate - goal_acceptance))
             step_size = jnp.where(jnp.isfinite(factor), step_size * factor, step_size)
-        record = (new_temperature, increment, ess, acceptance_rate, s.step_size)
+        record = (new_temperature, increment, ess, acceptance_rate, s.step_size, num_moves)
         history = tuple(h.at[s.stage].set(v) for h, v in zip(s.history, record, strict=True))
         new_state = _State(
             particles=particles,
@@ -304,7 +384,7 @@ def _initial_state(key, target, reference, n, step_size, max_stages, sharding):
     dtype = jnp.result_type(particles, log_ratio, float)
     particles, log_ratio = particles.astype(dtype), log_ratio.astype(dtype)
     bad = jnp.any(jnp.isnan(log_ratio) | (log_ratio == jnp.inf))
-    history = tuple(jnp.full(max_stages, jnp.nan, dtype) for _ in range(5))
+    history = tuple(jnp.full(max_stages, jnp.nan, dtype) for _ in range(6))
     return _State(
         particles=particles,
         log_ratio=log_ratio,
@@ -344,6 +424,7 @@ def tempered_smc(
     target_ess: float = 0.5,
     kernel: Literal["rwm", "mala", "hmc"] = "hmc",
     num_mcmc_steps: int = 10,
+    max_mcmc_steps: int | None = None,
     num_integration_steps: int = 10,
     step_size: float | None = None,
     tune: bool = True,
@@ -374,7 +455,15 @@ def tempered_smc(
         target_ess: adaptive tempering keeps the ESS of each stage's weights at
             ``target_ess * n``.
         kernel: ``"rwm"``, ``"mala"`` or ``"hmc"`` (blackjax kernels).
-        num_mcmc_steps: MCMC moves per particle and stage (ignored by waste-free SMC).
+        num_mcmc_steps: MCMC moves per particle and stage (ignored by waste-free SMC); with
+            ``max_mcmc_steps``, the size of each block of moves.
+        max_mcmc_steps: move adaptively: each stage runs blocks of ``num_mcmc_steps``
+            moves until the particles' mean squared jump distance from their starting
+            points grows by less than 10 % over a block (they have forgotten where they
+            started), or ``max_mcmc_steps`` moves were made. ``None``: exactly
+            ``num_mcmc_steps`` moves. Use it when the reference is far from the target or
+            the target is hard to move in (few, cheap stages then leave the cloud where
+            resampling put it). Not with waste-free SMC.
         num_integration_steps: leapfrog steps per HMC move.
         step_size: initial (or, with ``tune=False``, fixed) step size in whitened
             coordinates; default by kernel and dimension.
@@ -406,6 +495,17 @@ def tempered_smc(
     n = check_positive_int(num_particles, "num_particles")
     num_mcmc_steps = check_positive_int(num_mcmc_steps, "num_mcmc_steps")
     num_integration_steps = check_positive_int(num_integration_steps, "num_integration_steps")
+    if max_mcmc_steps is None:
+        max_blocks = 1
+    else:
+        max_mcmc_steps = check_positive_int(max_mcmc_steps, "max_mcmc_steps")
+        if max_mcmc_steps < num_mcmc_steps:
+            raise ValueError(f"`max_mcmc_steps` ({max_mcmc_steps}) must be >= `num_mcmc_steps` "
+                             f"({num_mcmc_steps}), the size of one block of moves")
+        if waste_free_chain_length is not None:
+            raise ValueError("`max_mcmc_steps` (adaptive moves) does not apply to waste-free SMC, "
+                             "whose chains have the fixed length `waste_free_chain_length`")
+        max_blocks = max_mcmc_steps // num_mcmc_steps
     max_stages = check_positive_int(max_stages, "max_stages")
     scheme = check_scheme(resampling, "resampling")
     if kernel not in KERNELS:
@@ -447,8 +547,8 @@ def tempered_smc(
     elif not isinstance(step_size, (int, float)) or not step_size > 0:
         raise ValueError(f"`step_size` must be a positive number, got {step_size!r}")
 
-    config = (n, kernel, num_mcmc_steps, num_integration_steps, chain_length, scheme,
-              float(target_ess), bool(tune), sharding, max_stages)
+    config = (n, kernel, num_mcmc_steps, max_blocks, _JUMP_TOLERANCE, num_integration_steps,
+              chain_length, scheme, float(target_ess), bool(tune), sharding, max_stages)
     traced = any(isinstance(leaf, jax.core.Tracer) for leaf in jax.tree.leaves((key, target, reference)))
     progress = False if traced else progress
     key_init, key_stages = jax.random.split(key)
@@ -465,7 +565,7 @@ def tempered_smc(
             if float(state.temperature) >= 1.0 or int(state.failure) or stop >= max_stages:
                 break
 
-    temperatures_run, increments, ess, acceptance, step_sizes = state.history
+    temperatures_run, increments, ess, acceptance, step_sizes, moves = state.history
     log_evidence = jnp.where(
         state.failure == 2, -jnp.inf, jnp.where(state.failure != 0, jnp.nan, state.log_evidence)
     )
@@ -477,6 +577,7 @@ def tempered_smc(
         ess=ess,
         acceptance_rates=acceptance,
         step_sizes=step_sizes,
+        mcmc_steps=moves,
         num_stages=state.stage,
         failure=state.failure,
         failed_at=state.failed_at,

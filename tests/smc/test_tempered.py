@@ -34,8 +34,9 @@ def batch_runs(replicates, seed, target, n, **kwargs):
         {"kernel": "hmc"},
         {"kernel": "rwm", "temperatures": np.geomspace(0.02, 1.0, 8), "num_mcmc_steps": 20},
         {"kernel": "mala", "waste_free_chain_length": 8},
+        {"kernel": "hmc", "num_mcmc_steps": 5, "max_mcmc_steps": 40},
     ],
-    ids=["adaptive-hmc", "fixed-rwm", "waste-free-mala"],
+    ids=["adaptive-hmc", "fixed-rwm", "waste-free-mala", "adaptive-moves-hmc"],
 )
 def test_gaussian_log_evidence_and_moments(kwargs):
     # The reference N(0, 3^2 I) is wider than the target in every direction, so the
@@ -56,6 +57,22 @@ def test_gaussian_log_evidence_and_moments(kwargs):
     for estimate, exact in ((particles.mean(1), MEAN), (particles.var(1), SD**2)):
         standard_error = estimate.std(0, ddof=1) / np.sqrt(replicates)
         assert np.all(np.abs(estimate.mean(0) - np.asarray(exact)) < t * standard_error)
+
+
+def test_adaptive_moves_stop_when_the_cloud_has_left_its_start():
+    # Target = reference: one stage at temperature 1. HMC forgets its start within a few
+    # moves, so the second block adds nothing: exactly two blocks.
+    reference = probinf.MeanFieldGaussian.init(3)
+    standard = probinf.from_logdensity(lambda z: jnp.sum(jax.scipy.stats.norm.logpdf(z)), 3)
+    fast = smc.tempered_smc(jax.random.key(0), standard, 1024, reference=reference,
+                            temperatures=[1.0], num_mcmc_steps=5, max_mcmc_steps=50)
+    assert int(fast.num_stages) == 1 and float(fast.mcmc_steps[0]) == 10
+    # A random walk with a tiny fixed step keeps diffusing (the jump grows linearly):
+    # it runs to the cap.
+    slow = smc.tempered_smc(jax.random.key(0), standard, 1024, reference=reference,
+                            temperatures=[1.0], kernel="rwm", tune=False, step_size=1e-3,
+                            num_mcmc_steps=5, max_mcmc_steps=50)
+    assert float(slow.mcmc_steps[0]) == 50
 
 
 def test_bimodal_target_mode_proportions():
@@ -144,6 +161,8 @@ def test_bad_schedules(temperatures, message):
         ({"resampling": "nope"}, "resampling"),
         ({"reference": probinf.MeanFieldGaussian.init(2)}, "reference"),
         ({"temperatures": [0.5, 1.0], "max_stages": 1}, "max_stages"),
+        ({"max_mcmc_steps": 5}, "max_mcmc_steps"),
+        ({"max_mcmc_steps": 40, "waste_free_chain_length": 8}, "max_mcmc_steps"),
     ],
 )
 def test_bad_options(kwargs, name):
