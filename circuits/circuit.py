@@ -245,6 +245,36 @@ def _is_traced(*arrays) -> bool:
     return any(isinstance(a, jax.core.Tracer) for a in arrays)
 
 
+def _check_key(key, name: str = "key") -> None:
+    """A TypeError unless ``key`` is one PRNG key: typed ``key<impl>[]`` or raw ``uint32[2]``."""
+    if isinstance(key, jax.Array):
+        if jnp.issubdtype(key.dtype, jax.dtypes.prng_key) and key.shape == ():
+            return
+        if key.dtype == jnp.uint32 and key.shape == (2,):
+            return
+        got = f"an array of dtype {key.dtype} and shape {tuple(key.shape)}"
+    else:
+        got = f"{type(key).__name__} {key!r}"
+    raise TypeError(f"`{name}` must be one JAX PRNG key (jax.random.key(0) or "
+                    f"jax.random.PRNGKey(0)), got {got}")
+
+
+def _check_params(tree, name: str) -> None:
+    """NaN and +inf are rejected in concrete parameters; -inf (a zero weight) is allowed."""
+    for path, leaf in jax.tree_util.tree_leaves_with_path(tree):
+        if _is_traced(leaf):
+            continue
+        values = np.asarray(leaf)
+        if not np.issubdtype(values.dtype, np.inexact):
+            continue
+        bad = np.isnan(values) | (values == np.inf)
+        if bad.any():
+            index = tuple(int(i) for i in np.argwhere(bad)[0])
+            raise ValueError(f"`{name}{jax.tree_util.keystr(path)}` holds {values[index]} at index "
+                             f"{index}; parameters must not be NaN or +inf (-inf, a zero weight "
+                             "in log space, is allowed)")
+
+
 def _as_mask(mask, name: str, num_variables: int, batch_shape):
     if mask is None:
         return None
@@ -270,6 +300,11 @@ class Circuit(eqx.Module):
     arrays of the same shapes (:meth:`with_params`), for example produced by a
     neural network and differentiated through.
 
+    A circuit is a pytree: pass it to a jitted function as an argument
+    (``jax.jit(lambda pc, x: pc.log_prob(x))(pc, x)``, or ``equinox.filter_jit``). Its
+    bound methods can be jitted too (``jax.jit(pc.log_prob)``), which compiles the
+    parameters in as constants: one compilation per circuit.
+
     Attributes:
         structure: the static plan of folded layers.
         input_layer: the input distribution family.
@@ -288,6 +323,12 @@ class Circuit(eqx.Module):
     mix_logits: tuple
     normalized: bool = eqx.field(static=True, default=True)
     backend: str = eqx.field(static=True, default="auto")
+
+    def __hash__(self) -> int:
+        # jax.jit(pc.log_prob) hashes the bound method, hence the circuit; equinox's hash
+        # of every field fails on the parameter arrays. The static plan is hashable, and
+        # circuits that are equal (same plan and equal arrays) share it, as hashing needs.
+        return hash((type(self), self.structure, self.input_layer, self.normalized, self.backend))
 
     # ------------------------------------------------------------ params
     @property
@@ -328,6 +369,11 @@ class Circuit(eqx.Module):
             sum_logits: tuple like :attr:`sum_logits`.
             mix_logits: tuple like :attr:`mix_logits`.
             normalized: whether the logits are normalised by softmax (default: unchanged).
+
+        Raises:
+            ValueError: for a structure or shape that does not match, naming the argument,
+                or a NaN or ``+inf`` parameter (naming where it is; checked when the
+                arrays are concrete). ``-inf`` (a zero weight) is allowed.
         """
         def same(new, old, name):
             if new is None:
@@ -341,6 +387,7 @@ class Circuit(eqx.Module):
                 if jnp.shape(a) != jnp.shape(b):
                     raise ValueError(f"`{name}` holds an array of shape {jnp.shape(a)} where "
                                      f"{jnp.shape(b)} is expected")
+            _check_params(new, name)
             return new
 
         return Circuit(
@@ -529,7 +576,12 @@ class Circuit(eqx.Module):
         ``w_j c_j / sum_i w_i c_i`` (``c`` are the children's partition functions,
         which also makes this exact for unnormalised weights); at a product every
         child is followed; at an input unit a value is drawn.
+
+        Raises:
+            TypeError: if ``key`` is not a JAX PRNG key.
+            ValueError: if ``num_samples`` is not a positive integer.
         """
+        _check_key(key)
         if isinstance(num_samples, bool) or not isinstance(num_samples, (int, np.integer)) \
                 or num_samples < 1:
             raise ValueError(f"`num_samples` must be a positive integer, got {num_samples!r}")
@@ -547,9 +599,11 @@ class Circuit(eqx.Module):
         to draw several samples for the same evidence.
 
         Raises:
+            TypeError: if ``key`` is not a JAX PRNG key.
             ValueError: naming the variable for invalid evidence, or if the evidence has
                 probability zero.
         """
+        _check_key(key)
         x2, mask, batch_shape = self._prepare(x, evidence)
         if not _is_traced(x2):
             _check_evidence_possible(_jit_log_marginal(self, x2, mask), "evidence")
@@ -686,6 +740,7 @@ def compile_circuit(
     if not isinstance(input_layer, InputLayer):
         raise TypeError(f"`input_layer` must be an InputLayer (e.g. Bernoulli()), got "
                         f"{type(input_layer).__name__}")
+    _check_key(key)
     if backend not in BACKENDS:
         raise ValueError(f"`backend` must be one of {BACKENDS}, got {backend!r}")
     if not region_graph.partitions:

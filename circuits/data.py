@@ -11,6 +11,7 @@ from __future__ import annotations
 import gzip
 import os
 import pathlib
+import zlib
 
 import numpy as np
 
@@ -37,9 +38,15 @@ def list_debd(directory: str | os.PathLike) -> list[str]:
 
 
 def _read(path: pathlib.Path) -> np.ndarray:
-    opener = gzip.open if path.suffix == ".gz" else open
-    with opener(path, "rt") as f:
-        rows = [line.strip() for line in f if line.strip()]
+    compressed = path.suffix == ".gz"
+    opener = gzip.open if compressed else open
+    try:
+        with opener(path, "rt", encoding="utf-8") as f:
+            rows = [line.strip() for line in f if line.strip()]
+    except (OSError, EOFError, UnicodeDecodeError, zlib.error) as error:
+        kind = "gzip-compressed text" if compressed else "text"
+        raise ValueError(f"{path} could not be read as {kind} (the file may be corrupt or "
+                         f"truncated): {type(error).__name__}: {error}") from error
     if not rows:
         raise ValueError(f"{path} holds no sample")
     if len({row.count(",") for row in rows}) != 1:
@@ -66,7 +73,7 @@ def load_debd(name: str, directory: str | os.PathLike) -> dict[str, np.ndarray]:
 
     Raises:
         ValueError: if the directory or a split is missing (listing what is there),
-            or a file is malformed.
+            or a file is corrupt or malformed (naming the file).
     """
     directory = pathlib.Path(directory)
     if not directory.is_dir():

@@ -42,12 +42,44 @@ def to_inference_data(samples: Mapping[str, Array], *, log_likelihood=None, **kw
     return az.from_dict(posterior=posterior, **extra, **kwargs)
 
 
-def effective_sample_size(log_weights: Array) -> Array:
-    """Kish's effective sample size $(\\sum_i w_i)^2 / \\sum_i w_i^2$ of log weights (last axis)."""
+def effective_sample_size(log_weights: ArrayLike) -> Array:
+    """Kish's effective sample size $(\\sum_i w_i)^2 / \\sum_i w_i^2$ of log weights (last axis).
+
+    Computed in log space, so unnormalised weights of any scale are fine. The edge cases
+    have defined values:
+
+    * every weight ``-inf`` (zero): ``0``, the honest ESS of a cloud with no mass
+      (the ratio itself is 0/0);
+    * some weights ``+inf``: the number of them, the limit when those weights grow
+      together and the finite ones become negligible (as `psis` treats them);
+    * any NaN: NaN. A NaN log weight is a weight nobody knows (typically a density that
+      failed to evaluate), so the ESS is unknown too; reading it as a zero weight
+      would report a confident ESS for a cloud with a broken particle.
+
+    Args:
+        log_weights: ``(..., m)`` log weights, ``m >= 1``; leading axes are batch axes.
+
+    Returns:
+        ``(...)`` ESS values in ``[1, m]``, or 0 / NaN as above.
+
+    Raises:
+        ValueError: if ``log_weights`` is a scalar or its last axis is empty.
+    """
     log_weights = jnp.asarray(log_weights)
+    if log_weights.ndim == 0 or log_weights.shape[-1] == 0:
+        raise ValueError(
+            "`log_weights` must have a non-empty last axis of log weights, got shape "
+            f"{tuple(log_weights.shape)}"
+        )
+    if not jnp.issubdtype(log_weights.dtype, jnp.floating):
+        log_weights = log_weights.astype(jnp.result_type(float))
     log_sum = jnp.logaddexp.reduce(log_weights, axis=-1)
     log_sum_sq = jnp.logaddexp.reduce(2 * log_weights, axis=-1)
-    return jnp.exp(2 * log_sum - log_sum_sq)
+    ess = jnp.exp(2 * log_sum - log_sum_sq)
+    num_unbounded = jnp.sum(log_weights == jnp.inf, axis=-1).astype(ess.dtype)
+    ess = jnp.where(log_sum == -jnp.inf, 0.0, ess)
+    ess = jnp.where(num_unbounded > 0, num_unbounded, ess)
+    return jnp.where(jnp.any(jnp.isnan(log_weights), axis=-1), jnp.nan, ess)
 
 
 def khat_threshold(num_draws: int) -> float:

@@ -13,7 +13,10 @@ Two class-level flags tell estimators what a family supports: ``reparameterized`
 noise) and ``discrete`` (samples live on a finite grid and ``support()`` lists it).
 
 Flows (``flows/``) implement the same protocol, so any objective trains any family.
-All inexact arrays of a family are trained by `probinf.vi.fit`.
+All inexact arrays of a family are trained by `probinf.vi.fit`; the parameters of the
+families here must therefore be floating point (an integer array would never move),
+which their constructors check. Their ``init`` constructors (and `Mixture`) also reject
+NaN and infinite values, naming the argument.
 """
 
 from __future__ import annotations
@@ -30,6 +33,7 @@ import jax.numpy as jnp
 import numpy as np
 from jaxtyping import Array, Float, PRNGKeyArray
 
+from probinf._checks import check_finite
 from probinf._linalg import solve_triangular
 
 __all__ = [
@@ -68,11 +72,33 @@ def stop_gradient_params(module: eqx.Module) -> eqx.Module:
     )
 
 
+def _check_floating_parameters(module: eqx.Module, names: Sequence[str]) -> None:
+    """A TypeError naming the field if a trained parameter holds integers (or booleans)."""
+    for name in names:
+        dtype = getattr(getattr(module, name), "dtype", None)
+        if dtype is not None and not jnp.issubdtype(dtype, jnp.inexact):
+            cls = type(module).__name__
+            raise TypeError(
+                f"`{name}` of {cls} must be a floating-point array, got dtype {dtype}: "
+                "probinf.vi.fit trains floating-point arrays only, so this parameter would "
+                f"never be trained. Pass floats (e.g. jnp.asarray({name}, dtype=float))"
+                + (f" or build it with {cls}.init(...)" if hasattr(type(module), "init") else "")
+            )
+
+
 class Family(eqx.Module):
-    """Base class of the variational-family protocol (see the module docstring)."""
+    """Base class of the variational-family protocol (see the module docstring).
+
+    A subclass lists its trained array fields in ``parameter_names``; they are checked
+    to be floating point when the family is built.
+    """
 
     reparameterized: ClassVar[bool] = True
     discrete: ClassVar[bool] = False
+    parameter_names: ClassVar[tuple[str, ...]] = ()
+
+    def __check_init__(self):
+        _check_floating_parameters(self, self.parameter_names)
 
     @abc.abstractmethod
     def sample_and_log_prob(
@@ -101,9 +127,7 @@ def _as_vector(x: object, dim: int, name: str) -> Array:
     arr = jnp.broadcast_to(arr, (dim,)) if arr.ndim == 0 else arr
     if arr.shape != (dim,):
         raise ValueError(f"`{name}` must be a scalar or have shape ({dim},), got {arr.shape}")
-    if not bool(jnp.all(jnp.isfinite(arr))):
-        raise ValueError(f"`{name}` must be finite")
-    return arr
+    return check_finite(arr, name)
 
 
 class MeanFieldGaussian(Family):
@@ -116,6 +140,7 @@ class MeanFieldGaussian(Family):
 
     loc: Float[Array, " dim"]
     log_scale: Float[Array, " dim"]
+    parameter_names: ClassVar[tuple[str, ...]] = ("loc", "log_scale")
 
     @classmethod
     def init(cls, dim: int, *, loc: object = 0.0, scale: object = 1.0) -> MeanFieldGaussian:
@@ -166,6 +191,7 @@ class FullRankGaussian(Family):
     loc: Float[Array, " dim"]
     log_diagonal: Float[Array, " dim"]
     off_diagonal: Float[Array, "dim dim"]
+    parameter_names: ClassVar[tuple[str, ...]] = ("loc", "log_diagonal", "off_diagonal")
 
     @classmethod
     def init(
@@ -182,6 +208,7 @@ class FullRankGaussian(Family):
         tril = jnp.asarray(scale_tril, dtype=jnp.result_type(float))
         if tril.shape != (dim, dim):
             raise ValueError(f"`scale_tril` must have shape ({dim}, {dim}), got {tril.shape}")
+        check_finite(jnp.tril(tril), "scale_tril")  # the upper triangle is ignored
         diag = jnp.diag(tril)
         if not bool(jnp.all(diag > 0)):
             raise ValueError("`scale_tril` must have a positive diagonal")
@@ -340,6 +367,7 @@ class Mixture(Family):
     components: tuple[Family, ...]
     logits: Float[Array, " k"]
     reparameterized: ClassVar[bool] = False
+    parameter_names: ClassVar[tuple[str, ...]] = ("logits",)
 
     def __init__(self, components: Sequence[Family], logits: object = None):
         components = tuple(components)
@@ -353,7 +381,7 @@ class Mixture(Family):
         logits = jnp.zeros(k) if logits is None else jnp.asarray(logits, dtype=jnp.result_type(float))
         if logits.shape != (k,):
             raise ValueError(f"`logits` must have shape ({k},), got {logits.shape}")
-        self.logits = logits
+        self.logits = check_finite(logits, "logits")
 
     @property
     def dim(self) -> int:
@@ -403,6 +431,7 @@ class Bernoulli(Family):
     logits: Float[Array, " dim"]
     reparameterized: ClassVar[bool] = False
     discrete: ClassVar[bool] = True
+    parameter_names: ClassVar[tuple[str, ...]] = ("logits",)
 
     @classmethod
     def init(cls, dim: int, *, probs: object = 0.5) -> Bernoulli:
@@ -444,6 +473,7 @@ class Categorical(Family):
     logits: Float[Array, "dim c"]
     reparameterized: ClassVar[bool] = False
     discrete: ClassVar[bool] = True
+    parameter_names: ClassVar[tuple[str, ...]] = ("logits",)
 
     @classmethod
     def init(cls, dim: int, num_categories: int) -> Categorical:
@@ -490,10 +520,16 @@ class AffineGaussianConditional(eqx.Module):
     bias: Float[Array, " out"]
     log_scale: Float[Array, " out"]
 
+    def __check_init__(self):
+        _check_floating_parameters(self, ("weight", "bias", "log_scale"))
+
     @classmethod
     def init(cls, context_dim: int, out_dim: int, *, scale: float = 1.0):
         context_dim = check_num_samples(context_dim, "context_dim")
         out_dim = check_num_samples(out_dim, "out_dim")
+        if isinstance(scale, bool) or not isinstance(scale, (int, float, np.integer, np.floating)) \
+                or not (math.isfinite(scale) and scale > 0):
+            raise ValueError(f"`scale` must be a positive finite number, got {scale!r}")
         return cls(
             weight=jnp.zeros((out_dim, context_dim)),
             bias=jnp.zeros(out_dim),

@@ -26,6 +26,8 @@ import numpy as np
 from jax.flatten_util import ravel_pytree
 from jaxtyping import Array, Float
 
+from probinf._checks import check_finite
+
 __all__ = ["Target", "from_numpyro", "from_logdensity"]
 
 
@@ -115,7 +117,8 @@ def from_logdensity(
         init_position: optional starting point.
 
     Raises:
-        ValueError: if ``dim`` is not a positive integer or ``fn`` does not return a scalar.
+        ValueError: if ``dim`` is not a positive integer, ``fn`` does not return a scalar,
+            or ``init_position`` has the wrong shape or a NaN or infinite entry.
         TypeError: if ``fn`` is not callable.
     """
     if not callable(fn):
@@ -141,6 +144,7 @@ def from_logdensity(
             raise ValueError(
                 f"`init_position` must have shape ({dim},), got {tuple(init_position.shape)}"
             )
+        check_finite(init_position, "init_position")
     return Target(
         log_density_fn=fn,
         dim=dim,

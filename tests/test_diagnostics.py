@@ -23,6 +23,21 @@ def test_effective_sample_size():
     assert float(probinf.effective_sample_size(jnp.log(w) + 4.0)) == pytest.approx(expected, rel=1e-5)
 
 
+def test_effective_sample_size_edge_cases_are_defined():
+    ess = probinf.effective_sample_size
+    inf = jnp.inf
+    assert float(ess(jnp.full(4, -inf))) == 0.0  # no mass at all
+    assert np.isnan(float(ess(jnp.array([0.0, jnp.nan, 0.0]))))  # an unknown weight
+    assert float(ess(jnp.array([inf, 0.0, inf, -inf]))) == 2.0  # the +inf weights dominate
+    # Rows of a batch are independent: Kish's formula on the finite row, the cases above elsewhere.
+    rows = jnp.array([[0.0, 0.0, 0.0], [-inf, -inf, -inf], [jnp.nan, 0.0, 0.0], [0.0, inf, 0.0]])
+    np.testing.assert_array_equal(np.asarray(ess(rows)), [3.0, 0.0, np.nan, 1.0])
+    assert float(ess(jnp.array([0, 0]))) == 2.0  # integer log weights are read as floats
+    for bad in (jnp.zeros(0), jnp.zeros((3, 0)), jnp.float32(0.0)):
+        with pytest.raises(ValueError, match="`log_weights` must have a non-empty last axis"):
+            ess(bad)
+
+
 def test_linear_gaussian_posterior_against_brute_force():
     """Posterior moments by dense quadrature on a 1-d problem."""
     mean, cov, log_z = probinf.exact.linear_gaussian_posterior(

@@ -83,3 +83,54 @@ def test_bad_input():
         probinf.Bernoulli.init(20).support()
     with pytest.raises(ValueError, match="last axis"):
         probinf.MeanFieldGaussian.init(2).log_prob(jnp.zeros(3))
+
+
+NAN, INF = float("nan"), float("inf")
+
+
+@pytest.mark.parametrize(
+    "build, message",
+    [
+        (lambda: probinf.MeanFieldGaussian.init(2, loc=[0.0, NAN]), "`loc` must be finite, got nan at index 1"),
+        (lambda: probinf.MeanFieldGaussian.init(2, scale=INF), "`scale` must be finite, got inf"),
+        (lambda: probinf.FullRankGaussian.init(2, loc=-INF), "`loc` must be finite, got -inf"),
+        (lambda: probinf.FullRankGaussian.init(2, scale_tril=[[1.0, 0.0], [NAN, 1.0]]),
+         r"`scale_tril` must be finite, got nan at index \(1, 0\)"),
+        (lambda: probinf.Mixture([probinf.MeanFieldGaussian.init(1)] * 2, logits=[NAN, 0.0]),
+         "`logits` must be finite, got nan at index 0"),
+        (lambda: probinf.Mixture([probinf.MeanFieldGaussian.init(1)] * 2, logits=[0.0, INF]),
+         "`logits` must be finite, got inf at index 1"),
+        (lambda: probinf.Bernoulli.init(2, probs=NAN), "`probs` must be finite"),
+        (lambda: probinf.AffineGaussianConditional.init(2, 1, scale=NAN),
+         "`scale` must be a positive finite number, got nan"),
+    ],
+)
+def test_nonfinite_parameters_are_rejected_naming_the_argument(build, message):
+    with pytest.raises(ValueError, match=message):
+        build()
+
+
+def test_traced_parameters_are_accepted():
+    # Values inside jit are unknown at build time: the finiteness check is at the boundary only.
+    components = [probinf.MeanFieldGaussian.init(1)] * 2
+    density = jax.jit(lambda logits: probinf.Mixture(components, logits).log_prob(jnp.zeros(1)))
+    assert float(density(jnp.array([0.0, 0.0]))) == pytest.approx(stats.norm.logpdf(0.0), rel=1e-6)
+
+
+@pytest.mark.parametrize(
+    "build, name",
+    [
+        (lambda: probinf.MeanFieldGaussian(jnp.array([0, 1]), jnp.zeros(2)), "loc"),
+        (lambda: probinf.MeanFieldGaussian(jnp.zeros(2), np.zeros(2, np.int64)), "log_scale"),
+        (lambda: probinf.FullRankGaussian(jnp.zeros(2), jnp.zeros(2), jnp.zeros((2, 2), int)),
+         "off_diagonal"),
+        (lambda: probinf.Bernoulli(jnp.array([True, False])), "logits"),
+        (lambda: probinf.Categorical(jnp.zeros((2, 3), jnp.int32)), "logits"),
+        (lambda: probinf.AffineGaussianConditional(jnp.zeros((1, 2), int), jnp.zeros(1), jnp.zeros(1)),
+         "weight"),
+    ],
+)
+def test_integer_parameters_are_rejected_because_fit_would_never_train_them(build, name):
+    with pytest.raises(TypeError, match=f"`{name}` of .* must be a floating-point array, got dtype "
+                                        ".*would never be trained"):
+        build()

@@ -91,6 +91,10 @@ def test_bad_input():
         probinf.from_logdensity("not a function", 3)
     with pytest.raises(ValueError, match="init_position"):
         probinf.from_logdensity(lambda z: z.sum(), 2, init_position=jnp.zeros(3))
+    # Validated like the families' parameters (MeanFieldGaussian.init(loc=nan) is rejected too).
+    for bad, shown in ((jnp.nan, "nan at index 0"), (jnp.inf, "inf at index 0")):
+        with pytest.raises(ValueError, match=f"`init_position` must be finite, got {shown}"):
+            probinf.from_logdensity(lambda z: z.sum(), 2, init_position=[bad, 0.0])
     target = probinf.from_logdensity(lambda z: z.sum(), 2)
     with pytest.raises(ValueError, match="last axis of length 2"):
         target.log_density(jnp.zeros(3))

@@ -25,6 +25,7 @@ import jax.numpy as jnp
 import numpy as np
 from jaxtyping import Array, Float, PRNGKeyArray
 
+from probinf._checks import check_finite
 from probinf._linalg import cholesky, solve_triangular
 from probinf.smc.feynman_kac import StateSpaceModel
 
@@ -51,8 +52,29 @@ def _as_matrix(value, shape, name, dtype):
     array = jnp.asarray(value, dtype=dtype)
     if array.shape != shape:
         raise ValueError(f"`{name}` must have shape {shape}, got {tuple(array.shape)}")
-    if not isinstance(array, jax.core.Tracer) and not np.all(np.isfinite(np.asarray(array))):
-        raise ValueError(f"`{name}` holds a NaN or infinite entry")
+    return check_finite(array, name)
+
+
+def _as_covariance(value, shape, name, dtype):
+    """A finite, symmetric positive semi-definite matrix (checked when concrete).
+
+    Semi-definite, not definite: a state known exactly (``initial_cov = 0``) or noise-free
+    dynamics (``transition_cov = 0``) are valid models for the Kalman filter.
+    """
+    array = _as_matrix(value, shape, name, dtype)
+    if isinstance(array, jax.core.Tracer):
+        return array
+    matrix = np.asarray(array, np.float64)
+    # Rounding of the input's own precision is tolerated, relative to the matrix's scale.
+    tolerance = 10 * shape[0] * np.finfo(np.dtype(dtype)).eps * max(np.abs(matrix).max(), 1e-300)
+    asymmetry = np.abs(matrix - matrix.T).max()
+    if asymmetry > tolerance:
+        raise ValueError(f"`{name}` must be a symmetric covariance matrix, got entries that differ "
+                         f"from their transposes by up to {asymmetry:.3g}")
+    smallest = float(np.linalg.eigvalsh(matrix).min())
+    if smallest < -tolerance:
+        raise ValueError(f"`{name}` must be a covariance matrix (positive semi-definite), got "
+                         f"smallest eigenvalue {smallest:.3g}")
     return array
 
 
@@ -91,7 +113,8 @@ class LinearGaussianSSM(StateSpaceModel):
 
         Raises:
             ValueError: if a piece has the wrong shape (the message names it and the
-                shape it should have) or a non-finite entry.
+                shape it should have) or a non-finite entry, or a covariance is not
+                symmetric positive semi-definite.
         """
         pieces = (initial_mean, initial_cov, transition_matrix, transition_cov, observation_matrix,
                   observation_cov, observations)
@@ -115,12 +138,12 @@ class LinearGaussianSSM(StateSpaceModel):
                 f"`observations` must have shape (T, {dy}) with T >= 1, got {observations.shape}"
             )
         self.initial_mean = _as_matrix(mean, (dx,), "initial_mean", dtype)
-        self.initial_cov = _as_matrix(initial_cov, (dx, dx), "initial_cov", dtype)
+        self.initial_cov = _as_covariance(initial_cov, (dx, dx), "initial_cov", dtype)
         self.transition_matrix = _as_matrix(transition_matrix, (dx, dx), "transition_matrix", dtype)
-        self.transition_cov = _as_matrix(transition_cov, (dx, dx), "transition_cov", dtype)
+        self.transition_cov = _as_covariance(transition_cov, (dx, dx), "transition_cov", dtype)
         self.observation_matrix = _as_matrix(observation_matrix, (dy, dx), "observation_matrix", dtype)
-        self.observation_cov = _as_matrix(observation_cov, (dy, dy), "observation_cov", dtype)
-        self.observations = observations
+        self.observation_cov = _as_covariance(observation_cov, (dy, dy), "observation_cov", dtype)
+        self.observations = check_finite(observations, "observations")
 
     @property
     def num_steps(self) -> int:

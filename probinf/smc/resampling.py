@@ -14,21 +14,24 @@ systematic in practice; residual in between). All are ``jit``-able with a static
 Moulines (2005), *Comparison of resampling schemes for particle filtering*, and
 Chopin and Papaspiliopoulos (2020), *An Introduction to Sequential Monte Carlo*, ch. 9.
 
-Invalid weights (a NaN, a ``+inf``, or every weight ``-inf``) raise a ``ValueError``
-naming ``log_weights``: at once for concrete arrays, at run time (through
-`equinox.error_if`) inside ``jit``.
+Invalid weights (a NaN, a ``+inf``, or every weight ``-inf``) raise an error whose
+message names ``log_weights`` and what is wrong with it: a ``ValueError`` at once for
+concrete arrays; inside ``jit``, at run time through `equinox.branched_error_if`, which
+`equinox.filter_jit` re-raises as ``EquinoxRuntimeError`` with that message alone
+(plain ``jax.jit`` wraps the same message in a ``JaxRuntimeError``, after the
+callback's stack: wrap with `equinox.filter_jit` to read it first).
 """
 
 from __future__ import annotations
 
 from collections.abc import Callable
 
-import equinox as eqx
 import jax
 import jax.numpy as jnp
 import numpy as np
 from jaxtyping import Array, Float, Int, PRNGKeyArray
 
+from probinf._checks import raise_if
 from probinf.diagnostics import effective_sample_size
 
 __all__ = [
@@ -54,15 +57,6 @@ def _check_n(n, name: str = "n") -> int:
     return int(n)
 
 
-def invalid_log_weights(log_weights: Float[Array, " m"]) -> Array:
-    """True when the weights cannot be normalised: a NaN, a ``+inf`` or all ``-inf``."""
-    return (
-        jnp.any(jnp.isnan(log_weights))
-        | jnp.any(log_weights == jnp.inf)
-        | jnp.all(log_weights == -jnp.inf)
-    )
-
-
 def _check_log_weights(log_weights) -> Array:
     log_weights = jnp.asarray(log_weights)
     if log_weights.ndim != 1 or log_weights.shape[0] < 1:
@@ -72,13 +66,14 @@ def _check_log_weights(log_weights) -> Array:
         )
     if not jnp.issubdtype(log_weights.dtype, jnp.floating):
         log_weights = log_weights.astype(jnp.result_type(float))  # float64 under x64
-    message = "`log_weights` cannot be normalised: it holds a NaN or +inf, or every weight is -inf"
-    if isinstance(log_weights, jax.core.Tracer):
-        return eqx.error_if(log_weights, invalid_log_weights(log_weights), message)
-    values = np.asarray(log_weights)
-    if np.isnan(values).any() or (values == np.inf).any() or (values == -np.inf).all():
-        raise ValueError(message)
-    return log_weights
+    cannot = "`log_weights` cannot be normalised to resampling probabilities: "
+    return raise_if(log_weights, [
+        (jnp.any(jnp.isnan(log_weights)),
+         cannot + "it holds a NaN (a weight that could not be computed)"),
+        (jnp.any(log_weights == jnp.inf), cannot + "it holds +inf (an unbounded weight)"),
+        (jnp.all(log_weights == -jnp.inf),
+         cannot + "every weight is -inf (no particle has positive weight)"),
+    ])
 
 
 def _cdf(log_weights: Float[Array, " m"]) -> Float[Array, " m"]:

@@ -17,6 +17,7 @@ up to floating-point rounding.
 
 from __future__ import annotations
 
+import warnings
 from typing import Literal
 
 import equinox as eqx
@@ -25,6 +26,7 @@ import jax.numpy as jnp
 import numpy as np
 from jaxtyping import Array, Float
 
+from probinf._checks import first_entry, raise_if
 from probinf.smc.models import LinearGaussianSSM, gaussian_log_density
 
 __all__ = [
@@ -199,15 +201,33 @@ def kalman_filter(model: LinearGaussianSSM, method: Method = "sequential") -> Ka
         A `KalmanResult` without the smoothing fields.
 
     Raises:
-        ValueError: for an unknown ``method``.
+        ValueError: for an unknown ``method``, or when a step's log likelihood is
+            undefined (NaN) because its predicted observation covariance
+            $H P^-_t H^\top + R$ is singular, e.g. ``observation_cov = 0`` with a state
+            known exactly. (`LinearGaussianSSM` already rejects covariances that are not
+            positive semi-definite.) Inside ``jit`` the check runs at run time.
         TypeError: if ``model`` is not a `LinearGaussianSSM`.
     """
     _check_model(model)
     method = _check_method(method)
     run = _kalman_sequential if method == "sequential" else _kalman_parallel
     means, covs = run(model)
-    log_likelihoods = _log_likelihoods(model, means, covs)
+    log_likelihoods = _check_log_likelihoods(_log_likelihoods(model, means, covs))
     return KalmanResult(means, covs, log_likelihoods, jnp.sum(log_likelihoods))
+
+
+def _check_log_likelihoods(log_likelihoods):
+    undefined = jnp.isnan(log_likelihoods)
+    step = "some step"
+    if not isinstance(log_likelihoods, jax.core.Tracer) and bool(jnp.any(undefined)):
+        step = f"step {int(np.argmax(np.asarray(undefined)))}"
+    return raise_if(log_likelihoods, [(
+        jnp.any(undefined),
+        f"the Kalman filter's log likelihood log p(y_t | y_(0:t-1)) is NaN at {step}: the "
+        "predicted observation covariance H P_t^- H^T + R is singular there (e.g. "
+        "`observation_cov` = 0 with a state known exactly); make `observation_cov` positive "
+        "definite",
+    )])
 
 
 @eqx.filter_jit
@@ -319,9 +339,27 @@ def _check_hmm(log_initial, log_transition, log_likelihoods):
         )
     for name, value in (("log_initial", log_initial), ("log_transition", log_transition),
                         ("log_likelihoods", log_likelihoods)):
-        if not isinstance(value, jax.core.Tracer) and np.isnan(np.asarray(value)).any():
-            raise ValueError(f"`{name}` holds a NaN")
+        if isinstance(value, jax.core.Tracer):
+            continue
+        values = np.asarray(value)
+        bad = np.isnan(values) | (values == np.inf)  # -inf (probability zero) is valid
+        if bad.any():
+            raise ValueError(f"`{name}` must hold log probabilities (no NaN or +inf), got "
+                             f"{first_entry(values, bad)}")
     return log_initial, log_transition, log_likelihoods
+
+
+def _warn_if_impossible(result: HMMResult, smoothed: bool) -> None:
+    """Say so when the observations have probability zero (a concrete result only)."""
+    if isinstance(result.log_evidence, jax.core.Tracer) or float(result.log_evidence) > -np.inf:
+        return
+    step = int(np.argmax(np.isnan(np.asarray(result.log_filtered[:, 0]))))
+    warnings.warn(
+        f"the observations have probability zero under the model: at step {step} no state has "
+        "positive probability, so `log_evidence` is -inf and the filtered marginals from that "
+        f"step on{' (and every smoothed marginal)' if smoothed else ''} are NaN, being undefined",
+        RuntimeWarning, stacklevel=3,
+    )
 
 
 def _normalize(log_p, axis=-1):
@@ -340,7 +378,11 @@ def _hmm_forward_sequential(log_initial, log_transition, log_likelihoods):
     increment0 = jax.scipy.special.logsumexp(joint0)
     first = joint0 - increment0
     _, (rest, increments) = jax.lax.scan(predict_update, first, log_likelihoods[1:])
-    return increment0 + jnp.sum(increments), jnp.concatenate([first[None], rest])
+    # After a step of probability zero the filter is NaN (0/0) and so are later increments;
+    # the evidence is exactly zero.
+    impossible = (increment0 == -jnp.inf) | jnp.any(increments == -jnp.inf)
+    log_evidence = jnp.where(impossible, -jnp.inf, increment0 + jnp.sum(increments))
+    return log_evidence, jnp.concatenate([first[None], rest])
 
 
 @eqx.filter_jit
@@ -430,16 +472,24 @@ def hmm_filter(
         method: ``"sequential"`` or ``"parallel"``.
 
     Returns:
-        An `HMMResult` without ``log_smoothed``.
+        An `HMMResult` without ``log_smoothed``. When the observations have probability
+        zero under the model (at some step every state is impossible: its predicted
+        probability or its likelihood is zero), ``log_evidence`` is ``-inf``, exactly,
+        and the filtered marginals from that step on are NaN: conditioning on an event
+        of probability zero is undefined. A ``RuntimeWarning`` names the step (outside
+        ``jit``).
 
     Raises:
-        ValueError: on shapes that do not match, NaN entries, or an unknown ``method``.
+        ValueError: on shapes that do not match, NaN or ``+inf`` entries, or an unknown
+            ``method``.
     """
     method = _check_method(method)
     args = _check_hmm(log_initial, log_transition, log_likelihoods)
     run = _hmm_forward_sequential if method == "sequential" else _hmm_forward_parallel
     log_evidence, log_filtered = run(*args)
-    return HMMResult(log_evidence, log_filtered)
+    result = HMMResult(log_evidence, log_filtered)
+    _warn_if_impossible(result, smoothed=False)
+    return result
 
 
 def hmm_smoother(
@@ -461,10 +511,13 @@ def hmm_smoother(
         method: ``"sequential"`` or ``"parallel"``.
 
     Returns:
-        An `HMMResult` with every field.
+        An `HMMResult` with every field. For observations of probability zero, as in
+        `hmm_filter` (``log_evidence = -inf``, with a ``RuntimeWarning``), and every
+        smoothed marginal is NaN.
 
     Raises:
-        ValueError: on shapes that do not match, NaN entries, or an unknown ``method``.
+        ValueError: on shapes that do not match, NaN or ``+inf`` entries, or an unknown
+            ``method``.
     """
     method = _check_method(method)
     args = _check_hmm(log_initial, log_transition, log_likelihoods)
@@ -474,6 +527,11 @@ def hmm_smoother(
     else:
         log_evidence, log_filtered = _hmm_forward_parallel(*args)
         log_beta = _hmm_backward_parallel(*args)
-    return HMMResult(log_evidence, log_filtered, _normalize(log_filtered + log_beta))
+    # With zero evidence the backward messages before the impossible step are 0/0 as well.
+    log_smoothed = jnp.where(log_evidence == -jnp.inf, jnp.nan,
+                             _normalize(log_filtered + log_beta))
+    result = HMMResult(log_evidence, log_filtered, log_smoothed)
+    _warn_if_impossible(result, smoothed=True)
+    return result
 
 

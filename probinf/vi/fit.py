@@ -29,7 +29,7 @@ from probinf.vi.diagnostics import (
 )
 from probinf.vi.diagnostics import diagnose as _diagnose_family
 from probinf.vi.estimators import Learnable
-from probinf.vi.objectives import Objective
+from probinf.vi.objectives import RWS, Objective
 
 __all__ = ["fit", "FitResult"]
 
@@ -327,8 +327,10 @@ def fit(
 
     Raises:
         ValueError: a non-finite target or loss at the first step, dimension mismatch,
-            or an invalid option; TypeError: an optimizer that is not an optax
-            transformation or a key that is not a PRNG key.
+            an invalid option, nothing to train (no floating-point array in ``family``,
+            nor learned target params), or `probinf.vi.RWS` with ``phase="p"`` (which
+            trains only the target) without ``learn_target=True``; TypeError: an
+            optimizer that is not an optax transformation or a key that is not a PRNG key.
     """
     if not callable(objective):
         raise TypeError(f"`objective` must be callable, got {type(objective).__name__}")
@@ -367,8 +369,21 @@ def fit(
     if diagnose:
         num_diagnostic_draws = _check_draws(num_diagnostic_draws, "num_diagnostic_draws")
 
+    if isinstance(objective, RWS) and objective.phase == "p" and not learn_target:
+        raise ValueError(
+            "`objective` RWS(phase='p') trains only the target's `params` (the wake-phase p "
+            "update), so with learn_target=False nothing would be trained; pass "
+            "learn_target=True (with a target that has params), or use phase='q' or 'both' "
+            "to train the family"
+        )
     spec = _trainable_spec(family, target, objective, learn_target)
     trainable, frozen = eqx.partition((family, target, objective), spec)
+    if not jtu.tree_leaves(trainable):
+        raise ValueError(
+            f"nothing to train: `family` ({type(family).__name__}) holds no floating-point "
+            "array (fit trains floating-point arrays only; integer parameters never move)"
+            + ("" if learn_target else " and learn_target=False")
+        )
     if opt_state is None:
         opt_state = optimizer.init(trainable)
 

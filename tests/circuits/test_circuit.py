@@ -170,3 +170,52 @@ def test_with_params_checks_shapes():
         case.circuit.with_params(sum_logits=bad)
     with pytest.raises(ValueError, match="input_params"):
         case.circuit.with_params(input_params={"probs": case.circuit.input_params["logits"]})
+
+
+def test_with_params_rejects_nan_and_plus_inf_naming_where():
+    # Before: with_params(sum_logits=nan) was accepted and every log_prob was -inf.
+    circuit = Case("chain-tucker-binomial").circuit
+    nan_logits = tuple(w.at[(0,) * w.ndim].set(jnp.nan) for w in circuit.sum_logits)
+    with pytest.raises(ValueError, match=r"`sum_logits\[0\]` holds nan at index \(0, 0, 0\); "
+                                         "parameters must not be NaN or \\+inf"):
+        circuit.with_params(sum_logits=nan_logits)
+    inf_params = {k: v.at[1, 0].set(jnp.inf) for k, v in circuit.input_params.items()}
+    key = next(iter(circuit.input_params))
+    with pytest.raises(ValueError, match=rf"`input_params\['{key}'\]` holds inf at index \(1, 0"):
+        circuit.with_params(input_params=inf_params)
+    # -inf is a zero weight: with one child's weight zero, the circuit equals the reference.
+    zero_weight = tuple(w.at[..., 0].set(-jnp.inf) for w in circuit.sum_logits)
+    pruned = circuit.with_params(sum_logits=zero_weight)
+    domain = reference.all_assignments(pruned.num_variables, 3)
+    np.testing.assert_allclose(np.asarray(pruned.log_prob(domain)),
+                               reference.log_unnormalised(pruned, domain), atol=2e-5)
+
+
+def test_sample_and_compile_need_a_prng_key():
+    case = Case("rbt-cp-bernoulli")
+    not_keys = ((0, "int 0"), (np.zeros(2), "ndarray"),
+                (jnp.zeros(3, jnp.uint32), r"an array of dtype uint32 and shape \(3,\)"))
+    for bad, got in not_keys:
+        with pytest.raises(TypeError, match=f"`key` must be one JAX PRNG key .*got {got}"):
+            case.circuit.sample(bad, 3)
+    with pytest.raises(TypeError, match="`key` must be one JAX PRNG key"):
+        case.circuit.sample_conditional(0, np.zeros((1, 6)), np.zeros((1, 6), bool))
+    with pytest.raises(TypeError, match="`key` must be one JAX PRNG key"):
+        circuits.compile_circuit(case.graph, circuits.Bernoulli(), 2, key=1)
+    assert case.circuit.sample(jax.random.PRNGKey(0), 3).shape == (3, 6)  # raw keys work too
+
+
+def test_circuits_jit_as_arguments_and_as_bound_methods():
+    case = Case("quadtree-cp-categorical")
+    x = jnp.asarray(case.domain[:5])
+    expected = case.log_p[:5]
+    # Before: jax.jit(pc.log_prob) raised "unhashable type: 'dict'".
+    np.testing.assert_allclose(np.asarray(jax.jit(case.circuit.log_prob)(x)), expected, atol=2e-5)
+    as_argument = jax.jit(lambda pc, x: pc.log_prob(x))
+    np.testing.assert_allclose(np.asarray(as_argument(case.circuit, x)), expected, atol=2e-5)
+    # Equal circuits hash alike; circuits with other parameters compile their own constants.
+    other = case.circuit.with_params(sum_logits=tuple(2.0 * w for w in case.circuit.sum_logits))
+    assert hash(other) == hash(case.circuit) and bool(case.circuit == case.circuit)
+    np.testing.assert_allclose(np.asarray(jax.jit(other.log_prob)(x)),
+                               np.asarray(other.log_prob(x)), atol=1e-6)
+    assert not np.allclose(np.asarray(other.log_prob(x)), expected, atol=1e-3)

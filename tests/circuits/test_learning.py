@@ -224,6 +224,25 @@ def test_debd_loader_errors(tmp_path):
         circuits.load_debd("nope", tmp_path)
 
 
+def test_debd_loader_names_a_corrupt_or_truncated_file(tmp_path):
+    _write(tmp_path / "toy.train.data", [[0, 1]], False)
+    _write(tmp_path / "toy.test.data", [[0, 1]], False)
+    corrupt = tmp_path / "toy.valid.data.gz"
+    corrupt.write_bytes(b"not gzip at all")  # before: gzip.BadGzipFile without the file's name
+    with pytest.raises(ValueError, match=f"{corrupt} could not be read as gzip-compressed text "
+                                         r"\(the file may be corrupt or truncated\): BadGzipFile"):
+        circuits.load_debd("toy", tmp_path)
+    _write(corrupt, [[0, 1], [1, 0]], True)
+    corrupt.write_bytes(corrupt.read_bytes()[:-6])  # cut off the gzip trailer
+    with pytest.raises(ValueError, match=f"{corrupt} could not be read .*: EOFError"):
+        circuits.load_debd("toy", tmp_path)
+    corrupt.unlink()
+    binary = tmp_path / "toy.valid.data"
+    binary.write_bytes(b"\xff\xfe\x00\x01")  # before: a bare UnicodeDecodeError
+    with pytest.raises(ValueError, match=f"{binary} could not be read as text .*UnicodeDecodeError"):
+        circuits.load_debd("toy", tmp_path)
+
+
 def test_debd_loader_on_the_shared_data(shared_data):
     data = circuits.load_debd("nltcs", shared_data / "debd")
     assert data["train"].shape == (16181, 16)

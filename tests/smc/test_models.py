@@ -37,6 +37,23 @@ def test_mismatched_shapes_name_the_piece(name, value):
         LinearGaussianSSM(**{**PIECES, name: value})
 
 
+@pytest.mark.parametrize(
+    "name, value, message",
+    [
+        ("initial_cov", -jnp.eye(2), r"positive semi-definite\), got smallest eigenvalue -1"),
+        ("transition_cov", jnp.array([[1.0, 2.0], [2.0, 1.0]]), "smallest eigenvalue -1"),
+        ("observation_cov", jnp.array([[-0.5]]), "smallest eigenvalue -0.5"),
+        ("initial_cov", jnp.array([[1.0, 0.5], [0.0, 1.0]]), "symmetric covariance matrix"),
+        ("initial_cov", jnp.array([[1.0, jnp.inf], [jnp.inf, 1.0]]), r"must be finite, got inf at index \(0, 1\)"),
+        ("observations", jnp.ones((4, 1)).at[2, 0].set(jnp.nan), r"must be finite, got nan at index \(2, 0\)"),
+    ],
+)
+def test_covariances_must_be_positive_semi_definite(name, value, message):
+    # Before: kalman_filter on P0 = -I returned log_evidence = nan without a word.
+    with pytest.raises(ValueError, match=f"`{name}` .*{message}"):
+        LinearGaussianSSM(**{**PIECES, name: value})
+
+
 def test_simulate_shapes_and_bad_length():
     model = LinearGaussianSSM(**PIECES)
     states, observations = model.simulate(jax.random.key(0), 7)

@@ -2,6 +2,7 @@
 
 import functools
 
+import equinox as eqx
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -109,11 +110,26 @@ def test_invalid_weights_raise(scheme, log_weights):
         resample(jax.random.key(0), log_weights, 4, scheme)
 
 
-def test_invalid_weights_raise_inside_jit():
-    fn = jax.jit(functools.partial(resample, n=4, scheme="systematic"))
-    assert fn(jax.random.key(0), jnp.zeros(3)).shape == (4,)
-    with pytest.raises(Exception, match="log_weights"):
-        jax.block_until_ready(fn(jax.random.key(0), jnp.full(3, -jnp.inf)))
+INVALID = [
+    (jnp.full(3, -jnp.inf), "every weight is -inf"),
+    (jnp.array([0.0, jnp.nan, 0.0]), "it holds a NaN"),
+    (jnp.array([0.0, jnp.inf]), r"it holds \+inf"),
+]
+
+
+@pytest.mark.parametrize("log_weights, reason", INVALID, ids=["all-minus-inf", "nan", "plus-inf"])
+def test_invalid_weights_raise_inside_jit_with_the_same_message(log_weights, reason):
+    message = f"`log_weights` cannot be normalised to resampling probabilities: {reason}"
+    with pytest.raises(ValueError, match=message):  # outside jit
+        resample(jax.random.key(0), log_weights, 4)
+    fn = functools.partial(resample, n=4, scheme="systematic")
+    # equinox.filter_jit re-raises the run-time check as its own error, message intact.
+    with pytest.raises(eqx.EquinoxRuntimeError, match=f"EquinoxRuntimeError: {message}"):
+        jax.block_until_ready(eqx.filter_jit(fn)(jax.random.key(0), log_weights))
+    # Plain jax.jit: JAX's callback error holds the message after the callback's stack.
+    with pytest.raises(jax.errors.JaxRuntimeError, match=message):
+        jax.block_until_ready(jax.jit(fn)(jax.random.key(0), log_weights))
+    assert jax.jit(fn)(jax.random.key(0), jnp.zeros(3)).shape == (4,)
 
 
 @pytest.mark.parametrize("n", [0, -2, 2.0, True])

@@ -171,6 +171,46 @@ def test_hmm_with_impossible_transitions():
         np.testing.assert_allclose(np.exp(result.log_smoothed), np.exp(expected[2]), atol=1e-5)
 
 
+def test_hmm_observations_of_probability_zero_have_evidence_minus_inf():
+    # Step 1 is impossible: the only state reachable from state 0 (the certain start) has
+    # zero likelihood there. The evidence is exactly zero; filtering from step 1 on and
+    # all smoothing condition on an event of probability zero, so they are undefined (NaN).
+    log_initial = jnp.log(jnp.array([1.0, 0.0]))
+    log_transition = jnp.log(jnp.array([[1.0, 0.0], [0.5, 0.5]]))
+    log_likelihoods = jnp.log(jnp.array([[0.3, 0.9], [0.0, 0.8], [0.5, 0.5]]))
+    with np.errstate(invalid="ignore"):  # the brute force's marginals are 0/0 too
+        assert brute_force(log_initial, log_transition, log_likelihoods)[0] == -np.inf
+    for method in ("sequential", "parallel"):
+        with pytest.warns(RuntimeWarning, match="probability zero under the model: at step 1 "):
+            result = hmm_smoother(log_initial, log_transition, log_likelihoods, method=method)
+        assert float(result.log_evidence) == -np.inf
+        np.testing.assert_allclose(np.exp(result.log_filtered[0]), [1.0, 0.0])
+        assert np.isnan(result.log_filtered[1:]).all() and np.isnan(result.log_smoothed).all()
+        # An emission row of -inf everywhere: the same, from that step.
+        rows = log_likelihoods.at[1].set(-jnp.inf).at[0].set(0.0)
+        with pytest.warns(RuntimeWarning, match="at step 1 .* from that step on are NaN"):
+            assert float(hmm_filter(log_initial, log_transition, rows, method=method).log_evidence) == -np.inf
+    # Inside jit (no warning there) the evidence is -inf too.
+    evidence = jax.jit(lambda ll: hmm_filter(log_initial, log_transition, ll).log_evidence)
+    assert float(evidence(log_likelihoods)) == -np.inf
+
+
+def test_kalman_with_a_singular_observation_covariance_raises_naming_the_step():
+    # A state known exactly (P0 = 0) observed without noise (R = 0): p(y_0) is a point mass.
+    eye = np.eye(2)
+    model = LinearGaussianSSM(np.zeros(2), 0 * eye, eye, eye, eye, 0 * eye, np.ones((3, 2)))
+    message = r"log likelihood .* is NaN at step 0: the predicted observation covariance"
+    for method in ("sequential", "parallel"):
+        with pytest.raises(ValueError, match=message):
+            kalman_filter(model, method)
+    with pytest.raises(jax.errors.JaxRuntimeError, match="is NaN at some step"):
+        jax.block_until_ready(jax.jit(lambda m: kalman_filter(m).log_evidence)(model))
+    # Semi-definite covariances the filter handles are accepted: P0 = 0 with R > 0, Q = 0.
+    known_start = LinearGaussianSSM(np.zeros(2), 0 * eye, eye, 0 * eye, eye, eye, np.ones((1, 2)))
+    expected = -np.log(2 * np.pi) - 0.5 * 2.0  # log N((1, 1); 0, I)
+    assert float(kalman_filter(known_start).log_evidence) == pytest.approx(expected, rel=1e-6)
+
+
 # --- bad input -------------------------------------------------------------------------------
 
 
@@ -193,6 +233,8 @@ def test_kalman_needs_a_linear_gaussian_model():
         ((jnp.zeros(3), jnp.zeros((3, 3)), jnp.zeros((4, 2))), "log_likelihoods"),
         ((jnp.zeros((3, 1)), jnp.zeros((3, 3)), jnp.zeros((4, 3))), "log_initial"),
         ((jnp.zeros(3), jnp.full((3, 3), jnp.nan), jnp.zeros((4, 3))), "log_transition"),
+        ((jnp.zeros(3), jnp.zeros((3, 3)), jnp.zeros((4, 3)).at[2, 1].set(jnp.inf)),
+         r"`log_likelihoods` must hold log probabilities \(no NaN or \+inf\), got inf at index \(2, 1\)"),
     ],
 )
 def test_hmm_bad_shapes(args, name):

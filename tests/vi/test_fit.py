@@ -224,6 +224,39 @@ def test_bad_input_to_fit(problem_2d):
         probinf.fit(vi.ELBO(), object(), target, key=key, steps=5)
 
 
+def test_rws_wake_p_without_learn_target_is_rejected():
+    # Before: the fit ran with nothing trained (family and params unchanged), without a word.
+    target = probinf.from_logdensity(lambda z, p: -0.5 * jnp.sum((z - p) ** 2), 2, params=jnp.ones(2))
+    family = probinf.MeanFieldGaussian.init(2)
+    with pytest.raises(ValueError, match=r"RWS\(phase='p'\) trains only the target's `params`.*"
+                                         "pass learn_target=True"):
+        probinf.fit(vi.RWS(4, phase="p"), family, target, key=jax.random.key(0), steps=5)
+
+
+class _IntegerShift(probinf.Family):
+    """A family whose only array is an integer shift (so fit has nothing to train)."""
+
+    shift: jax.Array
+
+    @property
+    def dim(self):
+        return self.shift.shape[0]
+
+    def sample_and_log_prob(self, key, n):
+        z = jax.random.normal(key, (n, self.dim)) + self.shift
+        return z, self.log_prob(z)
+
+    def log_prob(self, z):
+        return jnp.sum(jax.scipy.stats.norm.logpdf(z - self.shift), axis=-1)
+
+
+def test_a_family_with_nothing_to_train_is_rejected(problem_2d):
+    with pytest.raises(ValueError, match=r"nothing to train: `family` \(_IntegerShift\) holds no "
+                                         "floating-point array"):
+        probinf.fit(vi.ELBO(), _IntegerShift(jnp.array([1, 2])), problem_2d.target,
+                    key=jax.random.key(0), steps=5)
+
+
 @pytest.mark.parametrize("bad_value", [jnp.nan, jnp.inf])
 def test_non_finite_target_is_named(bad_value):
     target = probinf.from_logdensity(lambda z: bad_value + 0.0 * z[0], 1)

@@ -1,0 +1,58 @@
+"""Input checks shared by probinf's constructors and functions.
+
+Concrete values are checked at once, at the Python boundary, with a ``ValueError``
+that names the argument and the offending entry. Traced values (inside ``jit``,
+``vmap``, ``grad``) are unknown until run time: `check_finite` lets them through,
+and `raise_if` checks them with `equinox.branched_error_if`. Under
+`equinox.filter_jit` that error is re-raised as ``EquinoxRuntimeError`` with the
+message alone; under plain ``jax.jit`` JAX wraps it in a ``JaxRuntimeError`` whose
+text holds the same message (after the callback's stack).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+import equinox as eqx
+import jax
+import jax.numpy as jnp
+import numpy as np
+from jaxtyping import Array, ArrayLike
+
+__all__ = ["check_finite", "first_entry", "raise_if"]
+
+
+def first_entry(values: np.ndarray, where: np.ndarray) -> str:
+    """``"nan at index (0, 2)"``: the first entry of ``values`` where ``where`` holds."""
+    index = tuple(int(i) for i in np.argwhere(where)[0])
+    return f"{values[index]} at index {index[0] if len(index) == 1 else index}"
+
+
+def check_finite(value: ArrayLike, name: str) -> ArrayLike:
+    """``value`` unchanged; a ValueError naming ``name`` if a concrete array holds NaN or infinity."""
+    if isinstance(value, jax.core.Tracer):
+        return value
+    values = np.asarray(value)
+    if np.issubdtype(values.dtype, np.inexact):
+        bad = ~np.isfinite(values)
+        if bad.any():
+            raise ValueError(f"`{name}` must be finite, got {first_entry(values, bad)}")
+    return value
+
+
+def raise_if(value: Array, checks: Sequence[tuple[ArrayLike, str]]) -> Array:
+    """``value`` unchanged, after a ``ValueError`` with the message of the first true check.
+
+    Each check is ``(invalid, message)`` with a boolean scalar ``invalid``. Concrete checks
+    raise at once; traced ones at run time through `equinox.branched_error_if` (tied to
+    ``value``, so use the returned array for the check to run).
+    """
+    flags = [flag for flag, _ in checks]
+    messages = tuple(message for _, message in checks)
+    if any(isinstance(flag, jax.core.Tracer) for flag in flags):
+        stacked = jnp.stack([jnp.asarray(flag, bool) for flag in flags])
+        return eqx.branched_error_if(value, jnp.any(stacked), jnp.argmax(stacked), messages)
+    for flag, message in checks:
+        if bool(flag):
+            raise ValueError(message)
+    return value
