@@ -78,7 +78,9 @@ def start_llama_server(model_path: str, timeout: float = 180.0):
     port = _free_port()
     process = subprocess.Popen(
         [sys.executable, "-m", "llama_cpp.server", "--model", model_path, "--host", "127.0.0.1",
-         "--port", str(port), "--n_ctx", "2048", "--n_threads", "1", "--n_threads_batch", "1"],
+         "--port", str(port), "--n_ctx", "2048", "--n_threads", "1", "--n_threads_batch", "1",
+         # the numerics LlamaCppModel.from_path uses: logits independent of batch shape
+         "--flash_attn", "true", "--n_ubatch", "32"],
         stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
     )
     url = f"http://127.0.0.1:{port}/v1"

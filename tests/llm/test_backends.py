@@ -89,7 +89,10 @@ def llama_server():
     port = _free_port()
     process = subprocess.Popen(
         [sys.executable, "-m", "llama_cpp.server", "--model", _gguf_path(), "--host", "127.0.0.1",
-         "--port", str(port), "--n_ctx", "1024", "--n_threads", "1", "--n_threads_batch", "1"],
+         "--port", str(port), "--n_ctx", "1024", "--n_threads", "1", "--n_threads_batch", "1",
+         # As LlamaCppModel.from_path: logits that do not depend on how the server's prefix
+         # cache was filled, so concurrent requests served in any order stay repeatable.
+         "--flash_attn", "true", "--n_ubatch", "32"],
         stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
     )
     url = f"http://127.0.0.1:{port}/v1"
@@ -122,9 +125,10 @@ def test_llama_greedy_step_matches_llama_cpp_own_decoding(llama_model):
     params = SamplingParams(temperature=0.0, max_step_tokens=12, delimiter=None)
     step = llama_model.extend([0], llama_model.encode_prompt(prompt), [START], params)[0]
     assert step.num_tokens == 12 and step.truncated and len(step.tokens) == 12
-    # Reference: llama-cpp-python's own sampler and log-probabilities (logits_all model).
+    # Reference: llama-cpp-python's own sampler and log-probabilities (logits_all model),
+    # with the attention settings LlamaCppModel.from_path uses.
     reference = Llama(model_path=_gguf_path(), n_ctx=1024, n_threads=1, n_threads_batch=1,
-                      logits_all=True, verbose=False)
+                      logits_all=True, flash_attn=True, n_ubatch=32, verbose=False)
     out = reference.create_completion(prompt, max_tokens=12, temperature=0.0, logprobs=1)
     choice = out["choices"][0]
     assert step.text == choice["text"]
@@ -188,6 +192,58 @@ def test_llama_seeds_and_prefix_cache(llama_model):
     llama_model.extend([4], prompt, [START], SAMPLED)
     b = llama_model.extend([3], prompt, [continued], SAMPLED)[0]
     assert same_step(a, b) and a.tokens == b.tokens
+
+
+def test_llama_batched_steps_equal_one_at_a_time_steps(llama_model):
+    """Batched decoding (one forward per token position for all particles, each in its
+    own key/value stream) gives, bit for bit, the steps of the earlier one-at-a-time path
+    in the Llama's own context, for the same seeds — with resampled siblings, a written
+    prefix, steps of different lengths, and more particles than streams (groups)."""
+    from probinf.llm import LlamaCppModel
+
+    one_at_a_time = LlamaCppModel(llama_model.llama, batched=False)
+    in_pairs = LlamaCppModel(llama_model.llama, max_sequences=2)
+    assert llama_model.batched and not one_at_a_time.batched
+    prompt = llama_model.encode_prompt(llama_model.format_prompt(QUESTION))
+    params = SamplingParams(temperature=0.8, max_step_tokens=8, delimiter="\n")
+
+    def step_of(x):
+        return x.text, x.tokens, x.num_tokens, x.finished, x.truncated, x.log_prob
+
+    def all_three(seeds, prefixes):
+        steps = [model.extend(seeds, prompt, prefixes, params) for model in (llama_model, one_at_a_time, in_pairs)]
+        for batched, single, paired in zip(*steps, strict=True):
+            assert step_of(batched) == step_of(single) == step_of(paired)
+        return steps[0]
+
+    first = all_three([1, 2, 3, 4, 5], [START] * 5)
+    started = [TokenText(s.text, s.tokens) for s in first]
+    second = all_three([6, 7, 8, 9, 10], [started[0], started[0], started[1], TokenText("12 + 7 = ", None), started[4]])
+    assert len({s.num_tokens for s in first + second}) > 1
+    grown = [TokenText(p.text + s.text, p.tokens + s.tokens) for p, s in zip(started[:2], second, strict=False)]
+    all_three([11, 12], [grown[1], grown[1]])
+
+
+def test_llama_batched_prefill_evaluates_each_context_once(llama_model):
+    """The prompt is evaluated once for all particles, then one forward per token
+    position serves every particle; after resampling, a sibling copies its parent's
+    cache, so each distinct context evaluates only the token its parent did not feed."""
+    from probinf.llm import LlamaCppModel
+
+    model = LlamaCppModel(llama_model.llama)  # a fresh batched context
+    prompt = model.encode_prompt(model.format_prompt(QUESTION))
+    # A hot, untruncated sampler, so that the three steps differ.
+    capped = SamplingParams(temperature=1.5, top_k=0, top_p=1.0, min_p=0.0, max_step_tokens=6, delimiter=None)
+    steps = model.extend([1, 2, 3], prompt, [START] * 3, capped)
+    assert all(s.num_tokens == 6 and s.truncated for s in steps) and len({s.tokens for s in steps}) == 3
+    # Prefill: the prompt once (one forward). Decoding: tokens 1-5 of each step are fed
+    # back, one forward per position for all three; the 6th starts the next context.
+    assert model.batch_stats == {"evaluated_tokens": len(prompt.tokens) + 3 * 5, "forward_calls": 1 + 5}
+    children = [TokenText(steps[i].text, steps[i].tokens) for i in (0, 0, 2)]
+    top = model.next_token_logprobs([prompt, prompt, prompt], top_k=5, prefixes=children)
+    assert model.batch_stats == {"evaluated_tokens": len(prompt.tokens) + 3 * 5 + 2, "forward_calls": 1 + 5 + 1}
+    reference = LlamaCppModel(llama_model.llama, batched=False)
+    assert top == reference.next_token_logprobs([prompt] * 3, top_k=5, prefixes=children)
 
 
 def test_llama_token_cap_when_the_delimiter_never_comes(llama_model):
@@ -273,22 +329,75 @@ class _ScriptedModel:
         raise AssertionError("not used: the test backend overrides _forward")
 
 
-def test_transformers_backend_continues_the_emitted_ids():
+class _NumpyTransformers:
+    """``TransformersModel`` with its tensor operations replaced by NumPy, so that the
+    bookkeeping of both paths runs without torch. The batched "cache" stores each column's
+    token id and position; the "model" computes a query's logits from exactly the tokens it
+    can see (causal order, attention mask) and checks that their positions are 0, 1, 2, ...
+    The one-at-a-time path's ``_forward`` sees the whole sequence. ``lm(tokens) -> logits``
+    is the language model, a function of the token sequence only."""
+
+    @staticmethod
+    def build(lm, **kwargs):
+        import numpy as np
+
+        from probinf.llm import TransformersModel
+
+        class NumpyTransformers(TransformersModel):
+            def _forward(self, new_tokens):
+                self._cached_tokens.extend(new_tokens)
+                return lm(self._cached_tokens)
+
+            def _gather_rows(self, rows, columns):
+                tokens, positions = self._batch_cache
+                take = np.maximum(columns, 0)
+                self._batch_cache = (np.where(columns >= 0, tokens[rows[:, None], take], -7),
+                                     np.where(columns >= 0, positions[rows[:, None], take], -7))
+
+            def _forward_rows(self, input_ids, attention_mask, position_ids, last):
+                n_rows, width = input_ids.shape
+                if self._batch_cache is None:
+                    self._batch_cache = (np.zeros((n_rows, 0), int), np.zeros((n_rows, 0), int))
+                tokens, positions = self._batch_cache
+                assert tokens.shape[0] == n_rows and attention_mask.shape == (n_rows, tokens.shape[1] + width)
+                tokens = np.concatenate([tokens, input_ids], axis=1)
+                positions = np.concatenate([positions, position_ids], axis=1)
+                self._batch_cache = (tokens, positions)
+                self.forward_calls += 1
+                self.widths.append(width)
+                logits = np.zeros((n_rows, len(_ScriptedTokenizer.pieces)))
+                start = tokens.shape[1] - width
+                for b in range(n_rows):
+                    for j in range(width):
+                        if attention_mask[b, start + j]:
+                            seen = np.flatnonzero(attention_mask[b, :start + j + 1])
+                            assert (positions[b, seen] == np.arange(seen.size)).all()
+                            if j == last[b]:
+                                logits[b] = lm(tokens[b, seen].tolist())
+                return logits
+
+        model = NumpyTransformers(_ScriptedModel(), _ScriptedTokenizer(), **kwargs)
+        model.widths = []
+        return model
+
+
+@pytest.mark.parametrize("batched", [True, False])
+def test_transformers_backend_continues_the_emitted_ids(batched):
     import numpy as np
 
-    from probinf.llm import TransformersModel, greedy
+    from probinf.llm import greedy
 
-    class Scripted(TransformersModel):
-        def _forward(self, new_tokens):
-            self._cached_tokens.extend(new_tokens)
-            generated = self._cached_tokens[len(self._prompt):]
-            logits = np.zeros(8)
-            on_script = generated == _ScriptedModel.SCRIPT[:len(generated)]
-            logits[_ScriptedModel.SCRIPT[len(generated)] if on_script else 5] = 1.0
-            return logits
+    prompt_length = 1  # "Q:"
 
-    model = Scripted(_ScriptedModel(), _ScriptedTokenizer())
-    model._prompt = model.encode_prompt("Q:").tokens
+    def scripted(tokens):
+        generated = list(tokens[prompt_length:])
+        logits = np.zeros(8)
+        on_script = generated == _ScriptedModel.SCRIPT[:len(generated)]
+        logits[_ScriptedModel.SCRIPT[len(generated)] if on_script else 5] = 1.0
+        return logits
+
+    model = _NumpyTransformers.build(scripted, batched=batched)
+    assert model.batched is batched and model.encode_prompt("Q:").tokens == (5,)
     config = DecodeConfig(temperature=0.0, delimiter="\n", max_step_tokens=8, max_steps=10, stop_at_answer=False)
     result = greedy(jax.random.key(0), model, "unused", config=config, prompt="Q:", progress=False)
     particle = result.particles[0]
@@ -298,6 +407,63 @@ def test_transformers_backend_continues_the_emitted_ids():
     # The tokenizer would have merged the blank line: that is not what the model emitted.
     assert model.tokenizer.encode(particle.text) != list(particle.tokens)
 
+
+def _hashed_lm(tokens):
+    """A fixed random language model over the 8-token vocabulary: the logits are a
+    function of the whole token sequence; token 0 (end of sequence) is never likely."""
+    import zlib
+
+    import numpy as np
+
+    rng = np.random.default_rng(zlib.crc32(np.asarray(tokens, dtype=np.int64).tobytes()))
+    logits = 1.5 * rng.normal(size=8)
+    logits[0] = -30.0
+    return logits
+
+
+def test_transformers_batched_steps_equal_one_at_a_time_steps():
+    """The batched bookkeeping — gathered rows for resampled siblings, prefixes cut to
+    what they share, left and right padding, masked pads for ended steps, positions —
+    gives every particle exactly the logits of its own token sequence: the same steps as
+    the one-at-a-time path, with one forward pass per token position."""
+    batched = _NumpyTransformers.build(_hashed_lm, max_context=256)
+    one_at_a_time = _NumpyTransformers.build(_hashed_lm, max_context=256, batched=False)
+    prompt = "Q:"
+
+    def both(seeds, prefixes, params):
+        a = batched.extend(seeds, prompt, prefixes, params)
+        b = one_at_a_time.extend(seeds, prompt, prefixes, params)
+        for x, y in zip(a, b, strict=True):
+            assert (x.text, x.tokens, x.finished, x.truncated) == (y.text, y.tokens, y.finished, y.truncated)
+            assert x.log_prob == y.log_prob
+        return a
+
+    # No delimiter and no end-of-sequence: every step runs to the 6-token cap, so the
+    # batched path needs one prefill and 5 decode forwards for all four particles.
+    capped = SamplingParams(temperature=1.0, top_k=0, top_p=1.0, min_p=0.0, max_step_tokens=6, delimiter=None)
+    first = both([1, 2, 3, 4], [START] * 4, capped)
+    assert batched.forward_calls == 1 + 5 and all(s.num_tokens == 6 for s in first)
+    as_prefix = [TokenText(s.text, s.tokens) for s in first]
+    # Resampled (siblings share a parent), a user-written prefix (tokenised), steps of
+    # different lengths (the delimiter ends some early: masked pads for those rows).
+    params = SamplingParams(temperature=1.0, top_k=0, top_p=1.0, min_p=0.0, max_step_tokens=7, delimiter="\n")
+    calls_before = batched.forward_calls
+    second = both([5, 6, 7, 8, 9], [as_prefix[0], as_prefix[0], as_prefix[2], TokenText("ab\n", None), as_prefix[3]],
+                  params)
+    assert len({s.num_tokens for s in second}) > 1
+    # The prefill re-used the cache: each particle that continues (or its sibling) feeds
+    # its last token only; the written prefix feeds what it does not share with a row.
+    user = [5, 1, 4, 2]  # "Q:" + "ab\n"
+    rows = [[5, *s.tokens[:-1]] for s in first]
+    shared = max(next((k for k, (x, y) in enumerate(zip(r, user, strict=False)) if x != y), min(len(r), len(user))) for r in rows)
+    assert batched.widths[calls_before] == max(1, len(user) - min(shared, len(user) - 1))
+    continued = [TokenText(p.text + s.text, p.tokens + s.tokens)
+                 for p, s in zip([as_prefix[0], as_prefix[0], as_prefix[2]], second, strict=False)]
+    both([10, 11, 12, 13], [continued[1], continued[1], continued[0], continued[2]], params)
+    # Contexts sharing nothing with the cache start afresh; next-token distributions too.
+    both([14], [TokenText("ba", None)], params)
+    top = batched.next_token_logprobs(["Q:", "Q:b"], top_k=3)
+    assert top == one_at_a_time.next_token_logprobs(["Q:", "Q:b"], top_k=3)
 
 
 def test_transformers_greedy_matches_generate_and_forward_logprobs(hf_model):
@@ -337,6 +503,24 @@ def test_transformers_stepwise_greedy_is_generate_token_for_token(hf_model):
                       progress=False)
     assert len(result.particles[0].steps) >= 3
     assert list(result.particles[0].tokens) == reference
+
+
+def test_transformers_batched_greedy_equals_one_at_a_time(hf_model):
+    from probinf.llm import TransformersModel
+
+    one_at_a_time = TransformersModel(hf_model.model, hf_model.tokenizer, batched=False)
+    assert hf_model.batched
+    prompt = hf_model.format_prompt(QUESTION)
+    prefixes = [START, TokenText("12 + 7 = ", None), START, TokenText("Let me think.\n", None)]
+    params = SamplingParams(temperature=0.0, max_step_tokens=10)
+    for _ in range(2):  # the second time from the first call's cache rows
+        batched = hf_model.extend([0, 1, 2, 3], prompt, prefixes, params)
+        single = one_at_a_time.extend([0, 1, 2, 3], prompt, prefixes, params)
+        for a, b in zip(batched, single, strict=True):
+            assert (a.text, a.tokens, a.finished, a.truncated) == (b.text, b.tokens, b.finished, b.truncated)
+            assert a.log_prob == pytest.approx(b.log_prob, abs=1e-3)
+        prefixes = [TokenText(p.text + s.text, (p.tokens or ()) + s.tokens) if p.tokens is not None else p
+                    for p, s in zip(prefixes, batched, strict=True)]
 
 
 def test_transformers_seeds_and_prefix_cache(hf_model):
@@ -405,6 +589,16 @@ class _Handler(BaseHTTPRequestHandler):
             self.end_headers()
             self.wfile.write(b"internal error")
             return
+        if self.mode == "truncated":
+            # Declares 1000 bytes, sends 20 and closes: http.client's IncompleteRead.
+            self.send_response(200)
+            self.send_header("Content-Type", "application/json")
+            self.send_header("Content-Length", "1000")
+            self.end_headers()
+            self.wfile.write(b'{"choices": [{"text"')
+            self.wfile.flush()
+            self.close_connection = True
+            return
         body = {"garbage": b"{this is not json", "shape": json.dumps({"choices": []}).encode()}.get(
             self.mode, b"{}")
         self.send_response(200)
@@ -419,27 +613,160 @@ class _Handler(BaseHTTPRequestHandler):
         pass
 
 
-@pytest.fixture(params=["garbage", "shape", "error", "hang"])
-def bad_server(request):
-    handler = type("Handler", (_Handler,), {"mode": request.param})
-    server = ThreadingHTTPServer(("127.0.0.1", 0), handler)
+class _Server(ThreadingHTTPServer):
+    request_queue_size = 64  # the default listen backlog (5) drops bursts of connections
+
+
+def _serve(handler):
+    server = _Server(("127.0.0.1", 0), handler)
     server.block_on_close = False
     thread = threading.Thread(target=server.serve_forever, daemon=True)
     thread.start()
-    yield request.param, f"http://127.0.0.1:{server.server_address[1]}/v1"
+    return server, f"http://127.0.0.1:{server.server_address[1]}/v1"
+
+
+@pytest.fixture(params=["garbage", "shape", "error", "hang", "truncated"])
+def bad_server(request):
+    server, url = _serve(type("Handler", (_Handler,), {"mode": request.param}))
+    yield request.param, url
     server.shutdown()
     server.server_close()
 
 
 def test_bad_server_replies_raise_clear_errors(bad_server):
     mode, url = bad_server
-    model = OpenAICompletionsModel(url, timeout=1.0)
-    match = {"garbage": "malformed JSON", "shape": "malformed JSON", "error": "HTTP 500",
-             "hang": "cannot reach"}[mode]
+    # One retry with a short back-off: retryable faults (500, timeout, truncated body)
+    # still fail, with the cause named; the others fail at once.
+    model = OpenAICompletionsModel(url, timeout=0.3, max_retries=1, backoff=0.01)
+    match = {"garbage": "malformed JSON", "shape": "malformed JSON", "error": "failed 2 time.*HTTP 500",
+             "hang": "no answer within the timeout of 0.3 s", "truncated": "truncated body: 20 bytes"}[mode]
     with pytest.raises(LLMBackendError, match=match):
         model.extend([0], "Q: 1 + 1?\nA:", [START], GREEDY)
     with pytest.raises(LLMBackendError, match=match):
         generate(model, QUESTION, n_particles=2, progress=False)
+
+
+class _SlowServer(BaseHTTPRequestHandler):
+    """Answers after ``delay`` seconds (less for larger seeds, so answers arrive out of
+    order) with the request's seed in the text; the first ``failures`` requests fail."""
+
+    delay = 0.2
+    failures: list = []  # what the first requests get: "503" or "drop" (close without answering)
+    log: list = []
+
+    def do_POST(self):  # noqa: N802 - http.server hook
+        request = json.loads(self.rfile.read(int(self.headers.get("Content-Length", 0))))
+        self.log.append(request)
+        if len(self.log) <= len(self.failures):
+            failure = self.failures[len(self.log) - 1]
+            if failure == "drop":
+                self.close_connection = True
+                return
+            self.send_response(int(failure))
+            self.end_headers()
+            self.wfile.write(b"busy")
+            return
+        time.sleep(max(self.delay - 0.01 * request["seed"], 0))
+        body = json.dumps({"choices": [{"text": f"seed {request['seed']}", "finish_reason": "length"}],
+                           "usage": {"completion_tokens": 2}}).encode()
+        self.send_response(200)
+        self.send_header("Content-Type", "application/json")
+        self.send_header("Content-Length", str(len(body)))
+        self.end_headers()
+        self.wfile.write(body)
+
+    def log_message(self, *args):
+        pass
+
+
+def test_server_requests_for_all_particles_run_concurrently():
+    """8 particles x 0.2 s server delay: about 0.2 s concurrently, 1.6 s one after another;
+    the steps come back in particle order whatever order the answers arrive in."""
+    server, url = _serve(type("Handler", (_SlowServer,), {"log": []}))
+    try:
+        seeds = list(range(8))
+        timings = {}
+        for concurrency in (8, 1):
+            model = OpenAICompletionsModel(url, timeout=5, max_concurrency=concurrency)
+            start = time.perf_counter()
+            steps = model.extend(seeds, "Q: 1 + 1?\nA:", [START] * 8, GREEDY)
+            timings[concurrency] = time.perf_counter() - start
+            assert [step.text for step in steps] == [f"seed {seed}" for seed in seeds]
+            assert all(step.truncated and step.num_tokens == 2 for step in steps)
+    finally:
+        server.shutdown()
+        server.server_close()
+    assert timings[1] >= sum(max(0.2 - 0.01 * s, 0) for s in seeds)  # the delay is real
+    assert timings[8] < 0.8, timings
+
+
+def test_server_retries_a_flaky_server_with_backoff():
+    handler = type("Handler", (_SlowServer,), {"log": [], "delay": 0.0, "failures": ["503", "drop"]})
+    server, url = _serve(handler)
+    try:
+        model = OpenAICompletionsModel(url, timeout=5, max_retries=2, backoff=0.05)
+        start = time.perf_counter()
+        step = model.extend([3], "Q: 1 + 1?\nA:", [START], GREEDY)[0]
+        elapsed = time.perf_counter() - start
+        assert step.text == "seed 3" and len(handler.log) == 3
+        assert elapsed >= 0.05 + 0.1  # waited before each retry: 0.05 s, then 0.1 s
+        # With fewer retries than failures the same server's answer never comes.
+        handler.log.clear()
+        impatient = OpenAICompletionsModel(url, timeout=5, max_retries=1, backoff=0.01)
+        with pytest.raises(LLMBackendError, match="failed 2 time"):
+            impatient.extend([3], "Q: 1 + 1?\nA:", [START], GREEDY)
+    finally:
+        server.shutdown()
+        server.server_close()
+
+
+class _SilentServer(BaseHTTPRequestHandler):
+    """Never answers; records when the client closes the connection."""
+
+    closed: list = []
+    stop: threading.Event
+
+    def do_POST(self):  # noqa: N802 - http.server hook
+        self.rfile.read(int(self.headers.get("Content-Length", 0)))
+        import select
+
+        started = time.monotonic()
+        while not self.stop.is_set() and time.monotonic() - started < 10:
+            readable, _, _ = select.select([self.connection], [], [], 0.02)
+            if readable and self.connection.recv(1, socket.MSG_PEEK) == b"":
+                self.closed.append(time.monotonic())
+                return
+        self.close_connection = True
+
+    def log_message(self, *args):
+        pass
+
+
+def test_server_deadline_cancels_outstanding_requests():
+    handler = type("Handler", (_SilentServer,), {"closed": [], "stop": threading.Event()})
+    server, url = _serve(handler)
+    try:
+        model = OpenAICompletionsModel(url, timeout=30, deadline=0.5)
+        start = time.perf_counter()
+        with pytest.raises(LLMBackendError, match=r"deadline of 0.5 s passed with 4 of 4 requests"):
+            model.extend([0, 1, 2, 3], "Q: 1 + 1?\nA:", [START] * 4, GREEDY)
+        assert time.perf_counter() - start < 2.0  # the deadline, not the 30 s timeout
+        # Client-side cancellation: the server saw every connection closed.
+        deadline = time.monotonic() + 2
+        while len(handler.closed) < 4 and time.monotonic() < deadline:
+            time.sleep(0.02)
+        assert len(handler.closed) == 4
+        # The deadline is per run: it counts from encode_prompt (once per run).
+        prompt = model.encode_prompt("Q: 2 + 2?\nA:")
+        time.sleep(0.6)
+        start = time.perf_counter()
+        with pytest.raises(LLMBackendError, match="deadline"):
+            model.extend([0], prompt, [START], GREEDY)
+        assert time.perf_counter() - start < 0.3
+    finally:
+        handler.stop.set()
+        server.shutdown()
+        server.server_close()
 
 
 class _ScriptedServer(BaseHTTPRequestHandler):
@@ -498,14 +825,18 @@ def test_server_rejects_more_stop_strings_than_the_api_allows():
 
 
 def test_server_down():
-    model = OpenAICompletionsModel(f"http://127.0.0.1:{_free_port()}/v1", timeout=2.0)
-    with pytest.raises(LLMBackendError, match="cannot reach"):
+    model = OpenAICompletionsModel(f"http://127.0.0.1:{_free_port()}/v1", timeout=2.0, max_retries=1, backoff=0.01)
+    with pytest.raises(LLMBackendError, match="failed 2 time.*cannot reach"):
         model.extend([0], "Q", [START], GREEDY)
 
 
 @pytest.mark.parametrize("kwargs, match", [
     ({"base_url": "ftp://x"}, "base_url"),
     ({"base_url": "http://127.0.0.1:1/v1", "timeout": 0}, "timeout"),
+    ({"base_url": "http://127.0.0.1:1/v1", "max_concurrency": 0}, "max_concurrency"),
+    ({"base_url": "http://127.0.0.1:1/v1", "max_retries": -1}, "max_retries"),
+    ({"base_url": "http://127.0.0.1:1/v1", "backoff": -0.5}, "backoff"),
+    ({"base_url": "http://127.0.0.1:1/v1", "deadline": 0}, "deadline"),
 ])
 def test_server_bad_arguments(kwargs, match):
     with pytest.raises(ValueError, match=match):

@@ -21,7 +21,9 @@ from probinf.llm.base import SamplingParams, StepResult, TokenText, as_token_tex
 
 __all__ = [
     "sample_token",
+    "StepDecoder",
     "decode_step",
+    "decode_steps_in_lockstep",
     "split_at_delimiter",
     "find_stop",
     "IncrementalText",
@@ -177,6 +179,72 @@ class WindowText:
 # -- one step --------------------------------------------------------------------------------
 
 
+class StepDecoder:
+    """One particle's step, one token at a time: the state machine behind :func:`decode_step`
+    and the batched backends, which advance many of them in lockstep.
+
+    :meth:`feed` takes the logits of the next token and returns the drawn token when the
+    step goes on (the caller appends it to the particle's sequence and feeds the next
+    logits), or ``None`` when the step has ended; :attr:`result` is then set. After every
+    drawn token the step's text so far is searched for a stop string (in ``before`` + the
+    step's text, so one may straddle the step boundary) and for the delimiter; the step
+    ends at the token that completes one. The result's text is the detokenisation of its
+    ids (a character still incomplete is carried into the next step, or flushed when the
+    generation ends); nothing is cut out of it.
+
+    Args:
+        text: incremental detokeniser, in the state after the particle's earlier tokens.
+        is_end_of_sequence: whether a token ends the generation (it is neither counted
+            nor kept: it has no text).
+        rng: source of randomness (unused when greedy).
+        params: sampling parameters.
+        room: tokens left in the context window; when it runs out the generation is
+            finished (a documented fallback, never an error mid-decoding).
+        before: the text the particle generated before this step (for stop strings).
+    """
+
+    def __init__(self, text: IncrementalText, is_end_of_sequence: Callable[[int], bool],
+                 rng: np.random.Generator, params: SamplingParams, room: int, before: str = ""):
+        self._text = text
+        self._is_end = is_end_of_sequence
+        self._rng = rng
+        self._params = params
+        self._before = before
+        self.limit = min(params.max_step_tokens, max(room, 0))
+        self.tokens: list[int] = []
+        self._log_prob = 0.0
+        self._step_text = ""
+        self.result: StepResult | None = None
+        if self.limit == 0:
+            self._finish(finished=True, truncated=True)
+
+    def _finish(self, finished: bool, truncated: bool = False) -> None:
+        text = self._step_text + (self._text.flush() if finished else "")
+        self.result = StepResult(text, len(self.tokens), self._log_prob, finished=finished,
+                                 truncated=truncated, tokens=tuple(self.tokens))
+
+    def feed(self, logits: np.ndarray) -> int | None:
+        """Draw the next token from ``logits``; the token if the step goes on, else ``None``."""
+        if self.result is not None:
+            raise RuntimeError("the step has ended; it takes no more logits")
+        params = self._params
+        token, token_log_prob = sample_token(logits, self._rng, params)
+        if self._is_end(token):
+            self._finish(finished=True)
+            return None
+        self.tokens.append(token)
+        self._log_prob += token_log_prob
+        self._step_text += self._text.push(token)
+        if params.stop and find_stop(self._before, self._step_text, params.stop) is not None:
+            self._finish(finished=True)
+        elif split_at_delimiter(self._step_text, params.delimiter) is not None:
+            self._finish(finished=False)
+        elif len(self.tokens) >= self.limit:
+            # Cut at the cap; at the end of the context window the generation is over.
+            self._finish(finished=self.limit < params.max_step_tokens, truncated=True)
+        return None if self.result is not None else token
+
+
 def decode_step(
     next_logits: Callable[[], np.ndarray],
     append: Callable[[int], None],
@@ -187,51 +255,52 @@ def decode_step(
     room: int,
     before: str = "",
 ) -> StepResult:
-    """Generate one step from the current context.
-
-    After every drawn token the step's text so far is searched for a stop string (in
-    ``before`` + the step's text, so one may straddle the step boundary) and for the
-    delimiter; the step ends at the token that completes one. The returned text is the
-    detokenisation of the returned ids (a character still incomplete is carried into
-    the next step, or flushed when the generation ends); nothing is cut out of it.
+    """Generate one step from the current context (see :class:`StepDecoder`).
 
     Args:
         next_logits: logits of the next token after the current context.
         append: feed a drawn token to the model (extends the context); not called for
             the step's last token, which the next step's context starts with.
-        text: incremental detokeniser, in the state after the particle's earlier tokens.
-        is_end_of_sequence: whether a token ends the generation (it is neither counted
-            nor kept: it has no text).
-        rng: source of randomness (unused when greedy).
-        params: sampling parameters.
-        room: tokens left in the context window; when it runs out the generation is
-            finished (a documented fallback, never an error mid-decoding).
-        before: the text the particle generated before this step (for stop strings).
+        text, is_end_of_sequence, rng, params, room, before: as for :class:`StepDecoder`.
     """
-    tokens: list[int] = []
-    log_prob = 0.0
-    limit = min(params.max_step_tokens, max(room, 0))
-    step_text = ""
-
-    def result(finished: bool, truncated: bool = False) -> StepResult:
-        final_text = step_text + (text.flush() if finished else "")
-        return StepResult(final_text, len(tokens), log_prob, finished=finished, truncated=truncated,
-                          tokens=tuple(tokens))
-
-    while len(tokens) < limit:
-        token, token_log_prob = sample_token(next_logits(), rng, params)
-        if is_end_of_sequence(token):
-            return result(finished=True)
-        tokens.append(token)
-        log_prob += token_log_prob
-        step_text += text.push(token)
-        if params.stop and find_stop(before, step_text, params.stop) is not None:
-            return result(finished=True)
-        if split_at_delimiter(step_text, params.delimiter) is not None:
-            return result(finished=False)
-        if len(tokens) < limit:
+    decoder = StepDecoder(text, is_end_of_sequence, rng, params, room, before)
+    while decoder.result is None:
+        token = decoder.feed(next_logits())
+        if token is not None:
             append(token)
-    return result(finished=limit < params.max_step_tokens, truncated=True)
+    return decoder.result
+
+
+def decode_steps_in_lockstep(
+    decoders: Sequence[StepDecoder],
+    first_logits: Sequence[np.ndarray | None],
+    forward: Callable[[list[tuple[int, int]]], Sequence[np.ndarray]],
+) -> list[StepResult]:
+    """Advance several :class:`StepDecoder` together: one ``forward`` per token position
+    for all the particles whose step goes on.
+
+    Args:
+        decoders: one per particle.
+        first_logits: the logits after each particle's context (``None`` for a decoder
+            that has already ended).
+        forward: ``[(particle index, token), ...] -> logits after each``; it appends each
+            token to that particle's sequence.
+    """
+    pending: dict[int, int] = {}
+    for i, (decoder, logits) in enumerate(zip(decoders, first_logits, strict=True)):
+        if decoder.result is None:
+            token = decoder.feed(logits)
+            if token is not None:
+                pending[i] = token
+    while pending:
+        batch = sorted(pending.items())
+        next_logits = forward(batch)
+        pending = {}
+        for (i, _), logits in zip(batch, next_logits, strict=True):
+            token = decoders[i].feed(logits)
+            if token is not None:
+                pending[i] = token
+    return [decoder.result for decoder in decoders]  # type: ignore[misc]
 
 
 def context_tokens(prompt: TokenText, prefix, tokenize: Callable[[str], list[int]]) -> list[int]:
