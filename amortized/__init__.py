@@ -6,6 +6,7 @@
 * :mod:`amortized.tasks` — simulators with exact or reference posteriors.
 * :mod:`amortized.calibration` — SBC, TARP and C2ST for any amortized posterior.
 * :mod:`amortized.npe` — neural posterior estimation with ``flows`` (the baseline).
+* :mod:`amortized.inference_data` — ArviZ export of any amortized posterior's draws.
 """
 
 from amortized import tasks
@@ -24,6 +25,7 @@ from amortized.gmm import (
     monte_carlo_kl,
     sign_symmetrize,
 )
+from amortized.inference_data import to_inference_data
 from amortized.npe import NPEPosterior, NPEResult, train_npe
 from amortized.training import TrainResult, default_optimizer, load_checkpoint, train
 from amortized.transformer import DistributionTransformer, sequential_posterior
@@ -50,4 +52,5 @@ __all__ = [
     "NPEPosterior",
     "NPEResult",
     "tasks",
+    "to_inference_data",
 ]

@@ -610,6 +610,66 @@ class Circuit(eqx.Module):
         out = _jit_sample_conditional(key, self, x2, mask)
         return out.reshape(batch_shape + (self.num_variables,))
 
+    def to_inference_data(self, key: PRNGKeyArray, num_samples: int = 1000, *,
+                          num_chains: int = 1, x: Float[Array, " V"] | None = None,
+                          evidence: Bool[Array, " V"] | None = None):
+        """Circuit samples as ArviZ ``InferenceData``.
+
+        Without ``evidence``: ``num_chains * num_samples`` independent draws of
+        :math:`p(x)` (:meth:`sample`), split into ``num_chains`` chains (independent
+        draws, so ``r_hat`` is 1 up to noise: a check of the export, not of mixing).
+        With ``x`` and ``evidence`` (one row, ``(V,)``): draws of
+        :math:`p(x_M \\mid x_E)` (:meth:`sample_conditional`) for the unobserved
+        variables :math:`M`.
+
+        Groups: ``posterior`` ``x`` with dims ``("variable",)`` and the variables'
+        indices as coordinates (only those of :math:`M` with evidence);
+        ``sample_stats`` ``lp``, :math:`\\log p(x)` of each (completed) draw; with
+        evidence, ``observed_data`` ``x_observed`` (the evidence values, coordinates
+        the observed variables). There is no ``log_likelihood`` group: the draws are
+        values of the circuit's variables, not parameters given data, so there is
+        nothing for ``arviz.loo`` to leave out (it raises a ``TypeError`` saying the
+        group is missing).
+
+        Raises:
+            TypeError: if ``key`` is not a JAX PRNG key.
+            ValueError: a bad count, ``x`` / ``evidence`` given alone or not one row of
+                ``V`` values, or evidence of probability zero.
+        """
+        from probinf.diagnostics import to_inference_data
+
+        _check_key(key)
+        for name, value in (("num_samples", num_samples), ("num_chains", num_chains)):
+            if isinstance(value, bool) or not isinstance(value, (int, np.integer)) or value < 1:
+                raise ValueError(f"`{name}` must be a positive integer, got {value!r}")
+        total = int(num_samples) * int(num_chains)
+        variables = np.arange(self.num_variables)
+        groups, coords = {}, {}
+        if (x is None) != (evidence is None):
+            raise ValueError("`x` and `evidence` go together: give both (conditional draws) or "
+                             "neither")
+        if x is None:
+            draws = self.sample(key, total)
+            query = variables
+        else:
+            row, mask = np.asarray(x), np.asarray(evidence, bool)
+            if row.shape != (self.num_variables,) or mask.shape != row.shape:
+                raise ValueError(f"`x` and `evidence` must be one row of {self.num_variables} "
+                                 f"values each, got shapes {row.shape} and {mask.shape}")
+            draws = self.sample_conditional(key, np.broadcast_to(row, (total, row.shape[0])),
+                                            np.broadcast_to(mask, (total, row.shape[0])))
+            query = variables[~mask]
+            if query.size == 0:
+                raise ValueError("`evidence` observes every variable: there is nothing to sample")
+            groups["observed_data"] = {"x_observed": row[mask]}
+            coords["observed_variable"] = variables[mask]
+        log_p = np.asarray(self.log_prob(draws), np.float64)
+        draws = np.asarray(draws).reshape(num_chains, num_samples, -1)[..., query]
+        coords["variable"] = query
+        dims = {"x": ["variable"], "x_observed": ["observed_variable"]}
+        return to_inference_data({"x": draws}, sample_stats={"lp": log_p.reshape(num_chains, -1)},
+                                 coords=coords, dims=dims, **groups)
+
     # --------------------------------------------------- unchecked cores
     def _fill(self, slot_units, slot_values, x, observed):
         """Write the values of the selected input slots into ``x`` where not observed."""

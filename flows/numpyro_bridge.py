@@ -437,8 +437,39 @@ class FlowGuide:
 
     def to_inference_data(self, key: PRNGKeyArray, num_samples: int = 1000,
                           flow: Flow | Mapping[str, Any] | None = None, **kwargs: Any):
-        """Draws as an ArviZ ``InferenceData`` (one chain); ``kwargs`` go to ``arviz.from_dict``."""
-        from probinf.diagnostics import to_inference_data
+        """Draws as an ArviZ ``InferenceData`` (one chain), checked for collapse.
 
-        samples = self.sample_posterior(key, num_samples, flow)
-        return to_inference_data({k: v[None] for k, v in samples.items()}, **kwargs)
+        Groups: ``posterior`` (every latent and deterministic site, constrained),
+        ``log_likelihood`` (pointwise, per observed site: `arviz.loo` works),
+        ``observed_data``, and ``sample_stats`` with per draw ``lp``
+        ($\\log \\tilde p(z)$), ``log_weight`` ($\\log \\tilde p(z) - \\log q(z)$, with
+        $\\log q$ from the forward pass) and ``psis_log_weight`` (Pareto-smoothed,
+        normalised), and per chain ``khat`` (their Pareto $\\hat k$) and ``ess`` (of the
+        smoothed weights). See
+        `probinf.diagnostics.target_inference_data`.
+
+        The draws are the flow's own, so `arviz.loo` gives the LOO of the approximation;
+        for the posterior's, fit with `probinf.fit` and export
+        ``FitResult.to_inference_data(key, resample=True)``.
+
+        Args:
+            key: PRNG key.
+            num_samples: number of draws.
+            flow: the trained flow, numpyro SVI params, or ``None`` for the guide's flow.
+            **kwargs: passed to `probinf.to_inference_data` (``coords``, ``dims``, ...).
+        """
+        from probinf.diagnostics import effective_sample_size, psis, target_inference_data
+
+        check_key(key)
+        num_samples = check_num_samples(num_samples, "num_samples")
+        z, log_q = self._resolve(flow).sample_and_log_prob(key, num_samples)
+        if num_samples >= MIN_DRAWS_FOR_SPREAD:
+            self._warn_if_collapsed(self._spread(z)[1])
+        log_p = np.asarray(self.target.log_density(z), np.float64)
+        with np.errstate(invalid="ignore"):
+            log_weight = log_p - np.asarray(log_q, np.float64)
+        smoothed, khat = psis(log_weight)
+        stats = {"lp": log_p[None], "log_weight": log_weight[None],
+                 "psis_log_weight": smoothed[None], "khat": (("chain",), np.array([khat])),
+                 "ess": (("chain",), np.array([float(effective_sample_size(smoothed))]))}
+        return target_inference_data(self.target, z[None], sample_stats=stats, **kwargs)

@@ -124,18 +124,20 @@ def infer(
 
     Returns:
         ``InferenceData`` with a ``posterior`` group (one chain of ``num_draws`` draws,
-        every latent and deterministic site) and a ``sample_stats`` group holding the
-        per-draw log importance weight where one applies. ``idata.posterior.attrs`` has
-        ``inference_path`` (what ran), the $\\hat k$, ESS, ELBO and log-evidence estimate
-        of each proposal, the tempered-SMC log evidence when it ran, and each stage's
-        wall time in seconds (``time_<stage>_s``).
+        every latent and deterministic site), ``log_likelihood`` (pointwise, per observed
+        site, so `arviz.loo` works) and ``observed_data`` groups, and a ``sample_stats``
+        group holding each draw's ``lp`` and, where one applies, its log importance
+        weight. ``idata.posterior.attrs`` has ``inference_path`` (what ran), the
+        $\\hat k$, ESS, ELBO and log-evidence estimate of each proposal, the tempered-SMC
+        log evidence when it ran, and each stage's wall time in seconds
+        (``time_<stage>_s``).
 
     Raises:
         ValueError: an unknown ``method``, a non-positive ``num_draws`` /
             ``num_proposals`` / ``min_ess``, or a model ``from_numpyro`` rejects.
     """
     from probinf import vi
-    from probinf.diagnostics import to_inference_data
+    from probinf.diagnostics import target_inference_data
     from probinf.target import from_numpyro
 
     if method not in METHODS:
@@ -219,8 +221,7 @@ def infer(
     attrs["inference_path"] = path
     attrs.update({f"time_{stage}_s": seconds for stage, seconds in timings.items()})
     attrs["time_total_s"] = sum(timings.values())
-    samples = {name: np.asarray(v)[None] for name, v in target.constrain(jnp.asarray(draws)).items()}
-    idata = to_inference_data(samples, sample_stats=sample_stats)
+    idata = target_inference_data(target, jnp.asarray(draws)[None], sample_stats=sample_stats)
     idata.posterior.attrs.update(attrs)
     return idata
 

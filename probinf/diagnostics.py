@@ -2,29 +2,67 @@
 
 from __future__ import annotations
 
+import functools
 import math
 import warnings
 from collections.abc import Mapping
+from typing import Any
 
+import equinox as eqx
+import jax
 import jax.numpy as jnp
 import numpy as np
 from jaxtyping import Array, ArrayLike
 
-__all__ = ["to_inference_data", "effective_sample_size", "psis", "khat_threshold"]
+__all__ = [
+    "to_inference_data",
+    "target_inference_data",
+    "pointwise_log_likelihood",
+    "effective_sample_size",
+    "psis",
+    "khat_threshold",
+]
 
 
-def to_inference_data(samples: Mapping[str, Array], *, log_likelihood=None, **kwargs):
-    """Named samples of shape ``(chains, draws, *site_shape)`` as ArviZ ``InferenceData``.
+def to_inference_data(
+    samples: Mapping[str, ArrayLike],
+    *,
+    log_likelihood: Mapping[str, ArrayLike] | None = None,
+    observed_data: Mapping[str, ArrayLike] | None = None,
+    sample_stats: Mapping[str, Any] | None = None,
+    constant_data: Mapping[str, ArrayLike] | None = None,
+    **kwargs: Any,
+):
+    """Named draws of shape ``(chains, draws, *site_shape)`` as ArviZ ``InferenceData``.
+
+    The one builder every result's export goes through. Groups (ArviZ's schema):
+
+    * ``posterior``: ``samples``;
+    * ``log_likelihood``: pointwise log likelihood per observed site, leading
+      ``(chains, draws)`` then one axis per observation (what `arviz.loo` and
+      `arviz.waic` read; with several sites they need ``var_name``);
+    * ``observed_data`` / ``constant_data``: arrays without chain and draw axes;
+    * ``sample_stats``: per-draw statistics with leading ``(chains, draws)`` axes
+      (``lp``, ``log_weight``, ...). A value may also be an xarray-style pair
+      ``(dims, array)`` whose first dim is ``"chain"``, for statistics of a whole run
+      rather than of a draw: ``(("chain",), log_evidence)`` or
+      ``(("chain", "stage"), temperatures)``.
 
     Args:
         samples: site name -> array with leading ``(chains, draws)`` axes.
-        log_likelihood: optional mapping of the same layout for the log likelihood group.
-        **kwargs: passed to `arviz.from_dict` (``coords``, ``dims``, ...).
+        log_likelihood: optional site name -> ``(chains, draws, *observation_shape)``.
+        observed_data: optional site name -> observed values.
+        sample_stats: optional statistics, as above.
+        constant_data: optional name -> array (inputs that are not observations).
+        **kwargs: passed to `arviz.from_dict` (``coords``, ``dims``, ``attrs``, ...).
 
     Raises:
-        ValueError: if ``samples`` is empty or the sites disagree on ``(chains, draws)``.
+        ValueError: if ``samples`` is empty, a site or statistic disagrees with the
+            ``(chains, draws)`` axes of the others (the message names it), or a run
+            statistic's dims do not start with ``"chain"`` or do not match its shape.
     """
     import arviz as az
+    import xarray as xr
 
     if not samples:
         raise ValueError("`samples` is empty: nothing to export")
@@ -36,10 +74,206 @@ def to_inference_data(samples: Mapping[str, Array], *, log_likelihood=None, **kw
             "every site in `samples` needs the same leading (chains, draws) axes, got "
             + ", ".join(f"{k}: {v}" for k, v in leading.items())
         )
-    extra = {} if log_likelihood is None else {
-        "log_likelihood": {k: np.asarray(v) for k, v in log_likelihood.items()}
-    }
-    return az.from_dict(posterior=posterior, **extra, **kwargs)
+    chains_draws = shapes.pop()
+    groups: dict[str, dict[str, np.ndarray]] = {}
+    if log_likelihood:
+        groups["log_likelihood"] = _per_draw(log_likelihood, chains_draws, "log_likelihood")
+    per_draw_stats, run_stats = {}, {}
+    for name, value in (sample_stats or {}).items():
+        if isinstance(value, tuple):
+            run_stats[name] = _run_stat(name, value, chains_draws[0])
+        else:
+            per_draw_stats[name] = value
+    if per_draw_stats:
+        groups["sample_stats"] = _per_draw(per_draw_stats, chains_draws, "sample_stats")
+    if observed_data:
+        groups["observed_data"] = {k: np.asarray(v) for k, v in observed_data.items()}
+    if constant_data:
+        groups["constant_data"] = {k: np.asarray(v) for k, v in constant_data.items()}
+    idata = az.from_dict(posterior=posterior, **groups, **kwargs)
+    if run_stats:
+        chain = idata.posterior["chain"].values
+        stats = {name: xr.DataArray(array, dims=dims, coords={"chain": chain})
+                 for name, (dims, array) in run_stats.items()}
+        if "sample_stats" in idata.groups():
+            idata.sample_stats = idata.sample_stats.assign(stats)
+        else:
+            dataset = xr.Dataset(stats)
+            dataset.attrs.update(idata.posterior.attrs)
+            idata.add_groups(sample_stats=dataset)
+    return idata
+
+
+def _per_draw(group: Mapping[str, ArrayLike], chains_draws: tuple[int, int],
+              name: str) -> dict[str, np.ndarray]:
+    arrays = {k: np.asarray(v) for k, v in group.items()}
+    for key, value in arrays.items():
+        if value.shape[:2] != chains_draws:
+            raise ValueError(
+                f"`{name}['{key}']` must have the samples' leading (chains, draws) axes "
+                f"{chains_draws}, got shape {value.shape}"
+            )
+    return arrays
+
+
+def _run_stat(name: str, value: tuple, num_chains: int) -> tuple[tuple[str, ...], np.ndarray]:
+    if len(value) != 2:
+        raise ValueError(f"`sample_stats['{name}']` must be an array or a (dims, array) pair")
+    dims, array = tuple(value[0]), np.asarray(value[1])
+    if not dims or dims[0] != "chain" or len(dims) != array.ndim or array.shape[0] != num_chains:
+        raise ValueError(
+            f"`sample_stats['{name}']` must be (dims, array) with dims starting with 'chain', one "
+            f"per axis, and {num_chains} chain(s); got dims {dims} and shape {array.shape}"
+        )
+    return dims, array
+
+
+# Target evaluations per vectorised batch: bounds the memory of models with big data.
+_TARGET_BATCH = 128
+# Largest log_likelihood group target_inference_data builds on its own (400 MB of float64).
+MAX_LOG_LIKELIHOOD_ENTRIES = 50_000_000
+
+
+def pointwise_log_likelihood(target, draws: ArrayLike) -> dict[str, np.ndarray]:
+    """Log likelihood of every observation at each draw, for a target from a numpyro model.
+
+    For draws $z$ on the target's unconstrained space, the model's sites
+    $\\theta = T(z)$ (`probinf.Target.constrain`, deterministic sites included) are
+    substituted into the model and numpyro's own
+    ``numpyro.infer.util.log_likelihood`` scores each observed site,
+    $\\log p(y_i \\mid \\theta)$ per observation $i$: one entry per element of the
+    site's batch shape (an event, such as one row of a ``MultivariateNormal``, is one
+    observation). Masked-out observations score 0, as numpyro scores them; ``factor``
+    sites are not observations and are left out. This is the ``log_likelihood`` group
+    that `arviz.loo` and `arviz.waic` need.
+
+    Args:
+        target: a `probinf.Target` made by `probinf.from_numpyro`.
+        draws: ``(..., dim)`` unconstrained draws; leading axes are batch axes (e.g.
+            ``(chains, draws)``).
+
+    Returns:
+        ``{site: (..., *site_batch_shape)}`` float64 arrays, one per likelihood site.
+
+    Raises:
+        ValueError: if the target was not made from a numpyro model (a `from_logdensity`
+            target is one log density: which part of it is likelihood is not known), or
+            ``draws`` has the wrong last axis.
+    """
+    info = getattr(target, "numpyro_model", None)
+    if info is None:
+        raise ValueError(
+            "`target` has no numpyro model (it was made by from_logdensity, or is not a "
+            "probinf Target): a pointwise log likelihood needs the model's observed sites; "
+            "build the target with probinf.from_numpyro"
+        )
+    draws = jnp.asarray(draws)
+    constrained = target.constrain(draws)  # checks the last axis
+    batch_shape = draws.shape[:-1]
+    if not info.likelihood_sites:
+        return {}
+    count = int(np.prod(batch_shape))
+    flat = {k: v.reshape((count, *v.shape[len(batch_shape):])) for k, v in constrained.items()}
+    values = _log_likelihood_of(info, flat, min(_TARGET_BATCH, max(count, 1)))
+    return {name: np.asarray(v, np.float64).reshape(batch_shape + v.shape[1:])
+            for name, v in values.items()}
+
+
+def _log_likelihood_fits(info, num_draws: int) -> bool:
+    """Whether the log_likelihood group stays under `MAX_LOG_LIKELIHOOD_ENTRIES`; warns if not.
+
+    Counted from the observed values (an upper bound: an event counts each of its entries).
+    """
+    if info.observed_data is None:
+        return True
+    entries = num_draws * sum(int(np.size(v)) for v in info.observed_data.values())
+    if entries <= MAX_LOG_LIKELIHOOD_ENTRIES:
+        return True
+    warnings.warn(
+        f"the log_likelihood group was left out: {num_draws} draws times "
+        f"{entries // num_draws} observations is about {entries:.3g} values (over "
+        f"{MAX_LOG_LIKELIHOOD_ENTRIES:.3g}); compute it for a subset of the draws with "
+        "probinf.diagnostics.pointwise_log_likelihood(target, draws) if you need az.loo",
+        RuntimeWarning, stacklevel=3)
+    return False
+
+
+@functools.partial(jax.jit, static_argnums=(0, 2))
+def _log_likelihood_of(info, flat_samples, batch_size):
+    """Compiled once per model (``info`` hashes by identity) and shape."""
+    from numpyro.infer.util import log_likelihood
+
+    def one(sample):
+        scores = log_likelihood(info.model, sample, *info.args, batch_ndims=0, **info.kwargs)
+        return {name: scores[name] for name in info.likelihood_sites}
+
+    return jax.lax.map(one, flat_samples, batch_size=batch_size)
+
+
+@eqx.filter_jit
+def _log_densities(target, flat_draws, batch_size):
+    return jax.lax.map(target.log_density, flat_draws, batch_size=batch_size)
+
+
+def target_inference_data(
+    target,
+    draws: ArrayLike,
+    *,
+    sample_stats: Mapping[str, Any] | None = None,
+    log_likelihood: bool = True,
+    **kwargs: Any,
+):
+    """``InferenceData`` of unconstrained draws ``(chains, draws, dim)`` of a `probinf.Target`.
+
+    The export of every result on a Target (VI fits, flow guides, tempered SMC,
+    `probinf.infer`):
+
+    * ``posterior``: the model's named, constrained sites (`Target.constrain`);
+    * ``sample_stats``: ``lp``, the target's log density $\\log \\tilde p(z)$ on the
+      unconstrained space (log-Jacobian included, like Stan's ``lp__``), plus the
+      caller's ``sample_stats``;
+    * for a target from `probinf.from_numpyro`: ``log_likelihood``
+      (`pointwise_log_likelihood`) and ``observed_data`` (the observed sites' values).
+      A `from_logdensity` target has neither: its density does not say which part
+      is likelihood.
+
+    The draws must be equally weighted for ArviZ's summaries and `arviz.loo` to mean
+    what they say: export importance-weighted draws after resampling them (the log
+    weights may ride along in ``sample_stats``).
+
+    Args:
+        target: a `probinf.Target`.
+        draws: ``(chains, draws, dim)`` unconstrained draws.
+        sample_stats: extra statistics (see `to_inference_data`); an ``lp`` given here
+            is used as is.
+        log_likelihood: compute the ``log_likelihood`` group (when the target has a
+            numpyro model). Above `MAX_LOG_LIKELIHOOD_ENTRIES` values (draws times
+            observations) it is left out with a ``RuntimeWarning``.
+        **kwargs: passed to `to_inference_data`.
+
+    Raises:
+        ValueError: if ``draws`` is not ``(chains, draws, target.dim)``.
+    """
+    draws = jnp.asarray(draws)
+    if draws.ndim != 3 or draws.shape[-1] != target.dim:
+        raise ValueError(
+            f"`draws` must have shape (chains, draws, {target.dim}) (the target's dim), got "
+            f"{tuple(draws.shape)}"
+        )
+    samples = {name: np.asarray(v) for name, v in target.constrain(draws).items()}
+    stats = dict(sample_stats or {})
+    if "lp" not in stats:
+        flat = draws.reshape(-1, target.dim)
+        lp = _log_densities(target, flat, min(_TARGET_BATCH, flat.shape[0]))
+        stats["lp"] = np.asarray(lp, np.float64).reshape(draws.shape[:2])
+    groups: dict[str, Any] = {}
+    info = getattr(target, "numpyro_model", None)
+    if info is not None:
+        if log_likelihood and _log_likelihood_fits(info, draws.shape[0] * draws.shape[1]):
+            groups["log_likelihood"] = pointwise_log_likelihood(target, draws)
+        if info.observed_data:
+            groups["observed_data"] = info.observed_data
+    return to_inference_data(samples, sample_stats=stats, **groups, **kwargs)
 
 
 def effective_sample_size(log_weights: ArrayLike) -> Array:

@@ -14,6 +14,7 @@ and `from_logdensity` for a plain JAX function.
 
 from __future__ import annotations
 
+import dataclasses
 import functools
 import warnings
 from collections.abc import Callable, Mapping
@@ -28,11 +29,38 @@ from jaxtyping import Array, Float
 
 from probinf._checks import check_finite
 
-__all__ = ["Target", "from_numpyro", "from_logdensity"]
+__all__ = ["Target", "NumpyroModel", "from_numpyro", "from_logdensity"]
 
 
 def _identity_constrain(z: Array) -> dict[str, Array]:
     return {"z": z}
+
+
+@dataclasses.dataclass(frozen=True, eq=False)
+class NumpyroModel:
+    """The numpyro model behind a `Target` made by `from_numpyro`.
+
+    What ArviZ export needs besides the density: the model to score observations with
+    (`probinf.diagnostics.pointwise_log_likelihood` runs numpyro's own
+    ``numpyro.infer.util.log_likelihood`` on it) and the observed data. A plain object,
+    not a pytree: JAX sees it as one static leaf, so the arrays it holds are never traced.
+
+    Attributes:
+        model: the model as the target's density uses it (``param`` sites held at their
+            initial values, a fixed key for ``numpyro.prng_key()``).
+        args: its positional arguments.
+        kwargs: its keyword arguments.
+        observed_data: ``{site: value}`` of every observed sample site that is a
+            likelihood term (``numpyro.factor`` sites are not: they have no data), or
+            ``None`` when the values were traced (``from_numpyro`` under ``jit``).
+        likelihood_sites: names of those sites, in model order.
+    """
+
+    model: Callable
+    args: tuple
+    kwargs: Mapping[str, Any]
+    observed_data: Mapping[str, np.ndarray] | None
+    likelihood_sites: tuple[str, ...]
 
 
 class Target(eqx.Module):
@@ -51,6 +79,10 @@ class Target(eqx.Module):
             finite log density and gradient.
         site_shape_items: ``(name, shape)`` of every named site returned by
             ``constrain`` (hashable, as a static field must be); see `site_shapes`.
+        numpyro_model: the `NumpyroModel` of a target made by `from_numpyro` (its
+            model, data and likelihood sites, for pointwise log likelihoods and ArviZ's
+            ``observed_data``); ``None`` for `from_logdensity` targets, whose density
+            does not say which part is likelihood.
     """
 
     log_density_fn: Callable[..., Array]
@@ -59,6 +91,7 @@ class Target(eqx.Module):
     constrain_fn: Callable[[Array], dict[str, Array]] = _identity_constrain
     init_position: Array | None = None
     site_shape_items: tuple[tuple[str, tuple[int, ...]], ...] = eqx.field(static=True, default=())
+    numpyro_model: NumpyroModel | None = None
 
     @property
     def site_shapes(self) -> dict[str, tuple[int, ...]]:
@@ -310,7 +343,22 @@ def from_numpyro(
         constrain_fn=constrain,
         init_position=flat_init,
         site_shape_items=tuple(site_shapes.items()),
+        numpyro_model=_numpyro_model(prepared, args, kwargs, trace),
     )
+
+
+def _numpyro_model(prepared: Callable, args: tuple, kwargs: dict,
+                   trace: dict[str, Any]) -> NumpyroModel:
+    """The model, its arguments and its likelihood sites (observed, not ``factor``)."""
+    from numpyro.distributions import Unit
+
+    sites = tuple(name for name, site in trace.items()
+                  if site["type"] == "sample" and site["is_observed"]
+                  and not isinstance(_unwrap_distribution(site["fn"])[0], Unit))
+    values = [trace[name]["value"] for name in sites]
+    observed = (None if any(isinstance(v, jax.core.Tracer) for v in values)
+                else {name: np.asarray(v) for name, v in zip(sites, values, strict=True)})
+    return NumpyroModel(prepared, tuple(args), dict(kwargs), observed, sites)
 
 
 def _check_key(key: Any) -> Array:

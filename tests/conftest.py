@@ -24,6 +24,44 @@ def shared_data() -> pathlib.Path:
     return SHARED_DATA
 
 
+class ConjugateNormalMean:
+    """y_i ~ N(mu, noise_sd^2), mu ~ N(0, prior_sd^2): posterior and leave-one-out in closed form."""
+
+    y = (1.2, 0.3, 2.1, 1.7, 0.8, 1.1, 1.9, 0.4, 1.5, 1.0, -0.3, 2.4)
+    prior_sd, noise_sd = 2.0, 1.0
+
+    def model(self, y):
+        import numpyro
+        import numpyro.distributions as dist
+
+        mu = numpyro.sample("mu", dist.Normal(0.0, self.prior_sd))
+        with numpyro.plate("data", y.shape[0]):
+            numpyro.sample("y", dist.Normal(mu, self.noise_sd), obs=y)
+
+    def posterior_mean_and_var(self, y) -> tuple[float, float]:
+        import numpy as np
+
+        var = 1.0 / (1.0 / self.prior_sd**2 + len(y) / self.noise_sd**2)
+        return var * float(np.sum(y)) / self.noise_sd**2, var
+
+    def exact_loo(self, y):
+        """log p(y_i | y_-i) = log N(y_i; m_-i, s_-i^2 + noise_sd^2)."""
+        import numpy as np
+        from scipy import stats
+
+        y = np.asarray(y, np.float64)
+        out = []
+        for i in range(y.size):
+            mean, var = self.posterior_mean_and_var(np.delete(y, i))
+            out.append(stats.norm.logpdf(y[i], mean, np.sqrt(var + self.noise_sd**2)))
+        return np.array(out)
+
+
+@pytest.fixture(scope="session")
+def conjugate_normal_mean() -> ConjugateNormalMean:
+    return ConjugateNormalMean()
+
+
 @pytest.fixture(scope="module", autouse=True)
 def _release_compiled_programs():
     """Drop JAX's compiled programs after each test module.

@@ -64,6 +64,26 @@ def test_flat_prior_gaussian_posterior_takes_the_pathfinder_path():
     assert "log_importance_weight" in idata.sample_stats
     for stage in ("target", "pathfinder", "correction", "total"):
         assert attrs[f"time_{stage}_s"] >= 0.0
+    _check_arviz_groups(idata)
+
+
+def _check_arviz_groups(idata):
+    """log_likelihood and observed_data of flat_normal_mean, and az.loo against the exact LOO:
+    p(y_i | y_-i) = N(y_i; mean(y_-i), SIGMA^2 (1 + 1 / (n - 1))) under the flat prior."""
+    import arviz as az
+    from scipy import stats
+
+    y = np.asarray(OBS, np.float64)
+    mu = idata.posterior["mu"].values
+    np.testing.assert_allclose(idata.log_likelihood["y"],
+                               stats.norm.logpdf(y, mu[..., None], SIGMA), rtol=1e-4, atol=1e-5)
+    np.testing.assert_array_equal(idata.observed_data["y"], OBS)
+    n = y.size
+    rest_means = (y.sum() - y) / (n - 1)
+    exact = stats.norm.logpdf(y, rest_means, SIGMA * math.sqrt(1 + 1 / (n - 1)))
+    loo = az.loo(idata, pointwise=True)
+    assert abs(loo.elpd_loo - exact.sum()) < 0.1
+    np.testing.assert_allclose(loo.loo_i.values, exact, atol=0.05)
 
 
 def test_auto_path_on_a_skewed_posterior_matches_the_gamma_posterior():
@@ -76,6 +96,13 @@ def test_auto_path_on_a_skewed_posterior_matches_the_gamma_posterior():
     # Deterministic sites come along, computed from the same draws.
     np.testing.assert_allclose(idata.posterior["log_rate"], np.log(idata.posterior["rate"]),
                                rtol=1e-5)
+    # Whichever path ran, the draws come with their pointwise log likelihood.
+    from scipy import stats
+
+    rate = idata.posterior["rate"].values
+    np.testing.assert_allclose(idata.log_likelihood["y"],
+                               stats.poisson.logpmf(np.asarray(COUNTS), rate[..., None]),
+                               rtol=1e-4, atol=1e-5)
 
 
 def test_forced_tempered_smc_path_matches_the_gamma_posterior():

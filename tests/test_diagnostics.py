@@ -14,6 +14,118 @@ def test_to_inference_data_shapes_and_errors():
         probinf.to_inference_data({"a": np.zeros((2, 5)), "b": np.zeros((3, 5))})
 
 
+def test_to_inference_data_groups_and_run_statistics():
+    idata = probinf.to_inference_data(
+        {"mu": np.zeros((2, 5))},
+        log_likelihood={"y": np.ones((2, 5, 3))},
+        observed_data={"y": np.arange(3.0)},
+        constant_data={"x": np.arange(4.0)},
+        sample_stats={"lp": np.full((2, 5), -1.0),
+                      "log_evidence": (("chain",), np.array([1.0, 2.0])),
+                      "temperature": (("chain", "stage"), np.array([[0.5, 1.0], [0.2, 1.0]]))},
+    )
+    assert set(idata.groups()) == {"posterior", "log_likelihood", "observed_data",
+                                   "constant_data", "sample_stats"}
+    stats = idata.sample_stats
+    assert stats["lp"].dims == ("chain", "draw")
+    assert stats["log_evidence"].dims == ("chain",)
+    assert stats["temperature"].dims == ("chain", "stage")
+    np.testing.assert_array_equal(stats["temperature"].sel(chain=1), [0.2, 1.0])
+    # The same observation axis in both groups: ArviZ pairs them by dimension name.
+    assert idata.log_likelihood["y"].dims[2] == idata.observed_data["y"].dims[0]
+    only_run = probinf.to_inference_data({"mu": np.zeros((1, 5))},
+                                         sample_stats={"khat": (("chain",), np.array([0.3]))})
+    assert float(only_run.sample_stats["khat"][0]) == 0.3
+    with pytest.raises(ValueError, match=r"`log_likelihood\['y'\]` must have the samples' leading"):
+        probinf.to_inference_data({"mu": np.zeros((2, 5))}, log_likelihood={"y": np.ones((1, 5, 3))})
+    with pytest.raises(ValueError, match=r"`sample_stats\['lp'\]`"):
+        probinf.to_inference_data({"mu": np.zeros((2, 5))}, sample_stats={"lp": np.ones(5)})
+    with pytest.raises(ValueError, match="dims starting with 'chain'"):
+        probinf.to_inference_data({"mu": np.zeros((2, 5))},
+                                  sample_stats={"t": (("stage",), np.ones(3))})
+    with pytest.raises(ValueError, match="2 chain"):
+        probinf.to_inference_data({"mu": np.zeros((2, 5))},
+                                  sample_stats={"t": (("chain",), np.ones(3))})
+
+
+def _observed_sites_model(x, y, counts, mask):
+    """Every kind of site pointwise_log_likelihood meets: a constrained latent, a
+    deterministic site, an event-shaped observation, a masked one and a factor."""
+    import numpyro
+    import numpyro.distributions as dist
+
+    mu = numpyro.sample("mu", dist.Normal(0.0, 2.0))
+    sigma = numpyro.sample("sigma", dist.HalfNormal(1.0))
+    slope = numpyro.deterministic("slope", 2.0 * mu)
+    with numpyro.plate("rows", x.shape[0]):
+        numpyro.sample("y", dist.Normal(slope * x, sigma), obs=y)
+    numpyro.sample("pairs", dist.MultivariateNormal(jnp.stack([mu, -mu]), jnp.eye(2) * sigma**2)
+                   .expand([counts.shape[0]]), obs=counts)
+    with numpyro.handlers.mask(mask=mask):
+        numpyro.sample("masked", dist.Normal(mu, 1.0).expand([mask.shape[0]]), obs=jnp.zeros(3))
+    numpyro.factor("penalty", -0.5 * mu**2)
+
+
+MODEL_ARGS = (jnp.array([0.5, -1.0, 2.0, 0.1]), jnp.array([1.1, -1.7, 3.0, 0.0]),
+              jnp.array([[0.3, -0.2], [1.0, -1.5]]), jnp.array([True, False, True]))
+
+
+def test_pointwise_log_likelihood_matches_numpyro_and_closed_form():
+    from numpyro.infer.util import log_likelihood
+    from scipy import stats
+
+    from probinf.diagnostics import pointwise_log_likelihood
+
+    target = probinf.from_numpyro(_observed_sites_model, *MODEL_ARGS)
+    z = np.random.default_rng(0).normal(size=(2, 7, target.dim))
+    got = pointwise_log_likelihood(target, z)
+    assert set(got) == {"y", "pairs", "masked"}  # the factor is no observation
+    assert got["y"].shape == (2, 7, 4) and got["pairs"].shape == (2, 7, 2)
+    sites = target.constrain(jnp.asarray(z))
+    # numpyro's own function on the user's model (not the target's prepared copy).
+    reference = log_likelihood(_observed_sites_model, sites, *MODEL_ARGS, batch_ndims=2)
+    for name in got:
+        np.testing.assert_allclose(got[name], reference[name], rtol=1e-5, atol=1e-5)
+    x, y, counts, mask = (np.asarray(a, np.float64) for a in MODEL_ARGS)
+    mu, sigma = np.asarray(sites["mu"], np.float64), np.asarray(sites["sigma"], np.float64)
+    expected_y = stats.norm.logpdf(y, 2 * mu[..., None] * x, sigma[..., None])
+    np.testing.assert_allclose(got["y"], expected_y, rtol=1e-4, atol=1e-4)
+    expected_pairs = (stats.norm.logpdf(counts[:, 0], mu[..., None], sigma[..., None])
+                      + stats.norm.logpdf(counts[:, 1], -mu[..., None], sigma[..., None]))
+    np.testing.assert_allclose(got["pairs"], expected_pairs, rtol=1e-4, atol=1e-4)
+    np.testing.assert_array_equal(got["masked"][..., 1], 0.0)  # masked out: numpyro scores 0
+    assert target.numpyro_model.likelihood_sites == ("y", "pairs", "masked")
+    np.testing.assert_array_equal(target.numpyro_model.observed_data["pairs"], counts)
+
+
+def test_target_inference_data_groups(monkeypatch):
+    from probinf.diagnostics import pointwise_log_likelihood, target_inference_data
+
+    target = probinf.from_numpyro(_observed_sites_model, *MODEL_ARGS)
+    z = np.random.default_rng(1).normal(size=(3, 4, target.dim))
+    idata = target_inference_data(target, z)
+    assert set(idata.groups()) == {"posterior", "log_likelihood", "observed_data", "sample_stats"}
+    assert set(idata.posterior.data_vars) == {"mu", "sigma", "slope"}
+    np.testing.assert_allclose(idata.sample_stats["lp"], target.log_density(jnp.asarray(z)),
+                               rtol=1e-5)
+    np.testing.assert_array_equal(idata.observed_data["y"], MODEL_ARGS[1])
+    assert "log_likelihood" not in target_inference_data(target, z, log_likelihood=False).groups()
+    # 12 draws x 11 observed values: over a limit of 100 the group is left out, and said so.
+    monkeypatch.setattr(probinf.diagnostics, "MAX_LOG_LIKELIHOOD_ENTRIES", 100)
+    with pytest.warns(RuntimeWarning, match="log_likelihood group was left out"):
+        big = target_inference_data(target, z)
+    assert "log_likelihood" not in big.groups() and "observed_data" in big.groups()
+    # A plain log density says nothing about which part is likelihood: no such groups.
+    plain = probinf.from_logdensity(lambda v: -0.5 * jnp.sum(v**2), 2)
+    assert plain.numpyro_model is None
+    idata = target_inference_data(plain, np.zeros((1, 5, 2)))
+    assert set(idata.groups()) == {"posterior", "sample_stats"}
+    with pytest.raises(ValueError, match="from_logdensity"):
+        pointwise_log_likelihood(plain, np.zeros((5, 2)))
+    with pytest.raises(ValueError, match=r"\(chains, draws, 2\)"):
+        target_inference_data(plain, np.zeros((5, 2)))
+
+
 def test_effective_sample_size():
     assert float(probinf.effective_sample_size(jnp.zeros(10))) == pytest.approx(10.0)
     one_hot = jnp.array([0.0, -jnp.inf, -jnp.inf])

@@ -368,6 +368,56 @@ class FilterResult(eqx.Module):
             )
         return self
 
+    def to_inference_data(
+        self,
+        key: PRNGKeyArray,
+        model: FeynmanKac,
+        *,
+        smoothing: bool = False,
+        num_draws: int | None = None,
+        observed_data: dict | None = None,
+    ):
+        r"""Filtering or smoothing draws as ArviZ ``InferenceData``.
+
+        * Filtering (default): at every step ``t``, ``num_draws`` states resampled from the
+          weighted cloud of $p(x_t \mid y_{0:t})$ (systematic resampling, then
+          shuffled), so each is an equally weighted draw, as ArviZ assumes. The same draw
+          index at two steps is *not* one trajectory. Needs ``store_history=True`` for every
+          step; without the history, only the last step's cloud is exported (no ``time``
+          axis). No ``log_likelihood``: filtering marginals are no joint posterior for
+          `arviz.loo`. Their leave-future-out counterpart is in ``sample_stats``: the
+          one-step-ahead predictive log densities $\log \hat p(y_t \mid y_{0:t-1})$
+          (``log_evidence_increment``), which sum to the log evidence.
+        * Smoothing (``smoothing=True``): ``num_draws`` trajectories by backward sampling
+          (`backward_sampling`; needs the history and ``model.log_transition_density``),
+          draws of $p(x_{0:T-1} \mid y_{0:T-1})$, with a pointwise ``log_likelihood``
+          ``y`` $= \log g_t(y_t \mid x_t)$ per step when ``model`` holds a
+          `StateSpaceModel` (``Bootstrap``, ``Guided``, ``Auxiliary`` of those), so
+          `arviz.loo` works (each time step is one observation).
+
+        Groups: ``posterior`` ``x`` (``(chain, draw, time, *state)``; a pytree of states
+        gives ``x_<field>`` variables); ``sample_stats`` per run: ``log_evidence``
+        (``chain``), ``log_evidence_increment``, ``ess``, ``resampled``
+        (``chain, time``); ``observed_data`` ``y``: ``observed_data`` if given, else the
+        state-space model's ``observations`` when it has them. A batch of independent
+        runs (``jax.vmap`` of `particle_filter` over keys) gives one chain per run.
+
+        Args:
+            key: PRNG key of the resampling or backward sampling.
+            model: the model that was filtered.
+            smoothing: export smoothing trajectories instead of filtering draws.
+            num_draws: draws per chain (default: the number of particles; backward
+                sampling costs $O(T\, n\, \text{num\_draws})$).
+            observed_data: ``{name: array}`` to export as ``observed_data``.
+
+        Raises:
+            ValueError: a failed run, ``smoothing`` without history, a bad ``num_draws``.
+        """
+        from probinf.smc._inference_data import filter_inference_data
+
+        return filter_inference_data(self, key, model, smoothing=bool(smoothing),
+                                     num_draws=num_draws, observed_data=observed_data)
+
     def genealogy(self) -> Particles:
         """Trace every final particle back through its ancestors: leaves ``(T, n, ...)``.
 

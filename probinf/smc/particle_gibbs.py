@@ -220,6 +220,38 @@ class ParticleGibbsResult(eqx.Module):
     trajectories: Any
     failure: Int[Array, " iterations"]
 
+    def to_inference_data(self, build_model: Callable[[Any], FeynmanKac] | None = None, *,
+                          burn_in: int = 0, observed_data: dict | None = None):
+        r"""The Gibbs draws as ArviZ ``InferenceData``; a batch of runs (``jax.vmap``) gives
+        one chain per run.
+
+        Iteration ``k`` stores the trajectory $x^{(k)}$ drawn by conditional SMC and
+        the parameters $\theta^{(k+1)} \sim p(\theta \mid x^{(k)}, y)$ drawn from it:
+        together one draw of $p(\theta, x_{0:T-1} \mid y)$ once the chain has mixed.
+
+        Groups: ``posterior`` with the parameters (``theta`` for one array; ``theta_<key>``
+        per leaf of a pytree) and the states ``x`` (``(chain, draw, time, *state)``);
+        ``log_likelihood`` ``y`` $= \log g_t(y_t \mid x_t, \theta)$ per step (each time
+        step is one observation, so `arviz.loo` works) when ``build_model`` is given and
+        its models hold a `probinf.smc.StateSpaceModel`; ``observed_data`` when given
+        (the model's observations may depend on $\theta$, so they are not guessed);
+        ``sample_stats`` ``failure`` (the sweep's failure code, 0 when sound).
+
+        Args:
+            build_model: the ``theta -> FeynmanKac`` model of the run, to score the
+                observations (``None``: no ``log_likelihood``).
+            burn_in: leading iterations to drop.
+            observed_data: ``{name: array}`` to export as ``observed_data``.
+
+        Raises:
+            ValueError: a failed sweep, a bad ``burn_in``, or a ``build_model`` without a
+                state-space model.
+        """
+        from probinf.smc._inference_data import particle_gibbs_inference_data
+
+        return particle_gibbs_inference_data(self, build_model, burn_in=burn_in,
+                                             observed_data=observed_data)
+
     def check(self) -> ParticleGibbsResult:
         """Raise a ``ValueError`` naming the first failing iteration; returns ``self`` if sound."""
         failures = np.asarray(self.failure).reshape(-1, np.shape(self.failure)[-1])

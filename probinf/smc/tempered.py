@@ -128,13 +128,36 @@ class TemperedResult(eqx.Module):
 
     def to_inference_data(self, target):
         """ArviZ ``InferenceData`` of ``target``'s sites: one chain of ``n`` draws, or one
-        chain per run for a batch of runs."""
-        from probinf.diagnostics import to_inference_data
+        chain per run for a batch of independent runs (``jax.vmap`` over keys).
 
-        samples = self.samples(target)
-        if np.ndim(self.particles) == 2:
-            samples = {k: v[None] for k, v in samples.items()}
-        return to_inference_data(samples)
+        Groups: ``posterior``; ``log_likelihood`` and ``observed_data`` when ``target``
+        came from `probinf.from_numpyro` (`arviz.loo` then works; the particles are
+        equally weighted); ``sample_stats`` with per draw ``lp`` and per run
+        ``log_evidence`` and ``num_stages`` (dims ``("chain",)``) and the stage
+        histories ``temperature`` (the tempering schedule), ``ess``,
+        ``acceptance_rate``, ``step_size``, ``mcmc_steps`` and
+        ``log_evidence_increment`` (dims ``("chain", "stage")``, cut to the longest
+        run and NaN after a run's last stage). See
+        `probinf.diagnostics.target_inference_data`.
+
+        Raises:
+            ValueError: if a run failed (see `check`): its particles are no posterior draws.
+        """
+        from probinf.diagnostics import target_inference_data
+
+        self.check()
+        batched = np.ndim(self.particles) == 3
+        per_run = self if batched else jax.tree.map(lambda leaf: leaf[None], self)
+        stages = max(int(np.max(np.asarray(per_run.num_stages))), 1)
+        history = {"temperature": per_run.temperatures, "ess": per_run.ess,
+                   "acceptance_rate": per_run.acceptance_rates, "step_size": per_run.step_sizes,
+                   "mcmc_steps": per_run.mcmc_steps,
+                   "log_evidence_increment": per_run.log_evidence_increments}
+        stats = {name: (("chain", "stage"), np.asarray(value)[:, :stages])
+                 for name, value in history.items()}
+        stats["log_evidence"] = (("chain",), np.asarray(per_run.log_evidence))
+        stats["num_stages"] = (("chain",), np.asarray(per_run.num_stages))
+        return target_inference_data(target, per_run.particles, sample_stats=stats)
 
 
 class _State(NamedTuple):

@@ -108,25 +108,62 @@ class FitResult:
                                    num_proposals=num_proposals, stacklevel=3)
         return {name: np.asarray(v) for name, v in self.target.constrain(jnp.asarray(z)).items()}
 
-    def to_inference_data(self, key: PRNGKeyArray, num_samples: int = 1000):
+    def to_inference_data(self, key: PRNGKeyArray, num_samples: int = 1000, *,
+                          resample: bool = False):
         """Draws from the fitted family as an ArviZ ``InferenceData`` (one chain).
 
-        ``sample_stats.log_weight`` holds each draw's log importance weight
-        $\\log \\tilde p(z) - \\log q(z)$ (e.g. for `arviz.psislw`). The fit's scalar
-        diagnostics are attributes of the posterior group, ``idata.posterior.attrs``:
-        ``vi_khat``, ``vi_khat_threshold``, ``vi_log_evidence``, ``vi_elbo``, ``vi_ess``,
-        ``vi_ess_raw``, ``vi_num_diagnostic_draws``, ``vi_num_nonfinite``, ``vi_verdict``,
-        ``vi_notes`` (when diagnosed), and ``vi_stop_reason``, ``vi_num_steps``.
+        Groups (see `probinf.diagnostics.target_inference_data`):
+
+        * ``posterior``: the model's named, constrained sites;
+        * ``sample_stats``: per draw ``lp`` ($\\log \\tilde p(z)$), and, for the
+          family's own draws, ``log_weight`` ($\\log \\tilde p(z) - \\log q(z)$) and
+          ``psis_log_weight`` (the Pareto-smoothed, normalised log weights of these
+          draws, for weighted estimates); per chain ``khat``, the Pareto $\\hat k$ of
+          the importance weights behind the draws (Yao et al. 2018), and ``ess``, the
+          effective sample size of their Pareto-smoothed weights;
+        * ``log_likelihood`` and ``observed_data`` when the target came from
+          `probinf.from_numpyro` (absent for a `probinf.from_logdensity` target).
+
+        The fit's scalar diagnostics are attributes of the posterior group,
+        ``idata.posterior.attrs``: ``vi_khat``, ``vi_khat_threshold``,
+        ``vi_log_evidence``, ``vi_elbo``, ``vi_ess``, ``vi_ess_raw``,
+        ``vi_num_diagnostic_draws``, ``vi_num_nonfinite``, ``vi_verdict``, ``vi_notes``
+        (when diagnosed), and ``vi_stop_reason``, ``vi_num_steps``.
+
+        How `arviz.loo` reads the result: ArviZ treats the draws as equally weighted
+        draws of the posterior. The family's own draws (``resample=False``) give the
+        LOO of the approximation $q$, not of the posterior; ``resample=True``
+        exports draws importance-resampled toward the posterior (`resample`, PSIS
+        weights; sound while $\\hat k$ is below its threshold), whose LOO is the
+        posterior's. The raw ``log_weight`` are not used by any ArviZ function.
+
+        Args:
+            key: PRNG key.
+            num_samples: draws exported.
+            resample: export importance-resampled draws (from
+                ``max(10 * num_samples, 2000)`` proposals) instead of the family's own.
         """
-        from probinf.diagnostics import to_inference_data
+        from probinf.diagnostics import _kish_ess, psis, target_inference_data
 
         num_samples = check_num_samples(num_samples, "num_samples")
-        z, log_p, log_q = _draw_log_weights(key, self.family, self.target, num_samples)
-        samples = {name: np.asarray(v)[None] for name, v in self.target.constrain(z).items()}
-        log_weight = np.asarray(log_p, np.float64) - np.asarray(log_q, np.float64)
-        idata = to_inference_data(samples, sample_stats={"log_weight": log_weight[None]})
+        if resample:
+            z, diagnostics = importance_resample(key, self.family, self.target, num_samples,
+                                                 stacklevel=3)
+            stats = {"khat": (("chain",), np.array([diagnostics.khat])),
+                     "ess": (("chain",), np.array([diagnostics.ess]))}
+        else:
+            z, log_p, log_q = _draw_log_weights(key, self.family, self.target, num_samples)
+            log_p = np.asarray(log_p, np.float64)
+            with np.errstate(invalid="ignore"):
+                log_weight = log_p - np.asarray(log_q, np.float64)
+            smoothed, khat = psis(log_weight)
+            stats = {"lp": log_p[None], "log_weight": log_weight[None],
+                     "psis_log_weight": smoothed[None], "khat": (("chain",), np.array([khat])),
+                     "ess": (("chain",), np.array([_kish_ess(smoothed)]))}
+        idata = target_inference_data(self.target, jnp.asarray(z)[None], sample_stats=stats)
         attrs = {} if self.diagnostics is None else self.diagnostics.to_attrs()
-        attrs.update(vi_stop_reason=self.stop_reason, vi_num_steps=self.num_steps)
+        attrs.update(vi_stop_reason=self.stop_reason, vi_num_steps=self.num_steps,
+                     vi_resampled=int(bool(resample)))
         idata.posterior.attrs.update(attrs)
         return idata
 

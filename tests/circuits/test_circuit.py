@@ -219,3 +219,47 @@ def test_circuits_jit_as_arguments_and_as_bound_methods():
     np.testing.assert_allclose(np.asarray(jax.jit(other.log_prob)(x)),
                                np.asarray(other.log_prob(x)), atol=1e-6)
     assert not np.allclose(np.asarray(other.log_prob(x)), expected, atol=1e-3)
+
+
+def test_arviz_export_of_samples_against_enumeration():
+    import arviz as az
+    import matplotlib.pyplot as plt
+
+    case = Case("rbt-cp-bernoulli")
+    domain, p = case.domain, np.exp(case.log_p)
+    idata = case.circuit.to_inference_data(jax.random.key(0), 1500, num_chains=2)
+    x = idata.posterior["x"]
+    assert x.dims == ("chain", "draw", "variable") and x.shape == (2, 1500, 6)
+    draws = x.values.reshape(-1, 6)
+    # lp is log p(x) of each draw: look it up in the enumerated table.
+    index = {tuple(row): i for i, row in enumerate(domain.astype(int))}
+    expected_lp = case.log_p[[index[tuple(row)] for row in draws]]
+    np.testing.assert_allclose(idata.sample_stats["lp"].values.ravel(), expected_lp, atol=2e-5)
+    # az.summary's means are the enumerated marginals P(x_v = 1), within 5 standard errors.
+    summary = az.summary(idata)
+    exact = p @ domain
+    tolerance = 5 * np.sqrt(exact * (1 - exact) / draws.shape[0])
+    assert np.all(np.abs(summary["mean"].values - exact) < tolerance + 1e-3)  # 3-decimal rounding
+    # Independent draws of the variables, not parameters given data: nothing for LOO.
+    assert "log_likelihood" not in idata.groups()
+    with pytest.raises(TypeError, match="log likelihood not found"):
+        az.loo(idata)
+    az.plot_posterior(idata)
+    plt.close("all")
+
+    # Conditional draws: only the query variables, the evidence in observed_data.
+    evidence = np.array([True, False, True, False, False, False])
+    row = np.array([1, 0, 0, 0, 0, 0])
+    conditional = case.circuit.to_inference_data(jax.random.key(1), 3000, x=row, evidence=evidence)
+    np.testing.assert_array_equal(conditional.posterior["variable"], [1, 3, 4, 5])
+    np.testing.assert_array_equal(conditional.observed_data["x_observed"], [1, 0])
+    given = np.all(domain[:, evidence] == row[evidence], axis=1)
+    exact = (p[given] @ domain[given]) / p[given].sum()
+    got = conditional.posterior["x"].values.reshape(-1, 4).mean(0)
+    assert np.all(np.abs(got - exact[~evidence]) < 5 * np.sqrt(exact[~evidence] * (1 - exact[~evidence]) / 3000))
+    with pytest.raises(ValueError, match="go together"):
+        case.circuit.to_inference_data(jax.random.key(1), 10, x=row)
+    with pytest.raises(ValueError, match="num_chains"):
+        case.circuit.to_inference_data(jax.random.key(1), 10, num_chains=0)
+    with pytest.raises(ValueError, match="nothing to sample"):
+        case.circuit.to_inference_data(jax.random.key(1), 10, x=row, evidence=np.ones(6, bool))

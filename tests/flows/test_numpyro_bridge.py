@@ -258,3 +258,33 @@ def test_improper_prior_model():
     exact_sd = 1.0 / np.sqrt(Y.shape[0])
     assert abs(draws["b"].mean() - float(Y.mean())) < 0.05 * exact_sd
     assert abs(draws["b"].std() / exact_sd - 1.0) < 0.05
+
+
+def test_to_inference_data_has_every_arviz_group():
+    import arviz as az
+    import matplotlib.pyplot as plt
+    from numpyro.infer.util import log_likelihood
+
+    guide = _guide()
+    idata = guide.to_inference_data(jax.random.key(6), 400)
+    assert set(idata.groups()) == {"posterior", "log_likelihood", "sample_stats", "observed_data"}
+    posterior = {name: idata.posterior[name].values for name in ("mu", "tau")}
+    # Pointwise log likelihood: numpyro's own function on the user's model, and the closed form.
+    expected = log_likelihood(conjugate_model, posterior, Y, batch_ndims=2)["y"]
+    np.testing.assert_allclose(idata.log_likelihood["y"], expected, rtol=1e-5)
+    np.testing.assert_allclose(idata.log_likelihood["y"],
+                               stats.norm.logpdf(np.asarray(Y), posterior["mu"][..., None], 1.0),
+                               rtol=1e-4, atol=1e-5)
+    np.testing.assert_array_equal(idata.observed_data["y"], Y)
+    # lp is the target's density at the draws (mapped back to the flat vector); the log
+    # weights subtract log q, here from the inverse pass instead of the export's forward pass.
+    z = jnp.stack([jnp.asarray(posterior["mu"][0]), jnp.log(jnp.asarray(posterior["tau"][0]))], -1)
+    np.testing.assert_allclose(idata.sample_stats["lp"][0], guide.target.log_density(z), rtol=1e-5)
+    np.testing.assert_allclose(idata.sample_stats["log_weight"][0],
+                               guide.target.log_density(z) - guide.flow.log_prob(z),
+                               rtol=1e-4, atol=1e-4)
+    assert idata.sample_stats["khat"].dims == ("chain",)
+    assert np.isfinite(az.loo(idata).elpd_loo)
+    assert set(az.summary(idata).index) == {"mu", "tau", "mu_times_tau"}
+    az.plot_posterior(idata, var_names=["mu"])
+    plt.close("all")

@@ -373,3 +373,47 @@ def test_bad_stopping_and_diagnostic_options(problem_2d):
         probinf.fit(vi.ELBO(), family, target, key=key, steps=5, num_diagnostic_draws=10)
     with pytest.raises(TypeError, match="diagnose"):
         probinf.fit(vi.ELBO(), family, target, key=key, steps=5, diagnose="yes")
+
+
+# --- ArviZ export ---------------------------------------------------------------------------
+
+def test_arviz_export_loo_summary_and_plot_of_a_numpyro_model(conjugate_normal_mean):
+    import arviz as az
+    import matplotlib.pyplot as plt
+    from numpyro.infer.util import log_likelihood
+
+    case = conjugate_normal_mean
+    y = jnp.array(case.y)
+    target = probinf.from_numpyro(case.model, y)
+    result = probinf.fit(vi.ELBO(8, vi.STL()), probinf.MeanFieldGaussian.init(1), target,
+                         key=jax.random.key(0), steps=800, optimizer=optax.adam(5e-2),
+                         progress=False)
+    own = result.to_inference_data(jax.random.key(1), 1000)
+    assert set(own.groups()) == {"posterior", "log_likelihood", "sample_stats", "observed_data"}
+    stats = own.sample_stats
+    np.testing.assert_allclose(stats["log_weight"], stats["lp"] - result.family.log_prob(
+        jnp.asarray(own.posterior["mu"].values[0, :, None])), atol=1e-4)
+    np.testing.assert_allclose(np.exp(stats["psis_log_weight"]).sum(), 1.0, rtol=1e-6)
+    assert stats["khat"].dims == ("chain",) and float(stats["khat"][0]) < 0.5
+    # A close family: the smoothed weights' ESS is most of the draws (Kish, checked by hand).
+    weights = np.exp(stats["psis_log_weight"].values[0])
+    assert float(stats["ess"][0]) == pytest.approx(1.0 / np.sum(weights**2), rel=1e-4)
+    assert 800 < float(stats["ess"][0]) <= 1000
+    np.testing.assert_allclose(own.log_likelihood["y"],
+                               log_likelihood(case.model, {"mu": own.posterior["mu"].values},
+                                              y, batch_ndims=2)["y"], rtol=1e-5)
+    np.testing.assert_array_equal(own.observed_data["y"], y)
+
+    # Importance-resampled draws are draws of the posterior: their PSIS-LOO is the exact LOO
+    # up to Monte Carlo error (about 0.01 with 1,000 draws here).
+    resampled = result.to_inference_data(jax.random.key(2), 1000, resample=True)
+    assert resampled.posterior.attrs["vi_resampled"] == 1
+    loo = az.loo(resampled, pointwise=True)
+    exact = case.exact_loo(y)
+    assert abs(loo.elpd_loo - exact.sum()) < 0.1
+    np.testing.assert_allclose(loo.loo_i.values, exact, atol=0.03)
+    assert np.isfinite(az.loo(own).elpd_loo)
+    summary = az.summary(resampled, var_names=["mu"])
+    assert summary.loc["mu", "mean"] == pytest.approx(case.posterior_mean_and_var(y)[0], abs=0.05)
+    az.plot_posterior(resampled)
+    plt.close("all")

@@ -312,6 +312,16 @@ def context_tokens(prompt: TokenText, prefix, tokenize: Callable[[str], list[int
     return list(prompt.tokens) + generated
 
 
+def logprob_contexts(encode_prompt: Callable[[str], TokenText], contexts, prefixes,
+                     tokenize: Callable[[str], list[int]]) -> list[list[int]]:
+    """The token ids ``next_token_logprobs`` scores: each context (a prompt) followed by its
+    prefix (none when ``prefixes`` is ``None``)."""
+    if prefixes is not None and len(prefixes) != len(contexts):
+        raise ValueError(f"`prefixes` has {len(prefixes)} entries for {len(contexts)} contexts")
+    return [context_tokens(encode_prompt(context), TokenText() if prefixes is None else prefixes[i], tokenize)
+            for i, context in enumerate(contexts)]
+
+
 def extend_in_context_order(
     seeds: Sequence[int], contexts: Sequence[list[int]], extend_one: Callable[[int, list[int], int], StepResult],
 ) -> list[StepResult]:

@@ -16,6 +16,7 @@ from probinf.llm.backends._decode import (
     decode_step,
     decode_steps_in_lockstep,
     extend_in_context_order,
+    logprob_contexts,
     top_token_logprobs,
 )
 from probinf.llm.base import (
@@ -462,13 +463,7 @@ class LlamaCppModel:
     def next_token_logprobs(
         self, contexts: Sequence[TokenText | str], top_k: int = 20, prefixes: Sequence[TokenText] | None = None,
     ) -> list[dict[str, float]]:
-        if prefixes is not None and len(prefixes) != len(contexts):
-            raise ValueError(f"`prefixes` has {len(prefixes)} entries for {len(contexts)} contexts")
-        token_lists = [
-            context_tokens(self.encode_prompt(context), TokenText() if prefixes is None else prefixes[i],
-                           self._tokenize_text)
-            for i, context in enumerate(contexts)
-        ]
+        token_lists = logprob_contexts(self.encode_prompt, contexts, prefixes, self._tokenize_text)
 
         def detokenize(token: int) -> str:
             return self._piece(token).decode("utf-8", errors="replace")
