@@ -28,7 +28,8 @@ The pipeline, and the rule that picks its last stage:
      where the reference put them (measured on the posteriordb suite: from the fitted
      flow 0.59 posterior sd off, from the Gaussian itself 0.24, from the widened Gaussian
      0.03). A Gaussian also keeps each HMC step cheap (a flow's log density is
-     differentiated through its inverse at every leapfrog step: 4x slower there).
+     differentiated through its inverse at every leapfrog step: 7x slower per stage there;
+     docs/inference.md has the conditions of each figure).
 
 ``method=`` forces a path: ``"importance"`` (steps 1-3, then resampling whatever
 $\\hat k$ says, with a warning when it is above the threshold), ``"smc"`` (step 2,
