@@ -19,7 +19,14 @@ import jax.numpy as jnp
 import numpy as np
 from jaxtyping import Array, ArrayLike
 
-__all__ = ["check_finite", "first_entry", "raise_if"]
+__all__ = ["check_positive_int", "check_finite", "first_entry", "raise_if"]
+
+
+def check_positive_int(value, name: str) -> int:
+    """Validate a positive Python or NumPy int (not a bool), naming the argument."""
+    if isinstance(value, bool) or not isinstance(value, (int, np.integer)) or value < 1:
+        raise ValueError(f"`{name}` must be a positive int, got {value!r}")
+    return int(value)
 
 
 def first_entry(values: np.ndarray, where: np.ndarray) -> str:

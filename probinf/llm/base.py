@@ -26,6 +26,8 @@ from typing import Literal, Protocol, runtime_checkable
 
 import numpy as np
 
+from probinf._checks import check_positive_int
+
 __all__ = [
     "TokenText",
     "as_token_text",
@@ -181,11 +183,6 @@ class SamplingParams:
         return self.temperature == 0
 
 
-def _positive_int(value, name: str) -> None:
-    if isinstance(value, bool) or not isinstance(value, (int, np.integer)) or value < 1:
-        raise ValueError(f"`{name}` must be a positive int, got {value!r}")
-
-
 @dataclass(frozen=True)
 class DecodeConfig:
     """The decoding defaults, in one place: used by :func:`~probinf.llm.samplers.generate`
@@ -226,8 +223,8 @@ class DecodeConfig:
     stop: tuple[str, ...] = ()
 
     def __post_init__(self):
-        _positive_int(self.n_particles, "n_particles")
-        _positive_int(self.max_steps, "max_steps")
+        check_positive_int(self.n_particles, "n_particles")
+        check_positive_int(self.max_steps, "max_steps")
         if not isinstance(self.stop_at_answer, bool):
             raise ValueError(f"`stop_at_answer` must be True or False, got {self.stop_at_answer!r}")
         if isinstance(self.stop, list):

@@ -47,6 +47,7 @@ import jax.numpy as jnp
 import numpy as np
 from jaxtyping import Array, Bool, Float, Int, PRNGKeyArray
 
+from probinf._checks import check_positive_int
 from probinf._progress import progress_bar
 from probinf.smc.resampling import _UNCHECKED, check_scheme
 from probinf.smc.sharding import check_divisible, constrain_leading_axis
@@ -460,13 +461,6 @@ def _check_fk_methods(model, name="model"):
             f"`{name}` must be a FeynmanKac model (init, transition, log_potential, num_steps); "
             f"it lacks {', '.join(missing)}"
         )
-
-
-def check_positive_int(value, name: str) -> int:
-    """Validate a positive Python int (not a bool), naming the argument."""
-    if isinstance(value, bool) or not isinstance(value, (int, np.integer)) or value < 1:
-        raise ValueError(f"`{name}` must be a positive int, got {value!r}")
-    return int(value)
 
 
 _SHAPE_CHECKS: dict = {}
