@@ -20,12 +20,6 @@ def check_steps(steps, name: str = "steps") -> int:
     return int(steps)
 
 
-def check_positive_int(value, name: str) -> int:
-    if isinstance(value, bool) or not isinstance(value, (int, np.integer)) or value < 1:
-        raise ValueError(f"`{name}` must be an integer >= 1, got {value!r}")
-    return int(value)
-
-
 def check_step_size(step_size, name: str = "step_size") -> float:
     if isinstance(step_size, bool) or not isinstance(step_size, (int, float, np.floating)) or not (
         math.isfinite(step_size) and step_size > 0

@@ -20,7 +20,8 @@ import jax.numpy as jnp
 import numpy as np
 from jaxtyping import Array, Float, PRNGKeyArray
 
-from probinf.pcn._checks import check_key, check_node_data, check_positive_int
+from probinf._checks import check_positive_int
+from probinf.pcn._checks import check_key, check_node_data
 from probinf.pcn.inference import _predict, infer
 from probinf.pcn.network import PCN
 

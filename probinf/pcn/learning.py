@@ -30,6 +30,7 @@ import numpy as np
 import optax
 from jaxtyping import Array, Float, PRNGKeyArray
 
+from probinf._checks import check_positive_int
 from probinf._progress import progress_bar
 from probinf.pcn._checks import (
     INITS,
@@ -37,7 +38,6 @@ from probinf.pcn._checks import (
     check_choice,
     check_key,
     check_node_data,
-    check_positive_int,
     check_step_size,
     check_steps,
     float_scalar,

@@ -41,9 +41,9 @@ import jax.numpy as jnp
 import numpy as np
 from jaxtyping import Array, Bool, Float, Int, PRNGKeyArray
 
+from probinf._checks import check_positive_int
 from probinf._progress import progress_bar
 from probinf.diagnostics import effective_sample_size
-from probinf.smc.feynman_kac import check_positive_int
 from probinf.smc.resampling import _UNCHECKED, check_scheme
 from probinf.smc.sharding import check_divisible, constrain_leading_axis
 
