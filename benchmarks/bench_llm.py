@@ -21,9 +21,9 @@ from probinf.llm.bench import plot_results, run_benchmark
 
 def main(argv=None):
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--problems", type=int, default=100)
+    parser.add_argument("--problems", type=int, default=200)
     parser.add_argument("--budgets", default="1,2,4,8,16")
-    parser.add_argument("--workers", type=int, default=3)
+    parser.add_argument("--workers", type=int, default=2)
     parser.add_argument("--time-budget", type=float, default=6600.0,
                         help="seconds after which no new job starts")
     parser.add_argument("--stages", default="baseline,small,large,rest")

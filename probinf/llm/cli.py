@@ -91,7 +91,7 @@ def add_decode_parser(subparsers) -> argparse.ArgumentParser:
     decode.add_argument("--no-stop-at-answer", dest="stop_at_answer", action="store_false",
                         help="keep generating after a solution states its answer (default: stop there)")
     decode.add_argument("--bench", action="store_true", help="run the accuracy-against-budget benchmark instead")
-    decode.add_argument("--problems", type=_positive, default=100, help="benchmark: number of problems (default: %(default)s)")
+    decode.add_argument("--problems", type=_positive, default=200, help="benchmark: number of problems (default: %(default)s)")
     decode.add_argument("--budgets", type=_budgets, default=[1, 2, 4, 8, 16],
                         help="benchmark: comma-separated N values (default: 1,2,4,8,16)")
     decode.add_argument("--out", default="benchmarks/results/llm.json",

@@ -11,7 +11,8 @@ The target is the posterior
     \pi(x_{1:T}) \propto \prod_{t} p(x_t \mid x_{<t})\; \prod_t \phi\bigl(\hat r(x_{\le t})\bigr),
 
 a Feynman–Kac model whose Markov kernel is the LM and whose potential is
-:math:`G_t = \phi(\hat r_t)`. The bootstrap particle filter extends :math:`N` partial
+:math:`G_t = \phi(\hat r_t)` (but see ``tilt`` below). The bootstrap particle filter
+extends :math:`N` partial
 solutions by one step, multiplies their weights by :math:`G_t`, and resamples (every
 step, or when the effective sample size falls below a threshold) with any scheme of
 :mod:`probinf.smc.resampling`. Two forms of :math:`\phi` are offered:
@@ -20,6 +21,24 @@ step, or when the effective sample size falls below a threshold) with any scheme
   so resampling probabilities are a softmax of logits at temperature :math:`\tau`;
 * ``weighting="likelihood"``: :math:`\log G_t = \log(\hat r_t)/\tau` (the reward read
   as a plain likelihood; :math:`\tau = 1` is the textbook filter).
+
+**What the weights target: the final reward (``tilt="final"``, default) or every
+prefix's (``tilt="every_step"``).** Multiplying the weights by :math:`G_t = \phi(\hat r_t)`
+at every step targets :math:`\prod_t \phi(\hat r_t)`, which compounds the reward of a
+solution once per step it took: with logit weighting a long solution whose prefixes all
+score well outweighs a short correct one by :math:`\phi^{T}`, and finished particles of
+different lengths are compared on different scales. The default instead reads the
+prefix reward as a *twist* (Zhao et al., 2024, *Probabilistic Inference in Language
+Models via Twisted Sequential Monte Carlo*; Naesseth et al., 2019): the potential is the
+ratio :math:`G_t = \phi(\hat r_t)/\phi(\hat r_{t-1})` (:math:`G_1 = \phi(\hat r_1)`),
+so the product telescopes and the target is
+
+.. math::
+    \pi(x_{1:T}) \propto p(x_{1:T})\, \phi\bigl(\hat r(x_{1:T})\bigr),
+
+the language model tilted by the reward of the finished solution, whatever its length,
+while resampling still follows the prefix rewards. ``tilt="every_step"`` is the paper's
+product form.
 
 **Finished particles are frozen (absorbed).** A particle that finished (end-of-sequence,
 a stop string, a stated answer, or the step cap) is kept with its weight fixed: it is
@@ -497,7 +516,7 @@ def _smc(
     key, run: _Run, n: int, *, weighting: str, temperature: float,
     ess_threshold: float, scheme: str, progress, desc: str,
     anneal_threshold: float | None = None, lookahead: int = 0, lookahead_strength: float = 1.0,
-    keep_residual_weights: bool = False, reference: Particle | None = None,
+    keep_residual_weights: bool = False, reference: Particle | None = None, tilt: str = "final",
 ):
     """The particle loop shared by PF, entropic PF and conditional PF (particle Gibbs).
 
@@ -533,6 +552,13 @@ def _smc(
             # Potentials of this step, for the particles that took it (frozen ones: G = 1).
             latest = np.array([particles[i].score for i in live])
             log_w[live] += _log_potential(latest, weighting, temperature)
+            if tilt == "final":
+                # Twisted: divide by the previous prefix's potential, so the product telescopes
+                # to the final reward's (the first step's divisor is the same for all).
+                previous = [i for i in live if len(particles[i].scores) > 1]
+                if previous:
+                    log_w[previous] -= _log_potential(
+                        np.array([particles[i].scores[-2] for i in previous]), weighting, temperature)
             bar.update(1)
             alive = [i for i in live if not particles[i].finished]
             identity = np.arange(n)
@@ -621,7 +647,12 @@ def _prepare(lm, question, reward, config, system, prompt, needs_process=True, i
     return _Run(lm, reward, question, lm.encode_prompt(formatted), config, is_final)
 
 
-def _check_pf(weighting, temperature, ess_threshold, scheme, selection):
+TILTS = ("final", "every_step")
+
+
+def _check_pf(weighting, temperature, ess_threshold, scheme, selection, tilt="final"):
+    if tilt not in TILTS:
+        raise ValueError(f"`tilt` must be one of {TILTS}, got {tilt!r}")
     if weighting not in ("logit", "likelihood"):
         raise ValueError(f"`weighting` must be 'logit' or 'likelihood', got {weighting!r}")
     if not (isinstance(temperature, (int, float)) and temperature > 0):
@@ -636,7 +667,7 @@ def _check_pf(weighting, temperature, ess_threshold, scheme, selection):
 def particle_filter(
     key, lm, question: str, reward, *, config: DecodeConfig = DEFAULT_CONFIG, n_particles: int | None = None,
     weighting: str = "logit", reward_temperature: float = 1.0, ess_threshold: float = 1.0,
-    scheme: str = "multinomial", selection: str = "argmax", system: str | None = None,
+    tilt: str = "final", scheme: str = "multinomial", selection: str = "argmax", system: str | None = None,
     prompt: str | None = None, is_final: Callable[[str], bool] | None = None,
     answer_fn: Callable[[str], str | None] = extract_answer, progress: bool | None = None,
 ) -> DecodeResult:
@@ -656,6 +687,9 @@ def particle_filter(
         n_particles: :math:`N`, overriding ``config.n_particles``.
         weighting: ``"logit"`` or ``"likelihood"`` (see the module docstring).
         reward_temperature: :math:`\\tau`.
+        tilt: ``"final"`` (default: prefix rewards as twists, target tilted by the finished
+            solution's reward) or ``"every_step"`` (the paper's product over prefixes); see
+            the module docstring.
         ess_threshold: resample when the live particles' :math:`\\mathrm{ESS} <
             \\text{threshold}\\cdot m` (:math:`m` live particles); ``1.0`` resamples at
             every step (the paper's choice), ``0`` never.
@@ -677,12 +711,12 @@ def particle_filter(
         LLMBackendError: when the backend fails (server down, malformed reply, timeout).
     """
     n = _check_common(question, config, n_particles)
-    _check_pf(weighting, reward_temperature, ess_threshold, scheme, selection)
+    _check_pf(weighting, reward_temperature, ess_threshold, scheme, selection, tilt)
     run = _prepare(lm, question, reward, config, system, prompt, is_final=is_final)
     key, key_select, _, _ = _split4(key)
     out = _smc(
         key, run, n, weighting=weighting, temperature=reward_temperature,
-        ess_threshold=ess_threshold, scheme=scheme, progress=progress, desc="particle filter",
+        ess_threshold=ess_threshold, scheme=scheme, progress=progress, desc="particle filter", tilt=tilt,
     )
     return _result(key_select, *out, run, "particle_filter", selection, answer_fn)
 
@@ -691,7 +725,7 @@ def entropic_particle_filter(
     key, lm, question: str, reward, *, config: DecodeConfig = DEFAULT_CONFIG, n_particles: int | None = None,
     weighting: str = "logit", reward_temperature: float = 1.0,
     ess_threshold: float = 1.0, anneal_threshold: float = 0.5, lookahead: int = 0,
-    lookahead_strength: float = 1.0, keep_residual_weights: bool = False,
+    lookahead_strength: float = 1.0, keep_residual_weights: bool = False, tilt: str = "final",
     scheme: str = "multinomial", selection: str = "argmax", system: str | None = None,
     prompt: str | None = None, is_final: Callable[[str], bool] | None = None,
     answer_fn: Callable[[str], str | None] = extract_answer, progress: bool | None = None,
@@ -720,7 +754,7 @@ def entropic_particle_filter(
     Other arguments as in :func:`particle_filter`.
     """
     n = _check_common(question, config, n_particles)
-    _check_pf(weighting, reward_temperature, ess_threshold, scheme, selection)
+    _check_pf(weighting, reward_temperature, ess_threshold, scheme, selection, tilt)
     if not (isinstance(anneal_threshold, (int, float)) and 0 <= anneal_threshold <= 1):
         raise ValueError(f"`anneal_threshold` must be in [0, 1], got {anneal_threshold!r}")
     if isinstance(lookahead, bool) or not isinstance(lookahead, int) or lookahead < 0:
@@ -731,14 +765,14 @@ def entropic_particle_filter(
         key, run, n, weighting=weighting, temperature=reward_temperature,
         ess_threshold=ess_threshold, scheme=scheme, progress=progress, desc="entropic PF",
         anneal_threshold=anneal_threshold, lookahead=lookahead, lookahead_strength=lookahead_strength,
-        keep_residual_weights=keep_residual_weights,
+        keep_residual_weights=keep_residual_weights, tilt=tilt,
     )
     return _result(key_select, *out, run, "entropic_particle_filter", selection, answer_fn)
 
 
 def particle_gibbs(
     key, lm, question: str, reward, *, config: DecodeConfig = DEFAULT_CONFIG, n_particles: int | None = None,
-    iterations: int = 2, weighting: str = "logit", reward_temperature: float = 1.0,
+    iterations: int = 2, weighting: str = "logit", reward_temperature: float = 1.0, tilt: str = "final",
     scheme: str = "multinomial", selection: str = "argmax", system: str | None = None,
     prompt: str | None = None, is_final: Callable[[str], bool] | None = None,
     answer_fn: Callable[[str], str | None] = extract_answer, progress: bool | None = None,
@@ -757,7 +791,7 @@ def particle_gibbs(
     Other arguments as in :func:`particle_filter`; resampling happens at every step.
     """
     n = _check_common(question, config, n_particles)
-    _check_pf(weighting, reward_temperature, 1.0, scheme, selection)
+    _check_pf(weighting, reward_temperature, 1.0, scheme, selection, tilt)
     if isinstance(iterations, bool) or not isinstance(iterations, int) or iterations < 1:
         raise ValueError(f"`iterations` must be a positive int, got {iterations!r}")
     if iterations > 1 and n < 2:
@@ -770,7 +804,7 @@ def particle_gibbs(
         out = _smc(
             key_sweep, run, n, weighting=weighting, temperature=reward_temperature,
             ess_threshold=1.0, scheme=scheme, progress=progress,
-            desc=f"particle Gibbs {sweep + 1}/{iterations}", reference=reference,
+            desc=f"particle Gibbs {sweep + 1}/{iterations}", reference=reference, tilt=tilt,
         )
         sweeps.append(out)
         particles, log_w = out[0], out[1]

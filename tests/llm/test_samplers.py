@@ -269,16 +269,18 @@ def test_selection_modes_return_a_particle(selection):
     assert result.text == result.particles[result.index].text
 
 
-def test_likelihood_weighting_and_ess_threshold():
+@pytest.mark.parametrize("tilt", ["final", "every_step"])
+def test_likelihood_weighting_and_ess_threshold(tilt):
     model = ToyStepModel(arithmetic_transition)
     result = particle_filter(jax.random.key(2), model, QUESTION, ArithmeticVerifier(), n_particles=8,
-                             config=CONFIG, weighting="likelihood", ess_threshold=0.0)
+                             config=CONFIG, weighting="likelihood", ess_threshold=0.0, tilt=tilt)
     assert not result.resampled.any()
-    # Never resampled: the final log weight is the sum of log scores of both steps.
+    # Never resampled: the final log weight is the log score of the whole solution
+    # (tilt="final") or the sum of log scores of both prefixes ("every_step").
     verifier = ArithmeticVerifier()
     for particle, log_w in zip(result.particles, result.log_weights, strict=True):
-        expected = sum(math.log(verifier.score(QUESTION, ["".join(particle.steps[:k + 1])])[0]) for k in range(2))
-        assert log_w == pytest.approx(expected)
+        logs = [math.log(verifier.score(QUESTION, ["".join(particle.steps[:k + 1])])[0]) for k in range(2)]
+        assert log_w == pytest.approx(logs[-1] if tilt == "final" else sum(logs))
 
 
 # -- bad input ---------------------------------------------------------------------------------
@@ -305,6 +307,8 @@ def test_unknown_method_and_options():
         generate(model, QUESTION, reward=constant, scheme="lottery")
     with pytest.raises(ValueError, match="selection"):
         generate(model, QUESTION, reward=constant, selection="best")
+    with pytest.raises(ValueError, match="tilt"):
+        generate(model, QUESTION, reward=constant, tilt="sometimes")
     with pytest.raises(ValueError, match="ess_threshold"):
         generate(model, QUESTION, reward=constant, ess_threshold=2.0)
     with pytest.raises(ValueError, match="max_steps"):
@@ -381,37 +385,41 @@ STOP_OR_GO_REWARD = {"stop": 0.4, "go\n\n": 0.6, "go\n\nx\n\n": 0.9, "go\n\ny\n\
 # sum over complete paths of p(path) * prod_t G_t(path), a finished path taking G = 1 after it ends
 STOP_OR_GO_TARGET = {"stop": 0.3 * 0.4, "go\n\nx\n\nz": 0.7 * 0.6 * 0.5 * 0.9 * 0.5,
                      "go\n\ny\n\nz": 0.7 * 0.6 * 0.5 * 0.2 * 0.5}
+# tilt="final": the ratio potentials telescope to p(path) * G(final reward of the path)
+STOP_OR_GO_FINAL_TARGET = {"stop": 0.3 * 0.4, "go\n\nx\n\nz": 0.7 * 0.5 * 0.5,
+                           "go\n\ny\n\nz": 0.7 * 0.5 * 0.5}
 
 
 def stop_or_go_reward(question, solution):
     return STOP_OR_GO_REWARD[solution]
 
 
+@pytest.mark.parametrize("tilt, target", [("every_step", STOP_OR_GO_TARGET), ("final", STOP_OR_GO_FINAL_TARGET)])
 @pytest.mark.parametrize("method, options", [
     ("particle_filter", {}),
     ("particle_filter", {"ess_threshold": 0.5, "scheme": "systematic"}),
     ("entropic_particle_filter", {"anneal_threshold": 1.0, "keep_residual_weights": True}),
 ])
-def test_frozen_particles_keep_the_weighted_sample_unbiased(method, options):
+def test_frozen_particles_keep_the_weighted_sample_unbiased(method, options, tilt, target):
     # Resampling only the live particles, each live slot taking an equal share of the live
     # mass (or w / (m q) when annealed), keeps E[(1/N) sum_i w_i 1{x_i = path}] equal to
     # the exact unnormalised target of every path. Resampling finished particles with the
     # live ones, and re-applying their last potential, would not.
     model = ToyStepModel(stop_or_go)
     n, runs = 6, 300
-    estimates = {path: [] for path in STOP_OR_GO_TARGET}
+    estimates = {path: [] for path in target}
     for seed in range(runs):
         result = generate(model, QUESTION, reward=stop_or_go_reward, method=method, n_particles=n,
-                          config=CONFIG, weighting="likelihood", key=jax.random.key(seed), **options)
+                          config=CONFIG, weighting="likelihood", tilt=tilt, key=jax.random.key(seed), **options)
         weights = np.exp(result.log_weights)
-        for path in STOP_OR_GO_TARGET:
+        for path in target:
             estimates[path].append(sum(w for p, w in zip(result.particles, weights, strict=True) if p.text == path) / n)
-    for path, exact in STOP_OR_GO_TARGET.items():
+    for path, exact in target.items():
         values = np.array(estimates[path])
         standard_error = values.std(ddof=1) / np.sqrt(runs)
         assert abs(values.mean() - exact) < 4 * standard_error, (path, values.mean(), exact)
     total = sum(np.mean(v) for v in estimates.values())
-    assert total == pytest.approx(sum(STOP_OR_GO_TARGET.values()), abs=4 * np.std(
+    assert total == pytest.approx(sum(target.values()), abs=4 * np.std(
         np.sum([estimates[p] for p in estimates], axis=0), ddof=1) / np.sqrt(runs))
 
 
