@@ -11,7 +11,6 @@
   :func:`planar_flow`.
 """
 
-import probinf  # noqa: F401  (first: applies probinf/_xla_workaround.py before JAX starts)
 from flows import potentials
 from flows.autoregressive import MaskedAutoregressive
 from flows.bijection import Bijection, Chain, Identity, Invert, Scan

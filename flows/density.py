@@ -27,6 +27,7 @@ from flows._checks import check_key, check_positive_int
 from flows.distribution import Flow
 from probinf._progress import progress_bar
 from probinf._tree import all_finite
+from probinf._xla_workaround import warn_if_cpu_gradients_are_wrong
 
 __all__ = ["fit_to_data", "DensityFitResult"]
 
@@ -130,6 +131,7 @@ def fit_to_data(
         ValueError: non-finite or wrongly shaped ``data``/``context``, or an invalid option.
         TypeError: ``flow`` is not a Flow, ``key`` not a PRNG key, ``optimizer`` not optax.
     """
+    warn_if_cpu_gradients_are_wrong()
     check_key(key)
     if not isinstance(flow, Flow):
         raise TypeError(f"`flow` must be a flows.Flow, got {type(flow).__name__}")

@@ -10,14 +10,13 @@ never imports them (or torch).
 
 import importlib as _importlib
 
-# `_xla_workaround` first: it must run before anything starts JAX's CPU backend.
 from probinf import (
-    _xla_workaround,  # noqa: F401  (applies the workaround on import)
     datasets,
     exact,
     vi,
 )
 from probinf._version import __version__
+from probinf._xla_workaround import xla_cpu_workaround
 from probinf.auto import infer
 from probinf.diagnostics import effective_sample_size, to_inference_data
 from probinf.families import (
@@ -37,6 +36,7 @@ from probinf.vi import fit
 
 __all__ = [
     "__version__",
+    "xla_cpu_workaround",
     "Target",
     "from_numpyro",
     "from_logdensity",

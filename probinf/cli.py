@@ -11,6 +11,7 @@ import sys
 from collections.abc import Sequence
 
 from probinf._version import __version__
+from probinf._xla_workaround import xla_cpu_workaround
 from probinf.llm.base import LLMBackendError
 from probinf.llm.cli import add_decode_parser
 
@@ -75,6 +76,7 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv: Sequence[str] | None = None) -> int:
     """Entry point of the ``probinf`` console script; returns the exit status."""
+    xla_cpu_workaround()  # before any command starts JAX
     parser = build_parser()
     args = parser.parse_args(argv)
     if args.command is None:

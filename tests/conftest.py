@@ -6,7 +6,10 @@ os.environ.setdefault("MPLBACKEND", "Agg")
 
 import pytest  # noqa: E402
 
-import probinf  # noqa: E402, F401  (applies the XLA:CPU workaround before any test module starts JAX)
+import probinf  # noqa: E402
+
+# Before any test module starts JAX: subprocesses (notebooks, the CLI) inherit it.
+probinf.xla_cpu_workaround()
 
 REPO_ROOT = pathlib.Path(__file__).resolve().parents[1]
 SHARED_DATA = REPO_ROOT.parent / "shared" / "data"

@@ -18,6 +18,7 @@ from jaxtyping import PRNGKeyArray
 
 from probinf._progress import progress_bar
 from probinf._tree import all_finite
+from probinf._xla_workaround import warn_if_cpu_gradients_are_wrong
 from probinf.families import check_num_samples
 from probinf.vi import convergence
 from probinf.vi.diagnostics import (
@@ -369,6 +370,7 @@ def fit(
             trains only the target) without ``learn_target=True``; TypeError: an
             optimizer that is not an optax transformation or a key that is not a PRNG key.
     """
+    warn_if_cpu_gradients_are_wrong()
     if not callable(objective):
         raise TypeError(f"`objective` must be callable, got {type(objective).__name__}")
     for name, obj, attrs in (
