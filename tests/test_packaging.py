@@ -36,3 +36,18 @@ def test_runtime_dependencies_have_lower_bounds(repo_root):
     assert all(">=" in d for d in project["dependencies"])
     assert not any(heavy in " ".join(project["dependencies"]) for heavy in ("torch", "transformers"))
     assert {"llm", "test", "docs", "bench"} <= set(project["optional-dependencies"])
+
+
+def test_license_and_publish_metadata(repo_root):
+    # PEP 639: an SPDX expression, the license text shipped, no license classifier beside it.
+    pyproject = tomllib.loads((repo_root / "pyproject.toml").read_text())
+    project = pyproject["project"]
+    assert project["license"] == "Apache-2.0"
+    assert project["license-files"] == ["LICENSE"]
+    text = (repo_root / "LICENSE").read_text()
+    assert "Apache License" in text and "Version 2.0, January 2004" in text
+    assert not any(c.startswith("License ::") for c in project["classifiers"])
+    assert "Programming Language :: Python :: 3.11" in project["classifiers"]
+    assert any(r.startswith("setuptools>=77") for r in pyproject["build-system"]["requires"])
+    readthedocs = (repo_root / ".readthedocs.yaml").read_text()
+    assert "mkdocs.yml" in readthedocs and "- docs" in readthedocs
