@@ -4,7 +4,8 @@ Per task: accuracy (mean KL(exact || q) where the posterior is known; C2ST again
 reference draws otherwise — exact draws for two_moons, grid draws for SLCP (see
 ``SLCP.reference_posterior_samples``), NUTS draws for logistic regression) and time per posterior for the DT, our NPE and NUTS, all in this
 process on the same simulated data sets. Where the ``sbi`` peer venv exists
-(``/work/peer-venvs/sbi``, torch CPU + sbi), sbi's NPE runs on the same simulations
+(``python benchmarks/peers.py --only sbi``: torch CPU + sbi, or ``SBI_PYTHON``), sbi's NPE
+runs on the same simulations
 (same budget) in a subprocess and is scored by the same C2ST.
 
 Usage: ``python benchmarks/bench_amortized.py [--quick] [--out PATH]``.
@@ -38,8 +39,13 @@ from amortized.tasks import (
     TwoMoons,
 )
 
+try:
+    from benchmarks.peers import missing_peer_message, peer_python
+except ModuleNotFoundError:  # run as a script: benchmarks/ itself is on sys.path
+    from peers import missing_peer_message, peer_python
+
 ROOT = pathlib.Path(__file__).resolve().parents[1]
-SBI_PYTHON = pathlib.Path("/work/peer-venvs/sbi/bin/python")
+SBI_PYTHON = peer_python("sbi")
 SBI_MAX_EPOCHS: int | None = None
 NUM_REFERENCE = 2000
 
@@ -115,7 +121,7 @@ def run_nuts(mcmc, key, prior, observations, mask):
 
 def run_sbi(name, train_theta, train_x, test_x, num_samples, workdir):
     """sbi's NPE (default MAF) on the same simulations, in the peer venv."""
-    if not SBI_PYTHON.exists():
+    if SBI_PYTHON is None:
         return None
     data = pathlib.Path(workdir) / f"{name}_sbi_in.npz"
     out = pathlib.Path(workdir) / f"{name}_sbi_out.npz"
@@ -261,7 +267,10 @@ def benchmark_task(name, task, *, key, dt_options, dt_steps, npe_sims, num_test,
           + (f"  | NUTS {out['nuts']['seconds_per_posterior']:.2f} s/posterior, DT {out['dt']['seconds_per_posterior'] * 1e3:.2f} ms" if nuts_times else ""),
           flush=True)
 
-    if name in ("two_moons", "gaussian_linear", "slcp") and SBI_PYTHON.exists():
+    if name in ("two_moons", "gaussian_linear", "slcp") and SBI_PYTHON is None:
+        out["sbi"] = {"skipped": missing_peer_message("sbi")}
+        print(f"sbi NPE skipped: {out['sbi']['skipped']}", flush=True)
+    elif name in ("two_moons", "gaussian_linear", "slcp"):
         sims = task.simulate(k_npe, npe_sims)  # the same budget (and the same draws as our NPE)
         train_x = np.asarray(sims.observations.reshape(npe_sims, -1))
         test_x = np.asarray(test.observations[:num_c2st].reshape(num_c2st, -1))

@@ -43,10 +43,15 @@ import numpy as np
 
 import circuits
 
+try:
+    from benchmarks.peers import missing_peer_message, peer_python
+except ModuleNotFoundError:  # run as a script: benchmarks/ itself is on sys.path
+    from peers import missing_peer_message, peer_python
+
 REPO = pathlib.Path(__file__).resolve().parents[1]
 DEBD = REPO.parent / "shared" / "data" / "debd"
 OUT = REPO / "benchmarks" / "results" / "circuits.json"
-CIRKIT_PYTHON = os.environ.get("CIRKIT_PYTHON", "/work/peer-venvs/cirkit/bin/python")
+CIRKIT_PYTHON = peer_python("cirkit")
 
 # Published test log-likelihoods are quoted only where we could read the number in
 # its source. The search tools available when this benchmark was written returned
@@ -233,8 +238,8 @@ print("RESULT " + json.dumps(result))
 
 
 def cirkit_throughput(graph, units, batch, repeats, threads):
-    if not pathlib.Path(CIRKIT_PYTHON).exists():
-        return {"skipped": f"no cirkit interpreter at {CIRKIT_PYTHON} (set CIRKIT_PYTHON)"}
+    if CIRKIT_PYTHON is None:
+        return {"skipped": missing_peer_message("cirkit")}
     with tempfile.TemporaryDirectory() as tmp:
         spec_path, runner = pathlib.Path(tmp) / "spec.json", pathlib.Path(tmp) / "run.py"
         runner.write_text(_CIRKIT_RUNNER)

@@ -13,10 +13,14 @@ against a real llama-cpp-python server, when its_hub is installed in the venv gi
 
 import argparse
 import json
-import os
 import sys
 
 from probinf.llm.bench import plot_results, run_benchmark
+
+try:
+    from benchmarks.peers import missing_peer_message, peer_python
+except ModuleNotFoundError:  # run as a script: benchmarks/ itself is on sys.path
+    from peers import missing_peer_message, peer_python
 
 
 def main(argv=None):
@@ -32,8 +36,10 @@ def main(argv=None):
     parser.add_argument("--plot", default="docs/img/llm_accuracy.png")
     parser.add_argument("--resume", action="store_true",
                         help="keep the finished jobs of an earlier run (same options) and run the rest")
-    parser.add_argument("--its-hub-python", default=os.environ.get("ITS_HUB_PYTHON"),
-                        help="python of a virtualenv where its_hub is installed (peer comparison)")
+    parser.add_argument("--its-hub-python", default=peer_python("its_hub"),
+                        help="python of a virtualenv where its_hub is installed (peer comparison; "
+                             "default: $ITS_HUB_PYTHON, else `python benchmarks/peers.py --only "
+                             "its_hub`'s)")
     parser.add_argument("--its-hub-problems", type=int, default=20)
     parser.add_argument("--its-hub-n", type=int, default=4)
     args = parser.parse_args(argv)
@@ -49,6 +55,8 @@ def main(argv=None):
         with open(args.out, "w") as f:
             json.dump(result, f, indent=1)
         plot_results(result, args.plot)
+    else:
+        print(f"its_hub comparison skipped: {missing_peer_message('its_hub')}")
     print(json.dumps(result["goals"], indent=1))
     return 0
 

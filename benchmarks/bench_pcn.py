@@ -8,10 +8,10 @@ weight optimizer. Run with::
     /work/venv/bin/python benchmarks/bench_pcn.py
 
 Needs scikit-learn and mnist1d in this environment (benchmark-only; not runtime
-dependencies) and PCX in its own virtualenv, because PCX needs jax < 0.5::
+dependencies) and PCX in its own virtualenv, because PCX needs jax < 0.5 (Python 3.11,
+pcx 0.6.3, jax 0.4.38; the pins are in ``benchmarks/peers.py``)::
 
-    python3.11 -m venv /work/peer-venvs/pcx
-    /work/peer-venvs/pcx/bin/pip install "pcx==0.6.3" "jax[cpu]>=0.4.33,<0.5"
+    python benchmarks/peers.py --only pcx
 
 Set ``PCX_PYTHON`` to use another interpreter. JPC is not installable from the package
 index here, so it is not compared. Writes ``benchmarks/results/pcn.json``.
@@ -37,9 +37,14 @@ import optax
 from probinf import pcn
 from probinf._xla_workaround import environ_without_workaround
 
+try:
+    from benchmarks.peers import missing_peer_message, peer_python
+except ModuleNotFoundError:  # run as a script: benchmarks/ itself is on sys.path
+    from peers import missing_peer_message, peer_python
+
 ROOT = pathlib.Path(__file__).resolve().parents[1]
 OUT = ROOT / "benchmarks" / "results" / "pcn.json"
-PCX_PYTHON = os.environ.get("PCX_PYTHON", "/work/peer-venvs/pcx/bin/python")
+PCX_PYTHON = peer_python("pcx")
 
 SEEDS = 3
 COMMON = dict(activation="gelu", batch_size=32, T=8, step_size=0.005, lr=1e-3)
@@ -214,8 +219,8 @@ main()
 
 
 def run_pcx(data_path, sizes, epochs):
-    if not os.path.exists(PCX_PYTHON):
-        return {"error": f"PCX interpreter {PCX_PYTHON} not found; see this script's docstring"}
+    if PCX_PYTHON is None:
+        return {"error": missing_peer_message("pcx")}
     config = dict(COMMON, data=str(data_path), sizes=sizes, epochs=epochs, seeds=SEEDS)
     with tempfile.NamedTemporaryFile("w", suffix="_pcx_runner.py", delete=False) as f:
         f.write(PCX_RUNNER)

@@ -49,7 +49,8 @@ import optax
 
 import circuits
 from circuits import learning
-from circuits.integral import _integral_epoch, fit_integral, integral_circuit
+from circuits.integral import fit_integral, integral_circuit
+from circuits.learning import _gradient_epoch
 from circuits.quadrature import quadrature_rule
 
 REPO = pathlib.Path(__file__).resolve().parents[1]
@@ -169,10 +170,10 @@ def train_pic(pic, data, epochs, batch, lr, rule, key):
                           batch_size=batch, valid=data["valid"], progress=False)
     batches, weights = batches_of(data["train"], batch)
     state = optimizer.init(eqx.filter(pic, eqx.is_inexact_array))
-    epoch = median_seconds(lambda: _integral_epoch(pic, state, batches, weights, optimizer, rule,
-                                                   "auto")[2])
-    memory = step_memory(lambda p, s, xb, wb: _integral_epoch(p, s, xb, wb, optimizer, rule,
-                                                              "auto"),
+    epoch = median_seconds(lambda: _gradient_epoch(pic, state, batches, weights, optimizer,
+                                                   (rule, "auto"))[2])
+    memory = step_memory(lambda p, s, xb, wb: _gradient_epoch(p, s, xb, wb, optimizer,
+                                                              (rule, "auto")),
                          pic, state, batches[:1], weights[:1])
     return result.circuit, result, epoch, memory, pic.num_parameters
 

@@ -46,14 +46,16 @@ from pathlib import Path
 
 import numpy as np
 
+try:
+    from benchmarks.peers import missing_peer_message, peer_python
+except ModuleNotFoundError:  # run as a script: benchmarks/ itself is on sys.path
+    from peers import missing_peer_message, peer_python
+
 REPO = Path(__file__).resolve().parents[1]
 DEFAULT_OUT = REPO / "benchmarks" / "results" / "vi.json"
 EIGHT_SCHOOLS_DATA = REPO.parent / "shared" / "data" / "posteriordb" / "eight_schools.data.json.gz"
-# The peers' own virtualenvs (they cannot share jax with probinf).
-GENJAX_PYTHONS = {
-    "genjax": Path(os.environ.get("GENJAX_PYTHON", "/work/peer-venvs/genjax/bin/python")),
-    "genjax1": Path(os.environ.get("GENJAX1_PYTHON", "/work/peer-venvs/genjax1/bin/python")),
-}
+# The peers' own virtualenvs (they cannot share jax with probinf): benchmarks/peers.py.
+GENJAX_PYTHONS = {peer: peer_python(peer) for peer in ("genjax", "genjax1")}
 
 LEARNING_RATE = 1e-2
 INIT_SCALE = 0.1
@@ -497,7 +499,8 @@ def main(argv: list[str] | None = None) -> None:
             problem_result["genjax_environments"] = {}
             for peer, python in GENJAX_PYTHONS.items():
                 print(f"   {peer} worker ...", flush=True)
-                out = run_genjax(python, problem_name, problem["data"], dim, steps, repeats)
+                out = (run_genjax(python, problem_name, problem["data"], dim, steps, repeats)
+                       if python is not None else {"error": missing_peer_message(peer)})
                 genjax_outs[peer] = out
                 problem_result["genjax_environments"][peer] = {
                     k: out[k] for k in ("versions", "python", "error") if k in out

@@ -55,6 +55,11 @@ from jaxtyping import Array, PRNGKeyArray
 import probinf
 from probinf import vi
 
+try:
+    from benchmarks.peers import missing_peer_message, peer_python
+except ModuleNotFoundError:  # run as a script: benchmarks/ itself is on sys.path
+    from peers import missing_peer_message, peer_python
+
 REPO = Path(__file__).resolve().parents[1]
 DEFAULT_OUT = REPO / "benchmarks" / "results" / "vi_cone.json"
 Z_OBSERVED = 5.0
@@ -222,11 +227,12 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--out", type=Path, default=DEFAULT_OUT)
     parser.add_argument("--authors-code", type=Path, default=None,
                         help="folder with the authors' genjax_cone*.py scripts to run as well")
-    parser.add_argument("--authors-python", type=Path,
-                        default=Path("/work/peer-venvs/genjax-pldi/bin/python"))
+    parser.add_argument("--authors-python", type=Path, default=peer_python("genjax-pldi"))
     parser.add_argument("--authors-output", type=Path, nargs="+", default=None,
                         help="saved standard output of an earlier run of the authors' scripts")
     args = parser.parse_args(argv)
+    if args.authors_code is not None and args.authors_python is None:
+        parser.error(f"--authors-python: {missing_peer_message('genjax-pldi')}")
     steps = STEPS // 20 if args.quick else STEPS
     seeds = 1 if args.quick else SEEDS
 

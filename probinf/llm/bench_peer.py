@@ -24,9 +24,17 @@ __all__ = ["compare_with_its_hub", "start_llama_server", "SMOLLM2_DEFAULT_SYSTEM
 SMOLLM2_DEFAULT_SYSTEM = "You are a helpful AI assistant named SmolLM, trained by Hugging Face"
 
 _PEER_SCRIPT = r'''
-import importlib.util, json, sys, time
-spec = importlib.util.spec_from_file_location("arith", sys.argv[1])
-arith = importlib.util.module_from_spec(spec); spec.loader.exec_module(arith)
+import importlib.util, json, os, sys, time, types
+# The verifier's three modules, loaded from probinf's source without installing probinf
+# (the peer venv has its own packages): empty parent packages, then each module by path.
+for parent in ("probinf", "probinf.llm", "probinf.llm.rewards"):
+    sys.modules[parent] = types.ModuleType(parent)
+for name in ("_lexer", "_evaluate", "arithmetic"):
+    spec = importlib.util.spec_from_file_location(f"probinf.llm.rewards.{name}", os.path.join(sys.argv[1], f"{name}.py"))
+    module = importlib.util.module_from_spec(spec)
+    sys.modules[spec.name] = module
+    spec.loader.exec_module(module)
+arith = sys.modules["probinf.llm.rewards.arithmetic"]
 config = json.loads(sys.argv[2])
 import its_hub
 from its_hub.api.reward_models.prm import AbstractProcessRewardModel
@@ -109,7 +117,7 @@ def compare_with_its_hub(its_hub_python: str, *, num_problems: int = 20, n: int 
     problems = [{"question": p.question, "answer": p.answer}
                 for p in make_problems(jax.random.key(seed), 100)][:num_problems]
     process, url = start_llama_server(smollm2_path())
-    arith = os.path.join(os.path.dirname(__file__), "rewards", "arithmetic.py")
+    arith = os.path.join(os.path.dirname(__file__), "rewards")
     config = {"url": url, "n": n, "max_steps": BENCH_CONFIG.max_steps,
               "max_step_tokens": BENCH_CONFIG.max_step_tokens,
               "delimiter": BENCH_CONFIG.delimiter, "temperature": BENCH_CONFIG.temperature,
