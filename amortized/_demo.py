@@ -15,7 +15,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from probinf.demo import DemoStep
+from probinf.demo import DemoStep, phase_bar
 
 WEIGHTS = pathlib.Path(__file__).parent / "data" / "demo_transformer.weights"
 DEMO_SIZE = dict(d_model=32, num_heads=4, num_encoder_layers=1, num_decoder_layers=2)
@@ -51,12 +51,18 @@ def train_demo_model(path: str | pathlib.Path = WEIGHTS, *, steps: int = DEMO_ST
     return result
 
 
-def amortized_step(key, quick: bool) -> DemoStep:
+def amortized_step(key, quick: bool, progress: bool | None = None) -> DemoStep:
+    with phase_bar(3, desc="amortized", progress=progress) as phase:
+        return _amortized_step(key, quick, phase)
+
+
+def _amortized_step(key, quick: bool, phase) -> DemoStep:
     from amortized import GaussianMixture, monte_carlo_kl, train
 
     task = demo_task()
     k_train, k_test, k_kl, k_data = jax.random.split(key, 4)
     result = None
+    phase("loading the model" if WEIGHTS.exists() else "training a small model")
     if WEIGHTS.exists():
         dt = eqx.tree_deserialise_leaves(WEIGHTS, _skeleton(task, shapes_only=True))
         origin = (f"shipped weights ({DEMO_STEPS} Adam steps x {DEMO_BATCH} fresh simulations, "
@@ -97,6 +103,7 @@ def amortized_step(key, quick: bool) -> DemoStep:
 
         return jax.vmap(one)(priors, observations, mask, jax.random.split(key, observations.shape[0]))
 
+    phase(f"scoring {num_test + len(names)} posteriors against the exact ones")
     kls, kls_prior, exacts, approxes = evaluate(dt, *everything, k_kl)
     kl_dt, kl_prior = kls[:num_test], kls_prior[:num_test]
     adapted_kl = {name: float(kls[num_test + i]) for i, name in enumerate(names)}
@@ -104,20 +111,26 @@ def amortized_step(key, quick: bool) -> DemoStep:
                       jax.tree_util.tree_map(lambda x, i=i: x[num_test + i], approxes))
                for i, name in enumerate(names)}
 
+    phase("timing one posterior")
     dt(priors["bimodal prior"], data)  # compile once; time warm calls
     started = time.perf_counter()
     for _ in range(20):
         jax.block_until_ready(dt(priors["bimodal prior"], data).means)
     per_posterior_ms = (time.perf_counter() - started) / 20 * 1e3
 
+    def mean(mixture):
+        return float(np.sum(np.asarray(mixture.weights) * np.asarray(mixture.means[:, 0])))
+
+    _, exact_bimodal, dt_bimodal = adapted["bimodal prior"]
     lines = [
         "Task: theta ~ mixture prior (1-2 components, drawn at random), y_j ~ N(theta, 1), 1-8 data;",
-        "the exact posterior is a mixture (closed form), so every DT posterior can be checked.",
+        "the exact posterior is a mixture (closed form), so every DT posterior is checked against it.",
         f"Distribution Transformer: {origin}.",
-        f"mean KL(exact || DT) on {num_test} new (prior, data) pairs: {float(kl_dt.mean()):.3f}   "
-        f"(exact || prior: {float(kl_prior.mean()):.3f})",
+        f"mean KL(exact || DT) on {num_test} new (prior, data) pairs: {float(kl_dt.mean()):.3f} vs 0 for "
+        f"exact posteriors (the prior itself: KL(exact || prior) {float(kl_prior.mean()):.3f})",
         "Prior changed on the fly (no retraining), same 4 data points: "
-        + ", ".join(f"{name} KL {max(kl, 0.0):.3f}" for name, kl in adapted_kl.items()),
+        + ", ".join(f"{name} KL {max(kl, 0.0):.3f}" for name, kl in adapted_kl.items()) + ";",
+        f"   posterior mean under the bimodal prior: DT {mean(dt_bimodal):.3f} vs exact {mean(exact_bimodal):.3f}",
         f"one posterior: {per_posterior_ms:.2f} ms (prior + data in, mixture out)",
     ]
 
@@ -129,14 +142,23 @@ def amortized_step(key, quick: bool) -> DemoStep:
         return np.sum(w * np.exp(-0.5 * ((grid[:, None] - m) / s) ** 2) / (s * np.sqrt(2 * np.pi)), axis=1)
 
     def draw_adaptation(ax):
-        for (name, (prior, exact, approx)), colour in zip(adapted.items(), ("C0", "C3"), strict=True):
-            ax.plot(grid, density(prior), color=colour, ls=":", lw=1, label=f"{name}")
-            ax.plot(grid, density(exact), color=colour, lw=2, alpha=0.5, label="exact posterior")
-            ax.plot(grid, density(approx), color=colour, ls="--", lw=1.2, label="DT posterior")
-        ax.plot(np.asarray(data[:, 0]), np.zeros(4), "k|", ms=10, label="data")
+        from matplotlib.lines import Line2D
+
+        colours = ("C0", "C3")
+        for (prior, exact, approx), colour in zip(adapted.values(), colours, strict=True):
+            ax.plot(grid, density(prior), color=colour, ls=":", lw=1)
+            ax.plot(grid, density(exact), color=colour, lw=2, alpha=0.5)
+            ax.plot(grid, density(approx), color=colour, ls="--", lw=1.2)
+        ax.plot(np.asarray(data[:, 0]), np.zeros(4), "k|", ms=10)
+        # Colour says which prior, line style what is drawn: one legend entry each.
+        handles = [Line2D([], [], color=c, lw=2, label=name) for name, c in zip(adapted, colours, strict=True)]
+        handles += [Line2D([], [], color="0.4", ls=":", lw=1, label="prior"),
+                    Line2D([], [], color="0.4", lw=2, alpha=0.5, label="exact posterior"),
+                    Line2D([], [], color="0.4", ls="--", lw=1.2, label="DT posterior"),
+                    Line2D([], [], color="k", marker="|", ls="", ms=10, label="data")]
+        ax.legend(handles=handles, frameon=False, fontsize=7, loc="upper left")
         ax.set_title("Distribution Transformer: prior swapped on the fly")
         ax.set_xlabel(r"$\theta$")
-        ax.legend(frameon=False, fontsize=6, ncol=2)
 
     def draw_kl(ax):
         bins = np.linspace(-3, 1, 30)
@@ -147,8 +169,7 @@ def amortized_step(key, quick: bool) -> DemoStep:
         ax.set_title("DT posteriors vs exact, new priors and data")
         ax.legend(frameon=False, fontsize=7)
 
-    return DemoStep("Amortized inference with a Distribution Transformer (amortized)", lines,
-                    [draw_adaptation, draw_kl])
+    return DemoStep(lines, [draw_adaptation, draw_kl])
 
 
 if __name__ == "__main__":

