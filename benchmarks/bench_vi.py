@@ -705,4 +705,7 @@ if __name__ == "__main__":
     if len(sys.argv) == 3 and sys.argv[1] == "--genjax-worker":
         genjax_worker(sys.argv[2])
     else:
+        from probinf import xla_cpu_workaround
+
+        xla_cpu_workaround()  # before JAX's first computation (see docs/flows.md)
         main()

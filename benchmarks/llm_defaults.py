@@ -191,4 +191,7 @@ def main(argv=None):
 
 
 if __name__ == "__main__":
+    from probinf import xla_cpu_workaround
+
+    xla_cpu_workaround()  # before JAX's first computation (see docs/flows.md)
     raise SystemExit(main())

@@ -12,9 +12,10 @@ Turning that fusion off (``--xla_cpu_experimental_ynn_fusion_type=-reduce``) fix
 the flag only takes effect if it is in ``XLA_FLAGS`` before JAX starts its CPU backend
 (JAX's first computation), and an XLA that does not know the flag aborts. So nothing
 happens on import: :func:`xla_cpu_workaround` is an explicit call (the ``probinf`` CLI,
-the test suite's conftest and the benchmarks make it), and the training entry points
-(:func:`probinf.vi.fit`, :func:`flows.fit_to_data`) measure, once per process, whether
-the gradients are exact and warn with the fix when they are not.
+the test suite's conftest and the benchmarks make it), and the flow training entry
+points (:func:`flows.fit_to_data`, and :func:`probinf.vi.fit` on a ``flows`` family)
+measure, once per process, whether the gradients are exact and warn with the fix when
+they are not.
 """
 
 from __future__ import annotations
