@@ -33,7 +33,7 @@ import numpy as np
 
 from probinf.llm.base import DEFAULT_CONFIG
 
-__all__ = ["run_benchmark", "summarize", "plot_results", "BENCH_CONFIG"]
+__all__ = ["run_benchmark", "summarize", "plot_results", "results_markdown", "BENCH_CONFIG"]
 
 # The library's single defaults (sampling, delimiter, caps, stop at a stated answer); the
 # benchmark varies only N.
@@ -117,6 +117,8 @@ def _job(stage: str, index: int, problem: dict, seed: int, budgets: list[int]) -
                                       _MODEL, question, verifier, n_particles=n, **options)
     record.update(method=method, n=n, answer=result.answer, correct=result.answer == answer,
                   any_correct=any(lenient_answer(p.text) == answer for p in result.particles),
+                  particle_answers=[lenient_answer(p.text) for p in result.particles],
+                  log_weights=[float(w) for w in result.log_weights],
                   budget=result.budget.as_dict(), resampled_steps=int(result.resampled.sum()),
                   min_ess=float(np.min(result.ess)) if result.ess.size else None)
     return record
@@ -408,7 +410,7 @@ def run_benchmark(
         done = sorted({r["stage"] for r in records})
         result.update({
             "elapsed_seconds": elapsed + sum(r.get("elapsed_seconds") or 0 for r in previous_runs),
-            "finished": final, "jobs_done": len(records), "jobs_planned": planned,
+            "finished": final and len(records) == planned, "jobs_done": len(records), "jobs_planned": planned,
             "runs": previous_runs + [{"elapsed_seconds": elapsed, "jobs_done": len(records),
                                       "load_average_at_start": result["machine"]["load_average_at_start"]}],
             "stages_with_results": done, "results": table, "goals": _goals(table, used, budgets),
@@ -490,3 +492,45 @@ def plot_results(result: dict | str, png: str | None = None, ax=None):
             fig.savefig(png, dpi=120)
         plt.close(fig)
     return ax
+
+
+_TABLE_ROWS = (("greedy", "greedy"), ("best_of_n", "best-of-N (verifier as outcome reward)"),
+               ("majority_vote", "majority vote"), ("weighted_majority_vote", "weighted majority vote"),
+               ("beam_search", "beam search"), ("particle_filter", "particle filtering"),
+               ("entropic_particle_filter", "entropic particle filtering"),
+               ("best_of_n_timed", "best-of-N run on its own (timed)"))
+
+
+def results_markdown(result: dict | str) -> str:
+    """The accuracy, coverage, token and wall-time tables of a result, as Markdown.
+
+    docs/llm.md quotes this text verbatim (a test checks it against the committed JSON).
+    """
+    if isinstance(result, str):
+        with open(result) as f:
+            result = json.load(f)
+    table, budgets = result["results"], result["config"]["budgets"]
+    header = "| method | " + " | ".join(f"N = {n}" for n in budgets) + " |\n|---|" + "---:|" * len(budgets)
+
+    def block(title, cell):
+        lines = [title, "", header]
+        for name, label in _TABLE_ROWS:
+            rows = table.get(name, {})
+            cells = [cell(rows[str(n)]) if str(n) in rows else "—" for n in budgets]
+            if any(c != "—" for c in cells):
+                lines.append(f"| {label} | " + " | ".join(cells) + " |")
+        return "\n".join(lines)
+
+    def accuracy(row):
+        return f"{100 * row['accuracy']:.0f} ± {100 * row['stderr']:.0f} ({row['problems']})"
+
+    parts = [
+        block("Accuracy in percent ± one standard error (problems):", accuracy),
+        block("Coverage: percent of problems on which some final particle (sample) is right:",
+              lambda row: f"{100 * row['coverage']:.0f}" if "coverage" in row else "—"),
+        block("Tokens generated per problem:",
+              lambda row: f"{row['tokens_per_problem']:.0f}" if "tokens_per_problem" in row else "—"),
+        block("Wall time per problem in seconds:",
+              lambda row: f"{row['seconds_per_problem']:.1f}" if "seconds_per_problem" in row else "—"),
+    ]
+    return "\n\n".join(parts) + "\n"
