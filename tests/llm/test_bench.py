@@ -7,7 +7,7 @@ import math
 import pytest
 from scipy import stats
 
-from probinf.llm.bench import _paired, reward_diagnostics, results_markdown, summarize
+from probinf.llm.bench import _paired, results_markdown, reward_diagnostics, summarize
 
 
 def _baseline(problem, correct, log_odds, answers):
