@@ -4,6 +4,7 @@ Run from the repository root::
 
     python benchmarks/bench_circuits.py            # full run (about 15 minutes on 2 cores)
     python benchmarks/bench_circuits.py --quick    # a smoke run (small budgets)
+    python benchmarks/bench_circuits.py --merge-published  # only refresh the published figures
 
 Writes ``benchmarks/results/circuits.json``.
 
@@ -13,7 +14,8 @@ Writes ``benchmarks/results/circuits.json``.
    dataset, recorded in the JSON), the parameters with the best validation
    log-likelihood kept. Reported: test log-likelihood in nats per sample, next to
    an exact plain Chow–Liu tree (MLE with Laplace smoothing, numpy) trained here,
-   and the published figures we could verify (see ``PUBLISHED``).
+   and the published HCLT figures with the gap, recomputed from the authors' logs
+   (``results/published_debd.json``, made by ``published_debd.py``).
 2. **Throughput** (samples per second) of the forward pass and of forward +
    backward (gradient of the mean log-likelihood with respect to all
    parameters), ours against cirkit (``libcirkit``, torch CPU) on the SAME
@@ -47,26 +49,19 @@ try:
     from benchmarks.peers import missing_peer_message, peer_python
 except ModuleNotFoundError:  # run as a script: benchmarks/ itself is on sys.path
     from peers import missing_peer_message, peer_python
+try:
+    from benchmarks.published_debd import load_published, merge_published, update_circuits_json
+except ModuleNotFoundError:
+    from published_debd import load_published, merge_published, update_circuits_json
 
 REPO = pathlib.Path(__file__).resolve().parents[1]
 DEBD = REPO.parent / "shared" / "data" / "debd"
 OUT = REPO / "benchmarks" / "results" / "circuits.json"
 CIRKIT_PYTHON = peer_python("cirkit")
 
-# Published test log-likelihoods are quoted only where we could read the number in
-# its source. The search tools available when this benchmark was written returned
-# only the first part of each paper (no results tables), so no number is quoted;
-# the references say where the figures are.
-PUBLISHED = {
-    "figures": {},
-    "where_to_find_them": [
-        "Liu & Van den Broeck, Tractable Regularization of Probabilistic Circuits, NeurIPS 2021 "
-        "(HCLT with data softening / entropy regularisation; DEBD results table)",
-        "Peharz et al., Einsum Networks, ICML 2020 (EiNet and RAT-SPN on the 20 DEBD datasets)",
-        "Dang, Liu & Van den Broeck, Sparse Probabilistic Circuits via Pruning and Growing, "
-        "NeurIPS 2022 (HCLT and SparsePC on DEBD)",
-    ],
-}
+# Published figures come from results/published_debd.json (recomputed from the HCLT
+# authors' released logs by published_debd.py, with source, commit and citation);
+# merge_published puts them beside ours in circuits.json.
 
 
 # --------------------------------------------------------------- baseline
@@ -141,7 +136,7 @@ def density_estimation(num_units, epochs, seconds, batch_size, step_size, pseudo
             "stages": len(best.structure.stages),
             "valid_history": history,
             "chow_liu_tree_test_log_likelihood": baseline,
-            "published": PUBLISHED["figures"].get(name),
+            "published": None,  # filled by merge_published from published_debd.json
         }
         print(f"{name:10s} test LL {test:9.3f}  (Chow-Liu tree {baseline:9.3f})  "
               f"{done} epochs in {seconds_used:.0f} s", flush=True)
@@ -260,7 +255,14 @@ def cirkit_throughput(graph, units, batch, repeats, threads):
 def main():
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--quick", action="store_true", help="small budgets (smoke run)")
+    parser.add_argument("--merge-published", action="store_true",
+                        help="only merge results/published_debd.json into the existing "
+                             "circuits.json (no training)")
     args = parser.parse_args()
+    if args.merge_published:
+        update_circuits_json(OUT)
+        print(f"merged the published figures into {OUT}")
+        return
     quick = args.quick
     setup = {
         "debd": {"model": "hidden Chow-Liu tree, CP layers, Bernoulli inputs",
@@ -282,7 +284,7 @@ def main():
         "versions": {"jax": jax.__version__, "equinox": eqx.__version__,
                      "probinf_circuits": "this checkout"},
         "setup": setup,
-        "published_figures": PUBLISHED,
+        "published_figures": None,  # filled by merge_published
     }
     d = setup["debd"]
     report["density_estimation"] = density_estimation(
@@ -311,6 +313,7 @@ def main():
     }
     report["load_average_at_end"] = list(os.getloadavg())
     report["total_seconds"] = time.perf_counter() - started
+    merge_published(report, load_published())
     OUT.parent.mkdir(parents=True, exist_ok=True)
     OUT.write_text(json.dumps(report, indent=2))
     print(json.dumps(report["throughput"]["ratio_ours_over_cirkit"], indent=2))
