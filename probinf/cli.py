@@ -14,6 +14,7 @@ from probinf._version import __version__
 from probinf._xla_workaround import xla_cpu_workaround
 from probinf.llm.base import LLMBackendError
 from probinf.llm.cli import MissingExtraError, add_decode_parser
+from probinf.llm.serve.cli import add_serve_parser
 
 __all__ = ["main", "build_parser"]
 
@@ -96,6 +97,7 @@ def build_parser() -> argparse.ArgumentParser:
     demo.set_defaults(handler=_cmd_demo)
 
     add_decode_parser(sub)
+    add_serve_parser(sub)
     return parser
 
 

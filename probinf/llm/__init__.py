@@ -8,7 +8,7 @@ majority vote, beam search) on any backend: llama.cpp, Hugging Face transformers
 OpenAI-compatible server. Third-party packages are imported only when a backend is built.
 """
 
-from probinf.llm import backends, problems, rewards
+from probinf.llm import backends, problems, rewards, serve
 from probinf.llm.backends import (
     LlamaCppModel,
     OpenAICompletionsModel,
@@ -46,6 +46,7 @@ from probinf.llm.samplers import (
     sample_independent,
     select,
 )
+from probinf.llm.serve import Decoder
 
 __all__ = [
     "generate",
@@ -83,7 +84,9 @@ __all__ = [
     "extract_answer",
     "ArithmeticProblem",
     "make_problems",
+    "Decoder",
     "backends",
     "rewards",
     "problems",
+    "serve",
 ]
