@@ -1,7 +1,7 @@
 """Small neural networks used as conditioners: a dense MLP and a MADE masked MLP.
 
-Activations are stored by name (a static string) so that every flow pickles by
-value with :func:`probinf.io.save`.
+Activations are stored by name (a static string) so that every flow saves with
+:func:`probinf.io.save` without naming a function.
 """
 
 from __future__ import annotations
