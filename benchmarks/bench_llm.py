@@ -5,7 +5,7 @@ entropic particle filtering on generated arithmetic problems (the same problems,
 and exact verifier for all), checkpointing ``benchmarks/results/llm.json`` as it goes,
 then compares with its_hub's particle filtering (the authors' library) on a subset,
 against a real llama-cpp-python server, when its_hub is installed in the venv given by
-``--its-hub-python``. See `probinf.llm.bench` for the stages. Needs the `llm` extra.
+``--its-hub-python``. See `llm_bench` (beside this file) for the stages. Needs the `llm` extra.
 
     python benchmarks/bench_llm.py                      # the full run (hours on 2 cores)
     python benchmarks/bench_llm.py --problems 4 --budgets 1,2 --time-budget 300   # a smoke run
@@ -15,11 +15,11 @@ import argparse
 import json
 import sys
 
-from probinf.llm.bench import plot_results, run_benchmark
-
 try:
+    from benchmarks.llm_bench import plot_results, run_benchmark
     from benchmarks.peers import missing_peer_message, peer_python
 except ModuleNotFoundError:  # run as a script: benchmarks/ itself is on sys.path
+    from llm_bench import plot_results, run_benchmark
     from peers import missing_peer_message, peer_python
 
 
@@ -48,7 +48,10 @@ def main(argv=None):
                            workers=args.workers, time_budget_s=args.time_budget,
                            stages=tuple(args.stages.split(",")), plot=args.plot, resume=args.resume)
     if args.its_hub_python:
-        from probinf.llm.bench_peer import compare_with_its_hub
+        try:
+            from benchmarks.llm_peer import compare_with_its_hub
+        except ModuleNotFoundError:  # run as a script
+            from llm_peer import compare_with_its_hub
 
         result["its_hub"] = compare_with_its_hub(args.its_hub_python, num_problems=args.its_hub_problems,
                                                  n=args.its_hub_n, seed=args.seed)

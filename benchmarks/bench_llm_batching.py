@@ -51,6 +51,7 @@ SERVER_TOKENS = 16
 def llama_section(rounds: int, n_problems: int) -> dict:
     from probinf.llm import DecodeConfig, LlamaCppModel, generate
     from probinf.llm.problems import SOLVE_INSTRUCTIONS, make_problems
+    from probinf.llm.rewards import arithmetic
 
     config = DecodeConfig(max_steps=3, max_step_tokens=32)
     batched = LlamaCppModel.smollm2(n_ctx=1024, n_threads=1)
@@ -79,8 +80,9 @@ def llama_section(rounds: int, n_problems: int) -> dict:
                     before = dict(batched.batch_stats)
                     before_single = evaluated["one_at_a_time"]
                     start = time.perf_counter()
-                    result = generate(model, problem.question, n_particles=n, config=config, key=key,
-                                      system=SOLVE_INSTRUCTIONS, progress=False)
+                    result = generate(model, problem.question, reward=arithmetic.ArithmeticVerifier(),
+                                      answer_fn=arithmetic.extract_answer, n_particles=n, config=config,
+                                      key=key, system=SOLVE_INSTRUCTIONS, progress=False)
                     wall = time.perf_counter() - start
                     outputs[name] = [list(particle.tokens) for particle in result.particles]
                     record = {

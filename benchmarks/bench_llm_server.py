@@ -89,6 +89,7 @@ def run(overhead_problems: int, requests: int) -> dict:
 
     from probinf.llm import DEFAULT_CONFIG, LlamaCppModel, generate
     from probinf.llm.problems import SOLVE_INSTRUCTIONS, make_problems
+    from probinf.llm.rewards import arithmetic
     from probinf.llm.serve import Decoder, ServerSettings, running_server
 
     config = DEFAULT_CONFIG.replace(n_particles=8)
@@ -105,14 +106,16 @@ def run(overhead_problems: int, requests: int) -> dict:
             running_server(decoder, settings) as server:
         client = openai.OpenAI(base_url=server.url, api_key="unused", max_retries=0, timeout=600)
         _request(client, "Warm up: what is 1 + 1?", 999)  # compiles the sampler's JAX functions
-        generate(model, "Warm up: what is 1 + 2?", config=config, system=SOLVE_INSTRUCTIONS, seed=998)
+        # What the decoder uses by default (its reward "arithmetic"), passed explicitly.
+        task = dict(reward=arithmetic.ArithmeticVerifier(), answer_fn=arithmetic.extract_answer)
+        generate(model, "Warm up: what is 1 + 2?", config=config, system=SOLVE_INSTRUCTIONS, seed=998, **task)
 
         rows = []
         for i, question in enumerate(overhead_questions):
             def direct(question=question, i=i):
                 start = time.perf_counter()
                 result = generate(model, question, method="particle_filter", config=config,
-                                  system=SOLVE_INSTRUCTIONS, key=jax.random.key(i))
+                                  system=SOLVE_INSTRUCTIONS, key=jax.random.key(i), **task)
                 return result, time.perf_counter() - start
 
             if i % 2 == 0:

@@ -3,7 +3,7 @@
 SmolLM2-135M-Instruct (llama.cpp) writes complete solutions to development problems —
 one-operation arithmetic word problems drawn with a key of their own, none of them a
 problem of the benchmark (``make_problems(jax.random.key(0), ...)`` in
-`probinf.llm.bench`) — greedily and by sampling with the library's token sampling
+``benchmarks/llm_bench.py``) — greedily and by sampling with the library's token sampling
 (temperature 0.8, top-k 40, top-p 0.95, min-p 0.05), up to the end-of-sequence token or
 ``MAX_TOKENS``. Each solution is generated once, as one token sequence; it is then cut
 into steps offline by the library's own step rule (`probinf.llm.backends._decode`) for

@@ -5,9 +5,11 @@ the name ``--only`` accepts, the ``"module:function"`` that runs it, the header 
 before it starts and a one-line summary for ``probinf demo --help``. A step is a function
 ``step(key, quick, progress=None) -> DemoStep``; it shows progress bars for its long loops
 (on a terminal), and each of its report lines states what it measured next to the exact or
-independent answer it is checked against. Steps are imported lazily (so ``import probinf``
-stays light), and each draws its panels into one shared PNG figure. A step whose optional
-dependencies or data are missing raises `StepSkipped` with the reason, and the demo goes on.
+independent answer it is checked against. The steps live in `probinf.demos`, one module per
+part, and are imported lazily, only when they run (so ``import probinf`` stays light and
+``--only vi`` imports neither `circuits` nor `amortized`); each draws its panels into one
+shared PNG figure. A step whose optional dependencies or data are missing raises
+`StepSkipped` with the reason, and the demo goes on.
 """
 
 from __future__ import annotations
@@ -34,23 +36,23 @@ class DemoStepSpec:
 
 
 STEPS: tuple[DemoStepSpec, ...] = (
-    DemoStepSpec("vi", "probinf._demo_vi:vi_step", "Variational inference (probinf.vi)",
+    DemoStepSpec("vi", "probinf.demos.vi:vi_step", "Variational inference (probinf.vi)",
                  "full-rank Gaussian VI on eight schools vs the exact posterior and evidence"),
-    DemoStepSpec("flows", "flows._demo:flows_step", "Normalizing flows (flows)",
+    DemoStepSpec("flows", "probinf.demos.flows:flows_step", "Normalizing flows (flows)",
                  "a spline flow fitted by VI to the U1 ring vs its exact log Z"),
-    DemoStepSpec("smc", "probinf.smc._demo:smc_step", "Sequential Monte Carlo (probinf.smc)",
+    DemoStepSpec("smc", "probinf.demos.smc:smc_step", "Sequential Monte Carlo (probinf.smc)",
                  "particle filter vs the Kalman filter; tempered SMC vs a known Z"),
-    DemoStepSpec("pcn", "probinf.pcn._demo:pcn_step", "Predictive coding (probinf.pcn)",
+    DemoStepSpec("pcn", "probinf.demos.pcn:pcn_step", "Predictive coding (probinf.pcn)",
                  "PCN inference vs the exact posterior; PC vs backprop"),
-    DemoStepSpec("circuits", "circuits._demo:circuits_step", "Probabilistic circuits (circuits)",
+    DemoStepSpec("circuits", "probinf.demos.circuits:circuits_step", "Probabilistic circuits (circuits)",
                  "a circuit learned on NLTCS; its queries vs brute-force enumeration"),
-    DemoStepSpec("pic", "circuits._demo_pic:pic_step",
+    DemoStepSpec("pic", "probinf.demos.pic:pic_step",
                  "Probabilistic integral circuits (circuits.integral)",
                  "quadrature circuits vs closed-form integrals"),
-    DemoStepSpec("amortized", "amortized._demo:amortized_step",
+    DemoStepSpec("amortized", "probinf.demos.amortized:amortized_step",
                  "Amortized inference with a Distribution Transformer (amortized)",
                  "amortized posteriors vs exact mixture posteriors"),
-    DemoStepSpec("llm", "probinf.llm._demo:llm_step", "Reward-guided LLM decoding (probinf.llm)",
+    DemoStepSpec("llm", "probinf.demos.llm:llm_step", "Reward-guided LLM decoding (probinf.llm)",
                  "particle filtering with SmolLM2 vs the exact answer (needs the llm extra)"),
 )
 STEP_NAMES: tuple[str, ...] = tuple(spec.name for spec in STEPS)

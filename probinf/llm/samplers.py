@@ -1011,11 +1011,28 @@ METHODS: dict[str, Callable] = {
 }
 
 
+# The methods that run without a reward: greedy ignores it, majority vote without one is
+# the unweighted vote.
+_REWARD_OPTIONAL = ("greedy", "majority_vote")
+_ARITHMETIC_HINT = ("for arithmetic word problems, `from probinf.llm.rewards import arithmetic` gives "
+                    "reward=arithmetic.ArithmeticVerifier() and answer_fn=arithmetic.extract_answer "
+                    "(or arithmetic.lenient_answer, which falls back to the last number written)")
+
+
 def generate(
     model_or_backend, prompt: str, reward=None, method: str = "particle_filter", n_particles: int | None = None,
-    *, config: DecodeConfig | None = None, key=None, seed: int = 0, **options,
+    *, answer_fn: Callable[[str], str | None] | None = None, config: DecodeConfig | None = None, key=None,
+    seed: int = 0, **options,
 ) -> DecodeResult:
     """Reward-guided decoding in one call.
+
+    The task is the caller's: ``reward`` and ``answer_fn`` have no default (the library
+    does not assume arithmetic). For arithmetic word problems pass the arithmetic ones::
+
+        from probinf.llm.rewards import arithmetic
+
+        generate(model, question, reward=arithmetic.ArithmeticVerifier(),
+                 answer_fn=arithmetic.extract_answer)
 
     Args:
         model_or_backend: a :class:`~probinf.llm.base.LanguageModel`, ``"smollm2"`` (the
@@ -1023,24 +1040,34 @@ def generate(
             ``llama_cpp.Llama`` or a ``(model, tokenizer)`` pair from ``transformers``.
         prompt: the question (formatted with the model's chat template).
         reward: a :class:`~probinf.llm.base.RewardModel` or a callable
-            ``(question, solution) -> float in [0, 1]``; default: the exact
-            :class:`~probinf.llm.rewards.ArithmeticVerifier`.
+            ``(question, solution) -> float in [0, 1]``. Required, except for
+            ``"greedy"`` (which does not use it) and ``"majority_vote"`` (without one, the
+            unweighted vote).
         method: one of :data:`METHODS` (``"particle_filter"``, ``"entropic_particle_filter"``,
             ``"particle_gibbs"``, ``"greedy"``, ``"best_of_n"``, ``"majority_vote"``,
             ``"beam_search"``).
         n_particles: the number of particles / samples / beams (default:
             ``config.n_particles``).
+        answer_fn: ``solution text -> answer string or None``: what ``result.answer``
+            holds and what ``selection="vote"`` and majority vote count. Required.
         config: the decoding settings (default: :data:`~probinf.llm.base.DEFAULT_CONFIG`,
             the measured defaults: sampling, step delimiter, caps, stop at a stated answer).
+            ``config.stop_at_answer`` finishes a particle once it states an answer in the
+            formats of :func:`~probinf.llm.rewards.extract_answer` (``\\boxed{N}``, "the
+            answer is N", ``#### N``), whatever ``answer_fn`` is; for answers of another
+            form set it to ``False`` and pass ``is_final``.
         key: PRNG key (default: ``jax.random.key(seed)``).
         seed: used when ``key`` is not given.
-        **options: passed to the method (``selection``, ``weighting``, ``system``, ...).
+        **options: passed to the method (``selection``, ``weighting``, ``system``,
+            ``is_final``, ...).
 
     Returns:
         A :class:`DecodeResult`: ``answer``, ``text``, all ``particles`` with
         ``log_weights`` and genealogy (``ancestors``), and the ``budget``.
 
     Raises:
+        TypeError: when ``reward`` (for a method that uses one) or ``answer_fn`` is missing,
+            naming it and how to get the arithmetic ones; when ``answer_fn`` is not callable.
         ValueError: for an unknown ``method`` and every invalid input of the method.
     """
     if method not in METHODS:
@@ -1048,14 +1075,21 @@ def generate(
     for name in ("params", "max_steps"):
         if name in options:
             raise TypeError(f"`{name}` is now a field of `config`: pass config=DecodeConfig(...)")
+    missing = []
+    if reward is None and method not in _REWARD_OPTIONAL:
+        missing.append(f"`reward` (a RewardModel or a callable (question, solution) -> float in [0, 1]; "
+                       f"method {method!r} is guided by it)")
+    if answer_fn is None:
+        missing.append("`answer_fn` (a callable solution text -> answer str or None)")
+    if missing:
+        raise TypeError(f"generate() needs {' and '.join(missing)}: the library assumes no task; "
+                        + _ARITHMETIC_HINT)
+    if not callable(answer_fn):
+        raise TypeError(f"`answer_fn` must be a callable text -> str | None, got {type(answer_fn).__name__}")
     config = DEFAULT_CONFIG if config is None else config
-    if reward is None:
-        from probinf.llm.rewards import ArithmeticVerifier
-
-        reward = ArithmeticVerifier()
     if key is None:
         key = jax.random.key(seed)
     if method == "greedy":
-        return greedy(key, model_or_backend, prompt, reward, config=config, **options)
+        return greedy(key, model_or_backend, prompt, reward, config=config, answer_fn=answer_fn, **options)
     return METHODS[method](key, model_or_backend, prompt, reward, config=config, n_particles=n_particles,
-                           **options)
+                           answer_fn=answer_fn, **options)

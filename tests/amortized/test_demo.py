@@ -4,7 +4,7 @@ import re
 
 import jax
 
-from amortized._demo import WEIGHTS, amortized_step
+from probinf.demos.amortized import WEIGHTS, amortized_step
 
 
 def test_amortized_demo_step_reports_accurate_posteriors():

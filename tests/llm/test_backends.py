@@ -30,6 +30,7 @@ from probinf.llm import (
     generate,
 )
 from probinf.llm.problems import SOLVE_INSTRUCTIONS
+from probinf.llm.rewards import ArithmeticVerifier, extract_answer
 
 QUESTION = "Mia has 12 apples and gets 7 more. How many apples does Mia have now?"
 # Greedy decoding answers this one in 50 tokens over several lines and a blank line,
@@ -157,7 +158,7 @@ def test_llama_stepwise_greedy_is_llama_cpp_greedy_token_for_token(llama_model, 
     config = DecodeConfig(temperature=0.0, delimiter=delimiter, max_step_tokens=64, max_steps=40,
                           stop_at_answer=False)
     result = generate(llama_model, BLANK_LINE_QUESTION, method="greedy", config=config, system=SOLVE_INSTRUCTIONS,
-                      progress=False)
+                      answer_fn=extract_answer, progress=False)
     particle = result.particles[0]
     # Several steps; the blank line (two "\n" tokens, kept as emitted) ends a step or, with
     # delimiter "\n", is split between two steps: the case the re-tokenising decoder got wrong.
@@ -270,7 +271,7 @@ def test_llama_next_token_logprobs(llama_model):
 
 def test_llama_particle_filter_end_to_end_is_reproducible(llama_model):
     kwargs = dict(n_particles=2, config=DecodeConfig(max_step_tokens=24, max_steps=2),
-                  system=SOLVE_INSTRUCTIONS, progress=False)
+                  reward=ArithmeticVerifier(), answer_fn=extract_answer, system=SOLVE_INSTRUCTIONS, progress=False)
     a = generate(llama_model, QUESTION, key=jax.random.key(4), **kwargs)
     b = generate(llama_model, QUESTION, key=jax.random.key(4), **kwargs)
     assert [p.tokens for p in a.particles] == [p.tokens for p in b.particles]
@@ -500,7 +501,7 @@ def test_transformers_stepwise_greedy_is_generate_token_for_token(hf_model):
     reference = new[:ends[0]]
     config = DecodeConfig(temperature=0.0, delimiter="\n", max_step_tokens=64, max_steps=40, stop_at_answer=False)
     result = generate(hf_model, BLANK_LINE_QUESTION, method="greedy", config=config, system=SOLVE_INSTRUCTIONS,
-                      progress=False)
+                      answer_fn=extract_answer, progress=False)
     assert len(result.particles[0].steps) >= 3
     assert list(result.particles[0].tokens) == reference
 
@@ -534,8 +535,8 @@ def test_transformers_seeds_and_prefix_cache(hf_model):
 
 
 def test_transformers_particle_filter_runs(hf_model):
-    result = generate(hf_model, QUESTION, n_particles=2, config=DecodeConfig(max_step_tokens=8, max_steps=2),
-                      key=jax.random.key(0), progress=False)
+    result = generate(hf_model, QUESTION, reward=ArithmeticVerifier(), answer_fn=extract_answer, n_particles=2,
+                      config=DecodeConfig(max_step_tokens=8, max_steps=2), key=jax.random.key(0), progress=False)
     assert len(result.particles) == 2 and result.budget.tokens > 0
 
 
@@ -567,10 +568,11 @@ def test_server_seeded_sampling_and_logprobs(llama_server):
 
 def test_server_generate_by_url(llama_server):
     config = DecodeConfig(max_step_tokens=16, max_steps=2)
+    arithmetic = dict(reward=ArithmeticVerifier(), answer_fn=extract_answer)
     result = generate(llama_server, QUESTION, n_particles=2, config=config, key=jax.random.key(1), progress=False,
-                      system=SOLVE_INSTRUCTIONS)
+                      system=SOLVE_INSTRUCTIONS, **arithmetic)
     again = generate(llama_server, QUESTION, n_particles=2, config=config, key=jax.random.key(1), progress=False,
-                     system=SOLVE_INSTRUCTIONS)
+                     system=SOLVE_INSTRUCTIONS, **arithmetic)
     assert [p.text for p in result.particles] == [p.text for p in again.particles]
 
 
@@ -643,7 +645,8 @@ def test_bad_server_replies_raise_clear_errors(bad_server):
     with pytest.raises(LLMBackendError, match=match):
         model.extend([0], "Q: 1 + 1?\nA:", [START], GREEDY)
     with pytest.raises(LLMBackendError, match=match):
-        generate(model, QUESTION, n_particles=2, progress=False)
+        generate(model, QUESTION, reward=ArithmeticVerifier(), answer_fn=extract_answer, n_particles=2,
+                 progress=False)
 
 
 class _SlowServer(BaseHTTPRequestHandler):

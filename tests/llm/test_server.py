@@ -29,6 +29,7 @@ from probinf.llm import (
     generate,
     particle_filter,
 )
+from probinf.llm.rewards import extract_answer
 from probinf.llm.serve import BatchScheduler, Decoder, RequestCancelled, running_server
 from probinf.llm.serve.app import ServerSettings
 from probinf.llm.serve.protocol import APIError, Limits, parse_chat_request
@@ -121,10 +122,15 @@ def chat(question=QUESTION, **fields) -> dict:
     return {"model": "probinf", "messages": [{"role": "user", "content": question}], **fields}
 
 
+# What a Decoder uses unless told otherwise: its reward "arithmetic" (the exact verifier)
+# and the samplers' answer extractor; `generate` takes both explicitly.
+SERVER_DEFAULTS = dict(reward=ArithmeticVerifier(), answer_fn=extract_answer)
+
+
 def direct(method: str, n: int | None, seed: int):
     """The library itself on a fresh toy model: what the server must answer."""
     return generate(ToyStepModel(arithmetic_transition), QUESTION, method=method, n_particles=n, config=CONFIG,
-                    seed=seed)
+                    seed=seed, **SERVER_DEFAULTS)
 
 
 def assert_error(status, body, expected_status, param=None):
@@ -606,7 +612,7 @@ def smollm2():
 def test_embedded_model_through_the_openai_client(smollm2):
     config = DecodeConfig(n_particles=2, max_steps=2, max_step_tokens=12)
     question = "Mia has 12 apples and gets 7 more. How many apples does Mia have now?"
-    expected = generate(smollm2, question, method="particle_filter", config=config, seed=4)
+    expected = generate(smollm2, question, method="particle_filter", config=config, seed=4, **SERVER_DEFAULTS)
     prompt_tokens = len(smollm2.encode_prompt(smollm2.format_prompt(question)).tokens)
     with Decoder(smollm2, config=config) as decoder, running_server(decoder) as running:
         client = openai.OpenAI(base_url=running.url, api_key="unused", max_retries=0, timeout=60)
@@ -657,6 +663,7 @@ def test_two_lines_from_a_transformers_model_and_tokenizer():
 
     result = Decoder.from_transformers(model, tokenizer, config=config)(question, method="pf", seed=1)
 
-    expected = generate((model, tokenizer), question, method="particle_filter", config=config, seed=1)
+    expected = generate((model, tokenizer), question, method="particle_filter", config=config, seed=1,
+                        **SERVER_DEFAULTS)
     assert result.text == expected.text and result.budget.tokens == expected.budget.tokens
     assert [p.tokens for p in result.particles] == [p.tokens for p in expected.particles]

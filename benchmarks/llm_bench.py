@@ -1,8 +1,12 @@
 """Accuracy against budget for every decoding method on generated arithmetic problems.
 
-Run with ``probinf decode --bench`` or ``python benchmarks/bench_llm.py``. The work is
-split into *stages*, and results are checkpointed after every job, so a run stopped by
-its time budget still leaves a complete, honest record of what finished:
+The engine of ``python benchmarks/bench_llm.py`` (tooling, not part of the installed
+library: import it as ``benchmarks.llm_bench`` from the repository root). The task is
+arithmetic, so the reward and the answer extractor are the arithmetic ones, passed to every
+sampler explicitly: the exact :class:`~probinf.llm.rewards.ArithmeticVerifier` and
+:func:`~probinf.llm.rewards.lenient_answer` (the stated answer, else the last number). The
+work is split into *stages*, and results are checkpointed after every job, so a run
+stopped by its time budget still leaves a complete, honest record of what finished:
 
 1. ``baseline``: greedy decoding and 16 independent samples per problem. Best-of-N
    (the verifier as outcome reward), majority vote and weighted majority vote for every

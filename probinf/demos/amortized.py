@@ -1,8 +1,8 @@
 """Demo step: a Distribution Transformer, a prior changed on the fly, checked against exact posteriors.
 
-The demo uses weights shipped with the package (``amortized/data/demo_transformer.weights``,
-written by :func:`train_demo_model`; regenerate with ``python -m amortized._demo``) so
-that it runs in seconds; if the file is missing it trains a small model on the spot.
+The demo uses weights shipped with the package (``probinf/demos/data/demo_transformer.weights``,
+written by :func:`train_demo_model`; regenerate with ``python -m probinf.demos.amortized``)
+so that it runs in seconds; if the file is missing it trains a small model on the spot.
 """
 
 from __future__ import annotations
@@ -66,7 +66,7 @@ def _amortized_step(key, quick: bool, phase) -> DemoStep:
     if WEIGHTS.exists():
         dt = eqx.tree_deserialise_leaves(WEIGHTS, _skeleton(task, shapes_only=True))
         origin = (f"shipped weights ({DEMO_STEPS} Adam steps x {DEMO_BATCH} fresh simulations, "
-                  "amortized._demo.train_demo_model)")
+                  "probinf.demos.amortized.train_demo_model)")
     else:  # weights not installed: a small model trained here
         result = train(_skeleton(task), task, key=k_train, steps=300 if quick else 1000, batch_size=128,
                        learning_rate=2e-3, progress=False)

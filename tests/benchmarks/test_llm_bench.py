@@ -1,13 +1,18 @@
-"""The LLM benchmark's summaries: paired tests, reward diagnostics, and the docs' tables
-quoted verbatim from the committed results."""
+"""benchmarks/llm_bench.py: the LLM benchmark's summaries (paired tests, reward
+diagnostics), and the docs' tables quoted verbatim from the committed results."""
 
 import json
 import math
+import sys
+from pathlib import Path
 
 import pytest
 from scipy import stats
 
-from probinf.llm.bench import _paired, results_markdown, reward_diagnostics, summarize
+REPO_ROOT = Path(__file__).resolve().parents[2]  # as tests/conftest.py's REPO_ROOT
+sys.path.insert(0, str(REPO_ROOT))
+
+from benchmarks.llm_bench import _paired, results_markdown, reward_diagnostics, summarize  # noqa: E402
 
 
 def _baseline(problem, correct, log_odds, answers):

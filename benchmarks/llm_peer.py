@@ -4,7 +4,8 @@ its_hub only talks to OpenAI-compatible endpoints, so both libraries decode thro
 llama-cpp-python server started here on 127.0.0.1 with the embedded model, on the same
 problems, with the same budget N and the same exact verifier as process reward (its_hub
 gets it through its ``AbstractProcessRewardModel`` interface). its_hub runs in its own
-virtualenv (a subprocess), since it is not a dependency of probinf.
+virtualenv (a subprocess), since it is not a dependency of probinf. Tooling, not part of
+the installed library: run through ``python benchmarks/bench_llm.py --its-hub-python PATH``.
 """
 
 from __future__ import annotations
@@ -108,16 +109,22 @@ def compare_with_its_hub(its_hub_python: str, *, num_problems: int = 20, n: int 
     """Particle filtering of probinf and of its_hub, same server, problems, N and verifier."""
     import jax
 
+    import probinf.llm.rewards
     from probinf.llm import OpenAICompletionsModel, particle_filter
     from probinf.llm.backends import smollm2_path
-    from probinf.llm.bench import BENCH_CONFIG, _key
     from probinf.llm.problems import make_problems
     from probinf.llm.rewards import ArithmeticVerifier, lenient_answer
+
+    try:
+        from benchmarks.llm_bench import BENCH_CONFIG, _key
+    except ModuleNotFoundError:  # run as a script: benchmarks/ itself is on sys.path
+        from llm_bench import BENCH_CONFIG, _key
 
     problems = [{"question": p.question, "answer": p.answer}
                 for p in make_problems(jax.random.key(seed), 100)][:num_problems]
     process, url = start_llama_server(smollm2_path())
-    arith = os.path.join(os.path.dirname(__file__), "rewards")
+    # The verifier's source files, which the peer's venv loads by path.
+    arith = os.path.dirname(probinf.llm.rewards.__file__)
     config = {"url": url, "n": n, "max_steps": BENCH_CONFIG.max_steps,
               "max_step_tokens": BENCH_CONFIG.max_step_tokens,
               "delimiter": BENCH_CONFIG.delimiter, "temperature": BENCH_CONFIG.temperature,
