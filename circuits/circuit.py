@@ -22,13 +22,15 @@ depth), jit-compiled; MAP and sampling add one top-down pass over the same layer
 
 from __future__ import annotations
 
+import warnings
+
 import equinox as eqx
 import jax
 import jax.numpy as jnp
 import numpy as np
 from jaxtyping import Array, Bool, Float, PRNGKeyArray
 
-from circuits.inputs import InputLayer
+from circuits.inputs import Bernoulli, Binomial, Categorical, InputLayer
 from circuits.kernels import BACKENDS, default_backend, fused_log_matmul_exp
 from circuits.layers import cp_layer, kronecker, log_matmul_exp, mixing_layer, tucker_layer
 from circuits.region_graph import RegionGraph
@@ -400,12 +402,12 @@ class Circuit(eqx.Module):
         )
 
     # ------------------------------------------------------ input checks
-    def _prepare(self, x, observed=None, name="x"):
+    def _prepare(self, x, observed=None, name="x", mask_name="observed"):
         """Validate data and its mask; returns flattened ``(B, V)`` arrays and the batch shape."""
         v = self.num_variables
         if _is_traced(x):
             batch_shape = tuple(x.shape[:-1])
-            mask = _as_mask(observed, "observed", v, batch_shape)
+            mask = _as_mask(observed, mask_name, v, batch_shape)
             x2 = jnp.reshape(x, (-1, v)).astype(self.float_dtype)
             m2 = jnp.ones_like(x2, bool) if mask is None else jnp.reshape(mask, (-1, v))
             return x2, m2, batch_shape
@@ -417,7 +419,7 @@ class Circuit(eqx.Module):
         if not (np.issubdtype(array.dtype, np.number) or array.dtype == bool):
             raise TypeError(f"`{name}` must be numeric, got dtype {array.dtype}")
         batch_shape = array.shape[:-1]
-        mask = _as_mask(observed, "observed", v, batch_shape)
+        mask = _as_mask(observed, mask_name, v, batch_shape)
         mask = np.ones(array.shape, bool) if mask is None else np.asarray(mask)
         values = array.astype(np.float64)
         nan = mask & np.isnan(values)
@@ -534,26 +536,124 @@ class Circuit(eqx.Module):
         return (log_joint - log_evidence).reshape(batch_shape)
 
     def map(self, x: Float[Array, "*batch V"] | None = None,
-            evidence: Bool[Array, "*batch V"] | None = None):
-        """Most probable explanation by max-product with backtracking.
+            evidence: Bool[Array, "*batch V"] | None = None, *,
+            refine: str | None = "auto", max_steps: int | None = None,
+            num_restarts: int = 0, key: PRNGKeyArray | None = None):
+        """Most probable explanation: max-product, then local search on the exact likelihood.
 
-        Finds ``argmax_{x_M} p(x_M, x_E)`` for the variables ``M`` outside the
-        evidence ``E``: an upward pass in the max-product semiring, then
-        backtracking from the root along the argmax child of every sum (Chan &
-        Darwiche 2006; Poon & Domingos 2011). This is exact for deterministic
-        circuits (at most one non-zero child per sum for any input); for other
-        circuits it maximises over induced trees, not over ``x``, and is an
-        approximation (exact MAP is NP-hard there; Peharz et al. 2017).
+        Looks for :math:`\\arg\\max_{x_M} p(x_M, x_E)` over the variables :math:`M`
+        outside the evidence :math:`E`.
+
+        **Max-product** (``refine=None``): an upward pass in the max-product
+        semiring, then backtracking from the root along the argmax child of every sum
+        (Chan & Darwiche 2006; Poon & Domingos 2011). This is exact for deterministic
+        circuits (at most one non-zero child per sum for any input). For other
+        circuits it maximises over induced trees, not over :math:`x` (Peharz et al.
+        2017), and exact MAP is NP-hard there (Conaty, Mauá & de Campos 2017; Mei,
+        Jiang & Tu 2018): the best tree's completion is often far from the best
+        completion.
+
+        **Iterated conditional modes** (``refine="icm"``; Besag 1986),
+        local search on the exact likelihood from approximate solutions, as Park &
+        Darwiche (2004) do for MAP in Bayesian networks. From each start, repeatedly
+        change the one unobserved variable, to the one value, that raises the exact
+        :math:`\\log p(x)` most (steepest-ascent coordinate ascent), until no single
+        change raises it. Every change is scored exactly and all at once: a smooth,
+        decomposable circuit is linear in the input units :math:`L_{s,k}` of any one
+        variable :math:`i` (each induced tree holds exactly one of them), so with the
+        flows :math:`f_{s,k} = \\partial \\log c(x) / \\partial \\log L_{s,k}(x_i)` of
+        one backward pass (Darwiche 2003),
+
+        .. math:: \\frac{c(x_{i \\leftarrow v})}{c(x)} =
+                  \\sum_{s,k:\\ \\mathrm{var}(s) = i} f_{s,k}\\,
+                  \\frac{L_{s,k}(v)}{L_{s,k}(x_i)}
+
+        for every variable and value: one forward and one backward pass per step
+        score every single-variable change of every row. A step is kept only if the
+        forward pass at the new point confirms that :math:`\\log p` rose. The starts:
+
+        * the max-product completion, so the result is never less likely than it;
+        * the completion of the induced tree found by the same backtracking through
+          the *sum*-semiring values (at each sum the child maximising
+          :math:`w_j\\, c_j(x_E)`, the other variables summed out), which often lies
+          in a better basin;
+        * ``num_restarts`` draws of :math:`p(x_M \\mid x_E)` (exact conditional
+          sampling, :meth:`sample_conditional`), if asked for, with ``key``.
+
+        All starts run as one batch; each row returns its most likely result. At
+        convergence no single change of an unobserved variable raises :math:`p` (a
+        local optimum); the global one is not guaranteed. Each step costs about a
+        gradient of :meth:`log_prob` on ``(2 + num_restarts) * B`` rows, and memory
+        likewise: split very large batches.
+
+        Refinement needs an input layer with a finite support (``Bernoulli``,
+        ``Categorical``: a change moves to any other category, ``Binomial``: to any
+        other count). The default ``refine="auto"`` is ``"icm"`` for those layers and
+        the max-product completion alone for the others (``Gaussian``).
 
         Args:
             x: evidence values (ignored where ``evidence`` is False); None for no evidence.
-            evidence: mask of the evidence variables.
+            evidence: boolean mask of the evidence variables (default: none).
+            refine: ``"auto"`` (default: ``"icm"`` for an input layer with a finite
+                support, else None), ``"icm"``, or None (the max-product completion alone).
+            max_steps: most changes per row and start for ``"icm"`` (default: the number
+                of variables). Rows still improving when it is reached are returned as
+                they are, with a ``RuntimeWarning``.
+            num_restarts: extra ICM starts drawn from :math:`p(x_M \\mid x_E)` (default 0).
+            key: PRNG key for those draws (required when ``num_restarts > 0``).
 
         Returns:
             ``(assignment, log_value)``: the completed ``(*batch, V)`` assignment (evidence
-            kept) and the max-product value ``log max_tree``, which equals
-            ``log p(assignment)`` for deterministic circuits (minus ``log Z``).
+            kept) and, with ``refine="icm"``, its log-likelihood ``log p(assignment)``;
+            with ``refine=None``, the max-product value (the best induced tree, minus
+            ``log Z``), which equals ``log p(assignment)`` for deterministic circuits and
+            is a lower bound of it otherwise.
+
+        Raises:
+            ValueError: for an unknown ``refine``, a ``max_steps`` or ``num_restarts``
+                that is not a positive (non-negative) integer or is given with
+                ``refine=None``, ``refine="icm"`` on an input layer without a finite
+                support, ``num_restarts > 0`` without ``key`` (or ``key`` without
+                restarts), ``evidence`` without ``x`` or of the wrong shape, evidence
+                values outside the input layer's support (naming the variable), or
+                evidence of probability zero.
+            TypeError: if ``evidence`` is not a boolean mask or ``key`` not a PRNG key.
         """
+        if refine not in _REFINEMENTS:
+            raise ValueError(f"`refine` must be one of {_REFINEMENTS}, got {refine!r}")
+        if refine == "auto":
+            refine = "icm" if _support_size(self.input_layer) is not None else None
+        num_values = None
+        if refine == "icm":
+            num_values = _support_size(self.input_layer)
+            if num_values is None:
+                raise ValueError(
+                    f"`refine='icm'` needs an input layer with a finite support (Bernoulli, "
+                    f"Categorical, Binomial), got {type(self.input_layer).__name__}; pass "
+                    "refine=None for the max-product completion")
+            if max_steps is None:
+                max_steps = self.num_variables
+            if isinstance(max_steps, bool) or not isinstance(max_steps, (int, np.integer)) \
+                    or max_steps < 1:
+                raise ValueError(f"`max_steps` must be a positive integer, got {max_steps!r}")
+            if isinstance(num_restarts, bool) or not isinstance(num_restarts, (int, np.integer)) \
+                    or num_restarts < 0:
+                raise ValueError(f"`num_restarts` must be a non-negative integer, got "
+                                 f"{num_restarts!r}")
+            if num_restarts and key is None:
+                raise ValueError(f"`key` is required for num_restarts={num_restarts} (the "
+                                 "restarts are random draws)")
+            if not num_restarts and key is not None:
+                raise ValueError("`key` was given but num_restarts=0: nothing is random "
+                                 "(set num_restarts > 0 for random restarts)")
+            if key is not None:
+                _check_key(key)
+        else:
+            for name, value, default in (("max_steps", max_steps, None),
+                                         ("num_restarts", num_restarts, 0), ("key", key, None)):
+                if value is not default:
+                    raise ValueError(f"`{name}` applies to refine='icm' only, got {name}="
+                                     f"{value!r} with refine={refine!r}")
         if x is None:
             if evidence is not None:
                 raise ValueError("`evidence` was given without `x`")
@@ -561,11 +661,26 @@ class Circuit(eqx.Module):
             evidence = np.zeros((1, self.num_variables), bool)
         elif evidence is None:
             evidence = np.zeros(np.shape(x), bool)
-        x2, mask, batch_shape = self._prepare(x, evidence)
+        x2, mask, batch_shape = self._prepare(x, evidence, mask_name="evidence")
         if not _is_traced(x2):
             log_evidence = _jit_log_marginal(self, x2, mask)
             _check_evidence_possible(log_evidence, "evidence")
-        assignment, value = _jit_map(self, x2, mask)
+        if refine is None:
+            assignment, value = _jit_map(self, x2, mask)
+        else:
+            # max_steps is an array: changing it does not recompile.
+            key = jax.random.key(0) if key is None else key  # unused without restarts
+            assignment, value, converged = _jit_map_icm(self, x2, mask, num_values,
+                                                        jnp.asarray(max_steps, jnp.int32), key,
+                                                        int(num_restarts))
+            if not _is_traced(converged):
+                stuck = np.flatnonzero(~np.asarray(converged))
+                if stuck.size:
+                    warnings.warn(
+                        f"map: iterated conditional modes reached max_steps={max_steps} "
+                        f"while {stuck.size} row(s) (first: row {int(stuck[0])}) still "
+                        "improved; their completions beat max-product but may not be local "
+                        "optima (raise `max_steps`)", RuntimeWarning, stacklevel=2)
         return (assignment.reshape(batch_shape + (self.num_variables,)),
                 value.reshape(batch_shape))
 
@@ -698,8 +813,7 @@ def _jit_log_marginal(circuit, x, observed):
     return circuit._log_marginal(x, observed)
 
 
-@eqx.filter_jit
-def _jit_map(circuit, x, observed):
+def _map_max_product(circuit, x, observed):
     groups, log_w, log_mix = circuit._evaluate(x, observed, "max")
     slot_units = top_down(jax.random.key(0), circuit.structure, groups, log_w, log_mix,
                           x.shape[0], "argmax")
@@ -707,6 +821,150 @@ def _jit_map(circuit, x, observed):
     slot_values = jnp.take_along_axis(modes, jnp.maximum(slot_units, 0), axis=1)
     value = root_value(circuit.structure, groups) - circuit._log_partition()
     return circuit._fill(slot_units, slot_values, x, observed), value
+
+
+@eqx.filter_jit
+def _jit_map(circuit, x, observed):
+    return _map_max_product(circuit, x, observed)
+
+
+# ---------------------------------------------------------------------------
+# MAP refinement: iterated conditional modes on the exact likelihood
+# ---------------------------------------------------------------------------
+_REFINEMENTS = ("auto", "icm", None)
+
+
+def _support_size(layer: InputLayer) -> int | None:
+    """Number of values of an input layer with a finite support, None for any other."""
+    if isinstance(layer, Bernoulli):
+        return 2
+    if isinstance(layer, Categorical):
+        return int(layer.num_categories)
+    if isinstance(layer, Binomial):
+        return int(layer.total_count) + 1
+    return None
+
+
+def _slots_of_variables(structure: CircuitStructure) -> np.ndarray:
+    """``(V, R)`` the input slots of every variable, padded with ``S`` (static)."""
+    slot_variable = structure.slot_variable
+    counts = np.bincount(slot_variable, minlength=structure.num_variables)
+    table = np.full((structure.num_variables, max(int(counts.max()), 1)),
+                    len(slot_variable), np.int32)
+    filled = np.zeros(structure.num_variables, np.int64)
+    for slot, variable in enumerate(slot_variable):
+        table[variable, filled[variable]] = slot
+        filled[variable] += 1
+    return table
+
+
+def _change_log_ratios(circuit, x, num_values):
+    """``log c(x)`` ``(B,)`` and ``log c(x_{i<-v}) - log c(x)`` ``(B, V, C)`` of complete rows.
+
+    Exact by linearity in one variable's input units (see :meth:`Circuit.map`): the
+    flows ``f = d log c / d log L`` come from one backward pass, and
+    ``c(x_{i<-v}) / c(x) = sum_{s,k: var(s)=i} f_{s,k} L_{s,k}(v) / L_{s,k}(x_i)``.
+    """
+    structure = circuit.structure
+    log_w, log_mix = circuit.log_weights()
+    leaf = circuit._input_values(x, jnp.ones(x.shape, bool))  # (S, B, K)
+
+    def log_c(values):
+        groups = upward(structure, values, log_w, log_mix, "sum", circuit.backend)
+        return root_value(structure, groups)
+
+    value, pullback = jax.vjp(log_c, leaf)
+    (flows,) = pullback(jnp.ones_like(value))  # rows are independent: per-row gradients
+    # log f - log L(x_i); units with zero flow (or, equivalently, zero value) drop out.
+    usable = (flows > 0) & jnp.isfinite(leaf)
+    base = jnp.where(usable, jnp.log(jnp.where(usable, flows, 1.0)) - leaf, -jnp.inf)
+    num_slots = structure.num_slots
+    every_value = jnp.broadcast_to(jnp.arange(num_values, dtype=x.dtype), (num_slots, num_values))
+    table = circuit.input_layer.log_prob(circuit.input_params, every_value)  # (S, C, K)
+
+    def per_slot(table_of_value):  # (S, K) -> (S, B)
+        return jax.nn.logsumexp(base + table_of_value[:, None, :], axis=-1)
+
+    # One value at a time keeps the (S, B, K) intermediate from growing with C.
+    ratios = jax.lax.map(per_slot, jnp.moveaxis(table, 1, 0))  # (C, S, B)
+    padded = jnp.concatenate([ratios, jnp.full_like(ratios[:, :1], -jnp.inf)], axis=1)
+    per_variable = jax.nn.logsumexp(padded[:, _slots_of_variables(structure)], axis=2)
+    return value, jnp.transpose(per_variable, (2, 1, 0))  # (B, V, C)
+
+
+def _sum_tree_completion(circuit, x, observed):
+    """Backtrack the argmax child of every sum through the sum-semiring values.
+
+    With the evidence in and the other variables summed out, the child ``j`` of a
+    sum maximising ``w_j c_j(x_E)`` is the most probable branch given the evidence;
+    following it from the root picks one induced tree, whose input units' modes
+    fill the unobserved variables.
+    """
+    groups, log_w, log_mix = circuit._evaluate(x, observed, "sum")
+    slot_units = top_down(jax.random.key(0), circuit.structure, groups, log_w, log_mix,
+                          x.shape[0], "argmax")
+    modes = circuit.input_layer.mode(circuit.input_params)  # (S, K)
+    slot_values = jnp.take_along_axis(modes, jnp.maximum(slot_units, 0), axis=1)
+    return circuit._fill(slot_units, slot_values, x, observed)
+
+
+def _map_icm(circuit, x, observed, num_values, max_steps, key, num_restarts):
+    """ICM from every start at once, the best result per row; see :meth:`Circuit.map`."""
+    starts = [_map_max_product(circuit, x, observed)[0], _sum_tree_completion(circuit, x, observed)]
+    if num_restarts:
+        tiled_x = jnp.tile(x, (num_restarts, 1))
+        tiled_observed = jnp.tile(observed, (num_restarts, 1))
+        groups, log_w, log_mix = circuit._evaluate(tiled_x, tiled_observed)
+        starts.append(_sample_from(key, circuit, tiled_x, tiled_observed, groups, log_w, log_mix))
+    num_starts = 2 + num_restarts
+    start = jnp.concatenate(starts).astype(x.dtype)
+    assignment, log_p, done = _icm(circuit, start, jnp.tile(observed, (num_starts, 1)),
+                                   num_values, max_steps)
+    batch = x.shape[0]
+    log_p = log_p.reshape(num_starts, batch)
+    chosen = jnp.argmax(log_p, axis=0)  # ties: the earliest start (max-product first)
+    rows = jnp.arange(batch)
+    return (assignment.reshape(num_starts, batch, -1)[chosen, rows], log_p[chosen, rows],
+            done.reshape(num_starts, batch)[chosen, rows])
+
+
+def _icm(circuit, start, observed, num_values, max_steps):
+    """Steepest-ascent ICM from complete rows ``start`` ``(B, V)`` (float values)."""
+    batch = start.shape[0]
+    rows = jnp.arange(batch)
+    values = jnp.arange(num_values, dtype=start.dtype)
+
+    def step(state):
+        count, current, log_c, proposal, done = state
+        log_c_proposal, ratios = _change_log_ratios(circuit, proposal, num_values)
+        # A change is kept only where the exact value confirms the predicted rise.
+        accept = ~done & (log_c_proposal > log_c)
+        current = jnp.where(accept[:, None], proposal, current)
+        log_c = jnp.where(accept, log_c_proposal, log_c)
+        allowed = ~observed[:, :, None] & (values != current[:, :, None])
+        gains = jnp.where(allowed, ratios, -jnp.inf).reshape(batch, -1)
+        best = jnp.argmax(gains, axis=1)
+        improves = jnp.take_along_axis(gains, best[:, None], axis=1)[:, 0] > 0
+        # A rejected change (predicted rise, none on the exact value: a tie within
+        # rounding) also ends the row's search.
+        done = done | ~accept | ~improves
+        proposal = current.at[rows, best // num_values].set(values[best % num_values])
+        return count + 1, current, log_c, proposal, done
+
+    def keep_going(state):
+        count, *_, done = state
+        return (count <= max_steps) & ~jnp.all(done)
+
+    log_c = jnp.full((batch,), -jnp.inf, circuit.float_dtype)
+    state = (jnp.zeros((), jnp.int32), start, log_c, start, jnp.zeros((batch,), bool))
+    _, current, log_c, _, done = jax.lax.while_loop(keep_going, step, state)
+    assignment = current.astype(jnp.int32) if circuit.input_layer.discrete else current
+    return assignment, log_c - circuit._log_partition(), done
+
+
+@eqx.filter_jit
+def _jit_map_icm(circuit, x, observed, num_values, max_steps, key, num_restarts):
+    return _map_icm(circuit, x, observed, num_values, max_steps, key, num_restarts)
 
 
 def _sample_from(key, circuit, x, observed, groups, log_w, log_mix):

@@ -80,7 +80,7 @@ def test_map_on_a_non_deterministic_circuit_is_the_best_induced_tree():
     evidence[1, [0, 4]] = True
     x = np.zeros((2, 6), int)
     x[1, [0, 4]] = [1, 0]
-    assignment, value = circuit.map(x, evidence)
+    assignment, value = circuit.map(x, evidence, refine=None)
     for row, mask, found, found_value in zip(x, evidence, np.asarray(assignment),
                                              np.asarray(value), strict=True):
         agree = np.all((domain == row) | ~mask, axis=1)
