@@ -5,6 +5,9 @@ Modules:
 
 * `probinf.smc.resampling` — multinomial, stratified, systematic and residual
   resampling with one signature ``(key, log_weights, n) -> ancestors``.
+* `probinf.smc.kernel` — the Feynman–Kac kernel: `FilterState`, `init`,
+  ``step(key, state, t, model) -> (state, info)``, the weighting / ESS / resampling
+  rule (`reweight`, `should_resample`) and the one failure table `FAILURES`.
 * `probinf.smc.feynman_kac` — the Feynman–Kac protocol, bootstrap / guided /
   auxiliary filters, `particle_filter`, backward smoothing.
 * `probinf.smc.particle_gibbs` — conditional SMC (with ancestor sampling) and
@@ -26,6 +29,16 @@ from probinf.smc.feynman_kac import (
     StateSpaceModel,
     backward_sampling,
     particle_filter,
+    trace_genealogy,
+)
+from probinf.smc.kernel import (
+    FAILURES,
+    FilterState,
+    StepInfo,
+    init,
+    reweight,
+    should_resample,
+    step,
 )
 from probinf.smc.models import LinearGaussianSSM
 from probinf.smc.particle_gibbs import conditional_smc, particle_gibbs
@@ -43,6 +56,14 @@ from probinf.smc.sharding import particle_sharding, shard_leading_axis
 from probinf.smc.tempered import TemperedResult, tempered_smc
 
 __all__ = [
+    "FAILURES",
+    "FilterState",
+    "StepInfo",
+    "init",
+    "step",
+    "reweight",
+    "should_resample",
+    "trace_genealogy",
     "SCHEMES",
     "effective_sample_size",
     "multinomial",

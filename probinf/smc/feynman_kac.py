@@ -37,7 +37,6 @@ have a leading axis of length ``n``.
 from __future__ import annotations
 
 import abc
-import math
 from collections.abc import Callable
 from typing import Any, ClassVar, NamedTuple
 
@@ -49,8 +48,9 @@ from jaxtyping import Array, Bool, Float, Int, PRNGKeyArray
 
 from probinf._checks import check_positive_int
 from probinf._progress import progress_bar
-from probinf.smc.resampling import _UNCHECKED, check_scheme
-from probinf.smc.sharding import check_divisible, constrain_leading_axis
+from probinf.smc import kernel
+from probinf.smc.resampling import check_scheme
+from probinf.smc.sharding import check_divisible
 
 __all__ = [
     "FeynmanKac",
@@ -64,7 +64,8 @@ __all__ = [
     "FilterHistory",
     "particle_filter",
     "backward_sampling",
-    "FAILURE_MESSAGES",
+    "check_model_shapes",
+    "trace_genealogy",
 ]
 
 Particles = Any
@@ -307,12 +308,6 @@ class Auxiliary(FeynmanKac):
 
 # --- the particle filter ---------------------------------------------------------------------
 
-FAILURE_MESSAGES = {
-    1: "a log potential was NaN or +inf",
-    2: "every particle had zero weight (all log potentials -inf)",
-}
-
-
 class FilterHistory(eqx.Module):
     """Per-step record of a particle filter run (``store_history=True``).
 
@@ -339,7 +334,7 @@ class FilterResult(eqx.Module):
         resampled: ``(T,)`` whether the cloud was resampled before step ``t``.
         particles: the final cloud (leaves ``(n, ...)``).
         log_weights: ``(n,)`` normalised final filtering log weights.
-        failure: ``0`` if the run was sound, otherwise a key of `FAILURE_MESSAGES`.
+        failure: ``0`` if the run was sound, otherwise a key of `probinf.smc.FAILURES`.
         failed_at: the first step that failed, or ``-1``.
         history: a `FilterHistory`, or ``None``.
     """
@@ -361,12 +356,10 @@ class FilterResult(eqx.Module):
 
     def check(self) -> FilterResult:
         """Raise a ``ValueError`` that says which step failed and why; returns ``self`` if sound."""
-        failure = int(self.failure)
-        if failure:
-            raise ValueError(
-                f"particle filter failed at step {int(self.failed_at)}: {FAILURE_MESSAGES[failure]}; "
-                "the log evidence and weights after that step are not estimates"
-            )
+        kernel.raise_on_failure(
+            self.failure, self.failed_at, "particle filter",
+            consequence="; the log evidence and weights after that step are not estimates",
+        )
         return self
 
     def to_inference_data(
@@ -463,109 +456,36 @@ def _check_fk_methods(model, name="model"):
         )
 
 
-_SHAPE_CHECKS: dict = {}
+def _take(tree, index):
+    return jax.tree.map(lambda leaf: leaf[index], tree)
 
 
-def _signature(model, n):
-    leaves, treedef = jax.tree.flatten(model)
-    described = tuple(
-        (leaf.shape, str(leaf.dtype)) if hasattr(leaf, "shape") and hasattr(leaf, "dtype") else id(leaf)
-        for leaf in leaves
-    )
-    return treedef, described, n
+def _check_num_steps(model, name: str = "model") -> int:
+    num_steps = model.num_steps
+    if isinstance(num_steps, bool) or not isinstance(num_steps, (int, np.integer)) or num_steps < 1:
+        raise ValueError(f"`{name}.num_steps` must be a positive int, got {num_steps!r}")
+    return int(num_steps)
 
 
 def check_model_shapes(model, n: int, name: str = "model") -> int:
     """Trace the model's pieces abstractly and check they agree on shapes; returns ``T``.
 
-    A model already checked with the same structure, shapes and ``n`` is not traced again.
+    `init` and `step` make the same checks when they are traced; this is for callers that
+    need the answer before tracing (and a message naming ``name``).
 
     Raises:
+        TypeError: if ``model`` lacks a Feynman–Kac method.
         ValueError: naming the piece whose output shape does not match.
     """
-    try:
-        signature = _signature(model, n)
-        cached = _SHAPE_CHECKS.get(signature)
-    except TypeError:  # an unhashable static part: just check again
-        signature, cached = None, None
-    if cached is not None:
-        return cached
-    num_steps = _check_model_shapes(model, n, name)
-    if signature is not None:
-        if len(_SHAPE_CHECKS) > 256:
-            _SHAPE_CHECKS.clear()
-        _SHAPE_CHECKS[signature] = num_steps
-    return num_steps
-
-
-def _check_model_shapes(model, n: int, name: str) -> int:
     _check_fk_methods(model, name)
-    num_steps = model.num_steps
-    if isinstance(num_steps, bool) or not isinstance(num_steps, (int, np.integer)) or num_steps < 1:
-        raise ValueError(f"`{name}.num_steps` must be a positive int, got {num_steps!r}")
-    key = jax.random.key(0)
-    t = min(1, num_steps - 1)
-    particles = jax.eval_shape(lambda k: model.init(k, n), key)
-    leaves = jax.tree.leaves(particles)
-    if not leaves:
-        raise ValueError(f"`{name}.init(key, n)` returned no array")
-    for leaf in leaves:
-        if leaf.ndim < 1 or leaf.shape[0] != n:
-            raise ValueError(
-                f"`{name}.init(key, {n})` must return arrays with a leading axis of {n} particles, "
-                f"got a leaf of shape {leaf.shape}"
-            )
-    moved = jax.eval_shape(lambda k, p: model.transition(k, jnp.int32(t), p), key, particles)
-    if jax.tree.structure(moved) != jax.tree.structure(particles) or any(
-        a.shape != b.shape for a, b in zip(jax.tree.leaves(moved), leaves, strict=True)
-    ):
-        raise ValueError(
-            f"`{name}.transition` must return particles shaped like `{name}.init`'s: "
-            f"{[leaf.shape for leaf in leaves]}, got {[leaf.shape for leaf in jax.tree.leaves(moved)]}"
-        )
-    for step in {0, t}:
-        potential = jax.eval_shape(lambda p, s=step: model.log_potential(jnp.int32(s), p), particles)
-        if getattr(potential, "shape", None) != (n,):
-            raise ValueError(
-                f"`{name}.log_potential` must return shape ({n},) (one value per particle), "
-                f"got {getattr(potential, 'shape', type(potential).__name__)}"
-            )
-    return int(num_steps)
-
-
-class _Carry(NamedTuple):
-    particles: Any
-    log_weights: Array  # normalised, as used by the Feynman–Kac recursion
-    log_evidence: Array
-    failure: Array
-    failed_at: Array
-    ess: Array  # of log_weights, computed once per step
-
-
-def _take(tree, index):
-    return jax.tree.map(lambda leaf: leaf[index], tree)
-
-
-def _weigh(model, t, particles, log_prior_weights, carry: _Carry):
-    """Multiply the weights by G_t, update the evidence and the failure flags."""
-    n = log_prior_weights.shape[0]
-    log_potential = model.log_potential(t, particles)
-    bad_value = jnp.any(jnp.isnan(log_potential) | (log_potential == jnp.inf))
-    log_potential = jnp.where(jnp.isnan(log_potential), -jnp.inf, log_potential)
-    unnormalized = log_prior_weights + log_potential
-    increment = jax.scipy.special.logsumexp(unnormalized)
-    step_failure = jnp.where(bad_value, 1, jnp.where(increment == -jnp.inf, 2, 0))
-    failure = jnp.where(carry.failure != 0, carry.failure, step_failure).astype(jnp.int32)
-    failed_at = jnp.where((carry.failure == 0) & (failure != 0), t, carry.failed_at)
-    ok = failure == 0
-    # After a failure the weights are reset to uniform only so that the loop stays finite;
-    # the flag tells the user that nothing after `failed_at` is an estimate.
-    log_weights = jnp.where(ok, unnormalized - increment, -math.log(n))
-    increment = jnp.where(ok, increment, 0.0)
-    log_evidence = carry.log_evidence + increment
-    # The weights are normalised, so ESS = 1 / sum_i w_i^2: one reduction.
-    ess = 1.0 / jnp.sum(jnp.exp(2.0 * log_weights))
-    return _Carry(particles, log_weights, log_evidence, failure, failed_at, ess), increment
+    num_steps = _check_num_steps(model, name)
+    t = jnp.int32(min(1, num_steps - 1))
+    try:
+        state = jax.eval_shape(lambda k: kernel.init(k, model, n), jax.random.key(0))
+        jax.eval_shape(lambda k, s: kernel.step(k, s, t, model), jax.random.key(0), state)
+    except ValueError as error:
+        raise ValueError(str(error).replace("`model.", f"`{name}.")) from None
+    return num_steps
 
 
 def _filtering_log_weights(model, t, particles, log_weights):
@@ -575,56 +495,39 @@ def _filtering_log_weights(model, t, particles, log_weights):
     return jax.nn.log_softmax(log_weights + correction(t, particles))
 
 
-def _start(model, key, n, sharding):
-    particles = constrain_leading_axis(model.init(jax.random.fold_in(key, 0), n), sharding)
-    carry = _Carry(
-        particles, jnp.full(n, -math.log(n)), jnp.zeros(()), jnp.int32(0), jnp.int32(-1),
-        jnp.asarray(float(n), jnp.result_type(float)),
-    )
-    carry, increment = _weigh(model, jnp.int32(0), particles, carry.log_weights, carry)
-    filtering = _filtering_log_weights(model, jnp.int32(0), particles, carry.log_weights)
-    return carry, (increment, carry.ess, jnp.bool_(False), particles, filtering, jnp.arange(n))
+class _FilterOptions(NamedTuple):
+    resampling: str
+    ess_threshold: float
+    store_history: bool
+    sharding: Any
 
 
-def _steps(model, carry: _Carry, key, steps, config):
-    scheme, ess_threshold, store_history, sharding = config
-    resample_fn = _UNCHECKED[scheme]
-    n = carry.log_weights.shape[0]
-
-    def step(carry: _Carry, t):
-        key_resample, key_move = jax.random.split(jax.random.fold_in(key, t))
-
-        def resample():
-            ancestors = resample_fn(key_resample, carry.log_weights, n)
-            return _take(carry.particles, ancestors), jnp.full(n, -math.log(n)), ancestors
-
-        def keep():
-            return carry.particles, carry.log_weights, jnp.arange(n, dtype=jnp.int32)
-
-        # Thresholds 1 and 0 are decided when tracing: no conditional in the loop.
-        if ess_threshold >= 1.0:
-            do_resample = jnp.bool_(True)
-            parents, log_prior_weights, ancestors = resample()
-        elif ess_threshold <= 0.0:
-            do_resample = jnp.bool_(False)
-            parents, log_prior_weights, ancestors = keep()
-        else:
-            do_resample = carry.ess < ess_threshold * n
-            parents, log_prior_weights, ancestors = jax.lax.cond(do_resample, resample, keep)
-        parents = constrain_leading_axis(parents, sharding)
-        particles = constrain_leading_axis(model.transition(key_move, t, parents), sharding)
-        carry, increment = _weigh(model, t, particles, log_prior_weights, carry)
-        if store_history:
-            filtering = _filtering_log_weights(model, t, particles, carry.log_weights)
-            record = (increment, carry.ess, do_resample, particles, filtering, ancestors)
-        else:
-            record = (increment, carry.ess, do_resample)
-        return carry, record
-
-    return jax.lax.scan(step, carry, steps)
+def _record(model, t, state: kernel.FilterState, info: kernel.StepInfo, store_history: bool):
+    record = (info.log_evidence_increment, info.ess, info.resampled)
+    if store_history:
+        filtering = _filtering_log_weights(model, t, state.particles, state.log_weights)
+        record = (*record, state.particles, filtering, info.ancestors)
+    return record
 
 
-def _assemble(model, carry: _Carry, first, records, store_history, num_steps) -> FilterResult:
+def _start(model, key, n, options: _FilterOptions):
+    state = kernel.init(jax.random.fold_in(key, 0), model, n, sharding=options.sharding)
+    info = kernel.StepInfo(jnp.arange(n, dtype=jnp.int32), jnp.bool_(False), state.log_evidence, state.ess)
+    return state, _record(model, jnp.int32(0), state, info, True)
+
+
+def _steps(model, state: kernel.FilterState, key, steps, options: _FilterOptions):
+    def body(state, t):
+        state, info = kernel.step(
+            jax.random.fold_in(key, t), state, t, model, resampling=options.resampling,
+            ess_threshold=options.ess_threshold, sharding=options.sharding,
+        )
+        return state, _record(model, t, state, info, options.store_history)
+
+    return jax.lax.scan(body, state, steps)
+
+
+def _assemble(model, state: kernel.FilterState, first, records, store_history, num_steps) -> FilterResult:
     def stack(index):
         head = jax.tree.map(lambda x: x[None], first[index])
         return jax.tree.map(lambda *xs: jnp.concatenate(xs), head, *[r[index] for r in records])
@@ -633,30 +536,30 @@ def _assemble(model, carry: _Carry, first, records, store_history, num_steps) ->
     if store_history:
         history = FilterHistory(particles=stack(3), log_weights=stack(4), ancestors=stack(5))
     log_evidence = jnp.where(
-        carry.failure == 1, jnp.nan, jnp.where(carry.failure == 2, -jnp.inf, carry.log_evidence)
+        state.failure == 1, jnp.nan, jnp.where(state.failure == 2, -jnp.inf, state.log_evidence)
     )
     return FilterResult(
         log_evidence=log_evidence,
         log_evidence_increments=stack(0),
         ess=stack(1),
         resampled=stack(2),
-        particles=carry.particles,
+        particles=state.particles,
         log_weights=_filtering_log_weights(
-            model, jnp.int32(num_steps - 1), carry.particles, carry.log_weights
+            model, jnp.int32(num_steps - 1), state.particles, state.log_weights
         ),
-        failure=carry.failure,
-        failed_at=carry.failed_at,
+        failure=state.failure,
+        failed_at=state.failed_at,
         history=history,
     )
 
 
-def _whole(model, key, n, config, num_steps) -> FilterResult:
-    carry, first = _start(model, key, n, config[3])
+def _whole(model, key, n, options: _FilterOptions, num_steps) -> FilterResult:
+    state, first = _start(model, key, n, options)
     records = []
     if num_steps > 1:
-        carry, record = _steps(model, carry, key, jnp.arange(1, num_steps, dtype=jnp.int32), config)
+        state, record = _steps(model, state, key, jnp.arange(1, num_steps, dtype=jnp.int32), options)
         records.append(record)
-    return _assemble(model, carry, first, records, config[2], num_steps)
+    return _assemble(model, state, first, records, options.store_history, num_steps)
 
 
 _filter_start = eqx.filter_jit(_start)
@@ -677,13 +580,14 @@ def particle_filter(
     raise_on_failure: bool = True,
     progress: bool | None = None,
 ) -> FilterResult:
-    r"""Run a particle filter on a Feynman–Kac model under ``jax.lax.scan``.
+    r"""Run a particle filter on a Feynman–Kac model: ``jax.lax.scan`` over `probinf.smc.step`.
 
-    At each step ``t >= 1`` the cloud is resampled when its effective sample size falls
-    below ``ess_threshold * num_particles`` (a ``lax.cond`` inside the scan, not a
-    Python branch), moved through $M_t$ and reweighted by $G_t$; the log
-    evidence accumulates $\log\sum_i W^i_{t-1} G_t(x^i_t)$, an unbiased estimate of
-    $Z_T$ on the natural scale.
+    Step 0 is `probinf.smc.init`; each step ``t >= 1`` is `probinf.smc.step`: the cloud
+    is resampled when its effective sample size falls below ``ess_threshold *
+    num_particles`` (a ``lax.cond`` inside the scan, not a Python branch), moved through
+    $M_t$ and reweighted by $G_t$; the log evidence accumulates
+    $\log\sum_i W^i_{t-1} G_t(x^i_t)$, an unbiased estimate of $Z_T$ on the natural
+    scale.
 
     Step ``t`` draws its randomness from ``fold_in(key, t)``, so the answer does not
     depend on ``progress`` (which splits the scan into chunks) or on ``sharding``.
@@ -718,22 +622,23 @@ def particle_filter(
     if not isinstance(ess_threshold, (int, float)) or not 0.0 <= ess_threshold <= 1.0:
         raise ValueError(f"`ess_threshold` must be a number in [0, 1], got {ess_threshold!r}")
     check_divisible(n, sharding, "num_particles")
-    num_steps = check_model_shapes(model, n)
+    _check_fk_methods(model)
+    num_steps = _check_num_steps(model)  # the pieces' shapes are checked when tracing
 
-    config = (scheme, float(ess_threshold), bool(store_history), sharding)
+    options = _FilterOptions(scheme, float(ess_threshold), bool(store_history), sharding)
     if not progress:
-        result = _filter_whole(model, key, n, config, num_steps)
+        result = _filter_whole(model, key, n, options, num_steps)
     else:
-        carry, first = _filter_start(model, key, n, sharding)
+        state, first = _filter_start(model, key, n, options)
         records = []
         with progress_bar(total=num_steps, enabled=progress, desc="particle filter") as bar:
             bar.update(1)
             for steps in np.array_split(np.arange(1, num_steps), 10):
                 if len(steps):
-                    carry, record = _filter_steps(model, carry, key, jnp.asarray(steps, jnp.int32), config)
+                    state, record = _filter_steps(model, state, key, jnp.asarray(steps, jnp.int32), options)
                     records.append(record)
                     bar.update(len(steps))
-        result = _filter_assemble(model, carry, first, records, bool(store_history), num_steps)
+        result = _filter_assemble(model, state, first, records, bool(store_history), num_steps)
     if raise_on_failure and not isinstance(result.failure, jax.core.Tracer):
         result.check()
     return result

@@ -15,7 +15,6 @@ $\theta$ given the trajectory, $\theta \sim \pi(\theta \mid x_{0:T-1}, y)$
 
 from __future__ import annotations
 
-import math
 from collections.abc import Callable
 from typing import Any
 
@@ -25,15 +24,16 @@ import jax.numpy as jnp
 import numpy as np
 from jaxtyping import Array, Int, PRNGKeyArray
 
+from probinf._checks import check_positive_int
 from probinf._progress import progress_bar
+from probinf.smc import kernel
 from probinf.smc.feynman_kac import (
-    FAILURE_MESSAGES,
     FeynmanKac,
+    _check_fk_methods,
+    _check_num_steps,
     check_model_shapes,
-    check_positive_int,
     trace_genealogy,
 )
-from probinf.smc.resampling import _multinomial
 
 __all__ = ["CSMCResult", "ParticleGibbsResult", "conditional_smc", "particle_gibbs"]
 
@@ -44,7 +44,7 @@ class CSMCResult(eqx.Module):
     Attributes:
         trajectory: the new path, in the model's particle representation (leaves ``(T, ...)``);
             pass it back as the next reference.
-        failure: ``0``, or a key of `probinf.smc.feynman_kac.FAILURE_MESSAGES`.
+        failure: ``0``, or a key of `probinf.smc.FAILURES`.
         failed_at: first failing step, or ``-1``.
     """
 
@@ -54,13 +54,7 @@ class CSMCResult(eqx.Module):
 
     def check(self) -> CSMCResult:
         """Raise a ``ValueError`` naming the failing step; returns ``self`` if sound."""
-        failures = np.atleast_1d(np.asarray(self.failure))
-        steps = np.atleast_1d(np.asarray(self.failed_at))
-        for failure, step in zip(failures, steps, strict=True):
-            if failure:
-                raise ValueError(
-                    f"conditional SMC failed at step {int(step)}: {FAILURE_MESSAGES[int(failure)]}"
-                )
+        kernel.raise_on_failure(self.failure, self.failed_at, "conditional SMC")
         return self
 
 
@@ -68,56 +62,81 @@ def _set_first(tree, value):
     return jax.tree.map(lambda leaf, v: leaf.at[0].set(v), tree, value)
 
 
-def _normalise(log_potential):
-    bad = jnp.any(jnp.isnan(log_potential) | (log_potential == jnp.inf))
-    log_potential = jnp.where(jnp.isnan(log_potential), -jnp.inf, log_potential)
-    total = jax.scipy.special.logsumexp(log_potential)
-    failure = jnp.where(bad, 1, jnp.where(total == -jnp.inf, 2, 0)).astype(jnp.int32)
-    n = log_potential.shape[0]
-    return jnp.where(failure == 0, log_potential - total, -math.log(n)), failure
+def _at(tree, t):
+    return jax.tree.map(lambda leaf: leaf[t], tree)
+
+
+class _Pinned(FeynmanKac):
+    """``model`` with particle 0 pinned to the reference trajectory at every step."""
+
+    model: FeynmanKac
+    reference: Any
+
+    @property
+    def num_steps(self) -> int:
+        return self.model.num_steps
+
+    def init(self, key, n):
+        return _set_first(self.model.init(key, n), _at(self.reference, 0))
+
+    def transition(self, key, t, particles):
+        return _set_first(self.model.transition(key, t, particles), _at(self.reference, t))
+
+    def log_potential(self, t, particles):
+        return self.model.log_potential(t, particles)
+
+    def states(self, particles):
+        return self.model.states(particles)
+
+
+class _ReferenceParent(eqx.Module):
+    r"""The conditional-resampling hook: the pinned particle's parent.
+
+    Without ancestor sampling the parent is the reference itself (index 0); with it
+    (Lindsten, Jordan and Schön, 2014) it is drawn with probability
+    $\propto W^i_{t-1} f_t(x^*_t \mid x^i_{t-1})$.
+    """
+
+    model: FeynmanKac
+    reference: Any
+    ancestor_sampling: bool = eqx.field(static=True)
+
+    def __call__(self, key, t, state: kernel.FilterState, ancestors):
+        if not self.ancestor_sampling:
+            return ancestors.at[0].set(0)
+        n = ancestors.shape[0]
+        reference_state = self.model.states(_at(self.reference, t))
+        repeated = jax.tree.map(lambda leaf: jnp.broadcast_to(leaf, (n, *leaf.shape)), reference_state)
+        logits = state.log_weights + self.model.log_transition_density(
+            t, self.model.states(state.particles), repeated
+        )
+        logits = jnp.where(jnp.isnan(logits), -jnp.inf, logits)
+        return ancestors.at[0].set(jax.random.categorical(key, logits))
 
 
 def _csmc(key, model, reference, n, conditional: bool, ancestor_sampling: bool):
-    """One (conditional) SMC sweep with multinomial resampling at every step."""
+    """One (conditional) SMC sweep: `probinf.smc.step` with multinomial resampling at every
+    step and, when ``conditional``, particle 0 pinned to ``reference``."""
     num_steps = model.num_steps
-    pin = (lambda tree, t: _set_first(tree, jax.tree.map(lambda r: r[t], reference))) if conditional \
-        else (lambda tree, t: tree)
-
+    hook = None
+    if conditional:
+        hook = _ReferenceParent(model, reference, ancestor_sampling)
+        model = _Pinned(model, reference)
     key_init, key_final, key_steps = jax.random.split(key, 3)
-    particles = pin(model.init(key_init, n), 0)
-    log_weights, failure = _normalise(model.log_potential(jnp.int32(0), particles))
-    failed_at = jnp.where(failure != 0, 0, -1).astype(jnp.int32)
+    state = kernel.init(key_init, model, n)
 
-    def step(carry, t):
-        particles, log_weights, failure, failed_at = carry
-        key_resample, key_ancestor, key_move = jax.random.split(jax.random.fold_in(key_steps, t), 3)
-        ancestors = _multinomial(key_resample, log_weights, n)
-        if conditional:
-            if ancestor_sampling:
-                reference_state = model.states(jax.tree.map(lambda r: r[t], reference))
-                repeated = jax.tree.map(lambda leaf: jnp.broadcast_to(leaf, (n, *leaf.shape)), reference_state)
-                logits = log_weights + model.log_transition_density(t, model.states(particles), repeated)
-                logits = jnp.where(jnp.isnan(logits), -jnp.inf, logits)
-                parent = jax.random.categorical(key_ancestor, logits)
-            else:
-                parent = 0
-            ancestors = ancestors.at[0].set(parent)
-        parents = jax.tree.map(lambda leaf: leaf[ancestors], particles)
-        moved = pin(model.transition(key_move, t, parents), t)
-        new_log_weights, step_failure = _normalise(model.log_potential(t, moved))
-        new_failure = jnp.where(failure != 0, failure, step_failure)
-        failed_at = jnp.where((failure == 0) & (new_failure != 0), t, failed_at)
-        return (moved, new_log_weights, new_failure, failed_at), (moved, ancestors)
+    def body(state, t):
+        state, info = kernel.step(jax.random.fold_in(key_steps, t), state, t, model,
+                                  resampling="multinomial", ess_threshold=1.0, conditional=hook)
+        return state, (state.particles, info.ancestors)
 
-    carry = (particles, log_weights, failure, failed_at)
-    (_, final_log_weights, failure, failed_at), (rest, ancestors) = jax.lax.scan(
-        step, carry, jnp.arange(1, num_steps, dtype=jnp.int32)
-    )
-    history = jax.tree.map(lambda a, b: jnp.concatenate([a[None], b]), particles, rest)
+    first = state.particles
+    state, (rest, ancestors) = jax.lax.scan(body, state, jnp.arange(1, num_steps, dtype=jnp.int32))
+    history = jax.tree.map(lambda a, b: jnp.concatenate([a[None], b]), first, rest)
     ancestors = jnp.concatenate([jnp.arange(n, dtype=jnp.int32)[None], ancestors])
-    chosen = jax.random.categorical(key_final, final_log_weights)
+    chosen = jax.random.categorical(key_final, state.log_weights)
     path = trace_genealogy(history, ancestors, chosen[None])
-    return jax.tree.map(lambda leaf: leaf[:, 0], path), failure, failed_at
+    return jax.tree.map(lambda leaf: leaf[:, 0], path), state.failure, state.failed_at
 
 
 def _check_ancestor_sampling(model, ancestor_sampling, name="model"):
@@ -196,7 +215,8 @@ def conditional_smc(
     n = check_positive_int(num_particles, "num_particles")
     if n < 2:
         raise ValueError(f"`num_particles` must be at least 2 for conditional SMC, got {n}")
-    num_steps = check_model_shapes(model, n)
+    _check_fk_methods(model)
+    num_steps = _check_num_steps(model)  # the pieces' shapes are checked when `_csmc_jit` traces
     _check_ancestor_sampling(model, ancestor_sampling)
     _check_reference(reference, model, num_steps)
     trajectory, failure, failed_at = _csmc_jit(key, model, reference, n, True, bool(ancestor_sampling))
@@ -255,13 +275,10 @@ class ParticleGibbsResult(eqx.Module):
     def check(self) -> ParticleGibbsResult:
         """Raise a ``ValueError`` naming the first failing iteration; returns ``self`` if sound."""
         failures = np.asarray(self.failure).reshape(-1, np.shape(self.failure)[-1])
-        for chain in failures:
-            bad = np.flatnonzero(chain)
-            if bad.size:
-                raise ValueError(
-                    f"particle Gibbs: the conditional SMC sweep of iteration {int(bad[0])} failed: "
-                    f"{FAILURE_MESSAGES[int(chain[bad[0]])]}"
-                )
+        first_bad = np.argmax(failures != 0, axis=-1)
+        codes = failures[np.arange(failures.shape[0]), first_bad]
+        kernel.raise_on_failure(codes, first_bad, "particle Gibbs: a conditional SMC sweep",
+                                unit="iteration")
         return self
 
 
@@ -355,11 +372,8 @@ def particle_gibbs(
 
     key_start, key_loop = jax.random.split(key)
     reference, failure, failed_at = _csmc_jit(key_start, model, None, n, False, False)
-    if raise_on_failure and not isinstance(failure, jax.core.Tracer) and int(failure):
-        raise ValueError(
-            f"particle Gibbs: the initial SMC sweep failed at step {int(failed_at)}: "
-            f"{FAILURE_MESSAGES[int(failure)]}"
-        )
+    if raise_on_failure and not isinstance(failure, jax.core.Tracer):
+        kernel.raise_on_failure(failure, failed_at, "particle Gibbs: the initial SMC sweep")
     carry = (initial_parameters, reference)
     outputs = []
     with progress_bar(total=num_iterations, enabled=progress, desc="particle Gibbs") as bar:

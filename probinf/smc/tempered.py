@@ -33,7 +33,7 @@ from __future__ import annotations
 
 import math
 from collections.abc import Sequence
-from typing import Literal, NamedTuple
+from typing import Any, Literal, NamedTuple
 
 import equinox as eqx
 import jax
@@ -44,22 +44,17 @@ from jaxtyping import Array, Bool, Float, Int, PRNGKeyArray
 from probinf._checks import check_positive_int
 from probinf._progress import progress_bar
 from probinf.diagnostics import effective_sample_size
+from probinf.smc import kernel
 from probinf.smc.resampling import _UNCHECKED, check_scheme
 from probinf.smc.sharding import check_divisible, constrain_leading_axis
 
-__all__ = ["tempered_smc", "TemperedResult", "KERNELS", "TEMPERED_FAILURES"]
+__all__ = ["tempered_smc", "TemperedResult", "KERNELS"]
 
 KERNELS = ("rwm", "mala", "hmc")
 # Adaptive moves stop once a block adds less than this fraction to the mean squared jump.
 _JUMP_TOLERANCE = 0.1
 # Acceptance rates the step size is steered toward (Roberts and Rosenthal, 2001; Beskos et al., 2013).
 _TARGET_ACCEPTANCE = {"rwm": 0.234, "mala": 0.574, "hmc": 0.65}
-
-TEMPERED_FAILURES = {
-    1: "a log density (target or reference) was NaN or +inf at a particle",
-    2: "every particle had zero weight (the target density is 0 on the whole cloud)",
-    3: "the temperature did not reach 1 within `max_stages` stages",
-}
 
 
 def _default_step_size(kernel: str, dim: int) -> float:
@@ -83,7 +78,9 @@ class TemperedResult(eqx.Module):
         step_sizes: ``(max_stages,)`` step size used at each stage.
         mcmc_steps: ``(max_stages,)`` MCMC moves per particle at each stage.
         num_stages: how many stages ran.
-        failure: ``0``, or a key of `TEMPERED_FAILURES`.
+        failure: ``0``, or a key of `probinf.smc.FAILURES` (``1``: a log density, target or
+            reference, was NaN or +inf at a particle, or a move left a non-finite particle;
+            ``2``: the target density is 0 on the whole cloud; ``3``: out of stages).
         failed_at: the first failing stage, or ``-1``.
 
     The result holds arrays only, so `tempered_smc` can be ``jax.vmap``-ed over keys
@@ -112,14 +109,7 @@ class TemperedResult(eqx.Module):
 
         For a batch of runs (``jax.vmap``) every run is checked.
         """
-        failures = np.atleast_1d(np.asarray(self.failure))
-        stages = np.atleast_1d(np.asarray(self.failed_at))
-        for run, (failure, stage) in enumerate(zip(failures, stages, strict=True)):
-            if failure:
-                where = f"run {run}, " if failures.size > 1 else ""
-                raise ValueError(
-                    f"tempered SMC failed at {where}stage {int(stage)}: {TEMPERED_FAILURES[int(failure)]}"
-                )
+        kernel.raise_on_failure(self.failure, self.failed_at, "tempered SMC", unit="stage")
         return self
 
     def samples(self, target) -> dict[str, np.ndarray]:
@@ -158,6 +148,23 @@ class TemperedResult(eqx.Module):
         stats["log_evidence"] = (("chain",), np.asarray(per_run.log_evidence))
         stats["num_stages"] = (("chain",), np.asarray(per_run.num_stages))
         return target_inference_data(target, per_run.particles, sample_stats=stats)
+
+
+class _Options(NamedTuple):
+    """The static settings of a run (hashed by ``filter_jit``: one compilation per setting)."""
+
+    num_particles: int
+    kernel: str
+    num_mcmc_steps: int
+    max_blocks: int
+    jump_tolerance: float
+    num_integration_steps: int
+    chain_length: int  # waste-free chain length, 0 for resample-move
+    resampling: str
+    target_ess: float
+    tune: bool
+    sharding: Any
+    max_stages: int
 
 
 class _State(NamedTuple):
@@ -303,13 +310,12 @@ def _move_until_decorrelated(key, starts, logdensity, init_kernel, move, step_si
 
 
 @eqx.filter_jit
-def _run_stages(state: _State, key, target, reference, temperatures, stop_stage, config):
-    (n, kernel, num_mcmc_steps, max_blocks, jump_tolerance, num_integration_steps, chain_length,
-     scheme, target_ess, tune, sharding, max_stages) = config
-    init_kernel, move = _build_kernel(kernel, num_integration_steps)
+def _run_stages(state: _State, key, target, reference, temperatures, stop_stage, options: _Options):
+    n, chain_length, sharding = options.num_particles, options.chain_length, options.sharding
+    init_kernel, move = _build_kernel(options.kernel, options.num_integration_steps)
     log_ratio_fn = _log_ratio_fn(target, reference)
     num_starts = n // chain_length if chain_length else n
-    goal_acceptance = _TARGET_ACCEPTANCE[kernel]
+    goal_acceptance = _TARGET_ACCEPTANCE[options.kernel]
 
     def not_done(s: _State):
         return (s.temperature < 1.0) & (s.stage < stop_stage) & (s.failure == 0)
@@ -318,26 +324,25 @@ def _run_stages(state: _State, key, target, reference, temperatures, stop_stage,
         key_stage = jax.random.fold_in(key, s.stage)
         key_resample, key_move = jax.random.split(key_stage)
         if temperatures is None:
-            new_temperature = _next_temperature_adaptive(s.log_ratio, s.temperature, target_ess, n)
+            new_temperature = _next_temperature_adaptive(s.log_ratio, s.temperature, options.target_ess, n)
         else:
             new_temperature = temperatures[jnp.minimum(s.stage, temperatures.shape[0] - 1)]
         delta = new_temperature - s.temperature
+        # The Feynman-Kac potential of the stage: G = exp((lambda' - lambda) ell), from uniform
+        # weights (the cloud is equally weighted after every move).
         incremental = jnp.where(jnp.isneginf(s.log_ratio), -jnp.inf, delta * s.log_ratio)
-        increment = jax.scipy.special.logsumexp(incremental) - math.log(n)
-        log_weights = jax.nn.log_softmax(incremental)
-        ess = effective_sample_size(incremental)
-        zero_weight = increment == -jnp.inf
+        uniform = jnp.full(n, -math.log(n), incremental.dtype)
+        log_weights, increment, ess, weight_failure = kernel.reweight(uniform, incremental)
 
         # Whitening from the reweighted cloud, before resampling thins it.
-        weights = jnp.where(zero_weight, 1.0 / n, jnp.exp(log_weights))
-        if tune:
+        weights = jnp.exp(log_weights)  # uniform after a failed reweighting
+        if options.tune:
             center, tril = _whitening(weights, s.particles)
         else:
             center = jnp.zeros(s.particles.shape[-1], s.particles.dtype)
             tril = jnp.eye(s.particles.shape[-1], dtype=s.particles.dtype)
 
-        safe_log_weights = jnp.where(zero_weight, -math.log(n), log_weights)
-        ancestors = _UNCHECKED[scheme](key_resample, safe_log_weights, num_starts)
+        ancestors = _UNCHECKED[options.resampling](key_resample, log_weights, num_starts)
         starts = jax.scipy.linalg.solve_triangular(tril, (s.particles[ancestors] - center).T, lower=True).T
         starts = constrain_leading_axis(starts, sharding)
 
@@ -361,16 +366,16 @@ def _run_stages(state: _State, key, target, reference, temperatures, stop_stage,
             num_moves = jnp.asarray(chain_length - 1)
         else:
             moved, acceptance_rate, num_moves = _move_until_decorrelated(
-                key_move, starts, logdensity, init_kernel, move, s.step_size, num_mcmc_steps,
-                max_blocks, jump_tolerance, sharding)
+                key_move, starts, logdensity, init_kernel, move, s.step_size, options.num_mcmc_steps,
+                options.max_blocks, options.jump_tolerance, sharding)
         particles = constrain_leading_axis(center + moved @ tril.T, sharding)
         log_ratio = constrain_leading_axis(jax.vmap(log_ratio_fn)(particles), sharding)
 
         bad = jnp.any(jnp.isnan(log_ratio) | (log_ratio == jnp.inf)) | jnp.any(~jnp.isfinite(particles))
-        bad = bad | jnp.any(jnp.isnan(s.log_ratio))
-        stage_failure = jnp.where(bad, 1, jnp.where(zero_weight, 2, 0)).astype(jnp.int32)
+        bad = bad | (weight_failure == 1)
+        stage_failure = jnp.where(bad, 1, weight_failure).astype(jnp.int32)
         step_size = s.step_size
-        if tune:
+        if options.tune:
             factor = jnp.exp(2.0 * (acceptance_rate - goal_acceptance))
             step_size = jnp.where(jnp.isfinite(factor), step_size * factor, step_size)
         record = (new_temperature, increment, ess, acceptance_rate, s.step_size, num_moves)
@@ -391,7 +396,7 @@ def _run_stages(state: _State, key, target, reference, temperatures, stop_stage,
         return jax.tree.map(lambda new, old: new.astype(old.dtype), new_state, s)
 
     state = jax.lax.while_loop(not_done, body, state)
-    out_of_stages = (state.temperature < 1.0) & (state.stage >= max_stages) & (state.failure == 0)
+    out_of_stages = (state.temperature < 1.0) & (state.stage >= options.max_stages) & (state.failure == 0)
     return state._replace(
         failure=jnp.where(out_of_stages, 3, state.failure).astype(jnp.int32),
         failed_at=jnp.where(out_of_stages, state.stage, state.failed_at),
@@ -570,8 +575,12 @@ def tempered_smc(
     elif not isinstance(step_size, (int, float)) or not step_size > 0:
         raise ValueError(f"`step_size` must be a positive number, got {step_size!r}")
 
-    config = (n, kernel, num_mcmc_steps, max_blocks, _JUMP_TOLERANCE, num_integration_steps,
-              chain_length, scheme, float(target_ess), bool(tune), sharding, max_stages)
+    options = _Options(
+        num_particles=n, kernel=kernel, num_mcmc_steps=num_mcmc_steps, max_blocks=max_blocks,
+        jump_tolerance=_JUMP_TOLERANCE, num_integration_steps=num_integration_steps,
+        chain_length=chain_length, resampling=scheme, target_ess=float(target_ess), tune=bool(tune),
+        sharding=sharding, max_stages=max_stages,
+    )
     traced = any(isinstance(leaf, jax.core.Tracer) for leaf in jax.tree.leaves((key, target, reference)))
     progress = False if traced else progress
     key_init, key_stages = jax.random.split(key)
@@ -581,7 +590,7 @@ def tempered_smc(
     with progress_bar(total=1000, enabled=progress, desc="tempered SMC") as bar:
         while True:
             stop = min(stop + chunk, max_stages)
-            state = _run_stages(state, key_stages, target, reference, schedule, jnp.int32(stop), config)
+            state = _run_stages(state, key_stages, target, reference, schedule, jnp.int32(stop), options)
             if isinstance(state.temperature, jax.core.Tracer) or not progress:
                 break
             bar.update(int(1000 * float(state.temperature)) - bar.n)
