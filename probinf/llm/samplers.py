@@ -96,6 +96,7 @@ from probinf.llm.base import (
     check_scores,
 )
 from probinf.llm.rewards import extract_answer
+from probinf.smc.kernel import should_resample
 from probinf.smc.resampling import check_scheme, resample
 
 __all__ = [
@@ -571,7 +572,7 @@ def _smc(
             ess = _ess(log_w[alive])
             ess_history.append(ess)
             slots = [i for i in alive if i != ref]
-            if m < 2 or not slots or not (ess_threshold >= 1.0 or ess < ess_threshold * m):
+            if m < 2 or not slots or not should_resample(ess, m, ess_threshold):
                 ancestors.append(identity)
                 resampled.append(False)
                 continue
