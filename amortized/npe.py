@@ -19,6 +19,7 @@ validation fraction and early stopping on the validation loss.
 
 from __future__ import annotations
 
+import functools
 import time
 from dataclasses import dataclass
 
@@ -35,7 +36,7 @@ from jaxtyping import Array, Bool, Float, PRNGKeyArray
 from amortized.gmm import GaussianMixture, flip_averaged_log_prob, random_sign_flips, sign_patterns
 from amortized.tasks.base import Task
 from amortized.transformer import component_coordinates
-from probinf._progress import progress_bar
+from probinf import train
 from probinf.families import check_num_samples
 
 __all__ = ["NPEPosterior", "NPEResult", "train_npe", "flatten_context", "flatten_dataset"]
@@ -113,6 +114,41 @@ def flatten_context(prior, observations: Float[Array, "n obs_dim"], mask: Bool[A
 
 
 @dataclass(frozen=True)
+class _FlowLoss:
+    """Mean :math:`-\\log \\bar q(z_\\theta \\mid c)` of a batch ``(z_theta, context)``, the flow's
+    density averaged over the sign flips of ``symmetric_axes`` (hashable: compiled loops are reused)."""
+
+    dim: int
+    symmetric_axes: tuple[int, ...]
+
+    def __call__(self, flow, key, batch):
+        theta, context = batch
+        flips = jnp.asarray(sign_patterns(self.dim, self.symmetric_axes), theta.dtype)
+        return -jnp.mean(flip_averaged_log_prob(lambda z: flow.log_prob(z, context), theta, flips))
+
+
+@dataclass(frozen=True)
+class _ValidationLoss:
+    """``loss`` on the validation split: ``validate(flow, batch)`` for `probinf.train.run`."""
+
+    loss: _FlowLoss
+
+    def __call__(self, flow, batch):
+        return self.loss(flow, None, batch)
+
+
+@functools.lru_cache(maxsize=16)
+def _optimizer(learning_rate: float) -> optax.GradientTransformation:
+    # One object per learning rate: the compiled training loop is cached on it.
+    return optax.chain(optax.clip_by_global_norm(5.0), optax.adam(learning_rate))
+
+
+@eqx.filter_jit
+def _simulate(task, key, num_simulations):
+    return task.simulate(key, num_simulations)
+
+
+@dataclass(frozen=True)
 class NPEResult:
     """What :func:`train_npe` returns.
 
@@ -151,11 +187,15 @@ def train_npe(
     """Neural posterior estimation on ``num_simulations`` simulations of ``task``.
 
     The flow is a coupling neural spline flow (a masked autoregressive one for
-    ``dim == 1``) conditioned on :func:`flatten_context`; training stops
-    after ``patience`` epochs without a better validation loss and keeps the best state.
+    ``dim == 1``) conditioned on :func:`flatten_context`, trained by `probinf.train.run`
+    (shuffled minibatches; the ``n_train % batch_size`` rows left over each epoch are
+    not used in that epoch); training stops after ``patience`` epochs without a better
+    validation loss and keeps the best state. A non-finite loss or gradient stops training
+    with a ``RuntimeWarning`` (the best state so far is kept). The optimizer is cached per
+    ``learning_rate``, so a second call with the same shapes compiles nothing.
 
     Args:
-        key: PRNG key.
+        key: PRNG key (typed or raw).
         task: a :class:`~amortized.tasks.Task` (its prior is what NPE learns under).
         num_simulations: the simulation budget.
         num_layers: flow layers (see :func:`flows.spline_flow`).
@@ -185,7 +225,7 @@ def train_npe(
         )
     started = time.perf_counter()
     key_sim, key_flow, key_train = jax.random.split(key, 3)
-    batch = eqx.filter_jit(lambda t, k: t.simulate(k, num_simulations))(task, key_sim)
+    batch = _simulate(task, key_sim, num_simulations)
     theta = batch.theta
     context = jax.vmap(flatten_context)(batch.prior, batch.observations, batch.mask)
     theta_loc, theta_scale = theta.mean(0), theta.std(0) + 1e-6
@@ -199,48 +239,17 @@ def train_npe(
     kind = "coupling" if dim >= 2 else "maf"
     flow = flows.spline_flow(key_flow, dim, kind=kind, num_layers=num_layers, num_bins=num_bins,
                              width=width, context_dim=context.shape[1])
-    params, static = eqx.partition(flow, eqx.is_inexact_array)
-    optimizer = optax.chain(optax.clip_by_global_norm(5.0), optax.adam(learning_rate))
-    opt_state = optimizer.init(params)
-
-    train_theta, val_theta = z_theta[num_validation:], z_theta[:num_validation]
-    train_ctx, val_ctx = z_context[num_validation:], z_context[:num_validation]
-    num_train = train_theta.shape[0]
-    steps_per_epoch = num_train // batch_size
-
-    def loss_fn(p, t, c):
-        flow = eqx.combine(p, static)
-        return -jnp.mean(flip_averaged_log_prob(lambda z: flow.log_prob(z, c), t, flips))
-
-    @eqx.filter_jit
-    def epoch(params, opt_state, k):
-        order = jax.random.permutation(k, num_train)[: steps_per_epoch * batch_size].reshape(steps_per_epoch, batch_size)
-
-        def step(carry, rows):
-            p, s = carry
-            loss, grads = eqx.filter_value_and_grad(loss_fn)(p, train_theta[rows], train_ctx[rows])
-            updates, s = optimizer.update(grads, s, p)
-            return (eqx.apply_updates(p, updates), s), loss
-
-        (params, opt_state), losses = jax.lax.scan(step, (params, opt_state), order)
-        return params, opt_state, jnp.mean(losses), loss_fn(params, val_theta, val_ctx)
-
-    best, best_params, waited = np.inf, params, 0
-    train_losses, val_losses = [], []
-    with progress_bar(total=max_epochs, enabled=progress, desc="npe") as bar:
-        for index in range(max_epochs):
-            params, opt_state, train_loss, val_loss = epoch(params, opt_state, jax.random.fold_in(key_train, index))
-            train_losses.append(float(train_loss))
-            val_losses.append(float(val_loss))
-            bar.update(1)
-            bar.set_postfix(val=f"{float(val_loss):.4g}")
-            if np.isfinite(val_losses[-1]) and val_losses[-1] < best:
-                best, best_params, waited = val_losses[-1], params, 0
-            else:
-                waited += 1
-                if waited >= patience:
-                    break
-    posterior = NPEPosterior(eqx.combine(best_params, static), theta_loc, theta_scale, context_loc, context_scale,
-                             symmetric_axes)
-    return NPEResult(posterior, np.asarray(train_losses), np.asarray(val_losses), len(train_losses),
+    optimizer = _optimizer(float(learning_rate))
+    loss = _FlowLoss(dim, symmetric_axes)
+    result = train.run(
+        train.make_step(loss, optimizer), train.init(flow, optimizer), key_train, epochs=max_epochs,
+        data=(z_theta[num_validation:], z_context[num_validation:]), batch_size=batch_size,
+        validate=_ValidationLoss(loss), validation_data=(z_theta[:num_validation], z_context[:num_validation]),
+        patience=patience, progress=progress, name="npe",
+    )
+    steps_per_epoch = (num_simulations - num_validation) // batch_size
+    train_losses = [result.losses[i : i + steps_per_epoch].mean()
+                    for i in range(0, result.num_steps, steps_per_epoch)]
+    posterior = NPEPosterior(result.params, theta_loc, theta_scale, context_loc, context_scale, symmetric_axes)
+    return NPEResult(posterior, np.asarray(train_losses, np.float64), result.validation_losses, len(train_losses),
                      num_simulations, time.perf_counter() - started)

@@ -16,29 +16,24 @@ prior embedding add the same loss for their prior approximation,
 
 from __future__ import annotations
 
+import functools
 import math
 import os
 import time
-import warnings
 from dataclasses import dataclass
 from typing import Any
 
-import equinox as eqx
 import jax
 import jax.numpy as jnp
-import jax.tree_util as jtu
 import numpy as np
 import optax
 
 from amortized.tasks.base import SimulationBatch, Task
 from amortized.transformer import DistributionTransformer
-from probinf._progress import progress_bar
-from probinf._tree import all_finite
+from probinf import train as engine
 from probinf.families import check_num_samples
 
 __all__ = ["train", "TrainResult", "load_checkpoint", "negative_log_likelihood", "default_optimizer"]
-
-_CHECKPOINT_FORMAT = "amortized-checkpoint-v1"
 
 
 @dataclass(frozen=True)
@@ -108,6 +103,12 @@ def default_optimizer(
         raise ValueError(f"`learning_rate` must be a positive finite number, got {learning_rate!r}")
     if isinstance(final_fraction, bool) or not isinstance(final_fraction, (int, float)) or not 0.0 <= final_fraction <= 1.0:
         raise ValueError(f"`final_fraction` must be a number in [0, 1], got {final_fraction!r}")
+    return _default_optimizer(steps, float(learning_rate), float(final_fraction))
+
+
+@functools.lru_cache(maxsize=32)
+def _default_optimizer(steps: int, learning_rate: float, final_fraction: float) -> optax.GradientTransformation:
+    # One object per setting: train's compiled loop is cached on the optimizer object.
     warmup = max(1, min(200, steps // 10))
     schedule = optax.warmup_cosine_decay_schedule(
         0.0, learning_rate, warmup, max(steps, warmup + 1), end_value=final_fraction * learning_rate
@@ -115,61 +116,35 @@ def default_optimizer(
     return optax.chain(optax.clip_by_global_norm(1.0), optax.adam(schedule))
 
 
-@eqx.filter_jit
-def _run_chunk(params, static, task, opt_state, key, start, total, optimizer, batch_size, chunk_len):
-    def loss_fn(p, batch):
-        model = eqx.combine(p, static)
-        post, prior = negative_log_likelihood(model, batch)
+@dataclass(frozen=True)
+class _SimulationLoss:
+    """The loss of one step on ``batch_size`` fresh simulations (hashable: the compiled loop is reused)."""
+
+    batch_size: int
+
+    def __call__(self, model, key, task):
+        post, prior = negative_log_likelihood(model, task.simulate(key, self.batch_size))
         return post + prior, (post, prior)
-
-    def body(carry, offset):
-        params, opt_state, bad_step = carry
-        step = start + offset
-        batch = task.simulate(jax.random.fold_in(key, step), batch_size)
-        (_, (post, prior)), grads = eqx.filter_value_and_grad(loss_fn, has_aux=True)(params, batch)
-        updates, new_opt_state = optimizer.update(grads, opt_state, params)
-        new_params = eqx.apply_updates(params, updates)
-        finite = jnp.isfinite(post) & jnp.isfinite(prior) & all_finite(grads)
-        active = (step < total) & (bad_step < 0)
-        accept = active & finite
-
-        def choose(new, old):
-            return jtu.tree_map(lambda a, b: jnp.where(accept, a, b), new, old)
-
-        bad_step = jnp.where(active & ~finite, step, bad_step)
-        return (choose(new_params, params), choose(new_opt_state, opt_state), bad_step), (post, prior)
-
-    init = (params, opt_state, jnp.asarray(-1, jnp.int32))
-    (params, opt_state, bad_step), (post, prior) = jax.lax.scan(
-        body, init, jnp.arange(chunk_len, dtype=jnp.int32)
-    )
-    return params, opt_state, bad_step, post, prior
-
-
-def _save_checkpoint(path, model, opt_state, step, losses, prior_losses, key, steps, batch_size):
-    from probinf.io import save
-
-    save(path, {
-        "format": _CHECKPOINT_FORMAT,
-        "model": model,
-        "opt_state": opt_state,
-        "step": int(step),
-        "losses": np.asarray(losses),
-        "prior_losses": None if prior_losses is None else np.asarray(prior_losses),
-        "key_data": np.asarray(jax.random.key_data(key)),
-        "steps": int(steps),
-        "batch_size": int(batch_size),
-    })
 
 
 def load_checkpoint(path: str | os.PathLike) -> dict:
-    """Read a checkpoint written by :func:`train` (``model``, ``opt_state``, ``step``, ``losses``, ...)."""
-    from probinf.io import load
-
-    payload = load(path)
-    if not isinstance(payload, dict) or payload.get("format") != _CHECKPOINT_FORMAT:
-        raise ValueError(f"`path` {os.fspath(path)!r} is not a checkpoint written by amortized.train")
-    return payload
+    """Read a checkpoint written by :func:`train`: a dict with ``model``, ``opt_state``, ``step``,
+    ``losses``, ``prior_losses`` (``None`` for mixture priors) and ``stop_reason``."""
+    try:
+        payload = engine.load_checkpoint(path)
+    except ValueError:
+        raise ValueError(f"`path` {os.fspath(path)!r} is not a checkpoint written by amortized.train "
+                         "(nor by probinf.train.run)") from None
+    post, prior = (None, None) if payload["aux"] is None else payload["aux"]
+    parametric = getattr(payload["state"].params, "parametric_prior", False)
+    return {
+        "model": payload["state"].params,
+        "opt_state": payload["state"].opt_state,
+        "step": int(payload["step"]),
+        "losses": np.zeros(0) if post is None else np.asarray(post),
+        "prior_losses": (np.zeros(0) if prior is None else np.asarray(prior)) if parametric else None,
+        "stop_reason": payload["stop_reason"],
+    }
 
 
 def train(
@@ -191,14 +166,16 @@ def train(
 
     Each step draws ``batch_size`` new triples with key ``fold_in(key, step)``, so the
     result does not depend on ``chunk_size`` and a resumed run reproduces an
-    uninterrupted one exactly. The loop runs under ``jax.lax.scan`` in chunks of
-    ``chunk_size`` steps; a progress bar advances per chunk.
+    uninterrupted one exactly. The loop is `probinf.train.run`: compiled chunks of
+    ``chunk_size`` steps, a progress bar advancing per chunk, one non-finite policy. The
+    default optimizer is cached per ``(steps, learning_rate)``, so a second call with the
+    same settings and shapes reuses the compiled loop.
 
     Args:
         model: the :class:`~amortized.DistributionTransformer` to train (its shapes must
             match ``task.model_options()``).
         task: a :class:`~amortized.tasks.Task`.
-        key: PRNG key.
+        key: PRNG key (typed or raw).
         steps: total number of optimisation steps (including steps done before a resume).
         batch_size: simulations per step.
         optimizer: an optax transformation (default :func:`default_optimizer`).
@@ -206,13 +183,14 @@ def train(
         chunk_size: steps per compiled chunk.
         progress: show a progress bar (default: only on a terminal).
         checkpoint_path: where to write checkpoints (model, optimizer state, step, losses).
-        checkpoint_every: write a checkpoint every this many steps (rounded up to whole
-            chunks) and at the end; needs ``checkpoint_path``.
-        resume: continue from the checkpoint at ``checkpoint_path``.
+        checkpoint_every: write a checkpoint every this many steps and at the end (also
+            on ``KeyboardInterrupt``); needs ``checkpoint_path``.
+        resume: continue from the checkpoint at ``checkpoint_path`` (same ``key`` and
+            ``batch_size``; any ``chunk_size``).
 
     Returns:
-        A :class:`TrainResult`. A non-finite loss or gradient stops training with a
-        ``RuntimeWarning`` naming the step; the last finite state is kept.
+        A :class:`TrainResult`. A non-finite loss, gradient or parameter stops training
+        with a ``RuntimeWarning`` naming the step; the last finite state is kept.
 
     Raises:
         ValueError: a model whose shapes do not match the task, or invalid options.
@@ -231,11 +209,9 @@ def train(
     }
     if actual != expected:
         raise ValueError(f"`model` does not fit `task`: the task needs {expected}, the model has {actual}")
-    if not (isinstance(key, jax.Array) and jnp.issubdtype(key.dtype, jax.dtypes.prng_key)):
-        raise TypeError(f"`key` must be a typed JAX PRNG key (jax.random.key(0)), got {type(key).__name__}")
     steps = check_num_samples(steps, "steps")
     batch_size = check_num_samples(batch_size, "batch_size")
-    chunk_size = min(check_num_samples(chunk_size, "chunk_size"), steps)
+    chunk_size = check_num_samples(chunk_size, "chunk_size")
     optimizer = default_optimizer(steps, learning_rate) if optimizer is None else optimizer
     if not isinstance(optimizer, optax.GradientTransformation):
         raise TypeError(f"`optimizer` must be an optax GradientTransformation, got {type(optimizer).__name__}")
@@ -246,74 +222,24 @@ def train(
     if resume and checkpoint_path is None:
         raise ValueError("`resume=True` needs `checkpoint_path`")
 
-    params, static = eqx.partition(model, eqx.is_inexact_array)
-    opt_state = optimizer.init(params)
-    start_step, history, prior_history = 0, [], []
-    if resume:
-        state = load_checkpoint(checkpoint_path)
-        saved_key = jax.random.wrap_key_data(jnp.asarray(state["key_data"]))
-        if not bool(jnp.all(jax.random.key_data(saved_key) == jax.random.key_data(key))):
-            raise ValueError("`key` differs from the key of the checkpoint being resumed")
-        if state["batch_size"] != batch_size:
-            raise ValueError(f"`batch_size` ({batch_size}) differs from the checkpoint's ({state['batch_size']})")
-        params, static = eqx.partition(state["model"], eqx.is_inexact_array)
-        opt_state = state["opt_state"]
-        start_step = state["step"]
-        history = [np.asarray(state["losses"])]
-        if state["prior_losses"] is not None:
-            prior_history = [np.asarray(state["prior_losses"])]
-        if start_step % chunk_size:
-            raise ValueError(
-                f"the checkpoint is at step {start_step}, not a multiple of `chunk_size` ({chunk_size}); "
-                "resume with the chunk size it was written with"
-            )
-
-    stop_reason = "completed"
-    total = jnp.asarray(steps, jnp.int32)
     started = time.perf_counter()
-    last_saved = start_step
-    with progress_bar(total=steps, enabled=progress, desc="train", initial=start_step) as bar:
-        for start in range(start_step, steps, chunk_size):
-            params, opt_state, bad_step, post, prior = _run_chunk(
-                params, static, task, opt_state, key, jnp.asarray(start, jnp.int32), total,
-                optimizer, batch_size, chunk_size,
-            )
-            done = min(chunk_size, steps - start)
-            post = np.asarray(post, np.float64)[:done]
-            prior = np.asarray(prior, np.float64)[:done]
-            bad_step = int(bad_step)
-            if bad_step >= 0:
-                kept = bad_step - start
-                history.append(post[:kept])
-                prior_history.append(prior[:kept])
-                stop_reason = (
-                    f"non-finite loss or gradient at step {bad_step}; kept the state after step {bad_step - 1}"
-                )
-                warnings.warn(f"train stopped: {stop_reason}", RuntimeWarning, stacklevel=2)
-                bar.update(kept)
-                break
-            history.append(post)
-            prior_history.append(prior)
-            bar.update(done)
-            bar.set_postfix(loss=f"{post.mean():.4g}")
-            step_now = start + done
-            if checkpoint_every is not None and step_now - last_saved >= checkpoint_every and step_now < steps:
-                _save_checkpoint(checkpoint_path, eqx.combine(params, static), opt_state, step_now,
-                                 np.concatenate(history), np.concatenate(prior_history) if model.parametric_prior else None,
-                                 key, steps, batch_size)
-                last_saved = step_now
-
-    model = eqx.combine(params, static)
-    losses = np.concatenate(history) if history else np.zeros(0)
-    prior_losses = (np.concatenate(prior_history) if prior_history else np.zeros(0)) if model.parametric_prior else None
-    if checkpoint_path is not None:
-        _save_checkpoint(checkpoint_path, model, opt_state, len(losses), losses, prior_losses, key, steps, batch_size)
+    result = engine.run(
+        engine.make_step(_SimulationLoss(batch_size), optimizer), engine.init(model, optimizer), key,
+        steps=steps, data=task, chunk_size=chunk_size, progress=progress, name="train",
+        checkpoint=checkpoint_path, checkpoint_every=checkpoint_every, resume=resume,
+        checkpoint_meta={"batch_size": batch_size},
+    )
+    post, prior = (np.zeros(0), np.zeros(0)) if result.aux is None else result.aux
+    stop_reason = result.stop_reason
+    if stop_reason == "non_finite":
+        step = result.nonfinite_step
+        stop_reason = f"non-finite loss or gradient at step {step}; kept the state after step {step - 1}"
     return TrainResult(
-        model=model,
-        losses=losses,
-        prior_losses=prior_losses,
-        num_steps=len(losses),
+        model=result.state.params,
+        losses=np.asarray(post, np.float64),
+        prior_losses=np.asarray(prior, np.float64) if model.parametric_prior else None,
+        num_steps=result.num_steps,
         stop_reason=stop_reason,
-        opt_state=opt_state,
+        opt_state=result.state.opt_state,
         seconds=time.perf_counter() - started,
     )

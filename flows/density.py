@@ -4,32 +4,30 @@
 :math:`-\\frac1m \\sum_{i \\in \\text{batch}} \\log q_\\phi(x_i \\mid c_i)` over
 shuffled minibatches, holds out a validation split, and stops early when the
 validation loss has not improved for ``patience`` epochs, returning the flow with
-the best validation loss. Each epoch is one compiled :func:`jax.lax.scan` over its
-minibatches. (Variational inference against an unnormalised target is
+the best validation loss. The loop is `probinf.train.run` (compiled chunks, one
+non-finite policy). (Variational inference against an unnormalised target is
 :func:`probinf.vi.fit` with any objective; flows plug in as families.)
 """
 
 from __future__ import annotations
 
-import math
-import warnings
 from dataclasses import dataclass
 
-import equinox as eqx
 import jax
 import jax.numpy as jnp
-import jax.tree_util as jtu
 import numpy as np
 import optax
 from jaxtyping import Array, PRNGKeyArray
 
 from flows._checks import check_key, check_positive_int
 from flows.distribution import Flow
-from probinf._progress import progress_bar
-from probinf._tree import all_finite
+from probinf import train
 from probinf._xla_workaround import warn_if_cpu_gradients_are_wrong
 
-__all__ = ["fit_to_data", "DensityFitResult"]
+__all__ = ["fit_to_data", "DensityFitResult", "DEFAULT_OPTIMIZER"]
+
+# Shared, so a second fit with the same shapes reuses the compiled loop.
+DEFAULT_OPTIMIZER = optax.adam(1e-3)
 
 
 @dataclass(frozen=True)
@@ -42,7 +40,8 @@ class DensityFitResult:
         validation_losses: validation loss per epoch (empty without a split).
         best_epoch: index of the epoch whose parameters were kept.
         stop_reason: ``"max_epochs"``, ``"early_stopping"`` or a sentence naming the
-            epoch at which a non-finite loss appeared.
+            epoch and step at which a non-finite loss appeared (training stopped there and
+            kept the last finite state).
     """
 
     flow: Flow
@@ -63,37 +62,13 @@ def _check_array(value: object, name: str, width: int, rows: int | None = None) 
     return jnp.asarray(arr, dtype=jnp.result_type(float))  # the default float (float64 under x64)
 
 
-def _negative_log_likelihood(params, static, x, context):
-    flow = eqx.combine(params, static)
+def _negative_log_likelihood(flow, key, batch):
+    x, context = batch
     return -jnp.mean(flow.log_prob(x, context))
 
 
-@eqx.filter_jit
-def _run_epoch(params, static, opt_state, key, x, context, optimizer, batch_size):
-    num_batches = x.shape[0] // batch_size
-    order = jax.random.permutation(key, x.shape[0])[: num_batches * batch_size]
-    batches_x = x[order].reshape(num_batches, batch_size, -1)
-    batches_c = None if context is None else context[order].reshape(num_batches, batch_size, -1)
-
-    def step(carry, batch):
-        params, opt_state, all_ok = carry
-        bx, bc = batch
-        loss, grads = eqx.filter_value_and_grad(_negative_log_likelihood)(params, static, bx, bc)
-        updates, new_state = optimizer.update(grads, opt_state, params)
-        new_params = eqx.apply_updates(params, updates)
-        finite = jnp.isfinite(loss) & all_finite(grads)
-        keep = lambda new, old: jtu.tree_map(lambda a, b: jnp.where(finite, a, b), new, old)
-        return (keep(new_params, params), keep(new_state, opt_state), all_ok & finite), loss
-
-    (params, opt_state, all_ok), losses = jax.lax.scan(
-        step, (params, opt_state, jnp.asarray(True)), (batches_x, batches_c)
-    )
-    return params, opt_state, jnp.mean(losses), all_ok
-
-
-@eqx.filter_jit
-def _evaluate(params, static, x, context):
-    return _negative_log_likelihood(params, static, x, context)
+def _validation_loss(flow, batch):
+    return _negative_log_likelihood(flow, None, batch)
 
 
 def fit_to_data(
@@ -116,8 +91,11 @@ def fit_to_data(
         flow: the :class:`~flows.Flow` to train (all its inexact arrays are trained).
         data: samples, ``(n, dim)``.
         context: for a conditional flow, the context of each sample, ``(n, context_dim)``.
-        optimizer: any optax transformation (default ``optax.adam(1e-3)``).
-        batch_size: minibatch size (capped at the training-set size).
+        optimizer: any optax transformation (default: the shared ``DEFAULT_OPTIMIZER``,
+            ``optax.adam(1e-3)``; reusing one optimizer object reuses the compiled loop).
+        batch_size: minibatch size (capped at the training-set size). Each epoch is a fresh
+            permutation of the training rows cut into ``n_train // batch_size`` batches; the
+            rows left over are not used in that epoch (see `probinf.train.run`).
         max_epochs: maximum number of passes over the training split.
         validation_fraction: share of rows held out for early stopping, in ``[0, 1)``;
             ``0`` trains on everything for ``max_epochs`` epochs.
@@ -125,7 +103,9 @@ def fit_to_data(
         progress: show a progress bar (default: only on a terminal).
 
     Returns:
-        A :class:`DensityFitResult`; losses are in nats per sample.
+        A :class:`DensityFitResult`; losses are in nats per sample. A non-finite loss,
+        gradient or parameter stops training with a ``RuntimeWarning`` naming the step; the
+        last finite state is kept.
 
     Raises:
         ValueError: non-finite or wrongly shaped ``data``/``context``, or an invalid option.
@@ -148,7 +128,7 @@ def fit_to_data(
     batch_size = check_positive_int(batch_size, "batch_size")
     max_epochs = check_positive_int(max_epochs, "max_epochs")
     patience = check_positive_int(patience, "patience")
-    optimizer = optax.adam(1e-3) if optimizer is None else optimizer
+    optimizer = DEFAULT_OPTIMIZER if optimizer is None else optimizer
     if not isinstance(optimizer, optax.GradientTransformation):
         raise TypeError(f"`optimizer` must be an optax GradientTransformation, got {type(optimizer).__name__}")
 
@@ -161,53 +141,34 @@ def fit_to_data(
     key_split, key_epochs = jax.random.split(key)
     order = jax.random.permutation(key_split, n)
     train_idx, val_idx = order[num_validation:], order[:num_validation]
-    train_x, val_x = data[train_idx], data[val_idx]
-    train_c = None if context is None else context[train_idx]
-    val_c = None if context is None else context[val_idx]
-    batch_size = min(batch_size, train_x.shape[0])
+    train_set = (data[train_idx], None if context is None else context[train_idx])
+    validation_set = (data[val_idx], None if context is None else context[val_idx])
+    batch_size = min(batch_size, len(train_idx))
+    steps_per_epoch = len(train_idx) // batch_size
 
-    params, static = eqx.partition(flow, eqx.is_inexact_array)
-    opt_state = optimizer.init(params)
-    best_params, best_loss, best_epoch, waited = params, math.inf, 0, 0
-    train_losses: list[float] = []
-    val_losses: list[float] = []
-    stop_reason = "max_epochs"
-    with progress_bar(total=max_epochs, enabled=progress, desc="fit_to_data") as bar:
-        for epoch in range(max_epochs):
-            params, opt_state, loss, finite = _run_epoch(
-                params, static, opt_state, jax.random.fold_in(key_epochs, epoch), train_x, train_c,
-                optimizer, batch_size,
-            )
-            train_losses.append(float(loss))
-            if not bool(finite):
-                stop_reason = (
-                    f"non-finite loss or gradient in epoch {epoch}; those steps were skipped and "
-                    "training stopped"
-                )
-                warnings.warn(f"fit_to_data stopped: {stop_reason}", RuntimeWarning, stacklevel=2)
-                if num_validation == 0:
-                    best_params, best_epoch = params, epoch
-                break
-            if num_validation == 0:
-                best_params, best_epoch = params, epoch
-                bar.update(1)
-                bar.set_postfix(train=f"{loss:.4g}")
-                continue
-            val_loss = float(_evaluate(params, static, val_x, val_c))
-            val_losses.append(val_loss)
-            bar.update(1)
-            bar.set_postfix(train=f"{loss:.4g}", validation=f"{val_loss:.4g}")
-            if val_loss < best_loss:
-                best_params, best_loss, best_epoch, waited = params, val_loss, epoch, 0
-            else:
-                waited += 1
-                if waited >= patience:
-                    stop_reason = "early_stopping"
-                    break
+    result = train.run(
+        train.make_step(_negative_log_likelihood, optimizer), train.init(flow, optimizer), key_epochs,
+        epochs=max_epochs, data=train_set, batch_size=batch_size,
+        validate=_validation_loss if num_validation else None,
+        validation_data=validation_set if num_validation else None,
+        patience=patience if num_validation else None, progress=progress, name="fit_to_data",
+    )
+    done = result.num_steps
+    # Mean training loss per epoch (the last one partial when a non-finite step stopped it).
+    train_losses = [result.losses[i : i + steps_per_epoch].mean() for i in range(0, done, steps_per_epoch)]
+    if result.stop_reason == "non_finite":
+        stop_reason = (f"non-finite loss or gradient in epoch {result.nonfinite_step // steps_per_epoch} "
+                       f"(step {result.nonfinite_step}); training stopped at the last finite state")
+    else:
+        stop_reason = {"completed": "max_epochs"}.get(result.stop_reason, result.stop_reason)
+    if num_validation:
+        best_epoch = (result.best_step // steps_per_epoch - 1) if result.best_step is not None else 0
+    else:
+        best_epoch = max(len(train_losses) - 1, 0)
     return DensityFitResult(
-        flow=eqx.combine(best_params, static),
-        train_losses=np.asarray(train_losses),
-        validation_losses=np.asarray(val_losses),
+        flow=result.params,
+        train_losses=np.asarray(train_losses, np.float64),
+        validation_losses=result.validation_losses,
         best_epoch=best_epoch,
         stop_reason=stop_reason,
     )

@@ -13,6 +13,7 @@ import importlib as _importlib
 from probinf import (
     datasets,
     exact,
+    train,
     vi,
 )
 from probinf._version import __version__
@@ -53,6 +54,7 @@ __all__ = [
     "datasets",
     "exact",
     "fit",
+    "train",
     "infer",
     "save",
     "load",

@@ -30,8 +30,9 @@ import numpy as np
 import optax
 from jaxtyping import Array, Float, PRNGKeyArray
 
+from probinf import train as engine
 from probinf._checks import check_positive_int
-from probinf._progress import progress_bar
+from probinf._tree import all_finite
 from probinf.pcn._checks import (
     INITS,
     METHODS,
@@ -161,53 +162,34 @@ def _update(net, opt_state, optimizer, x, y, key, step_size, *, algorithm, **con
     return _UPDATES[algorithm](net, opt_state, optimizer, x, y, key, step_size, **config)
 
 
-def _select(keep_new, new, old):
-    return jtu.tree_map(
-        lambda a, b: jnp.where(keep_new, a, b) if eqx.is_array(a) else a, new, old
-    )
-
-
 @eqx.filter_jit
 def _init_optimizer(optimizer, net):
     return optimizer.init(eqx.filter(net, eqx.is_inexact_array))
 
 
-@eqx.filter_jit
-def _run_epoch(net, opt_state, optimizer, x, y, key, epoch, step_size, *, algorithm, batch_size, **config):
-    """One epoch: shuffle, then a ``lax.scan`` over the full batches (the remainder is dropped).
+class _LearningStep(eqx.Module):
+    """One learning step on one batch, as a `probinf.train` step.
 
-    Returns the state after the last batch whose energies were finite, the per-batch
-    energies ``(batches, T + 1, L + 1)`` and the index of the first non-finite batch (or -1).
+    ``step_size`` is an array field, so runs that differ only in it share a compiled loop.
+    The recorded loss is the total energy after inference (the feed-forward loss for
+    ``"backprop"``); ``aux`` holds the batch-mean energies ``(T + 1, L + 1)``.
     """
-    num_rows = y.shape[0]
-    num_batches = num_rows // batch_size
-    key_order, key = jax.random.split(jax.random.fold_in(key, epoch))
-    order = jax.random.permutation(key_order, num_rows)
-    rows = order[: num_batches * batch_size].reshape(num_batches, batch_size)
-    params, static = eqx.partition(net, eqx.is_inexact_array)
 
-    def body(carry, inputs):
-        params, opt_state, bad_batch = carry
-        index, batch_rows = inputs
-        x_batch = None if x is None else x[batch_rows]
-        new_net, new_opt_state, energies = _UPDATES[algorithm](
-            eqx.combine(params, static), opt_state, optimizer, x_batch, y[batch_rows],
-            jax.random.fold_in(key, index), step_size, batch=batch_size, **config,
-        )
-        new_params = eqx.filter(new_net, eqx.is_inexact_array)
-        finite = jnp.all(jnp.isfinite(energies)) & jnp.all(
-            jnp.stack([jnp.all(jnp.isfinite(p)) for p in jtu.tree_leaves(new_params)])
-        )
-        ok = (bad_batch < 0) & finite
-        bad_batch = jnp.where((bad_batch < 0) & ~finite, index, bad_batch)
-        carry = (_select(ok, new_params, params), _select(ok, new_opt_state, opt_state), bad_batch)
-        return carry, energies
+    optimizer: optax.GradientTransformation = eqx.field(static=True)
+    algorithm: str = eqx.field(static=True)
+    config: tuple = eqx.field(static=True)
+    batch_size: int = eqx.field(static=True)
+    step_size: Array
 
-    init = (params, opt_state, jnp.asarray(-1, jnp.int32))
-    (params, opt_state, bad_batch), energies = jax.lax.scan(
-        body, init, (jnp.arange(num_batches, dtype=jnp.int32), rows)
-    )
-    return eqx.combine(params, static), opt_state, energies, bad_batch
+    def __call__(self, state, key, batch):
+        x, y = batch
+        net, opt_state, energies = _UPDATES[self.algorithm](
+            state.params, state.opt_state, self.optimizer, x, y, key, self.step_size,
+            batch=self.batch_size, **dict(self.config),
+        )
+        finite = jnp.all(jnp.isfinite(energies)) & all_finite(net)
+        info = engine.StepInfo(jnp.sum(energies[-1]), finite, energies)
+        return engine.TrainState(net, opt_state, state.step + 1), info
 
 
 @dataclass(frozen=True)
@@ -350,8 +332,10 @@ def train(
 ) -> TrainResult:
     """Train ``net`` on ``(x, y)`` with predictive coding (or backprop, for comparison).
 
-    Each epoch shuffles the rows (key ``fold_in(key, epoch)``), drops the last incomplete
-    batch, and runs every batch inside one compiled ``jax.lax.scan``. Supervised learning
+    The loop is `probinf.train.run`: each epoch shuffles the rows, leaves out the
+    ``n % batch_size`` rows that do not fill a batch (a different set each epoch), and the
+    batches run in compiled chunks; batch ``t`` (counted over all epochs) uses the key
+    ``fold_in(key, t)``. Supervised learning
     clamps ``x`` at node 0 and ``y`` at the last node; generative learning passes only ``y``
     (the data) and infers node 0 too.
 
@@ -393,32 +377,28 @@ def train(
         config["steps"] = 0  # no inference: one feed-forward row of energies per batch
     if opt_state is None:
         opt_state = _init_optimizer(optimizer, net)
-    step_size_array = float_scalar(step_size)
-
-    history: list[np.ndarray] = []
-    with progress_bar(total=epochs, enabled=progress, desc=f"train ({algorithm})") as bar:
-        for epoch in range(epochs):
-            net, opt_state, energies, bad_batch = _run_epoch(
-                net, opt_state, optimizer, x, y, key, np.int32(epoch), step_size_array,
-                algorithm=algorithm, batch_size=batch_size, **config,
-            )
-            energies = np.asarray(energies, dtype=np.float64)
-            bad_batch = int(bad_batch)
-            if bad_batch >= 0:
-                if bad_batch:
-                    history.append(energies[:bad_batch].mean(0))
-                result = TrainResult(net, opt_state, _stack(history, config, net), algorithm, len(history))
-                error = NonFiniteEnergyError(
-                    f"training stopped: non-finite energy or weights in epoch {epoch}, batch "
-                    f"{bad_batch}; lower `step_size` (got {step_size}) or the learning rate. "
-                    "The state after the previous batch is in this error's `result`."
-                )
-                error.result = result
-                raise error
-            history.append(energies.mean(0))
-            bar.update(1)
-            bar.set_postfix(energy=f"{history[-1][-1].sum():.4g}")
-    return TrainResult(net, opt_state, _stack(history, config, net), algorithm, len(history))
+    step = _LearningStep(optimizer, algorithm, tuple(sorted(config.items())), batch_size,
+                         jnp.asarray(float_scalar(step_size)))
+    result = engine.run(
+        step, engine.TrainState(net, opt_state, jnp.asarray(0, jnp.int32)), key, epochs=epochs,
+        data=(x, y), batch_size=batch_size, progress=progress, warn=False, name=f"train ({algorithm})",
+    )
+    batches = num_rows // batch_size
+    energies = np.zeros((0, config["steps"] + 1, net.num_layers + 1)) if result.aux is None else result.aux
+    # Per epoch, the mean over its batches (the last epoch partial after a non-finite batch).
+    per_epoch = [energies[i : i + batches].mean(0) for i in range(0, result.num_steps, batches)]
+    history = _stack(per_epoch, config, net)
+    state = result.state
+    if result.stop_reason == "non_finite":
+        epoch, bad_batch = divmod(result.nonfinite_step, batches)
+        error = NonFiniteEnergyError(
+            f"training stopped: non-finite energy or weights in epoch {epoch}, batch "
+            f"{bad_batch}; lower `step_size` (got {step_size}) or the learning rate. "
+            "The state after the previous batch is in this error's `result`."
+        )
+        error.result = TrainResult(state.params, state.opt_state, history, algorithm, len(per_epoch))
+        raise error
+    return TrainResult(state.params, state.opt_state, history, algorithm, len(per_epoch))
 
 
 def _stack(history, config, net) -> np.ndarray:

@@ -90,3 +90,33 @@ def test_symmetric_npe_averages_the_flow_over_sign_flips(npe):
     assert float(trained.posterior.theta_loc[1]) == 0.0 and np.isfinite(trained.validation_losses).all()
     with pytest.raises(ValueError, match="symmetric_axes"):
         train_npe(jax.random.key(0), task, num_simulations=400, batch_size=100, symmetric_axes=(2,))
+
+
+_COMPILE_EVENTS = ("/jax/core/compile/jaxpr_trace_duration", "/jax/core/compile/backend_compile_duration")
+_COMPILED: list = []  # [True, names...] while counting
+
+
+def _record_compilation(event, duration, **kwargs):
+    if event in _COMPILE_EVENTS and _COMPILED and _COMPILED[0] is True:
+        _COMPILED.append(kwargs.get("fun_name", event))
+
+
+jax.monitoring.register_event_duration_secs_listener(_record_compilation)
+
+
+def test_a_second_call_with_the_same_shapes_compiles_nothing():
+    """The optimizer is cached per learning rate and the loss is hashable: nothing recompiles."""
+    task = GaussianLinear(dim=2)
+
+    def fit(seed):  # the small configuration of the test above: compiled once per module
+        return train_npe(jax.random.key(seed), task, num_simulations=400, num_layers=1, width=8, max_epochs=2,
+                         batch_size=100, symmetric_axes=(1,), progress=False)
+
+    fit(0)
+    _COMPILED[:] = [True]
+    try:
+        fit(1)
+        compiled = _COMPILED[1:]
+    finally:
+        _COMPILED.clear()
+    assert compiled == []
