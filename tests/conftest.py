@@ -1,3 +1,4 @@
+import contextlib
 import os
 import pathlib
 
@@ -16,6 +17,40 @@ REPO_ROOT = pathlib.Path(__file__).resolve().parents[1]
 # points elsewhere, e.g. at a missing folder to check that those tests skip rather than fail.
 SHARED_DATA = pathlib.Path(os.environ.get("PROBINF_SHARED_DATA")
                            or REPO_ROOT.parent / "shared" / "data")
+
+
+_COMPILE_EVENTS = ("/jax/core/compile/jaxpr_trace_duration", "/jax/core/compile/backend_compile_duration")
+_RECORDINGS: list[list[str]] = []
+
+
+def _record_compilation(event, duration, **kwargs):
+    if event in _COMPILE_EVENTS and _RECORDINGS:
+        _RECORDINGS[-1].append(kwargs.get("fun_name", event))
+
+
+def _register_compilation_listener():
+    import jax
+
+    jax.monitoring.register_event_duration_secs_listener(_record_compilation)
+
+
+_register_compilation_listener()
+
+
+@contextlib.contextmanager
+def _recording():
+    compiled: list[str] = []
+    _RECORDINGS.append(compiled)
+    try:
+        yield compiled
+    finally:
+        _RECORDINGS.remove(compiled)
+
+
+@pytest.fixture
+def record_compilations():
+    """``with record_compilations() as compiled: ...`` lists what JAX traced or compiled inside."""
+    return _recording
 
 
 @pytest.fixture(scope="session", autouse=True)

@@ -231,34 +231,17 @@ def test_an_interrupted_run_resumes_to_the_uninterrupted_result(tmp_path):
     np.testing.assert_array_equal(resumed.losses, full.losses)
 
 
-def _count_compilations():
-    events = ("/jax/core/compile/jaxpr_trace_duration", "/jax/core/compile/backend_compile_duration")
-    log = []
-
-    def listener(event, duration, **kwargs):
-        if event in events and log and log[0]:
-            log.append(kwargs.get("fun_name", event))
-
-    jax.monitoring.register_event_duration_secs_listener(listener)
-    return log
 
 
-COMPILATIONS = _count_compilations()
-
-
-def test_a_second_call_with_the_same_shapes_compiles_nothing():
+def test_a_second_call_with_the_same_shapes_compiles_nothing(record_compilations):
     def fit(seed):
         return train.run(train.make_step(squared_error), train.init(jnp.zeros(3)), jax.random.key(seed),
                          steps=50, data=(X, Y), batch_size=8, validate=squared_error_validation,
                          validation_data=(X[:16], Y[:16]), progress=False)
 
     fit(0)
-    COMPILATIONS[:] = [True]
-    try:
+    with record_compilations() as compiled:
         fit(1)
-        compiled = COMPILATIONS[1:]
-    finally:
-        COMPILATIONS[:] = []
     assert compiled == []
     assert train.make_step(squared_error) == train.make_step(squared_error, train.DEFAULT_OPTIMIZER)
 

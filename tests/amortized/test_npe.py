@@ -92,19 +92,9 @@ def test_symmetric_npe_averages_the_flow_over_sign_flips(npe):
         train_npe(jax.random.key(0), task, num_simulations=400, batch_size=100, symmetric_axes=(2,))
 
 
-_COMPILE_EVENTS = ("/jax/core/compile/jaxpr_trace_duration", "/jax/core/compile/backend_compile_duration")
-_COMPILED: list = []  # [True, names...] while counting
 
 
-def _record_compilation(event, duration, **kwargs):
-    if event in _COMPILE_EVENTS and _COMPILED and _COMPILED[0] is True:
-        _COMPILED.append(kwargs.get("fun_name", event))
-
-
-jax.monitoring.register_event_duration_secs_listener(_record_compilation)
-
-
-def test_a_second_call_with_the_same_shapes_compiles_nothing():
+def test_a_second_call_with_the_same_shapes_compiles_nothing(record_compilations):
     """The optimizer is cached per learning rate and the loss is hashable: nothing recompiles."""
     task = GaussianLinear(dim=2)
 
@@ -113,10 +103,6 @@ def test_a_second_call_with_the_same_shapes_compiles_nothing():
                          batch_size=100, symmetric_axes=(1,), progress=False)
 
     fit(0)
-    _COMPILED[:] = [True]
-    try:
+    with record_compilations() as compiled:
         fit(1)
-        compiled = _COMPILED[1:]
-    finally:
-        _COMPILED.clear()
     assert compiled == []

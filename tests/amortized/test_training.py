@@ -198,19 +198,9 @@ def _write(path):
     return path
 
 
-_COMPILE_EVENTS = ("/jax/core/compile/jaxpr_trace_duration", "/jax/core/compile/backend_compile_duration")
-_COMPILED: list = []  # [True, names...] while counting
 
 
-def _record_compilation(event, duration, **kwargs):
-    if event in _COMPILE_EVENTS and _COMPILED and _COMPILED[0] is True:
-        _COMPILED.append(kwargs.get("fun_name", event))
-
-
-jax.monitoring.register_event_duration_secs_listener(_record_compilation)
-
-
-def test_a_second_call_with_the_same_shapes_compiles_nothing():
+def test_a_second_call_with_the_same_shapes_compiles_nothing(record_compilations):
     """default_optimizer returns one object per setting, so the compiled loop is reused."""
     task = ConjugateGaussian(1, num_observations=(1, 3))
     model = DistributionTransformer(key=jax.random.key(0), d_model=8, num_heads=2, num_encoder_layers=1,
@@ -220,11 +210,7 @@ def test_a_second_call_with_the_same_shapes_compiles_nothing():
         return train(model, task, key=jax.random.key(seed), steps=4, batch_size=16, chunk_size=2, progress=False)
 
     fit(0)
-    _COMPILED[:] = [True]
-    try:
+    with record_compilations() as compiled:
         fit(1)
-        compiled = _COMPILED[1:]
-    finally:
-        _COMPILED.clear()
     assert compiled == []
     assert default_optimizer(4) is default_optimizer(4)

@@ -111,19 +111,9 @@ def test_bad_input():
         fit_to_data(KEY, flow, good, optimizer="adam")
 
 
-_COMPILE_EVENTS = ("/jax/core/compile/jaxpr_trace_duration", "/jax/core/compile/backend_compile_duration")
-_COMPILED: list = []  # [True, names...] while counting
 
 
-def _record_compilation(event, duration, **kwargs):
-    if event in _COMPILE_EVENTS and _COMPILED and _COMPILED[0] is True:
-        _COMPILED.append(kwargs.get("fun_name", event))
-
-
-jax.monitoring.register_event_duration_secs_listener(_record_compilation)
-
-
-def test_a_second_fit_with_the_same_shapes_compiles_nothing():
+def test_a_second_fit_with_the_same_shapes_compiles_nothing(record_compilations):
     """The default optimizer is one shared object, so the compiled loop is reused."""
     data = np.random.default_rng(4).normal(size=(200, 2))
 
@@ -132,10 +122,6 @@ def test_a_second_fit_with_the_same_shapes_compiles_nothing():
         return fit_to_data(jax.random.key(seed), flow, data, max_epochs=2, batch_size=32, progress=False)
 
     fit(0)
-    _COMPILED[:] = [True]
-    try:
+    with record_compilations() as compiled:
         fit(1)
-        compiled = _COMPILED[1:]
-    finally:
-        _COMPILED.clear()
     assert compiled == []
