@@ -15,7 +15,16 @@ from circuits.circuit import Circuit, compile_circuit
 from circuits.data import list_debd, load_debd
 from circuits.inputs import Bernoulli, Binomial, Categorical, Gaussian, InputLayer
 from circuits.kernels import fused_log_matmul_exp
-from circuits.learning import TrainResult, average_log_likelihood, em, fit_gradient
+from circuits.learning import (
+    TrainResult,
+    average_log_likelihood,
+    em,
+    fit_debd,
+    fit_gradient,
+    hclt,
+    soft_evidence,
+    step_size_schedule,
+)
 from circuits.region_graph import (
     Partition,
     RegionGraph,
@@ -45,6 +54,10 @@ __all__ = [
     "linear_chain",
     "fused_log_matmul_exp",
     "em",
+    "fit_debd",
+    "hclt",
+    "soft_evidence",
+    "step_size_schedule",
     "fit_gradient",
     "average_log_likelihood",
     "TrainResult",

@@ -27,6 +27,7 @@ log-likelihood with any optax optimizer over the unconstrained parameters
 
 from __future__ import annotations
 
+import math
 import time
 from dataclasses import dataclass
 
@@ -36,9 +37,12 @@ import jax.numpy as jnp
 import numpy as np
 import optax
 
-from circuits.circuit import Circuit, root_value, upward
+from circuits.circuit import Circuit, compile_circuit, root_value, upward
+from circuits.inputs import Bernoulli, Categorical
+from circuits.region_graph import RegionGraph, chow_liu_tree
 
-__all__ = ["TrainResult", "em", "fit_gradient", "average_log_likelihood"]
+__all__ = ["TrainResult", "em", "fit_gradient", "average_log_likelihood", "step_size_schedule",
+           "soft_evidence", "hclt", "fit_debd"]
 
 
 @dataclass(frozen=True)
@@ -92,7 +96,8 @@ def _batches(x, batch_size):
     pad = num_batches * batch_size - n
     xp = jnp.concatenate([x, jnp.repeat(x[:1], pad, axis=0)]) if pad else x
     weight = jnp.concatenate([jnp.ones(n), jnp.zeros(pad)])
-    return (xp.reshape(num_batches, batch_size, -1), weight.reshape(num_batches, batch_size))
+    return (xp.reshape((num_batches, batch_size) + x.shape[1:]),
+            weight.reshape(num_batches, batch_size))
 
 
 @eqx.filter_jit
@@ -119,11 +124,39 @@ def average_log_likelihood(circuit: Circuit, data, batch_size: int = 1024) -> fl
 
 
 # ---------------------------------------------------------------------- EM
-def _expected_statistics(circuit: Circuit, x, weight):
-    """Log-likelihood sum, expected sum-weight counts and input statistics of one batch."""
+def _soft_input_values(circuit: Circuit, soft):
+    """Input log-values under soft evidence, ``log sum_v w(v) p_k(v)``, and the log-joint terms.
+
+    ``soft`` is ``(B, V)`` (Bernoulli: the weight ``w(1)``) or ``(B, V, C)`` (Categorical:
+    the weights ``w(v)``). Returns ``values`` ``(S, B, K)`` and ``log_joint`` ``(S, B, K, C)``
+    with ``log_joint[..., v] = log w(v) + log p_k(v)``.
+    """
+    slots = jnp.asarray(circuit.structure.slot_variable)
+    if isinstance(circuit.input_layer, Bernoulli):
+        logits = circuit.input_params["logits"]
+        log_p = jnp.stack([jax.nn.log_sigmoid(-logits), jax.nn.log_sigmoid(logits)], -1)
+        w = soft.T[slots]  # (S, B)
+        log_w = jnp.log(jnp.stack([1.0 - w, w], -1))  # (S, B, 2)
+    else:
+        log_p = jax.nn.log_softmax(circuit.input_params["logits"], axis=-1)  # (S, K, C)
+        log_w = jnp.log(jnp.swapaxes(soft, 0, 1)[slots])  # (S, B, C)
+    log_joint = log_w[:, :, None, :] + log_p[:, None, :, :]
+    return jax.nn.logsumexp(log_joint, axis=-1), log_joint
+
+
+def _expected_statistics(circuit: Circuit, x, weight, softened: bool = False):
+    """Log-likelihood sum, expected sum-weight counts and input statistics of one batch.
+
+    With ``softened``, ``x`` holds soft-evidence weights (see :func:`_soft_input_values`)
+    and an input unit's statistics are its responsibility times the posterior
+    ``w(v) p_k(v) / sum_u w(u) p_k(u)`` of each value: exact EM under soft evidence.
+    """
     log_w, log_mix = circuit.log_weights()
-    observed = jnp.ones_like(x, bool)
-    values = circuit._input_values(x, observed)
+    if softened:
+        values, log_joint = _soft_input_values(circuit, x)
+    else:
+        observed = jnp.ones_like(x, bool)
+        values = circuit._input_values(x, observed)
 
     def total(log_w, log_mix, values):
         groups = upward(circuit.structure, values, log_w, log_mix, "sum", circuit.backend)
@@ -131,6 +164,14 @@ def _expected_statistics(circuit: Circuit, x, weight):
 
     ll, (counts, mix_counts, responsibility) = jax.value_and_grad(total, argnums=(0, 1, 2))(
         log_w, log_mix, values)
+    if softened:
+        posterior = jnp.exp(log_joint - values[..., None])  # (S, B, K, C)
+        value_counts = jnp.einsum("sbk,sbkc->skc", responsibility, posterior)
+        if isinstance(circuit.input_layer, Bernoulli):
+            stats = {"count": value_counts.sum(-1), "ones": value_counts[..., 1]}
+        else:
+            stats = {"counts": value_counts}
+        return ll, (counts, mix_counts, stats)
     xs = x.T[jnp.asarray(circuit.structure.slot_variable)]
     stats = circuit.input_layer.sufficient_statistics(responsibility, xs)
     return ll, (counts, mix_counts, stats)
@@ -148,7 +189,136 @@ def _normalised_update(old_log_w, counts, pseudocount, step_size, valid=None):
     return log_probs if valid is None else jnp.where(valid, log_probs, 0.0)
 
 
-def _m_step(circuit: Circuit, statistics, pseudocount, step_size):
+def _entropy_regularised_probs(counts, strength, valid=None, num_outer=8, num_inner=3):
+    r"""Maximise ``sum_c a_c log t_c + b H(t)`` over the simplex, along the last axis.
+
+    ``counts`` ``a >= 0`` (pseudocounts included) ``(..., C)``; ``strength`` ``b >= 0``
+    broadcastable to ``(..., 1)``; ``valid`` an optional mask of the children that exist.
+    The objective is strictly concave; its stationarity condition (Lagrange multiplier
+    ``mu``) is
+
+    .. math:: a_c / t_c - b \log t_c = \mu, \qquad \sum_c t_c = 1.
+
+    No closed form exists (it needs Lambert's W), so it is solved by nested Newton
+    iterations: for a fixed ``mu`` each ``u_c = log t_c`` solves the convex, decreasing
+    ``a_c e^{-u} - b u - mu = 0``; ``phi(mu) = sum_c t_c(mu) - 1`` is convex and
+    decreasing (``t_c'' > 0``), so Newton on ``mu`` started at ``sum_c a_c`` (left of
+    the root when ``b > 0``, the root itself when ``b = 0``) increases monotonically to
+    it. Nodes with ``b = 0`` get the closed form ``a / sum a``. Liu & Van den Broeck
+    (NeurIPS 2021), Sec. 4, solve the same per-node problem by Newton's method.
+    """
+    dtype = counts.dtype
+    tiny = jnp.finfo(dtype).tiny
+    b = jnp.broadcast_to(jnp.asarray(strength, dtype), counts.shape[:-1] + (1,))
+    if valid is not None:
+        counts = jnp.where(valid, counts, 0.0)
+    total = jnp.sum(counts, axis=-1, keepdims=True)
+    closed = jnp.where(total > 0, counts / jnp.where(total > 0, total, 1.0),
+                       1.0 / counts.shape[-1])
+    log_a = jnp.log(counts)  # -inf for empty children: their a e^{-u} term is 0
+    b_safe = jnp.where(b > 0, b, 1.0)
+
+    def inner(u, mu):
+        for _ in range(num_inner):
+            a_exp = jnp.exp(log_a - u)
+            u = u + (a_exp - b_safe * u - mu) / (a_exp + b_safe)
+        return u
+
+    def outer(_, state):
+        u, mu = state
+        u = inner(u, mu)
+        t = jnp.exp(u)
+        if valid is not None:
+            t = jnp.where(valid, t, 0.0)
+        # d t_c / d mu = -t^2 / (a_c + b t_c), written so an empty child (a = 0) gives no 0/0.
+        slope = -t / (jnp.exp(log_a - u) + b_safe)
+        phi = jnp.sum(t, -1, keepdims=True) - 1.0
+        mu = mu - phi / jnp.minimum(jnp.sum(slope, -1, keepdims=True), -tiny)
+        return u, mu
+
+    u0 = jnp.log(jnp.maximum(closed, tiny))
+    u, mu = jax.lax.fori_loop(0, num_outer, outer, (u0, total))
+    u = inner(u, mu)
+    if valid is not None:
+        u = jnp.where(valid, u, -jnp.inf)
+    solved = jax.nn.softmax(u, axis=-1)  # removes the last, tiny normalisation error
+    probs = jnp.where(b > 0, solved, closed)
+    return probs if valid is None else jnp.where(valid, probs, 0.0)
+
+
+def _reach_probabilities(circuit: Circuit):
+    """Top-down reach probability of every sum unit, mixing unit and input unit.
+
+    With every input marginalised (log-value 0) each unit of a normalised circuit has
+    value 1, so ``d log p / d log w_oj`` is the probability ``r(o) w_oj`` that a
+    top-down induced-tree draw uses edge ``o -> j``, and ``d log p / d log v_k`` the
+    probability ``r(k)`` that it reaches input unit ``k``.
+    """
+    log_w, log_mix = circuit.log_weights()
+    structure = circuit.structure
+    values = jnp.zeros((structure.num_slots, 1, structure.num_units), circuit.float_dtype)
+
+    def root(log_w, log_mix, values):
+        groups = upward(structure, values, log_w, log_mix, "sum", circuit.backend)
+        return jnp.sum(root_value(structure, groups))
+
+    counts, mix_counts, inputs = jax.grad(root, argnums=(0, 1, 2))(log_w, log_mix, values)
+    sums = tuple(jnp.sum(c, -1, keepdims=True) for c in counts)
+    mixes = tuple(None if c is None else jnp.sum(c, -1, keepdims=True) for c in mix_counts)
+    return sums, mixes, inputs[:, 0, :]
+
+
+def _blend_probs(old_log, new, step_size, valid=None):
+    old = jnp.exp(old_log)
+    probs = new if step_size is None else (1.0 - step_size) * old + step_size * new
+    log_probs = jnp.log(jnp.maximum(probs, 1e-30))
+    return log_probs if valid is None else jnp.where(valid, log_probs, 0.0)
+
+
+def _entropy_m_step(circuit: Circuit, statistics, pseudocount, step_size, entropy_reg,
+                    num_rows):
+    """The M-step of ``sum_x log p(x) + tau N sum_n r(n) H(w_n)`` (see :func:`em`)."""
+    counts, mix_counts, stats = statistics
+    log_w, log_mix = circuit.log_weights()
+    reach_sums, reach_mixes, reach_inputs = _reach_probabilities(circuit)
+    scale = entropy_reg * num_rows
+    sum_logits = tuple(
+        _blend_probs(lw, _entropy_regularised_probs(c + pseudocount, scale * r), step_size)
+        for lw, c, r in zip(log_w, counts, reach_sums, strict=True))
+    mix_logits = []
+    for (_, mixing), lm, c, r in zip(circuit.structure.stages, log_mix, mix_counts, reach_mixes,
+                                     strict=True):
+        if mixing is None:
+            mix_logits.append(None)
+            continue
+        valid = jnp.asarray(mixing.valid)[:, None, :]
+        probs = _entropy_regularised_probs(c + pseudocount, scale * r, valid)
+        mix_logits.append(_blend_probs(jnp.where(valid, lm, 0.0), probs, step_size, valid))
+    layer, params = circuit.input_layer, circuit.input_params
+    strength = (scale * reach_inputs)[..., None]
+    if isinstance(layer, Bernoulli):
+        value_counts = jnp.stack([stats["count"] - stats["ones"], stats["ones"]], -1)
+        probs = _entropy_regularised_probs(value_counts + pseudocount, strength)[..., 1]
+        old = jax.nn.sigmoid(params["logits"])
+        probs = probs if step_size is None else (1.0 - step_size) * old + step_size * probs
+        probs = jnp.clip(probs, 1e-6, 1 - 1e-6)
+        input_params = {"logits": jnp.log(probs) - jnp.log1p(-probs)}
+    elif isinstance(layer, Categorical):
+        probs = _entropy_regularised_probs(stats["counts"] + pseudocount, strength)
+        old_log = jax.nn.log_softmax(params["logits"], axis=-1)
+        input_params = {"logits": _blend_probs(old_log, probs, step_size)}
+    else:  # continuous or Binomial inputs: the penalty covers the sum weights only
+        input_params = layer.em_update(params, stats, pseudocount, step_size)
+    return circuit.with_params(input_params, sum_logits, tuple(mix_logits))
+
+
+def _m_step(circuit: Circuit, statistics, pseudocount, step_size, entropy_reg=0.0,
+            num_rows=None):
+    if isinstance(step_size, (int, float)) and step_size == 1.0:
+        step_size = None if entropy_reg else 1.0
+    if entropy_reg:
+        return _entropy_m_step(circuit, statistics, pseudocount, step_size, entropy_reg,
+                               num_rows)
     counts, mix_counts, stats = statistics
     log_w, log_mix = circuit.log_weights()
     sum_logits = tuple(_normalised_update(lw, c, pseudocount, step_size)
@@ -162,30 +332,34 @@ def _m_step(circuit: Circuit, statistics, pseudocount, step_size):
             mix_logits.append(_normalised_update(jnp.where(valid, lm, 0.0), c, pseudocount,
                                                  step_size, valid))
     input_params = circuit.input_layer.em_update(
-        circuit.input_params, stats, pseudocount, None if step_size == 1.0 else step_size)
+        circuit.input_params, stats, pseudocount,
+        None if isinstance(step_size, float) and step_size == 1.0 else step_size)
     return circuit.with_params(input_params, sum_logits, tuple(mix_logits))
 
 
 @eqx.filter_jit
-def _full_batch_epoch(circuit, batches, weights, pseudocount, step_size):
+def _full_batch_epoch(circuit, batches, weights, pseudocount, step_size, softened=False,
+                      entropy_reg=0.0):
     def body(carry, batch):
         ll, acc = carry
-        batch_ll, stats = _expected_statistics(circuit, *batch)
+        batch_ll, stats = _expected_statistics(circuit, *batch, softened)
         return (ll + batch_ll, jax.tree_util.tree_map(jnp.add, acc, stats)), None
 
-    zero_ll, first = _expected_statistics(circuit, batches[0], weights[0])
+    zero_ll, first = _expected_statistics(circuit, batches[0], weights[0], softened)
     (ll, stats), _ = jax.lax.scan(body, (zero_ll, first), (batches[1:], weights[1:]))
-    return _m_step(circuit, stats, pseudocount, step_size), ll
+    return _m_step(circuit, stats, pseudocount, step_size, entropy_reg, jnp.sum(weights)), ll
 
 
 @eqx.filter_jit
-def _mini_batch_epoch(circuit, batches, weights, pseudocount, step_size):
+def _mini_batch_epoch(circuit, batches, weights, pseudocount, step_size, softened=False,
+                      entropy_reg=0.0):
     params, static = eqx.partition(circuit, eqx.is_array)
 
     def body(params, batch):
         current = eqx.combine(params, static)
-        ll, stats = _expected_statistics(current, *batch)
-        updated = _m_step(current, stats, pseudocount, step_size)
+        ll, stats = _expected_statistics(current, *batch, softened)
+        updated = _m_step(current, stats, pseudocount, step_size, entropy_reg,
+                          jnp.sum(batch[1]))
         return eqx.partition(updated, eqx.is_array)[0], ll
 
     params, lls = jax.lax.scan(body, params, (batches, weights))
@@ -197,7 +371,8 @@ def _finite(circuit) -> bool:
     return all(bool(jnp.all(jnp.isfinite(x) | (x == -jnp.inf))) for x in leaves)
 
 
-def _train_loop(circuit, x, valid, num_epochs, run_epoch, keep_best, progress, desc):
+def _train_loop(circuit, x, valid, num_epochs, run_epoch, keep_best, progress, desc,
+                patience=None):
     from probinf._progress import progress_bar
 
     n = x.shape[0]
@@ -205,6 +380,7 @@ def _train_loop(circuit, x, valid, num_epochs, run_epoch, keep_best, progress, d
     train_history, valid_history = [], []
     best, best_valid = circuit, -np.inf
     stop_reason = "completed"
+    decreases = 0
     with progress_bar(total=num_epochs, enabled=progress, desc=desc) as bar:
         for epoch in range(num_epochs):
             updated, total_ll = run_epoch(epoch, circuit)
@@ -221,6 +397,13 @@ def _train_loop(circuit, x, valid, num_epochs, run_epoch, keep_best, progress, d
                 if valid_ll > best_valid:
                     best, best_valid = circuit, valid_ll
                 bar.set_postfix(train=f"{mean_ll:.3f}", valid=f"{valid_ll:.3f}")
+                decreases = decreases + 1 if (len(valid_history) > 1
+                                              and valid_ll < valid_history[-2]) else 0
+                if patience is not None and decreases > patience:
+                    bar.update(1)
+                    stop_reason = (f"early stop at epoch {epoch}: the validation log-likelihood "
+                                   f"decreased {decreases} epochs in a row")
+                    break
             else:
                 bar.set_postfix(train=f"{mean_ll:.3f}")
             bar.update(1)
@@ -237,20 +420,120 @@ def _train_loop(circuit, x, valid, num_epochs, run_epoch, keep_best, progress, d
     )
 
 
+_SCHEDULES = ("linear", "cosine")
+
+
+def step_size_schedule(step_size, num_epochs: int) -> list[float]:
+    """The step size of every epoch: a constant, a callable ``epoch -> step`` or a schedule.
+
+    A schedule ``("linear", start, end)`` interpolates linearly from ``start`` at epoch 0
+    to ``end`` at epoch ``num_epochs - 1``; ``("cosine", start, end)`` follows
+    ``end + (start - end) (1 + cos(pi t)) / 2`` with ``t = epoch / (num_epochs - 1)``.
+    The released training code of Liu & Van den Broeck (NeurIPS 2021) anneals its
+    mini-batch EM with ``("linear", 0.9, 0.1)`` over 100 epochs (its
+    ``exp_update_factor``, the weight of the *old* parameters, goes from 0.1 to 0.9).
+
+    Raises:
+        ValueError: naming ``step_size`` for an unknown schedule or a value outside (0, 1].
+    """
+    num_epochs = _check_positive_int(num_epochs, "num_epochs")
+    if isinstance(step_size, tuple):
+        if (len(step_size) != 3 or step_size[0] not in _SCHEDULES
+                or not all(isinstance(v, (int, float)) and not isinstance(v, bool)
+                           for v in step_size[1:])):
+            raise ValueError(f"`step_size` schedule must be ('linear' or 'cosine', start, end), "
+                             f"got {step_size!r}")
+        kind, start, end = step_size
+        fractions = [e / (num_epochs - 1) if num_epochs > 1 else 0.0 for e in range(num_epochs)]
+        if kind == "linear":
+            steps = [start + (end - start) * t for t in fractions]
+        else:
+            steps = [end + (start - end) * 0.5 * (1.0 + math.cos(math.pi * t)) for t in fractions]
+    elif callable(step_size):
+        steps = [step_size(e) for e in range(num_epochs)]
+    elif isinstance(step_size, (int, float)) and not isinstance(step_size, bool):
+        steps = [step_size] * num_epochs
+    else:
+        raise ValueError(f"`step_size` must be a number in (0, 1], a callable epoch -> step size "
+                         f"or ('linear' | 'cosine', start, end), got {step_size!r}")
+    for epoch, step in enumerate(steps):
+        if not (isinstance(step, (int, float, np.floating)) and 0.0 < float(step) <= 1.0):
+            raise ValueError(f"`step_size` must be in (0, 1] at every epoch, got {step!r} at "
+                             f"epoch {epoch}")
+    return [float(step) for step in steps]
+
+
+def soft_evidence(circuit: Circuit, data, softening: float, towards: str = "uniform"):
+    """Soft-evidence weights of data softening (Liu & Van den Broeck, NeurIPS 2021, Sec. 3).
+
+    Each observed value ``x_i`` becomes the soft evidence ``w_i(v)``: for
+    ``towards="uniform"`` ``w_i = (1 - beta) onehot(x_i) + beta (1 - onehot(x_i)) / (C - 1)``
+    (binary: ``x_i -> (1 - beta) x_i + beta (1 - x_i)``); for ``towards="marginal"``
+    ``w_i = (1 - beta) onehot(x_i) + beta q_i`` with ``q_i`` the data's marginal of
+    ``X_i`` (the authors' released code, ``soften(...; scale_by_marginal=true)``). The
+    likelihood of a row is then ``sum_x prod_i w_i(x_i) p(x)``, computed exactly by
+    giving every input unit the value ``sum_v w_i(v) p_k(v)``.
+
+    Returns:
+        ``(N, V)`` weights ``w(1)`` for a Bernoulli input layer, ``(N, V, C)`` for a
+        Categorical one.
+    """
+    layer = circuit.input_layer
+    if not isinstance(layer, (Bernoulli, Categorical)):
+        raise ValueError(f"`softening` needs a Bernoulli or Categorical input layer, got "
+                         f"{type(layer).__name__}")
+    if towards not in ("uniform", "marginal"):
+        raise ValueError(f"`soften_towards` must be 'uniform' or 'marginal', got {towards!r}")
+    x = _prepare_data(circuit, data, "data")
+    num_values = 2 if isinstance(layer, Bernoulli) else layer.num_categories
+    onehot = jax.nn.one_hot(x.astype(jnp.int32), num_values, dtype=x.dtype)
+    if towards == "uniform":
+        other = (1.0 - onehot) / (num_values - 1)
+    else:
+        other = jnp.broadcast_to(jnp.mean(onehot, axis=0), onehot.shape)
+    weights = (1.0 - softening) * onehot + softening * other
+    return weights[..., 1] if isinstance(layer, Bernoulli) else weights
+
+
 def em(
     circuit: Circuit,
     data,
     *,
     num_epochs: int = 10,
     batch_size: int | None = None,
-    step_size: float = 1.0,
+    step_size=1.0,
     pseudocount: float = 0.1,
+    softening: float = 0.0,
+    soften_towards: str = "uniform",
+    entropy_reg: float = 0.0,
     key=None,
     valid=None,
     keep_best: bool = True,
+    patience: int | None = None,
     progress: bool | None = None,
 ) -> TrainResult:
-    """Fit a normalised circuit by EM (see the module docstring).
+    """Fit a normalised circuit by EM (see the module docstring), optionally regularised.
+
+    **Data softening** (``softening = beta``; Liu & Van den Broeck, "Tractable
+    Regularization of Probabilistic Circuits", NeurIPS 2021, Sec. 3) maximises the
+    likelihood of softened data, each value ``x_i`` replaced by soft evidence ``w_i``
+    (see :func:`soft_evidence`): ``sum_rows log sum_x prod_i w_i(x_i) p(x)``. The
+    circuit computes it exactly (input unit ``k`` takes the value
+    ``sum_v w_i(v) p_k(v)``), and the E-step's input statistics are the exact
+    posteriors ``w_i(v) p_k(v) / sum_u w_i(u) p_k(u)`` times the unit's responsibility.
+
+    **Entropy regularisation** (``entropy_reg = tau``; same paper, Sec. 4) maximises
+    ``sum_rows log p(x) + tau N R(theta)`` with ``R = sum_n r(n) H(w_n)``, the
+    entropy of every sum unit's (and Bernoulli / Categorical input unit's) weights
+    weighted by its top-down reach probability ``r(n)`` (the probability that a
+    top-down draw of an induced tree visits ``n``). For a deterministic circuit
+    ``R`` is the entropy of ``p`` (up to the input units' own); in general it is
+    the entropy of the joint of ``x`` and the induced tree, an upper bound. As in
+    the authors' code the M-step holds ``r`` fixed (from the current parameters)
+    and solves, per unit, ``max_t sum_c a_c log t_c + tau N r(n) H(t)`` with
+    ``a_c = n_c + alpha``: strictly concave, with stationarity
+    ``a_c / t_c - tau N r(n) log t_c = mu``, solved by Newton's method (no closed
+    form). ``N`` is the number of rows the M-step sees (the batch for mini-batch EM).
 
     Args:
         circuit: a circuit with ``normalized=True``.
@@ -258,15 +541,24 @@ def em(
         num_epochs: passes over the data.
         batch_size: ``None`` for full-batch EM (statistics are still accumulated in
             chunks of 1024 rows); an integer for mini-batch EM with one update per batch.
-        step_size: ``lambda`` in ``(0, 1]``; full-batch EM uses 1 unless told otherwise.
+        step_size: ``lambda`` in ``(0, 1]``, or a per-epoch schedule: a callable
+            ``epoch -> lambda`` or ``("linear" | "cosine", start, end)`` (see
+            :func:`step_size_schedule`); full-batch EM uses 1 unless told otherwise.
         pseudocount: ``alpha >= 0`` added to every expected count.
+        softening: ``beta`` in ``[0, 0.5)``; 0 (default) trains on the data as given.
+        soften_towards: ``"uniform"`` or ``"marginal"`` (see :func:`soft_evidence`).
+        entropy_reg: ``tau >= 0``; 0 (default) is plain EM.
         key: PRNG key to shuffle the data each epoch (required for mini-batch EM).
         valid: optional validation data, evaluated after every epoch.
         keep_best: return the parameters with the best validation log-likelihood.
+        patience: with ``valid``, stop once the validation log-likelihood has decreased
+            more than ``patience`` epochs in a row (the authors' rule); ``None``: never.
         progress: show a progress bar (default: when on a terminal).
 
     Returns:
-        A :class:`TrainResult`.
+        A :class:`TrainResult`. With softening, ``train_log_likelihood`` is the
+        softened data's (the objective); ``final_train_log_likelihood`` is always the
+        given data's.
 
     Raises:
         ValueError: for an unnormalised circuit, bad hyper-parameters (naming the
@@ -278,18 +570,37 @@ def em(
         raise ValueError("`circuit` is unnormalised (normalized=False); EM needs normalised "
                          "weights — use fit_gradient")
     num_epochs = _check_positive_int(num_epochs, "num_epochs")
-    if not (isinstance(step_size, (int, float)) and 0.0 < step_size <= 1.0):
+    constant_step = isinstance(step_size, (int, float)) and not isinstance(step_size, bool)
+    if constant_step and not 0.0 < step_size <= 1.0:
         raise ValueError(f"`step_size` must be in (0, 1], got {step_size!r}")
+    steps = step_size_schedule(step_size, num_epochs)
     if not (isinstance(pseudocount, (int, float)) and pseudocount >= 0.0):
         raise ValueError(f"`pseudocount` must be >= 0, got {pseudocount!r}")
+    if not (isinstance(softening, (int, float)) and 0.0 <= softening < 0.5):
+        raise ValueError(f"`softening` must be in [0, 0.5), got {softening!r}")
+    if not (isinstance(entropy_reg, (int, float)) and entropy_reg >= 0.0
+            and math.isfinite(entropy_reg)):
+        raise ValueError(f"`entropy_reg` must be a finite number >= 0, got {entropy_reg!r}")
+    if patience is not None:
+        patience = _check_positive_int(patience, "patience")
     x = _prepare_data(circuit, data, "data")
     valid_x = None if valid is None else _prepare_data(circuit, valid, "valid")
     pseudocount = float(pseudocount)
+    entropy_reg = float(entropy_reg)
+    softened = softening > 0.0
+    train = soft_evidence(circuit, data, float(softening), soften_towards) if softened else x
+
+    def step_of(epoch):
+        # A constant stays a Python float (compiled in, as before); a schedule is traced
+        # so one compiled epoch serves every step size.
+        return steps[epoch] if constant_step else jnp.asarray(steps[epoch], x.dtype)
+
     if batch_size is None:
-        batches, weights = _batches(x, min(1024, x.shape[0]))
+        batches, weights = _batches(train, min(1024, x.shape[0]))
 
         def run_epoch(epoch, current):
-            return _full_batch_epoch(current, batches, weights, pseudocount, float(step_size))
+            return _full_batch_epoch(current, batches, weights, pseudocount, step_of(epoch),
+                                     softened, entropy_reg)
     else:
         batch_size = _check_positive_int(batch_size, "batch_size")
         if key is None:
@@ -298,11 +609,145 @@ def em(
 
         def run_epoch(epoch, current):
             order = jax.random.permutation(jax.random.fold_in(key, epoch), x.shape[0])
-            batches, weights = _batches(x[order], batch_size)
-            return _mini_batch_epoch(current, batches, weights, pseudocount, float(step_size))
+            batches, weights = _batches(train[order], batch_size)
+            return _mini_batch_epoch(current, batches, weights, pseudocount, step_of(epoch),
+                                     softened, entropy_reg)
 
     desc = "EM" if batch_size is None else "mini-batch EM"
-    return _train_loop(circuit, x, valid_x, num_epochs, run_epoch, keep_best, progress, desc)
+    return _train_loop(circuit, x, valid_x, num_epochs, run_epoch, keep_best, progress, desc,
+                       patience)
+
+
+# ----------------------------------------------------------------- recipe
+def hclt(data, *, num_trees: int = 1, key=None, num_categories: int | None = None) -> RegionGraph:
+    """A hidden Chow–Liu tree region graph, or a mixture of ``num_trees`` of them.
+
+    Tree 1 is the Chow–Liu tree of ``data`` (:func:`circuits.chow_liu_tree`); trees
+    2.. are those of bootstrap resamples of ``data`` (drawn with ``key``). All trees
+    share the root region (every variable), which mixes their root partitions, and
+    any region with the same scope (every single variable at least), so the
+    circuit is one smooth, decomposable mixture of HCLTs. Liu & Van den Broeck
+    (NeurIPS 2021) mix 4 HCLTs built on 4 of the 20 best spanning trees of the
+    mutual-information graph; bootstrap trees are the simpler way to vary them here.
+
+    Raises:
+        ValueError: naming ``num_trees`` or ``key`` when invalid (see also
+            :func:`circuits.chow_liu_tree` for ``data``).
+    """
+    num_trees = _check_positive_int(num_trees, "num_trees")
+    data = np.asarray(data)
+    graphs = [chow_liu_tree(data, num_categories)]
+    if num_trees > 1:
+        if key is None:
+            raise ValueError("`key` is required for num_trees > 1 (bootstrap resamples)")
+        for k in jax.random.split(key, num_trees - 1):
+            rows = np.asarray(jax.random.randint(k, (data.shape[0],), 0, data.shape[0]))
+            categories = num_categories if num_categories is not None else int(data.max()) + 1
+            graphs.append(chow_liu_tree(data[rows], categories))
+    if num_trees == 1:
+        return graphs[0]
+    index: dict[tuple[int, ...], int] = {}
+    partitions: dict[tuple, None] = {}
+    for graph in graphs:
+        for scope in graph.regions:
+            index.setdefault(scope, len(index))
+        for part in graph.partitions:
+            children = tuple(sorted(index[graph.regions[c]] for c in part.children))
+            partitions[(index[graph.regions[part.region]], children)] = None
+    return RegionGraph(data.shape[1], list(index), list(partitions))
+
+
+def fit_debd(
+    train,
+    valid=None,
+    *,
+    key,
+    latent: int = 12,
+    num_trees: int = 4,
+    pseudocount: float = 0.1,
+    softening: float = 0.002,
+    entropy_reg: float = 0.001,
+    batch_size: int = 1024,
+    minibatch_epochs: int = 100,
+    fullbatch_epochs: int = 100,
+    step_size=("linear", 0.9, 0.1),
+    patience: int | None = 3,
+    progress: bool | None = None,
+) -> tuple[Circuit, TrainResult]:
+    """The project's recipe for discrete density estimation (DEBD-style binary data).
+
+    It follows the released training code of Liu & Van den Broeck, "Tractable
+    Regularization of Probabilistic Circuits" (NeurIPS 2021), with its published
+    hyper-parameters as defaults (not tuned here):
+
+    1. structure: a mixture of ``num_trees`` hidden Chow–Liu trees (:func:`hclt`; Liu &
+       Van den Broeck, "Tractable Regularization..." and "A compositional atlas..."),
+       compiled with CP layers of ``latent`` units (the hidden variables' states;
+       the authors use 12, larger values up to 128 suit larger data);
+    2. ``minibatch_epochs`` of mini-batch EM (``batch_size`` rows per update) with the
+       step size annealed by ``step_size`` (authors: linear from 0.9 to 0.1);
+    3. ``fullbatch_epochs`` of full-batch EM (step size 1);
+
+    both on data softened towards the marginals by ``softening`` (``beta``) and with
+    the entropy penalty ``entropy_reg`` (``tau``), see :func:`em`: each phase
+    maximises ``sum_rows log sum_x prod_i w_i(x_i) p(x) + tau N R(theta)`` with the
+    pseudocount ``alpha`` per child (the authors spread theirs over the children).
+    With ``valid``, each phase stops once the validation log-likelihood has fallen
+    more than ``patience`` epochs in a row, and the best parameters on ``valid`` are
+    returned.
+
+    Args:
+        train: ``(N, V)`` integer data (binary: Bernoulli inputs; else Categorical).
+        valid: optional validation data (early stopping and model selection).
+        key: PRNG key (bootstrap trees, initial parameters, mini-batch shuffling).
+        latent, num_trees, pseudocount, softening, entropy_reg, batch_size,
+        minibatch_epochs, fullbatch_epochs, step_size, patience: see above.
+        progress: show progress bars (default: when on a terminal).
+
+    Returns:
+        ``(circuit, result)``: the trained circuit and a :class:`TrainResult` whose
+        histories concatenate both phases (``num_epochs`` counts both).
+    """
+    _check_key_argument(key)
+    latent = _check_positive_int(latent, "latent")
+    data = np.asarray(train)
+    if data.ndim != 2:
+        raise ValueError(f"`train` must be (num_samples, num_variables), got shape {data.shape}")
+    num_values = int(data.max()) + 1
+    values = valid if valid is None else np.asarray(valid)
+    if values is not None and values.size:
+        num_values = max(num_values, int(values.max()) + 1)
+    layer = Bernoulli() if num_values <= 2 else Categorical(num_values)
+    key_tree, key_init, key_mini = jax.random.split(key, 3)
+    graph = hclt(data, num_trees=num_trees, key=key_tree, num_categories=max(num_values, 2))
+    circuit = compile_circuit(graph, layer, latent, "cp", key=key_init, data=data)
+    common = dict(pseudocount=pseudocount, softening=softening, soften_towards="marginal",
+                  entropy_reg=entropy_reg, valid=valid, patience=patience, progress=progress)
+    results = []
+    if minibatch_epochs:
+        results.append(em(circuit, data, num_epochs=minibatch_epochs, batch_size=batch_size,
+                          step_size=step_size, key=key_mini, keep_best=False, **common))
+        circuit = results[-1].circuit
+    if fullbatch_epochs:
+        results.append(em(circuit, data, num_epochs=fullbatch_epochs, keep_best=True, **common))
+        circuit = results[-1].circuit
+    if not results:
+        raise ValueError("`minibatch_epochs` and `fullbatch_epochs` are both 0: nothing to train")
+    last = results[-1]
+    return circuit, TrainResult(
+        circuit=circuit,
+        train_log_likelihood=np.concatenate([r.train_log_likelihood for r in results]),
+        valid_log_likelihood=np.concatenate([r.valid_log_likelihood for r in results]),
+        final_train_log_likelihood=last.final_train_log_likelihood,
+        num_epochs=sum(r.num_epochs for r in results),
+        stop_reason="; ".join(r.stop_reason for r in results),
+        seconds=sum(r.seconds for r in results),
+    )
+
+
+def _check_key_argument(key):
+    if key is None or not isinstance(key, jax.Array):
+        raise ValueError(f"`key` must be a jax PRNG key (jax.random.key(0)), got {key!r}")
 
 
 # --------------------------------------------------------------- gradients
