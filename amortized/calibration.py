@@ -25,6 +25,7 @@ if it has ``sample``. Posteriors written in JAX are mapped over observations wit
 
 from __future__ import annotations
 
+import functools
 import math
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -39,6 +40,7 @@ from jax.scipy.special import gammaincc
 from jaxtyping import Array, Float, PRNGKeyArray
 
 from amortized.gmm import GaussianMixture
+from probinf import train
 from probinf.families import check_num_samples
 
 __all__ = [
@@ -388,50 +390,60 @@ def tarp(
 
 
 # -- C2ST -------------------------------------------------------------------------------
-class _Classifier(eqx.Module):
-    layers: tuple[eqx.nn.Linear, ...]
-
-    def __init__(self, dim: int, width: int, *, key):
-        k1, k2, k3 = jax.random.split(key, 3)
-        self.layers = (eqx.nn.Linear(dim, width, key=k1), eqx.nn.Linear(width, width, key=k2),
-                       eqx.nn.Linear(width, 1, key=k3))
-
-    def __call__(self, x: Array) -> Array:
-        for layer in self.layers[:-1]:
-            x = jax.nn.relu(layer(x))
-        return self.layers[-1](x)[0]
+@functools.lru_cache(maxsize=16)
+def _adam(learning_rate: float) -> optax.GradientTransformation:
+    # One object per learning rate: probinf.train caches the compiled loop on it.
+    return optax.adam(learning_rate)
 
 
 @eqx.filter_jit
-def _c2st_folds(key, data, labels, fold_of, num_folds, width, num_steps, batch_size, learning_rate):
-    dim = data.shape[1]
-    optimizer = optax.adam(learning_rate)
+def _classifiers(key: PRNGKeyArray, num_folds: int, dim: int, width: int, dtype) -> eqx.nn.MLP:
+    """``num_folds`` MLPs (two hidden ReLU layers of ``width``) stacked along a leading axis."""
+    make = lambda k: eqx.nn.MLP(dim, "scalar", width, depth=2, activation=jax.nn.relu, dtype=dtype, key=k)  # noqa: E731
+    return eqx.filter_vmap(make)(jax.random.split(key, num_folds))
 
-    def run_fold(fold, k):
-        k_init, k_train = jax.random.split(k)
-        model = _Classifier(dim, width, key=k_init)
-        params, static = eqx.partition(model, eqx.is_inexact_array)
-        # Every fold has the same size, so the training rows of a fold are a static-size array.
-        train_rows = jnp.argsort(fold_of == fold, stable=True)[: data.shape[0] - data.shape[0] // num_folds]
 
-        def loss_fn(p, x, y):
-            logits = jax.vmap(eqx.combine(p, static))(x)
-            return jnp.mean(optax.sigmoid_binary_cross_entropy(logits, y))
+def _fold_logits(classifiers: eqx.nn.MLP, x: Array) -> Array:
+    """``(num_folds, rows)`` logits: classifier ``k`` on ``x[:, k]`` (``x`` is ``(rows, num_folds, dim)``)."""
+    return eqx.filter_vmap(lambda model, xk: jax.vmap(model)(xk), in_axes=(eqx.if_array(0), 1))(classifiers, x)
 
-        def step(carry, kk):
-            p, state = carry
-            index = train_rows[jax.random.randint(kk, (batch_size,), 0, train_rows.shape[0])]
-            grads = eqx.filter_grad(loss_fn)(p, data[index], labels[index])
-            updates, state = optimizer.update(grads, state, p)
-            return (eqx.apply_updates(p, updates), state), None
 
-        (params, _), _ = jax.lax.scan(step, (params, optimizer.init(params)), jax.random.split(k_train, num_steps))
-        logits = jax.vmap(eqx.combine(params, static))(data)
-        correct = ((logits > 0).astype(data.dtype) == labels).astype(data.dtype)
-        test = fold_of == fold
-        return jnp.sum(jnp.where(test, correct, 0.0)) / jnp.sum(test)
+def _c2st_loss(classifiers: eqx.nn.MLP, key: PRNGKeyArray, batch: tuple[Array, Array]) -> Array:
+    """Sum over folds of each classifier's mean cross-entropy on its own training rows.
 
-    return jax.vmap(run_fold)(jnp.arange(num_folds), jax.random.split(key, num_folds))
+    A sum, so the gradient of classifier ``k`` is that of its own loss alone: the folds
+    train independently (Adam acts per parameter), only in one program.
+    """
+    del key
+    x, labels = batch
+    return jnp.sum(jnp.mean(optax.sigmoid_binary_cross_entropy(_fold_logits(classifiers, x), labels.T), axis=1))
+
+
+@eqx.filter_jit
+def _c2st_folds(key, data, labels, num_folds):
+    """Random equal folds; fold ``k``'s training and held-out rows, stacked on axis 1.
+
+    Returns ``(train_x, train_y, test_x, test_y)`` of shapes ``(t, K, dim)``, ``(t, K)``,
+    ``(h, K, dim)``, ``(h, K)`` with ``h = rows // K`` and ``t = rows - h``. Each fold's
+    training rows come in their own random order, so the minibatches `probinf.train.run`
+    cuts from one shuffle of positions differ between folds.
+    """
+    key_split, key_order = jax.random.split(key)
+    rows = data.shape[0]
+    fold_of = jax.random.permutation(key_split, jnp.arange(rows) % num_folds)
+    folds = jnp.arange(num_folds)
+    # Stable argsort of "is in fold k" lists the other folds' rows first, then fold k's.
+    order = jax.vmap(lambda k: jnp.argsort(fold_of == k, stable=True))(folds)  # (K, rows)
+    held_out = rows // num_folds
+    train_rows = jax.vmap(jax.random.permutation)(jax.random.split(key_order, num_folds), order[:, : rows - held_out])
+    test_rows = order[:, rows - held_out:]
+    return data[train_rows.T], labels[train_rows.T], data[test_rows.T], labels[test_rows.T]
+
+
+@eqx.filter_jit
+def _fold_accuracies(classifiers, test_x, test_y):
+    correct = (_fold_logits(classifiers, test_x) > 0) == (test_y.T > 0.5)
+    return jnp.mean(correct.astype(test_x.dtype), axis=1)
 
 
 def c2st(
@@ -446,13 +458,25 @@ def c2st(
     learning_rate: float = 1e-3,
     z_score: bool = True,
 ) -> float:
-    """Classifier two-sample test: cross-validated accuracy of telling ``samples_p`` from ``samples_q``.
+    """Classifier two-sample test (Lopez-Paz & Oquab, 2017): cross-validated accuracy of telling ``samples_p`` from ``samples_q``.
 
     As in sbibm's ``c2st``: both samples are z-scored with the mean and s.d. of
-    ``samples_p``; an MLP with two hidden ReLU layers of ``10 * dim`` units is trained
-    with Adam on the cross-entropy in each of ``num_folds`` folds (all folds train at
-    once under ``vmap``) and scored on the held-out fold; the mean accuracy is returned.
-    About 0.5 means the samples are indistinguishable, 1.0 that they are disjoint.
+    ``samples_p``; the pooled rows, labelled :math:`y = 0` (``p``) and :math:`y = 1`
+    (``q``), are split at random into ``num_folds`` equal folds (the few rows beyond a
+    multiple of ``num_folds`` are dropped at random). For each fold :math:`k` a classifier
+    :math:`f_k` (an MLP with two hidden ReLU layers of ``width`` units) is trained with
+    Adam on the other folds' rows, minimising the cross-entropy
+
+    .. math::
+        \\mathcal L_k = -\\frac1{|B|} \\sum_{i \\in B} \\big[y_i \\log \\sigma(f_k(x_i))
+        + (1 - y_i) \\log(1 - \\sigma(f_k(x_i)))\\big]
+
+    over shuffled minibatches :math:`B` for ``num_epochs`` epochs (all folds train at once,
+    as one ensemble, through `probinf.train.run`); the statistic is the mean over folds
+    of the accuracy :math:`\\frac1{|F_k|}\\sum_{i \\in F_k} \\mathbf 1[(f_k(x_i) > 0) = y_i]`
+    on the held-out fold :math:`F_k`. About 0.5 means the samples are indistinguishable,
+    1.0 that they are disjoint. A second call with the same shapes and settings reuses the
+    compiled training loop.
 
     Args:
         key: PRNG key (fold split, initialisation, minibatches).
@@ -460,34 +484,49 @@ def c2st(
         samples_q: ``(m, dim)`` samples.
         num_folds: folds of the cross-validation.
         width: hidden width (default ``10 * dim``).
-        num_epochs: passes over the training data per fold.
-        batch_size: minibatch size.
+        num_epochs: passes over the training rows per fold.
+        batch_size: minibatch size (capped at the number of training rows per fold, as
+            scikit-learn's ``MLPClassifier`` does); the rows left over after the last full
+            minibatch of an epoch are not used in that epoch.
         learning_rate: Adam step size.
         z_score: standardise with the statistics of ``samples_p``.
     """
+    if not isinstance(key, jax.Array):
+        raise TypeError(f"`key` must be a JAX PRNG key (jax.random.key(0)), got {type(key).__name__}")
     p = np.asarray(samples_p, np.float64)
     q = np.asarray(samples_q, np.float64)
     if p.ndim != 2 or q.ndim != 2 or p.shape[1] != q.shape[1]:
         raise ValueError(f"`samples_p` and `samples_q` must be (n, dim) with the same dim, got {p.shape} and {q.shape}")
+    num_folds = check_num_samples(num_folds, "num_folds")
+    if num_folds < 2:
+        raise ValueError(f"`num_folds` must be at least 2, got {num_folds}")
     if min(p.shape[0], q.shape[0]) < num_folds:
         raise ValueError(f"need at least `num_folds` ({num_folds}) samples in each set, got {p.shape[0]} and {q.shape[0]}")
     if not (np.all(np.isfinite(p)) and np.all(np.isfinite(q))):
         raise ValueError("`samples_p` and `samples_q` must be finite")
-    if num_folds < 2:
-        raise ValueError(f"`num_folds` must be at least 2, got {num_folds}")
+    num_epochs = check_num_samples(num_epochs, "num_epochs")
+    batch_size = check_num_samples(batch_size, "batch_size")
+    if isinstance(learning_rate, bool) or not isinstance(learning_rate, (int, float)) \
+            or not 0 < learning_rate < math.inf:
+        raise ValueError(f"`learning_rate` must be a finite positive number, got {learning_rate!r}")
     if z_score:
         loc, scale = p.mean(0), p.std(0) + 1e-12
         p, q = (p - loc) / scale, (q - loc) / scale
     dim = p.shape[1]
     width = 10 * dim if width is None else check_num_samples(width, "width")
-    data = jnp.asarray(np.concatenate([p, q]), jnp.result_type(float))  # float64 under x64
-    labels = jnp.concatenate([jnp.zeros(p.shape[0]), jnp.ones(q.shape[0])])
-    key_split, key_folds, key_drop = jax.random.split(key, 3)
+    dtype = jnp.result_type(float)  # float64 under x64
+    data = jnp.asarray(np.concatenate([p, q]), dtype)
+    labels = jnp.concatenate([jnp.zeros(p.shape[0], dtype), jnp.ones(q.shape[0], dtype)])
+    key_drop, key_folds, key_init, key_train = jax.random.split(key, 4)
     # Equal folds: drop the few rows (at random) beyond a multiple of num_folds.
     keep = jax.random.permutation(key_drop, data.shape[0])[: data.shape[0] - data.shape[0] % num_folds]
-    data, labels = data[keep], labels[keep]
-    fold_of = jax.random.permutation(key_split, jnp.arange(data.shape[0]) % num_folds)
-    train_size = data.shape[0] * (num_folds - 1) // num_folds
-    num_steps = max(1, num_epochs * train_size // batch_size)
-    accuracies = _c2st_folds(key_folds, data, labels, fold_of, num_folds, width, num_steps, batch_size, learning_rate)
-    return float(jnp.mean(accuracies))
+    train_x, train_y, test_x, test_y = _c2st_folds(key_folds, data[keep], labels[keep], num_folds)
+    batch_size = min(batch_size, train_x.shape[0])
+
+    optimizer = _adam(float(learning_rate))
+    classifiers = _classifiers(key_init, num_folds, dim, width, dtype)
+    result = train.run(
+        train.make_step(_c2st_loss, optimizer), train.init(classifiers, optimizer), key_train,
+        epochs=num_epochs, data=(train_x, train_y), batch_size=batch_size, progress=False, name="c2st",
+    )
+    return float(jnp.mean(_fold_accuracies(result.params, test_x, test_y)))
