@@ -41,8 +41,10 @@ from amortized.tasks import (
 
 try:
     from benchmarks.peers import missing_peer_message, peer_python
+    from benchmarks.results_io import write_results
 except ModuleNotFoundError:  # run as a script: benchmarks/ itself is on sys.path
     from peers import missing_peer_message, peer_python
+    from results_io import write_results
 
 ROOT = pathlib.Path(__file__).resolve().parents[1]
 SBI_PYTHON = peer_python("sbi")
@@ -361,14 +363,8 @@ def main(argv=None):
 
 
 def _write(path: pathlib.Path, results: dict) -> None:
-    def default(o):
-        if isinstance(o, (np.floating, np.integer)):
-            return o.item()
-        if isinstance(o, np.ndarray):
-            return o.tolist()
-        raise TypeError(type(o))
-
-    path.write_text(json.dumps(results, indent=2, default=default))
+    """After each task: atomically, so a crash keeps the tasks done (benchmarks/results_io.py)."""
+    write_results(path, results)
 
 
 if __name__ == "__main__":

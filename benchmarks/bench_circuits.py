@@ -6,9 +6,12 @@ Run from the repository root::
     python benchmarks/bench_circuits.py --quick    # a smoke run (small budgets)
     python benchmarks/bench_circuits.py --merge-published  # only refresh the published figures
 
-Writes ``benchmarks/results/circuits.json``.
+Writes ``benchmarks/results/circuits.json`` (``--out``), rewritten after each DEBD dataset
+so a crash keeps what was measured. DEBD is read from ``--data DIR``/debd (default
+``$PROBINF_SHARED_DATA`` or ``../shared/data``, checked before anything runs), or with
+``--shipped-debd`` from the two datasets shipped with ``circuits`` (nltcs, mushrooms).
 
-1. **Density estimation** on every dataset in ``../shared/data/debd``: a hidden
+1. **Density estimation** on every dataset in the DEBD folder: a hidden
    Chow–Liu tree (Liu & Van den Broeck 2021) with CP layers and ``K`` units per
    region, trained by full-batch EM under a fixed budget (epochs and seconds per
    dataset, recorded in the JSON), the parameters with the best validation
@@ -51,11 +54,12 @@ except ModuleNotFoundError:  # run as a script: benchmarks/ itself is on sys.pat
     from peers import missing_peer_message, peer_python
 try:
     from benchmarks.published_debd import load_published, merge_published, update_circuits_json
+    from benchmarks.results_io import debd_directory, update_results
 except ModuleNotFoundError:
     from published_debd import load_published, merge_published, update_circuits_json
+    from results_io import debd_directory, update_results
 
 REPO = pathlib.Path(__file__).resolve().parents[1]
-DEBD = REPO.parent / "shared" / "data" / "debd"
 OUT = REPO / "benchmarks" / "results" / "circuits.json"
 CIRKIT_PYTHON = peer_python("cirkit")
 
@@ -98,10 +102,12 @@ def chow_liu_baseline(train, test, alpha=1.0):
 
 
 # ---------------------------------------------------------- DEBD training
-def density_estimation(num_units, epochs, seconds, batch_size, step_size, pseudocount):
+def density_estimation(num_units, epochs, seconds, batch_size, step_size, pseudocount,
+                       debd=None, on_dataset=None):
+    """Every dataset of ``debd`` (None: the shipped ones); ``on_dataset(name, row)`` after each."""
     results = {}
-    for name in circuits.list_debd(DEBD):
-        data = circuits.load_debd(name, DEBD)
+    for name in circuits.list_debd(debd):
+        data = circuits.load_debd(name, debd)
         started = time.perf_counter()
         graph = circuits.chow_liu_tree(data["train"])
         circuit = circuits.compile_circuit(graph, circuits.Bernoulli(), num_units,
@@ -138,6 +144,8 @@ def density_estimation(num_units, epochs, seconds, batch_size, step_size, pseudo
             "chow_liu_tree_test_log_likelihood": baseline,
             "published": None,  # filled by merge_published from published_debd.json
         }
+        if on_dataset is not None:
+            on_dataset(name, results[name])
         results[name]["map_completion"] = map_completion(best, data["test"])
         print(f"{name:10s} test LL {test:9.3f}  (Chow-Liu tree {baseline:9.3f})  "
               f"{done} epochs in {seconds_used:.0f} s", flush=True)
@@ -288,14 +296,25 @@ def cirkit_throughput(graph, units, batch, repeats, threads):
 def main():
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--quick", action="store_true", help="small budgets (smoke run)")
+    parser.add_argument("--data", default=None,
+                        help="folder of the reference data, holding debd/ (default "
+                             "$PROBINF_SHARED_DATA, else ../shared/data beside the checkout)")
+    parser.add_argument("--shipped-debd", action="store_true",
+                        help="density estimation on the DEBD datasets shipped with the package "
+                             "(nltcs, mushrooms) instead of a data folder")
+    parser.add_argument("--out", type=pathlib.Path, default=OUT)
     parser.add_argument("--merge-published", action="store_true",
                         help="only merge results/published_debd.json into the existing "
                              "circuits.json (no training)")
     args = parser.parse_args()
     if args.merge_published:
-        update_circuits_json(OUT)
-        print(f"merged the published figures into {OUT}")
+        update_circuits_json(args.out)
+        print(f"merged the published figures into {args.out}")
         return
+    try:  # before anything runs
+        debd = debd_directory(args.data, args.shipped_debd)
+    except FileNotFoundError as err:
+        parser.error(str(err))
     quick = args.quick
     setup = {
         "debd": {"model": "hidden Chow-Liu tree, CP layers, Bernoulli inputs",
@@ -317,12 +336,16 @@ def main():
         "versions": {"jax": jax.__version__, "equinox": eqx.__version__,
                      "probinf_circuits": "this checkout"},
         "setup": setup,
+        "debd_source": "the datasets shipped with the package" if debd is None else str(debd),
         "published_figures": None,  # filled by merge_published
+        "complete": False,
     }
+    update_results(args.out, [], report, fresh=True)
     d = setup["debd"]
     report["density_estimation"] = density_estimation(
         d["num_units"], d["epochs"], d["seconds_per_dataset"], d["batch_size"], d["step_size"],
-        d["pseudocount"])
+        d["pseudocount"], debd,
+        on_dataset=lambda name, row: update_results(args.out, ["density_estimation", name], row))
 
     t = setup["throughput"]
     graph = circuits.quad_tree(28, 28)
@@ -347,10 +370,10 @@ def main():
     report["load_average_at_end"] = list(os.getloadavg())
     report["total_seconds"] = time.perf_counter() - started
     merge_published(report, load_published())
-    OUT.parent.mkdir(parents=True, exist_ok=True)
-    OUT.write_text(json.dumps(report, indent=2))
+    report["complete"] = True
+    update_results(args.out, [], report)
     print(json.dumps(report["throughput"]["ratio_ours_over_cirkit"], indent=2))
-    print(f"wrote {OUT} in {report['total_seconds']:.0f} s")
+    print(f"wrote {args.out} in {report['total_seconds']:.0f} s")
 
 
 if __name__ == "__main__":

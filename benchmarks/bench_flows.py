@@ -10,7 +10,20 @@
    AutoIAFNormal and AutoBNAFNormal — time per step, final ELBO, and posterior moments
    against the NUTS reference draws.
 
-Run: python benchmarks/bench_flows.py [--quick]  ->  benchmarks/results/flows.json
+Timing: every speed figure comes from :func:`benchmarks.timing.compare` (contenders
+alternated call by call, the order rotated each round, warm-up excluded, >= 7 rounds; all
+round times, the spread and the load averages are in the JSON). flowjax runs in a worker
+subprocess of the same interpreter started without probinf's XLA:CPU workaround flag (see
+``xla_cpu_workaround`` in the JSON and benchmarks/README.md): our flows need the flag on
+an affected jaxlib, flowjax's users would not set it. Each flowjax timed call is a request
+to the worker; the round trip of an empty request is recorded (``ipc_round_trip_s``).
+
+The results file is rewritten after each part (U1, funnel, eight schools), so a crash keeps
+what was measured. Eight schools' data ship with the package (``probinf.datasets``); its
+NUTS reference draws are posteriordb's, read from ``--data DIR`` (default
+``$PROBINF_SHARED_DATA`` or ``../shared/data``), checked before anything runs.
+
+Run: python benchmarks/bench_flows.py [--quick] [--data DIR] [--rounds N]  ->  benchmarks/results/flows.json
 """
 
 from __future__ import annotations
@@ -23,7 +36,9 @@ import os
 import pathlib
 import platform
 import statistics
+import subprocess
 import sys
+import tempfile
 import time
 
 import equinox as eqx
@@ -32,22 +47,21 @@ import jax.numpy as jnp
 import numpy as np
 import optax
 
-import flows  # first: applies the XLA:CPU workaround before JAX starts its backend
+import flows
 import probinf
 from probinf import vi
+from probinf._xla_workaround import XLA_CPU_FLAG, environ_without_workaround
+
+try:
+    from benchmarks.results_io import data_file, update_results
+    from benchmarks.timing import compare
+except ModuleNotFoundError:  # run as a script: benchmarks/ itself is on sys.path
+    from results_io import data_file, update_results
+    from timing import compare
 
 ROOT = pathlib.Path(__file__).resolve().parents[1]
 RESULTS = ROOT / "benchmarks" / "results" / "flows.json"
-POSTERIORDB = ROOT.parent / "shared" / "data" / "posteriordb"
-
-
-def median_time(fn, repeats):
-    times = []
-    for _ in range(repeats):
-        start = time.perf_counter()
-        jax.block_until_ready(fn())
-        times.append(time.perf_counter() - start)
-    return statistics.median(times), times
+EIGHT_SCHOOLS_REFERENCE = ("posteriordb", "eight_schools-eight_schools_noncentered.reference_draws.json.gz")
 
 
 # --------------------------------------------------------------------------- harness
@@ -80,31 +94,6 @@ def prepare_trainer(model, loss_fn, optimizer, steps_per_call):
     return compile_s, lambda: compiled(params, static, opt_state, key)[2]
 
 
-def time_trainer(model, loss_fn, optimizer, steps_per_call, repeats):
-    compile_s, call = prepare_trainer(model, loss_fn, optimizer, steps_per_call)
-    jax.block_until_ready(call())  # warm-up, then timed calls of the compiled program
-    per_call, all_calls = median_time(call, repeats)
-    return {"compile_s": compile_s, "per_step_ms": 1e3 * per_call / steps_per_call,
-            "per_step_ms_all_repeats": [1e3 * t / steps_per_call for t in all_calls]}
-
-
-def time_round_robin(calls: dict, steps_per_call: int, repeats: int) -> dict:
-    """Per-step times of several compiled runs, timed in turn (one of each per round), so
-    that every contender meets the same machine state; median and minimum."""
-    for call in calls.values():
-        jax.block_until_ready(call())
-    seconds = {label: [] for label in calls}
-    for _ in range(repeats):
-        for label, call in calls.items():
-            start = time.perf_counter()
-            jax.block_until_ready(call())
-            seconds[label].append(time.perf_counter() - start)
-    return {label: {"per_step_ms": 1e3 * statistics.median(s) / steps_per_call,
-                    "per_step_ms_min": 1e3 * min(s) / steps_per_call,
-                    "per_step_ms_all_repeats": [1e3 * t / steps_per_call for t in s]}
-            for label, s in seconds.items()}
-
-
 def train_with_trainer(model, loss_fn, optimizer, steps, chunk, key):
     params, static = eqx.partition(model, eqx.is_inexact_array)
     opt_state = optimizer.init(params)
@@ -125,84 +114,216 @@ def elbo_gap(sample_and_log_prob, log_density, log_z, key, n=200_000):
 
 
 # --------------------------------------------------------------------------- part 1
-def spline_comparison(problem, cfg, repeats, quick):
-    import flowjax
+def spline_problem(problem, cfg):
+    """``(target, log_z, spline interval)`` of U1 or the funnel."""
+    if problem == "U1":
+        target, log_z = flows.potentials.rezende_mohamed("U1")
+        return target, log_z, cfg["bound_u1"]
+    target, log_z = flows.potentials.neal_funnel(2)
+    return target, log_z, cfg["bound_funnel"]
+
+
+def spline_optimizer(cfg):
+    return optax.adam(optax.cosine_decay_schedule(cfg["learning_rate"], cfg["steps"]))
+
+
+def flowjax_side(problem, cfg):
+    """flowjax's flow and loss for ``problem``, the same architecture as ours (worker side)."""
     import flowjax.bijections as fjb
     import flowjax.distributions as fjd
     from flowjax.flows import coupling_flow as fj_coupling_flow
-    from flowjax.train import fit_to_key_based_loss
     from flowjax.train.losses import ElboLoss
 
-    if problem == "U1":
-        target, log_z = flows.potentials.rezende_mohamed("U1")
-        bound = cfg["bound_u1"]
-    else:
-        target, log_z = flows.potentials.neal_funnel(2)
-        bound = cfg["bound_funnel"]
+    target, log_z, bound = spline_problem(problem, cfg)
     log_density = lambda z: target.log_density(z)
-    dim = 2
-    schedule = optax.cosine_decay_schedule(cfg["learning_rate"], cfg["steps"])
-    optimizer = optax.adam(schedule)  # ONE optimizer object shared by both libraries
+    flow = fj_coupling_flow(
+        jax.random.key(1), base_dist=fjd.StandardNormal((2,)),
+        transformer=fjb.RationalQuadraticSpline(knots=cfg["bins"] - 1, interval=bound),  # knots = bins - 1
+        flow_layers=cfg["layers"], nn_width=cfg["width"], nn_depth=cfg["depth"], invert=False,
+    )
+    loss = ElboLoss(log_density, num_samples=cfg["samples"], stick_the_landing=True)
+    return flow, loss, log_density, log_z
 
-    ours = flows.spline_flow(jax.random.key(1), dim, num_layers=cfg["layers"], width=cfg["width"],
+
+def flowjax_worker():
+    """Serve the flowjax side: one JSON request per stdin line, one JSON reply per line.
+
+    Started by :class:`FlowjaxWorker` with the environment minus probinf's XLA flag.
+    """
+    replies = os.fdopen(os.dup(1), "w")
+    sys.stdout = sys.stderr  # stray prints must not corrupt the replies
+    state = {}
+    for line in sys.stdin:
+        request = json.loads(line)
+        op = request["op"]
+        try:
+            if op == "quit":
+                break
+            if op == "ping":
+                reply = {}
+            elif op == "setup":
+                import flowjax
+
+                cfg = request["cfg"]
+                flow, loss, log_density, log_z = flowjax_side(request["problem"], cfg)
+                state.update(cfg=cfg, flow=flow, loss=loss, log_density=log_density, log_z=log_z,
+                             optimizer=spline_optimizer(cfg))
+                size = sum(x.size for x in jax.tree_util.tree_leaves(eqx.filter(flow, eqx.is_inexact_array)))
+                reply = {"trainable_parameters": int(size), "xla_flags": os.environ.get("XLA_FLAGS", ""),
+                         "flowjax_version": getattr(flowjax, "__version__", None) or _version("flowjax"),
+                         "versions": {n: _version(n) for n in ("flowjax", "jax", "jaxlib", "equinox", "optax")}}
+            elif op == "compile":
+                reply = {"compile_s": None}
+                reply["compile_s"], state["call"] = prepare_trainer(
+                    state["flow"], state["loss"], state["optimizer"], state["cfg"]["timing_steps"])
+            elif op == "call":
+                jax.block_until_ready(state["call"]())
+                reply = {}
+            elif op == "native":
+                from flowjax.train import fit_to_key_based_loss
+
+                start = time.perf_counter()
+                fit_to_key_based_loss(jax.random.key(2), state["flow"], loss_fn=state["loss"],
+                                      steps=request["steps"], optimizer=state["optimizer"],
+                                      show_progress=False)
+                reply = {"native_fit_s_incl_compile": time.perf_counter() - start}
+            elif op == "train_eval":
+                cfg = state["cfg"]
+                trained, losses = train_with_trainer(state["flow"], state["loss"], state["optimizer"],
+                                                     cfg["steps"], cfg["chunk"], jax.random.key(3))
+                reply = {"final_training_loss": float(np.mean(losses[-100:])),
+                         **elbo_gap(lambda k, n, flow=trained: flow.sample_and_log_prob(k, (n,)), state["log_density"],
+                                    state["log_z"], jax.random.key(4), request["n_eval"])}
+            else:
+                reply = {"error": f"unknown op {op!r}"}
+        except Exception as err:  # the parent records it and skips flowjax's figures
+            reply = {"error": f"{type(err).__name__}: {err}"[:2000]}
+        replies.write(json.dumps(reply, default=float) + "\n")
+        replies.flush()
+
+
+class FlowjaxWorker:
+    """The flowjax side in a subprocess: this file with ``--flowjax-worker``, the same
+    interpreter, ``XLA_FLAGS`` without probinf's workaround flag."""
+
+    def __init__(self):
+        self.stderr = tempfile.TemporaryFile("w+")
+        self.env = environ_without_workaround()
+        self.process = subprocess.Popen(
+            [sys.executable, str(pathlib.Path(__file__).resolve()), "--flowjax-worker"],
+            stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=self.stderr, text=True, env=self.env)
+
+    def request(self, op, **fields):
+        self.process.stdin.write(json.dumps({"op": op, **fields}) + "\n")
+        self.process.stdin.flush()
+        line = self.process.stdout.readline()
+        if not line:
+            self.stderr.seek(0)
+            raise RuntimeError(f"flowjax worker exited ({self.process.wait()}): {self.stderr.read()[-2000:]}")
+        reply = json.loads(line)
+        if "error" in reply:
+            raise RuntimeError(f"flowjax worker, {op}: {reply['error']}")
+        return reply
+
+    def round_trip_s(self, n=50):
+        seconds = []
+        for _ in range(n):
+            start = time.perf_counter()
+            self.request("ping")
+            seconds.append(time.perf_counter() - start)
+        return statistics.median(seconds)
+
+    def close(self):
+        if self.process.poll() is None:
+            try:
+                self.process.stdin.write(json.dumps({"op": "quit"}) + "\n")
+                self.process.stdin.close()
+                self.process.wait(timeout=30)
+            except (OSError, subprocess.TimeoutExpired):
+                self.process.kill()
+        self.stderr.close()
+
+
+def spline_comparison(problem, cfg, rounds, quick, worker):
+    target, log_z, bound = spline_problem(problem, cfg)
+    log_density = lambda z: target.log_density(z)
+    optimizer = spline_optimizer(cfg)  # the same optimizer (and schedule) in both libraries
+    ours = flows.spline_flow(jax.random.key(1), 2, num_layers=cfg["layers"], width=cfg["width"],
                              depth=cfg["depth"], num_bins=cfg["bins"], bound=bound)
     objective = vi.ELBO(cfg["samples"], vi.STL())
 
     def our_loss(params, static, key):
         return objective(key, eqx.combine(params, static), target)
 
-    theirs = fj_coupling_flow(
-        jax.random.key(1), base_dist=fjd.StandardNormal((dim,)),
-        transformer=fjb.RationalQuadraticSpline(knots=cfg["bins"] - 1, interval=bound),  # knots = bins - 1
-        flow_layers=cfg["layers"], nn_width=cfg["width"], nn_depth=cfg["depth"], invert=False,
-    )
-    their_loss = ElboLoss(log_density, num_samples=cfg["samples"], stick_the_landing=True)
     n_ours = sum(x.size for x in jax.tree_util.tree_leaves(eqx.filter(ours, eqx.is_inexact_array)))
-    n_theirs = sum(x.size for x in jax.tree_util.tree_leaves(eqx.filter(theirs, eqx.is_inexact_array)))
-
     out = {"problem": problem, "log_z": log_z, "spline_interval": bound,
-           "trainable_parameters": {"ours": int(n_ours), "flowjax": int(n_theirs)}}
-    # Interleave the timings so machine load hits both alike.
-    timings = {"ours": [], "flowjax": []}
-    for _ in range(2):
-        timings["ours"].append(time_trainer(ours, our_loss, optimizer, cfg["timing_steps"], repeats))
-        timings["flowjax"].append(time_trainer(theirs, their_loss, optimizer, cfg["timing_steps"], repeats))
-    for name in timings:
-        out[name] = {
-            "per_step_ms": min(t["per_step_ms"] for t in timings[name]),
-            "compile_s": min(t["compile_s"] for t in timings[name]),
-            "runs": timings[name],
-        }
-    out["speedup_per_step"] = out["flowjax"]["per_step_ms"] / out["ours"]["per_step_ms"]
-    out["compile_ratio_flowjax_over_ours"] = out["flowjax"]["compile_s"] / out["ours"]["compile_s"]
+           "trainable_parameters": {"ours": int(n_ours)}, "ours": {}, "flowjax": {}}
+    flowjax_error = None
+    try:
+        if worker is None:
+            raise RuntimeError("the flowjax worker could not start")
+        setup = worker.request("setup", problem=problem, cfg=cfg)
+        out["trainable_parameters"]["flowjax"] = setup["trainable_parameters"]
+        out["flowjax_version"] = setup["flowjax_version"]
+        out["flowjax"]["process"] = {"xla_flags": setup["xla_flags"], "versions": setup["versions"]}
+    except RuntimeError as err:
+        flowjax_error = str(err)
+        out["flowjax"]["error"] = flowjax_error
 
-    # Native loops: probinf.fit (chunked lax.scan) and flowjax's fit_to_key_based_loss.
+    # Compile times: each library's scanned trainer compiled twice (once with --quick),
+    # alternately; the minimum.
+    compile_s = {"ours": [], "flowjax": []}
+    for _ in range(1 if quick else 2):
+        seconds, our_call = prepare_trainer(ours, our_loss, optimizer, cfg["timing_steps"])
+        compile_s["ours"].append(seconds)
+        if flowjax_error is None:
+            compile_s["flowjax"].append(worker.request("compile")["compile_s"])
+    contenders = {"ours": our_call}
+    if flowjax_error is None:
+        def flowjax_call():
+            worker.request("call")  # returns when the worker has waited for the result
+
+        contenders["flowjax"] = flowjax_call
+    timing = compare(contenders, rounds=rounds, warmup=1)
+    out["timing"] = timing
+    for name in contenders:
+        per_call = timing["contenders"][name]
+        out[name].update({
+            "per_step_ms": 1e3 * per_call["median_s"] / cfg["timing_steps"],
+            "per_step_ms_min": 1e3 * per_call["min_s"] / cfg["timing_steps"],
+            "per_step_ms_all_rounds": [1e3 * t / cfg["timing_steps"] for t in per_call["times_s"]],
+            "compile_s": min(compile_s[name]), "compile_s_all": compile_s[name],
+        })
+    if flowjax_error is None:
+        out["speedup_per_step"] = timing["ratios"]["flowjax/ours"]
+        out["speedup_per_step_from_min"] = timing["ratios_of_min"]["flowjax/ours"]
+        out["compile_ratio_flowjax_over_ours"] = out["flowjax"]["compile_s"] / out["ours"]["compile_s"]
+        out["ipc_round_trip_s"] = worker.round_trip_s()
+    else:
+        out["speedup_per_step"] = None
+
+    # Native loops: probinf.fit (chunked lax.scan) and flowjax's fit_to_key_based_loss, once
+    # each including compilation.
     native_steps = cfg["native_steps"]
     start = time.perf_counter()
     probinf.fit(objective, ours, target, key=jax.random.key(2), steps=native_steps,
                 optimizer=optimizer, chunk_size=min(500, native_steps), progress=False)
     out["ours"]["native_fit_s_incl_compile"] = time.perf_counter() - start
-    start = time.perf_counter()
-    fit_to_key_based_loss(jax.random.key(2), theirs, loss_fn=their_loss, steps=native_steps,
-                          optimizer=optimizer, show_progress=False)
-    out["flowjax"]["native_fit_s_incl_compile"] = time.perf_counter() - start
+    if flowjax_error is None:
+        out["flowjax"].update(worker.request("native", steps=native_steps))
     out["native_steps"] = native_steps
 
     # Accuracy: train both with the same harness, evaluate the ELBO with 200k draws.
     trained_ours, losses_ours = train_with_trainer(ours, our_loss, optimizer, cfg["steps"], cfg["chunk"],
                                                    jax.random.key(3))
-    trained_theirs, losses_theirs = train_with_trainer(theirs, their_loss, optimizer, cfg["steps"], cfg["chunk"],
-                                                       jax.random.key(3))
     # The training loss estimates -ELBO >= -log Z; a final loss below -log Z exposes an
     # estimator the optimiser has exploited (see docs/flows.md).
     out["ours"]["final_training_loss"] = float(np.mean(losses_ours[-100:]))
-    out["flowjax"]["final_training_loss"] = float(np.mean(losses_theirs[-100:]))
     n_eval = 20_000 if quick else 200_000
     out["ours"].update(elbo_gap(lambda k, n: trained_ours.sample_and_log_prob(k, n), log_density, log_z,
                                 jax.random.key(4), n_eval))
-    out["flowjax"].update(elbo_gap(lambda k, n: trained_theirs.sample_and_log_prob(k, (n,)), log_density,
-                                   log_z, jax.random.key(4), n_eval))
-    out["flowjax_version"] = flowjax.__version__ if hasattr(flowjax, "__version__") else _version("flowjax")
+    if flowjax_error is None:
+        out["flowjax"].update(worker.request("train_eval", n_eval=n_eval))
     return out
 
 
@@ -219,13 +340,13 @@ def eight_schools_model(sigma, y=None):
         numpyro.sample("y", dist.Normal(theta, sigma), obs=y)
 
 
-def eight_schools(cfg, repeats):
+def eight_schools(cfg, rounds, reference_path):
     import numpyro
     from numpyro.infer import SVI, Trace_ELBO
     from numpyro.infer.autoguide import AutoBNAFNormal, AutoIAFNormal
 
-    data = json.loads(gzip.open(POSTERIORDB / "eight_schools.data.json.gz").read())
-    chains = json.loads(gzip.open(POSTERIORDB / "eight_schools-eight_schools_noncentered.reference_draws.json.gz").read())
+    data = probinf.datasets.load_eight_schools()  # the same y and sigma as posteriordb's
+    chains = json.loads(gzip.open(reference_path).read())
     reference = {k: np.concatenate([np.asarray(c[k]) for c in chains]) for k in chains[0]}
     names = ["mu", "tau"] + [f"theta[{j + 1}]" for j in range(8)]
     ref = np.column_stack([reference[n] for n in names])
@@ -321,8 +442,13 @@ def eight_schools(cfg, repeats):
             "elbo_sd_over_seeds": float(np.std(elbos, ddof=1)) if len(elbos) > 1 else 0.0,
             **moments(draws),
         }
-    for label, timing in time_round_robin(timing_calls, cfg["timing_steps"], 3 * repeats).items():
-        results[label].update(timing)
+    timing = compare(timing_calls, rounds=rounds, warmup=1)
+    results["timing"] = timing
+    for label, per_call in timing["contenders"].items():
+        results[label].update({
+            "per_step_ms": 1e3 * per_call["median_s"] / cfg["timing_steps"],
+            "per_step_ms_min": 1e3 * per_call["min_s"] / cfg["timing_steps"],
+            "per_step_ms_all_rounds": [1e3 * t / cfg["timing_steps"] for t in per_call["times_s"]]})
     for ours_label in ("ours_spline_flow_guide", "ours_affine_iaf_guide"):
         for label in ("numpyro_AutoIAFNormal", "numpyro_AutoBNAFNormal"):
             results[f"speedup_per_step_{ours_label}_vs_{label}"] = (
@@ -349,11 +475,23 @@ def _version(name):
 
 
 def main():
-    parser = argparse.ArgumentParser()
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--quick", action="store_true", help="tiny sizes (smoke test)")
     parser.add_argument("--out", default=str(RESULTS))
+    parser.add_argument("--data", default=None,
+                        help="folder of the reference data (posteriordb/...); default "
+                             "$PROBINF_SHARED_DATA, else ../shared/data beside the checkout")
+    parser.add_argument("--rounds", type=int, default=None,
+                        help="timed round-robin rounds (>= 7; default 7 with --quick, else 15)")
+    parser.add_argument("--no-flowjax", action="store_true", help="skip flowjax (no worker)")
     args = parser.parse_args()
     quick = args.quick
+    try:  # before anything runs
+        reference_path = data_file(args.data, *EIGHT_SCHOOLS_REFERENCE,
+                                   needed_for="eight schools' NUTS reference draws")
+    except FileNotFoundError as err:
+        parser.error(str(err))
+    rounds = args.rounds if args.rounds is not None else (7 if quick else 15)
     cfg = {
         "layers": 8, "width": 64, "depth": 2, "bins": 8, "bound_u1": 5.0, "bound_funnel": 15.0,
         "samples": 64, "learning_rate": 2e-3,
@@ -361,10 +499,11 @@ def main():
         "timing_steps": 20 if quick else 100, "native_steps": 50 if quick else 500,
         "es_steps": 300 if quick else 3000, "es_samples": 16, "es_learning_rate": 5e-3,
         "es_seeds": 2 if quick else 5,
-        "es_layers": 4, "es_width": 32,
+        "es_layers": 4, "es_width": 32, "rounds": rounds,
     }
-    repeats = 2 if quick else 5
+    out = pathlib.Path(args.out)
     started = time.perf_counter()
+    flags = os.environ.get("XLA_FLAGS", "")
     report = {
         "benchmark": "flows vs flowjax (same RQ-spline coupling architecture) and numpyro autoguides",
         "settings": cfg,
@@ -372,37 +511,56 @@ def main():
             "platform": platform.platform(), "python": sys.version.split()[0],
             "cpu_count": os.cpu_count(), "jax_backend": jax.default_backend(),
             "load_average_at_start": os.getloadavg(),
-            "xla_flags": os.environ.get("XLA_FLAGS", ""),
+            "xla_flags": flags,
+        },
+        "xla_cpu_workaround": {
+            "flag": XLA_CPU_FLAG, "in_this_process": XLA_CPU_FLAG in flags,
+            "flowjax_process": "a subprocess with XLA_FLAGS minus the flag (see flowjax.process "
+                               "in each problem); numpyro's autoguides (eight schools) run in "
+                               "this process, under the flag when it is set",
         },
         "versions": {name: _version(name) for name in
                      ("probinf", "jax", "jaxlib", "equinox", "optax", "numpyro", "flowjax")},
         "estimator": "ELBO with the sticking-the-landing gradient (probinf STL / flowjax "
                      "stick_the_landing=True) on U1 and the funnel; plain reparameterisation on eight schools",
+        "complete": False,
     }
-    report["U1"] = spline_comparison("U1", cfg, repeats, quick)
-    print("U1", json.dumps({k: report["U1"][k] for k in ("speedup_per_step",)}), flush=True)
-    report["funnel"] = spline_comparison("funnel", cfg, repeats, quick)
-    print("funnel", json.dumps({k: report["funnel"][k] for k in ("speedup_per_step",)}), flush=True)
-    report["eight_schools"] = eight_schools(cfg, repeats)
+    update_results(out, [], report, fresh=True)
+    worker = None if args.no_flowjax else FlowjaxWorker()
+    try:
+        for key, problem in (("U1", "U1"), ("funnel", "funnel")):
+            report[key] = spline_comparison(problem, cfg, rounds, quick, worker)
+            update_results(out, key, report[key])
+            print(key, json.dumps({"speedup_per_step": report[key]["speedup_per_step"]}), flush=True)
+    finally:
+        if worker is not None:
+            worker.close()
+    report["eight_schools"] = eight_schools(cfg, rounds, reference_path)
+    update_results(out, "eight_schools", report["eight_schools"])
     report["machine"]["load_average_at_end"] = os.getloadavg()
     report["wall_time_s"] = time.perf_counter() - started
+    speedups = [report[k]["speedup_per_step"] for k in ("U1", "funnel")]
     summary = {
-        "U1_per_step_ms": {"ours": report["U1"]["ours"]["per_step_ms"], "flowjax": report["U1"]["flowjax"]["per_step_ms"]},
-        "U1_speedup": report["U1"]["speedup_per_step"],
-        "U1_gap": {"ours": report["U1"]["ours"]["gap"], "flowjax": report["U1"]["flowjax"]["gap"]},
-        "funnel_speedup": report["funnel"]["speedup_per_step"],
-        "funnel_gap": {"ours": report["funnel"]["ours"]["gap"], "flowjax": report["funnel"]["flowjax"]["gap"]},
-        "goal_faster_than_flowjax": bool(report["U1"]["speedup_per_step"] > 1 and report["funnel"]["speedup_per_step"] > 1),
+        "U1_per_step_ms": {"ours": report["U1"]["ours"]["per_step_ms"],
+                           "flowjax": report["U1"]["flowjax"].get("per_step_ms")},
+        "U1_speedup": speedups[0],
+        "U1_gap": {"ours": report["U1"]["ours"]["gap"], "flowjax": report["U1"]["flowjax"].get("gap")},
+        "funnel_speedup": speedups[1],
+        "funnel_gap": {"ours": report["funnel"]["ours"]["gap"], "flowjax": report["funnel"]["flowjax"].get("gap")},
+        "goal_faster_than_flowjax": (None if None in speedups else bool(min(speedups) > 1)),
         "goal_U1_gap_below_0.02": bool(report["U1"]["ours"]["gap"] <= 0.02),
     }
     report["summary"] = summary
-    pathlib.Path(args.out).parent.mkdir(parents=True, exist_ok=True)
-    pathlib.Path(args.out).write_text(json.dumps(report, indent=2, default=float))
+    report["complete"] = True
+    update_results(out, [], report)
     print(json.dumps(summary, indent=2))
 
 
 if __name__ == "__main__":
-    from probinf import xla_cpu_workaround
+    if sys.argv[1:] == ["--flowjax-worker"]:
+        flowjax_worker()  # no workaround: flowjax as its users run it
+    else:
+        from probinf import xla_cpu_workaround
 
-    xla_cpu_workaround()  # before JAX's first computation (see docs/flows.md)
-    main()
+        xla_cpu_workaround()  # before JAX's first computation (see docs/flows.md)
+        main()

@@ -19,6 +19,7 @@ index here, so it is not compared. Writes ``benchmarks/results/pcn.json``.
 
 from __future__ import annotations
 
+import argparse
 import importlib.metadata
 import json
 import os
@@ -39,8 +40,10 @@ from probinf._xla_workaround import environ_without_workaround
 
 try:
     from benchmarks.peers import missing_peer_message, peer_python
+    from benchmarks.results_io import update_results
 except ModuleNotFoundError:  # run as a script: benchmarks/ itself is on sys.path
     from peers import missing_peer_message, peer_python
+    from results_io import update_results
 
 ROOT = pathlib.Path(__file__).resolve().parents[1]
 OUT = ROOT / "benchmarks" / "results" / "pcn.json"
@@ -244,7 +247,12 @@ def summary(values):
             "per_seed": [float(v) for v in values]}
 
 
-def main():
+def main(argv=None):
+    parser = argparse.ArgumentParser(description="Predictive-coding classifiers (probinf.pcn) "
+                                     "against backprop and PCX; the results file is rewritten "
+                                     "after each dataset")
+    parser.add_argument("--out", type=pathlib.Path, default=OUT)
+    args = parser.parse_args(argv)
     loads = [os.getloadavg()[0]]
     report = {
         "description": (
@@ -269,7 +277,9 @@ def main():
                      ("probinf", "jax", "equinox", "optax", "scikit-learn", "mnist1d")},
         "jpc": "not compared: jpc is not available from the package index on this machine",
         "results": {},
+        "complete": False,
     }
+    update_results(args.out, [], report, fresh=True)
     loaders = {"digits": load_digits_split, "mnist1d": load_mnist1d_split}
     with tempfile.TemporaryDirectory() as tmp:
         for name, spec in DATASETS.items():
@@ -322,10 +332,11 @@ def main():
                 entry["goal_faster_per_epoch_than_pcx"] = bool(entry["speedup_pc_epoch_vs_pcx"] > 1.0)
             report["results"][name] = entry
             loads.append(os.getloadavg()[0])
-    report["machine"]["load_average_1min_during_run"] = loads
-    OUT.parent.mkdir(parents=True, exist_ok=True)
-    OUT.write_text(json.dumps(report, indent=2) + "\n")
-    print(f"wrote {OUT}")
+            report["machine"]["load_average_1min_during_run"] = loads
+            update_results(args.out, [], report)
+    report["complete"] = True
+    update_results(args.out, [], report)
+    print(f"wrote {args.out}")
 
 
 if __name__ == "__main__":

@@ -13,7 +13,8 @@ through its materialised quadrature circuit (QPC, ``K`` quadrature points per
 latent), against ordinary PCs with the SAME structure and ``K`` units per region,
 learned by full-batch EM and by Adam on the log-likelihood.
 
-* **DEBD** (every dataset in ``../shared/data/debd``): hidden Chow–Liu tree region
+* **DEBD** (every dataset in ``--data DIR``/debd, default ``$PROBINF_SHARED_DATA`` or
+  ``../shared/data``; ``--shipped-debd``: the two shipped with ``circuits``): hidden Chow–Liu tree region
   graph (Liu & Van den Broeck 2021), CP merges / CP layers, Bernoulli inputs.
 * **8x8 digits** (scikit-learn's ``load_digits``, 1797 images with 17 grey levels,
   a fixed 70/10/20 split): a binary quad-tree region graph, Tucker merges / Tucker
@@ -34,7 +35,6 @@ one compiled training step at batch 256 as estimated by XLA
 from __future__ import annotations
 
 import argparse
-import json
 import math
 import os
 import pathlib
@@ -54,7 +54,10 @@ from circuits.learning import _gradient_epoch
 from circuits.quadrature import quadrature_rule
 
 REPO = pathlib.Path(__file__).resolve().parents[1]
-DEBD = REPO.parent / "shared" / "data" / "debd"
+try:
+    from benchmarks.results_io import debd_directory, update_results
+except ModuleNotFoundError:  # run as a script: benchmarks/ itself is on sys.path
+    from results_io import debd_directory, update_results
 OUT = REPO / "benchmarks" / "results" / "pic.json"
 
 # Published figures quoted only where the number itself was read in its source.
@@ -267,7 +270,17 @@ def main():
     parser.add_argument("--quick", action="store_true", help="small smoke run")
     parser.add_argument("--datasets", nargs="*", default=None, help="DEBD subset")
     parser.add_argument("--out", default=str(OUT))
+    parser.add_argument("--data", default=None,
+                        help="folder of the reference data, holding debd/ (default "
+                             "$PROBINF_SHARED_DATA, else ../shared/data beside the checkout)")
+    parser.add_argument("--shipped-debd", action="store_true",
+                        help="the DEBD datasets shipped with the package (nltcs, mushrooms) "
+                             "instead of a data folder")
     args = parser.parse_args()
+    try:  # before anything runs
+        debd = debd_directory(args.data, args.shipped_debd)
+    except FileNotFoundError as err:
+        parser.error(str(err))
     started = time.perf_counter()
     log = lambda message: print(message, flush=True)  # noqa: E731
     if args.quick:
@@ -283,8 +296,10 @@ def main():
                           variants=("pic_composite", "pic_full", "pic_none"))
         # The sharing ablation (full, none) runs on three datasets to fit the time budget.
         none_on = ("nltcs", "plants", "mushrooms")
-    names = args.datasets or circuits.list_debd(DEBD)
-    results = {"machine": machine_info(), "versions": versions(), "published": PUBLISHED}
+    names = args.datasets or circuits.list_debd(debd)
+    results = {"machine": machine_info(), "versions": versions(), "published": PUBLISHED,
+               "debd_source": "the datasets shipped with the package" if debd is None else str(debd),
+               "complete": False}
     results["setup"] = {
         "debd": {**{k: v for k, v in debd_cfg.items() if k != "variants"},
                  "region_graph": "hidden Chow-Liu tree (chow_liu_tree of the training data)",
@@ -308,9 +323,10 @@ def main():
         },
     }
     results["debd"] = {}
+    update_results(args.out, [], results, fresh=True)
     key = jax.random.key(0)
     for index, name in enumerate(names):
-        data = circuits.load_debd(name, DEBD)
+        data = circuits.load_debd(name, debd)
         graph = circuits.chow_liu_tree(data["train"])
         cfg = dict(debd_cfg)
         if none_on is not None and name not in none_on:
@@ -321,8 +337,7 @@ def main():
         results["debd"][name] = {"num_variables": int(data["train"].shape[1]),
                                  "num_train": int(len(data["train"])), "models": models,
                                  "summary": summarize(models)}
-        OUT.parent.mkdir(parents=True, exist_ok=True)
-        pathlib.Path(args.out).write_text(json.dumps(results, indent=2))
+        update_results(args.out, ["debd", name], results["debd"][name])
     digits = load_digits_split()
     log(f"digits: 64 variables, {len(digits['train'])} training rows")
     graph = circuits.quad_tree(8, 8, num_patch_splits=2)
@@ -338,7 +353,8 @@ def main():
     }
     results["load_average_at_end"] = list(os.getloadavg())
     results["total_seconds"] = time.perf_counter() - started
-    pathlib.Path(args.out).write_text(json.dumps(results, indent=2))
+    results["complete"] = True
+    update_results(args.out, [], results)
     log(f"wrote {args.out} in {results['total_seconds']:.0f} s")
 
 

@@ -40,6 +40,7 @@ sys.path.insert(0, str(ROOT))
 
 import probinf  # noqa: E402
 from benchmarks.posteriordb import POSTERIORS, load, score, to_posteriordb_names  # noqa: E402
+from benchmarks.results_io import posteriordb_directory, write_results  # noqa: E402
 from probinf import vi  # noqa: E402
 from probinf.diagnostics import psis  # noqa: E402
 
@@ -204,6 +205,10 @@ def main(argv=None):
     parser.add_argument("--methods", default=",".join(METHODS))
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--table", action="store_true", help="print the docs table and exit")
+    parser.add_argument("--data", default=None,
+                        help="folder of the reference data, holding posteriordb/ (default "
+                             "$PROBINF_POSTERIORDB, else $PROBINF_SHARED_DATA/posteriordb, else "
+                             "../shared/data/posteriordb)")
     args = parser.parse_args(argv)
     if args.table:
         print(markdown_table(json.loads(RESULTS.read_text())))
@@ -212,12 +217,16 @@ def main(argv=None):
     unknown = sorted(set(methods) - set(METHODS))
     if unknown:
         parser.error(f"unknown methods {unknown}; choose from {METHODS}")
+    try:  # before anything runs
+        folder = posteriordb_directory(args.data)
+    except FileNotFoundError as err:
+        parser.error(str(err))
     results = json.loads(RESULTS.read_text()) if RESULTS.exists() else {}
     results.setdefault("posteriors", {})
     results["machine"] = _machine()
     results["description"] = __doc__
     for name in args.posteriors:
-        posterior = load(name)
+        posterior = load(name, folder)
         row = results["posteriors"].setdefault(name, {})
         for method in methods:
             key = jax.random.key(args.seed)
@@ -239,12 +248,12 @@ def main(argv=None):
                 f"{k}={v:.3g}" if isinstance(v, float) else f"{k}={v}"
                 for k, v in entry.items() if k in ("max_mean_error_sd", "max_abs_log_sd_ratio",
                                                     "khat", "wall_time_s", "error")), flush=True)
-            RESULTS.write_text(json.dumps(results, indent=1, default=float))
+            write_results(RESULTS, results)  # after each (posterior, method): a crash keeps it
         nuts = row.get("numpyro_nuts", {}).get("wall_time_s")
         for entry in row.values():
             if nuts and "wall_time_s" in entry:
                 entry["speedup_vs_nuts"] = nuts / entry["wall_time_s"]
-        RESULTS.write_text(json.dumps(results, indent=1, default=float))
+        write_results(RESULTS, results)
 
 
 if __name__ == "__main__":

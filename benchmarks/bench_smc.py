@@ -10,18 +10,26 @@
 3. Kalman filter + RTS smoother: parallel (``lax.associative_scan``) against sequential
    (``lax.scan``) as T grows to 1e5.
 
-Run: ``python benchmarks/bench_smc.py [--quick]``; writes ``benchmarks/results/smc.json``.
+Timing: :func:`benchmarks.timing.compare` (contenders alternated call by call, the order
+rotated each round, one untimed warm-up round, >= 7 timed rounds; every round time, the
+spread and the load averages are in the JSON); ``first_call_s`` is one separate call before
+that (compilation + run). Both libraries run in this process, so both run under the XLA
+flags of ``machine.xla_flags`` (probinf's XLA:CPU workaround unless ``--no-xla-workaround``).
+The results file is rewritten after each completed unit (the tempered comparison, each
+filter row, each Kalman row), so a crash keeps what was measured.
+
+Run: ``python benchmarks/bench_smc.py [--quick] [--rounds N] [--no-xla-workaround]``;
+writes ``benchmarks/results/smc.json``.
 """
 
 from __future__ import annotations
 
 import argparse
-import json
+import itertools
 import math
 import os
 import pathlib
 import platform
-import statistics
 import sys
 import time
 
@@ -32,20 +40,35 @@ import numpy as np
 import probinf
 from probinf import smc
 
+try:
+    from benchmarks.results_io import update_results
+    from benchmarks.timing import compare
+except ModuleNotFoundError:  # run as a script: benchmarks/ itself is on sys.path
+    from results_io import update_results
+    from timing import compare
+
 RESULTS = pathlib.Path(__file__).resolve().parent / "results" / "smc.json"
+WARMUP = 1  # untimed round-robin rounds after each contender's first call
 
 
-def timed(fn, repeats):
-    """Seconds of the first call (compile + run) and the median of ``repeats`` later calls."""
+def first_call_seconds(fn):
+    """Seconds of one call of ``fn`` (compilation + run when it is the first)."""
     start = time.perf_counter()
-    jax.block_until_ready(fn(0))
-    first = time.perf_counter() - start
-    times = []
-    for r in range(repeats):
-        start = time.perf_counter()
-        jax.block_until_ready(fn(r + 1))
-        times.append(time.perf_counter() - start)
-    return first, statistics.median(times), times
+    jax.block_until_ready(fn())
+    return time.perf_counter() - start
+
+
+def round_robin(variants, rounds):
+    """Each variant's first call (timed alone), then :func:`compare` of all of them."""
+    first = {name: first_call_seconds(fn) for name, fn in variants.items()}
+    timing = compare(variants, rounds=rounds, warmup=WARMUP)
+    return first, timing
+
+
+def counting(fn, keys):
+    """``fn(keys[i])`` on the i-th call: every call gets fresh keys (index 0 is the first call)."""
+    counter = itertools.count()
+    return lambda: fn(keys[next(counter)])
 
 
 # --- 1. tempered SMC on Bayesian logistic regression -----------------------------------------
@@ -86,7 +109,7 @@ def laplace_importance_log_z(log_prior, log_likelihood, dim, num_draws=400_000, 
     return log_z, standard_error
 
 
-def bench_tempered(repeats, num_particles=1000, num_mcmc_steps=10, num_integration_steps=10,
+def bench_tempered(rounds, num_particles=1000, num_mcmc_steps=10, num_integration_steps=10,
                    step_size=0.05):
     import blackjax
 
@@ -94,7 +117,8 @@ def bench_tempered(repeats, num_particles=1000, num_mcmc_steps=10, num_integrati
     log_z_ref, log_z_ref_se = laplace_importance_log_z(log_prior, log_likelihood, dim)
     prior = probinf.MeanFieldGaussian.init(dim, scale=prior_scale)
     target = probinf.from_logdensity(lambda b: log_prior(b) + log_likelihood(b), dim)
-    keys = jax.random.split(jax.random.key(42), repeats + 1)
+    calls_before_timed = 1 + WARMUP  # the first call and the warm-up round
+    keys = jax.random.split(jax.random.key(42), calls_before_timed + rounds)
 
     # blackjax: the whole adaptive loop compiled as one lax.while_loop (its fastest form).
     algorithm = blackjax.adaptive_tempered_smc(
@@ -135,31 +159,40 @@ def bench_tempered(repeats, num_particles=1000, num_mcmc_steps=10, num_integrati
                     result.acceptance_rates)
         return run
 
-    rows = {}
-    for name, run in (("blackjax", blackjax_run), ("probinf", ours(False)), ("probinf_tuned", ours(True))):
-        outputs = []
+    runs = {"blackjax": blackjax_run, "probinf": ours(False), "probinf_tuned": ours(True)}
+    outputs = {name: [] for name in runs}
 
-        def call(i, run=run, outputs=outputs):
-            out = run(keys[i])
-            outputs.append(out)
+    def recorded(run, store):
+        def call(key):
+            out = run(key)
+            store.append(out)
             return out[1]
+        return call
 
-        first, median, times = timed(call, repeats)
-        log_z = np.array([float(o[1]) for o in outputs[1:]])
-        means = np.stack([np.asarray(o[0]) for o in outputs[1:]])
+    variants = {name: counting(recorded(run, outputs[name]), keys) for name, run in runs.items()}
+    first, timing = round_robin(variants, rounds)
+    rows = {}
+    for name in runs:
+        timed_outputs = outputs[name][calls_before_timed:]  # the timed rounds' fresh keys
+        log_z = np.array([float(o[1]) for o in timed_outputs])
+        means = np.stack([np.asarray(o[0]) for o in timed_outputs])
+        stages = [int(o[2]) for o in timed_outputs]
+        per_call = timing["contenders"][name]
         rows[name] = {
-            "first_call_s": first,
-            "median_s": median,
-            "times_s": times,
+            "first_call_s": first[name],
+            "median_s": per_call["median_s"],
+            "min_s": per_call["min_s"],
+            "times_s": per_call["times_s"],
             "log_z_mean": float(log_z.mean()),
             "log_z_sd": float(log_z.std(ddof=1)),
             "log_z_error_vs_reference": float(log_z.mean() - log_z_ref),
             "log_z_rmse_vs_reference": float(np.sqrt(np.mean((log_z - log_z_ref) ** 2))),
-            "num_stages": [int(o[2]) for o in outputs[1:]],
+            "num_stages": stages,
+            "median_s_per_stage": per_call["median_s"] / float(np.mean(stages)),
             "posterior_mean_sd_over_repeats_max": float(means.std(0, ddof=1).max()),
         }
         if name.startswith("probinf"):
-            acc = np.concatenate([np.asarray(o[3]) for o in outputs[1:]])
+            acc = np.concatenate([np.asarray(o[3]) for o in timed_outputs])
             rows[name]["mean_acceptance_rate"] = float(np.nanmean(acc))
         print(name, {k: v for k, v in rows[name].items() if k != "times_s"}, flush=True)
     return {
@@ -168,13 +201,18 @@ def bench_tempered(repeats, num_particles=1000, num_mcmc_steps=10, num_integrati
         "settings": {"num_particles": num_particles, "kernel": "HMC", "num_mcmc_steps": num_mcmc_steps,
                      "num_integration_steps": num_integration_steps, "step_size": step_size,
                      "inverse_mass_matrix": "identity", "resampling": "systematic",
-                     "target_ess": 0.5, "repeats": repeats},
+                     "target_ess": 0.5, "rounds": rounds},
+        "timing": timing,
         "reference_log_z": log_z_ref,
         "reference_log_z_standard_error": log_z_ref_se,
         "reference_method": "importance sampling from the Laplace approximation (covariance x1.5), 400k draws",
         "results": rows,
         "time_ratio_probinf_over_blackjax": rows["probinf"]["median_s"] / rows["blackjax"]["median_s"],
         "time_ratio_probinf_tuned_over_blackjax": rows["probinf_tuned"]["median_s"] / rows["blackjax"]["median_s"],
+        "time_ratio_per_stage_probinf_over_blackjax": (rows["probinf"]["median_s_per_stage"]
+                                                       / rows["blackjax"]["median_s_per_stage"]),
+        "per_stage_note": "median_s_per_stage = median_s / the mean number of stages over the "
+                          "timed rounds: the two libraries choose different numbers of stages",
         "stage_order": "probinf: choose the next temperature on the current cloud, reweight, resample, "
                        "move (the textbook order); blackjax: resample, move at the current temperature, "
                        "then reweight with an increment chosen on the cloud before that move, so the "
@@ -220,42 +258,45 @@ def blackjax_bootstrap_filter(model, num_particles):
     return run
 
 
-def bench_filter(sizes, repeats):
+def bench_filter(sizes, rounds, out=None):
     rows = []
     for num_particles, num_steps in sizes:
         model = pf_model(num_steps)
         fk = smc.Bootstrap(model)
-        keys = jax.random.split(jax.random.key(7), repeats + 1)
+        keys = jax.random.split(jax.random.key(7), 1 + WARMUP + rounds)
         peer = blackjax_bootstrap_filter(model, num_particles)
 
-        def ours(threshold, keys=keys, fk=fk, num_particles=num_particles):
-            return lambda i: smc.particle_filter(
-                keys[i], fk, num_particles, ess_threshold=threshold).log_evidence
+        def ours(threshold, fk=fk, num_particles=num_particles):
+            return lambda key: smc.particle_filter(
+                key, fk, num_particles, ess_threshold=threshold).log_evidence
 
-        def ours_in_jit(threshold, keys=keys, fk=fk, num_particles=num_particles):
+        def ours_in_jit(threshold, fk=fk, num_particles=num_particles):
             # As the peer runs: one jitted function of the key, the model closed over.
-            run = jax.jit(lambda key: smc.particle_filter(
+            return jax.jit(lambda key: smc.particle_filter(
                 key, fk, num_particles, ess_threshold=threshold).log_evidence)
-            return lambda i: run(keys[i])
 
-        variants = {
+        variants = {name: counting(fn, keys) for name, fn in {
             "probinf_always_resample": ours(1.0),
             "probinf_ess_0.5": ours(0.5),
             "probinf_always_resample_in_jit": ours_in_jit(1.0),
             "probinf_ess_0.5_in_jit": ours_in_jit(0.5),
-            "blackjax_resampling_scan": lambda i, peer=peer, keys=keys: peer(keys[i]),
-        }
-        row = {"num_particles": num_particles, "num_steps": num_steps}
-        for name, fn in variants.items():
-            first, median, _ = timed(fn, repeats)
-            row[name] = {"first_call_s": first, "median_s": median,
+            "blackjax_resampling_scan": peer,
+        }.items()}
+        first, timing = round_robin(variants, rounds)
+        row = {"num_particles": num_particles, "num_steps": num_steps, "timing": timing}
+        for name in variants:
+            median = timing["contenders"][name]["median_s"]
+            row[name] = {"first_call_s": first[name], "median_s": median,
+                         "min_s": timing["contenders"][name]["min_s"],
                          "particle_steps_per_s": num_particles * num_steps / median}
         peer_s = row["blackjax_resampling_scan"]["median_s"]
         row["time_ratio_probinf_always_over_blackjax"] = row["probinf_always_resample"]["median_s"] / peer_s
         row["time_ratio_probinf_always_in_jit_over_blackjax"] = (
             row["probinf_always_resample_in_jit"]["median_s"] / peer_s)
-        print(row, flush=True)
+        print({k: v for k, v in row.items() if k != "timing"}, flush=True)
         rows.append(row)
+        if out is not None:
+            update_results(out, ["particle_filter_throughput", "rows"], rows)
     return {
         "model": "bootstrap filter, 1-d linear-Gaussian state-space model, systematic resampling",
         "peer": "the same filter written as a lax.scan on blackjax.smc.resampling.systematic "
@@ -278,28 +319,36 @@ def kalman_model(num_steps, seed=0):
     return model.with_observations(y)
 
 
-def bench_kalman(lengths, repeats):
+def bench_kalman(lengths, rounds, out=None):
     rows = []
     for num_steps in lengths:
         model = kalman_model(num_steps)
         row = {"num_steps": num_steps}
         outputs = {}
-        for method in ("sequential", "parallel"):
-            def fn(i, method=method, model=model, outputs=outputs):
-                out = smc.rts_smoother(model, method)
-                outputs[method] = out
-                return out.smoothed_means
 
-            first, median, _ = timed(fn, repeats)
-            row[method] = {"first_call_s": first, "median_s": median}
+        def smoother(method, model=model, outputs=outputs):
+            def fn():
+                result = smc.rts_smoother(model, method)
+                outputs[method] = result
+                return result.smoothed_means
+            return fn
+
+        first, timing = round_robin({m: smoother(m) for m in ("sequential", "parallel")}, rounds)
+        row["timing"] = timing
+        for method in ("sequential", "parallel"):
+            row[method] = {"first_call_s": first[method],
+                           "median_s": timing["contenders"][method]["median_s"],
+                           "min_s": timing["contenders"][method]["min_s"]}
         row["max_abs_difference_smoothed_means"] = float(
             jnp.max(jnp.abs(outputs["parallel"].smoothed_means - outputs["sequential"].smoothed_means)))
         row["log_evidence_relative_difference"] = float(
             abs(outputs["parallel"].log_evidence - outputs["sequential"].log_evidence)
             / abs(outputs["sequential"].log_evidence))
         row["time_ratio_parallel_over_sequential"] = row["parallel"]["median_s"] / row["sequential"]["median_s"]
-        print(row, flush=True)
+        print({k: v for k, v in row.items() if k != "timing"}, flush=True)
         rows.append(row)
+        if out is not None:
+            update_results(out, ["kalman_parallel_vs_sequential", "rows"], rows)
     return {"model": "4-d state, 2-d observations; filter + RTS smoother", "rows": rows}
 
 
@@ -313,45 +362,61 @@ def machine():
         "jax_backend": jax.default_backend(),
         "devices": [str(d) for d in jax.devices()],
         "load_average_at_start": os.getloadavg(),
+        "xla_flags": os.environ.get("XLA_FLAGS", ""),
         "versions": {"jax": jax.__version__, "blackjax": blackjax.__version__,
                      "probinf": probinf.__version__, "numpy": np.__version__},
     }
 
 
 def main():
-    parser = argparse.ArgumentParser()
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--quick", action="store_true", help="tiny sizes (a smoke test)")
     parser.add_argument("--out", default=str(RESULTS))
+    parser.add_argument("--rounds", type=int, default=7, help="timed round-robin rounds (>= 7)")
+    parser.add_argument("--no-xla-workaround", action="store_true",
+                        help="do not call probinf.xla_cpu_workaround() (both libraries then run "
+                             "without its XLA flag)")
     args = parser.parse_args()
+    if args.rounds < 7:
+        parser.error(f"--rounds: expected >= 7, got {args.rounds}")
+    out = pathlib.Path(args.out)
     info = machine()
-    if args.quick:
-        tempered = bench_tempered(repeats=2, num_particles=100)
-        filters = bench_filter([(100, 100), (1000, 100)], repeats=2)
-        kalman = bench_kalman([100, 1000], repeats=2)
-    else:
-        tempered = bench_tempered(repeats=8)
-        sizes = [(100, 100), (1_000, 100), (10_000, 100), (100_000, 100), (1_000_000, 100),
-                 (1_000, 1_000), (1_000, 10_000), (10_000, 10_000)]
-        filters = bench_filter(sizes, repeats=3)
-        kalman = bench_kalman([100, 1_000, 10_000, 100_000], repeats=3)
-    info["load_average_at_end"] = os.getloadavg()
     report = {
         "machine": info,
         "gpu": "no GPU was available to this run; CPU figures only",
-        "tempered_smc_vs_blackjax": tempered,
-        "particle_filter_throughput": filters,
-        "kalman_parallel_vs_sequential": kalman,
-        "notes": "Timings are medians of repeated calls after a warm-up call (first_call_s includes "
-                 "compilation); ours and the peer ran interleaved in one process. See the load "
-                 "averages in `machine` for how busy the 2 cores were.",
+        "notes": "Timings: benchmarks/timing.compare, round-robin over the contenders of each "
+                 "comparison (one untimed warm-up round, then `rounds` timed rounds; all round "
+                 "times under `timing`); first_call_s (compilation + run) is a separate call "
+                 "before that. Ours and the peer ran in one process, under machine.xla_flags. "
+                 "See the load averages for how busy the 2 cores were.",
+        "complete": False,
     }
-    pathlib.Path(args.out).parent.mkdir(parents=True, exist_ok=True)
-    pathlib.Path(args.out).write_text(json.dumps(report, indent=2))
+    update_results(out, [], report, fresh=True)
+    if args.quick:
+        tempered = bench_tempered(rounds=args.rounds, num_particles=100)
+        update_results(out, "tempered_smc_vs_blackjax", tempered)
+        filters = bench_filter([(100, 100), (1000, 100)], args.rounds, out)
+        update_results(out, "particle_filter_throughput", filters)
+        kalman = bench_kalman([100, 1000], args.rounds, out)
+    else:
+        tempered = bench_tempered(rounds=max(args.rounds, 8))
+        update_results(out, "tempered_smc_vs_blackjax", tempered)
+        sizes = [(100, 100), (1_000, 100), (10_000, 100), (100_000, 100), (1_000_000, 100),
+                 (1_000, 1_000), (1_000, 10_000), (10_000, 10_000)]
+        filters = bench_filter(sizes, args.rounds, out)
+        update_results(out, "particle_filter_throughput", filters)
+        kalman = bench_kalman([100, 1_000, 10_000, 100_000], args.rounds, out)
+    info["load_average_at_end"] = os.getloadavg()
+    report.update({"machine": info, "tempered_smc_vs_blackjax": tempered,
+                   "particle_filter_throughput": filters, "kalman_parallel_vs_sequential": kalman,
+                   "complete": True})
+    update_results(out, [], report)
     print(f"wrote {args.out}")
 
 
 if __name__ == "__main__":
-    from probinf import xla_cpu_workaround
+    if "--no-xla-workaround" not in sys.argv[1:]:
+        from probinf import xla_cpu_workaround
 
-    xla_cpu_workaround()  # before JAX's first computation (see docs/flows.md)
+        xla_cpu_workaround()  # before JAX's first computation (see docs/flows.md)
     main()

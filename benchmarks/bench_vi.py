@@ -15,8 +15,12 @@ Timings are of compiled code: every library runs ``steps`` optimisation steps
 inside one jitted ``jax.lax.scan`` (numpyro's ``svi.run`` re-traces, so its
 ``svi.update`` is scanned instead), after an ahead-of-time compile that is timed
 separately. ``probinf.fit`` itself (chunked compiled loops driven from Python, with its
-non-finite checks) is timed as users call it. Each figure is the median (and the
-minimum) of ``repeats`` runs, taken round-robin across the in-process libraries.
+non-finite checks) is timed as users call it. The in-process contenders are timed with
+:func:`benchmarks.timing.compare`: alternated call by call, the order rotated each round,
+one untimed warm-up round, ``repeats`` (>= 7) timed rounds; each figure is the median
+(and the minimum) of those, with every round time, the spread and the load averages under
+``timing`` in the JSON. They share this process and its XLA flags (``machine.xla_flags``:
+probinf's XLA:CPU workaround unless ``--no-xla-workaround``).
 genjax cannot share jax with probinf (0.10.x needs jax < 0.6; 1.x needs
 Python >= 3.12 and a newer jax), so each genjax version runs from its own
 virtualenv in a subprocess (this same file, ``--genjax-worker``), with its
@@ -27,13 +31,16 @@ fitted guide is evaluated with the same large-sample ELBO estimator (probinf's
 target density, ``eval_samples`` draws), and libraries are compared by the mean
 and spread of that value over the repeats.
 
+The results file is rewritten after each (problem, objective) cell, so a crash keeps what
+was measured. Eight schools' data ship with the package (``probinf.datasets``); the
+logistic regression data are synthetic: no data folder is read.
+
 Run: ``python benchmarks/bench_vi.py [--quick] [--out benchmarks/results/vi.json]``.
 """
 
 from __future__ import annotations
 
 import argparse
-import gzip
 import json
 import os
 import platform
@@ -53,7 +60,6 @@ except ModuleNotFoundError:  # run as a script: benchmarks/ itself is on sys.pat
 
 REPO = Path(__file__).resolve().parents[1]
 DEFAULT_OUT = REPO / "benchmarks" / "results" / "vi.json"
-EIGHT_SCHOOLS_DATA = REPO.parent / "shared" / "data" / "posteriordb" / "eight_schools.data.json.gz"
 # The peers' own virtualenvs (they cannot share jax with probinf): benchmarks/peers.py.
 GENJAX_PYTHONS = {peer: peer_python(peer) for peer in ("genjax", "genjax1")}
 
@@ -76,8 +82,10 @@ def logistic_regression_data() -> dict[str, np.ndarray]:
 
 
 def eight_schools_data() -> dict[str, np.ndarray]:
-    with gzip.open(EIGHT_SCHOOLS_DATA, "rt") as fh:
-        raw = json.load(fh)
+    """The data shipped with probinf (the same y and sigma as posteriordb's eight_schools)."""
+    from probinf.datasets import load_eight_schools
+
+    raw = load_eight_schools()
     return {"y": np.asarray(raw["y"], np.float32), "sigma": np.asarray(raw["sigma"], np.float32)}
 
 
@@ -350,7 +358,20 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--quick", action="store_true", help="few steps, for a smoke test")
     parser.add_argument("--out", type=Path, default=DEFAULT_OUT)
     parser.add_argument("--no-genjax", action="store_true")
+    parser.add_argument("--rounds", type=int, default=7,
+                        help="timed round-robin rounds of the in-process contenders (>= 7)")
+    parser.add_argument("--no-xla-workaround", action="store_true",
+                        help="do not call probinf.xla_cpu_workaround() (the in-process "
+                             "libraries then run without its XLA flag)")
     args = parser.parse_args(argv)
+    if args.rounds < 7:
+        parser.error(f"--rounds: expected >= 7, got {args.rounds}")
+    try:
+        from benchmarks.results_io import update_results
+        from benchmarks.timing import compare
+    except ModuleNotFoundError:  # run as a script: benchmarks/ itself is on sys.path
+        from results_io import update_results
+        from timing import compare
 
     import equinox as eqx
     import jax
@@ -366,7 +387,7 @@ def main(argv: list[str] | None = None) -> None:
     import probinf
     from probinf import vi
 
-    steps, repeats = (200, 2) if args.quick else (2000, 7)
+    steps, repeats = (200 if args.quick else 2000), args.rounds
     eval_samples = 20_000 if args.quick else 100_000
 
     class ExpScaleAutoDiagonalNormal(AutoDiagonalNormal):
@@ -478,6 +499,10 @@ def main(argv: list[str] | None = None) -> None:
 
     load_before = os.getloadavg()
     results: dict = {}
+    update_results(args.out, [], {
+        "benchmark": "per-step time of VI: probinf vs numpyro SVI vs genjax", "complete": False,
+        "machine": {"load_average_1_5_15min_before": load_before,
+                    "xla_flags": os.environ.get("XLA_FLAGS", "")}}, fresh=True)
     for problem_name, problem in problems.items():
         print(f"== {problem_name}", flush=True)
         model, model_args = problem["model"], problem["model_args"]
@@ -556,18 +581,27 @@ def main(argv: list[str] | None = None) -> None:
                                  lambda k, chunk=chunk: fit_runner(k[0], chunk),
                                  lambda out: (out.family.loc, out.family.log_scale))
 
-            for _, call, _ in runners.values():  # warm-up
-                jax.block_until_ready(call(keys[0]))
-            seconds = {name: [] for name in runners}
+            # Round-robin: the warm-up round uses keys[0], timed round r keys[r + 1]; the
+            # guides each timed call fitted are kept for the accuracy comparison.
             fitted = {name: [] for name in runners}
-            for r in range(repeats):
-                for name, (_, call, extract) in runners.items():
-                    start = time.perf_counter()
-                    out = jax.block_until_ready(call(keys[r + 1]))
-                    seconds[name].append(time.perf_counter() - start)
-                    fitted[name].append(tuple(np.asarray(a) for a in extract(out)))
 
-            entry = {}
+            def contender(name, call, extract, fitted=fitted, keys=keys):
+                calls = iter(range(len(keys)))
+
+                def run():
+                    index = next(calls)
+                    out = jax.block_until_ready(call(keys[index]))
+                    if index > 0:
+                        fitted[name].append(tuple(np.asarray(a) for a in extract(out)))
+                    return out
+                return run
+
+            timing_all = compare({name: contender(name, call, extract)
+                                  for name, (_, call, extract) in runners.items()},
+                                 rounds=repeats, warmup=1, block_until_ready=False)
+            seconds = {name: t["times_s"] for name, t in timing_all["contenders"].items()}
+
+            entry = {"timing": timing_all}
             for name, (setup_s, _, _) in runners.items():
                 timing = timing_summary(seconds[name], steps)
                 if name.startswith("probinf_fit"):
@@ -620,7 +654,7 @@ def main(argv: list[str] | None = None) -> None:
             ref = entry["probinf_step"]["final_elbo"]
             agreement = {}
             for name in entry:
-                if name == "probinf_step" or "final_elbo" not in entry[name]:
+                if name == "probinf_step" or not isinstance(entry[name], dict) or "final_elbo" not in entry[name]:
                     continue
                 other = entry[name]["final_elbo"]
                 diff = other["mean"] - ref["mean"]
@@ -629,6 +663,7 @@ def main(argv: list[str] | None = None) -> None:
                                    "z": float(diff / se) if se > 0 else None}
             entry["final_elbo_vs_probinf_step"] = agreement
             problem_result["configs"][label] = entry
+            update_results(args.out, ["results", problem_name], problem_result)
             print("      " + ", ".join(f"{k}={v:.3g}" for k, v in ratios.items()), flush=True)
 
         # Sanity check of the flat-order claim above.
@@ -651,8 +686,11 @@ def main(argv: list[str] | None = None) -> None:
             "eval_samples": eval_samples,
             "objectives": {"elbo_1": "ELBO, 1 sample", "elbo_8": "ELBO, 8 samples",
                            "iwae_8": "IWAE / RenyiELBO(alpha=0), K = 8"},
-            "timing": "median over repeats of wall time of a compiled lax.scan of all steps "
-                      "(probinf_fit*: wall time of probinf.fit), divided by steps",
+            "timing": "benchmarks/timing.compare: the in-process contenders alternated call by "
+                      "call (order rotated each round, one untimed warm-up round), median over "
+                      "`repeats` rounds of the wall time of a compiled lax.scan of all steps "
+                      "(probinf_fit*: wall time of probinf.fit), divided by steps; genjax "
+                      "times its repeats in its own subprocess, not interleaved",
             "names": {
                 "probinf_step": "jitted lax.scan of eqx.filter_value_and_grad(objective) + optax, "
                                 "target = probinf.from_numpyro(same numpyro model)",
@@ -684,10 +722,11 @@ def main(argv: list[str] | None = None) -> None:
             "python": platform.python_version(),
             "load_average_1_5_15min_before": load_before,
             "load_average_1_5_15min_after": os.getloadavg(),
+            "xla_flags": os.environ.get("XLA_FLAGS", ""),
         },
     }
-    args.out.parent.mkdir(parents=True, exist_ok=True)
-    args.out.write_text(json.dumps(report, indent=2) + "\n")
+    report["complete"] = True
+    update_results(args.out, [], report)
     print(f"wrote {args.out}")
 
 
@@ -705,7 +744,8 @@ if __name__ == "__main__":
     if len(sys.argv) == 3 and sys.argv[1] == "--genjax-worker":
         genjax_worker(sys.argv[2])
     else:
-        from probinf import xla_cpu_workaround
+        if "--no-xla-workaround" not in sys.argv[1:]:
+            from probinf import xla_cpu_workaround
 
-        xla_cpu_workaround()  # before JAX's first computation (see docs/flows.md)
+            xla_cpu_workaround()  # before JAX's first computation (see docs/flows.md)
         main()

@@ -13,7 +13,7 @@ Run: python benchmarks/iwae_dreg.py  ->  benchmarks/results/iwae_dreg.json
 
 from __future__ import annotations
 
-import json
+import argparse
 import pathlib
 import sys
 import time
@@ -27,6 +27,7 @@ sys.path.insert(0, str(ROOT))
 
 import probinf  # noqa: E402
 from benchmarks.posteriordb import load, score, to_posteriordb_names  # noqa: E402
+from benchmarks.results_io import posteriordb_directory, write_results  # noqa: E402
 from probinf import vi  # noqa: E402
 from probinf.diagnostics import psis  # noqa: E402
 
@@ -42,12 +43,23 @@ def scored(posterior, target, z):
     return float(mean_error), float(log_sd)
 
 
-def main():
+def main(argv=None):
+    parser = argparse.ArgumentParser(description=__doc__.strip().splitlines()[0])
+    parser.add_argument("--data", default=None,
+                        help="folder of the reference data, holding posteriordb/ (default "
+                             "$PROBINF_POSTERIORDB, else $PROBINF_SHARED_DATA/posteriordb, else "
+                             "../shared/data/posteriordb)")
+    parser.add_argument("--out", type=pathlib.Path, default=RESULTS)
+    args = parser.parse_args(argv)
+    try:  # before anything runs
+        folder = posteriordb_directory(args.data)
+    except FileNotFoundError as err:
+        parser.error(str(err))
     from numpyro.infer import init_to_uniform
 
     rows = {}
     for name in POSTERIORS:
-        posterior = load(name)
+        posterior = load(name, folder)
         target = probinf.from_numpyro(posterior.model, *posterior.args, **posterior.kwargs)
         starts = {"pathfinder": vi.initialize(jax.random.key(1), target)}
         try:
@@ -84,7 +96,9 @@ def main():
                     "stop_reason": result.stop_reason,
                 }
                 print(name, start_name, label, rows[f"{name} | {start_name} | {label}"], flush=True)
-    RESULTS.write_text(json.dumps({"description": __doc__, "rows": rows}, indent=1))
+                # after each fit: a crash keeps the rows done
+                write_results(args.out, {"description": __doc__, "rows": rows, "complete": False})
+    write_results(args.out, {"description": __doc__, "rows": rows, "complete": True})
 
 
 if __name__ == "__main__":

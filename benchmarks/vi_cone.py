@@ -57,8 +57,10 @@ from probinf import vi
 
 try:
     from benchmarks.peers import missing_peer_message, peer_python
+    from benchmarks.results_io import update_results
 except ModuleNotFoundError:  # run as a script: benchmarks/ itself is on sys.path
     from peers import missing_peer_message, peer_python
+    from results_io import update_results
 
 REPO = Path(__file__).resolve().parents[1]
 DEFAULT_OUT = REPO / "benchmarks" / "results" / "vi_cone.json"
@@ -239,6 +241,9 @@ def main(argv: list[str] | None = None) -> None:
     target = probinf.from_logdensity(cone_log_density, 2)
     log_evidence = exact_log_evidence()
     results = {}
+    update_results(args.out, [], {"benchmark": "noisy cone objective values (Becker et al., PLDI "
+                                  "2024, Table 4) with probinf", "complete": False,
+                                  "exact_log_evidence": log_evidence, "results": {}}, fresh=True)
     for index, (name, (family, objective, evaluation)) in enumerate(experiments().items()):
         runs = [train_and_evaluate(name, family, objective, evaluation, target, steps,
                                    seed=1000 * index + seed) for seed in range(seeds)]
@@ -255,6 +260,7 @@ def main(argv: list[str] | None = None) -> None:
               f"({', '.join(f'{m:.2f}' for m in means)}); estimate sd "
               f"{results[name]['sd_of_one_estimate']:.3f}; paper "
               f"{PAPER_TABLE_4['genjax.vi'][name]}", flush=True)
+        update_results(args.out, ["results", name], results[name])  # a crash keeps it
 
     authors = None
     if args.authors_code is not None:
@@ -301,8 +307,8 @@ def main(argv: list[str] | None = None) -> None:
         "machine": {"platform": platform.platform(), "cpu_count": os.cpu_count(),
                     "jax_backend": jax.default_backend(), "python": platform.python_version()},
     }
-    args.out.parent.mkdir(parents=True, exist_ok=True)
-    args.out.write_text(json.dumps(report, indent=2) + "\n")
+    report["complete"] = True
+    update_results(args.out, [], report)
     print(f"exact log evidence {log_evidence:.4f}; wrote {args.out}")
 
 
