@@ -700,8 +700,16 @@ def fit_debd(
         train: ``(N, V)`` integer data (binary: Bernoulli inputs; else Categorical).
         valid: optional validation data (early stopping and model selection).
         key: PRNG key (bootstrap trees, initial parameters, mini-batch shuffling).
-        latent, num_trees, pseudocount, softening, entropy_reg, batch_size,
-        minibatch_epochs, fullbatch_epochs, step_size, patience: see above.
+        latent: units per CP layer (the hidden variables' states).
+        num_trees: hidden Chow-Liu trees in the mixture.
+        pseudocount: ``alpha`` added to every expected count.
+        softening: ``beta``, data softening towards the marginals.
+        entropy_reg: ``tau``, weight of the entropy penalty.
+        batch_size: rows per mini-batch EM update.
+        minibatch_epochs: most epochs of the mini-batch phase.
+        fullbatch_epochs: most epochs of the full-batch phase.
+        step_size: the mini-batch phase's step size or schedule (see :func:`em`).
+        patience: epochs of falling validation likelihood that end a phase (None: never).
         progress: show progress bars (default: when on a terminal).
 
     Returns:

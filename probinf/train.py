@@ -568,9 +568,10 @@ def run(
         A `TrainResult`.
 
     Raises:
-        TypeError: a step, state, key or stopping rule of the wrong kind; ValueError: an
-        invalid option, data whose arrays disagree on their rows, a ``batch_size`` above the
-        number of rows, or a checkpoint from another run (other key, model or data).
+        TypeError: a step, state, key or stopping rule of the wrong kind.
+        ValueError: an invalid option, data whose arrays disagree on their rows, a
+            ``batch_size`` above the number of rows, or a checkpoint from another run
+            (other key, model or data).
     """
     started = time.perf_counter()
     if not callable(step):
