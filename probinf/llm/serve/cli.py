@@ -18,34 +18,23 @@ __all__ = ["add_serve_parser", "cmd_serve"]
 _ALIASES = ("pf", "epf", "pg", "bon", "mv", "vote", "beam")  # kept equal to METHOD_ALIASES by a test
 
 
-def _seconds(text: str) -> float:
-    try:
-        value = float(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected a positive number of seconds, got {text!r}") from None
-    if not value > 0:
-        raise argparse.ArgumentTypeError(f"expected a positive number of seconds, got {text!r}")
-    return value
+def _checked(parse, accept, expected: str):
+    """An argparse ``type``: ``parse`` the text and ``accept`` the value, else one clear error."""
+    def convert(text: str):
+        try:
+            value = parse(text)
+        except ValueError:
+            value = None
+        if value is None or not accept(value):
+            raise argparse.ArgumentTypeError(f"expected {expected}, got {text!r}")
+        return value
+
+    return convert
 
 
-def _port(text: str) -> int:
-    try:
-        value = int(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected a port number in [0, 65535], got {text!r}") from None
-    if not 0 <= value <= 65535:
-        raise argparse.ArgumentTypeError(f"expected a port number in [0, 65535], got {text!r}")
-    return value
-
-
-def _non_negative(text: str) -> int:
-    try:
-        value = int(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected an integer >= 0, got {text!r}") from None
-    if value < 0:
-        raise argparse.ArgumentTypeError(f"expected an integer >= 0, got {text!r}")
-    return value
+_seconds = _checked(float, lambda v: v > 0, "a positive number of seconds")
+_port = _checked(int, lambda v: 0 <= v <= 65535, "a port number in [0, 65535]")
+_non_negative = _checked(int, lambda v: v >= 0, "an integer >= 0")
 
 
 def add_serve_parser(subparsers) -> argparse.ArgumentParser:
