@@ -667,3 +667,18 @@ def test_two_lines_from_a_transformers_model_and_tokenizer():
                         **SERVER_DEFAULTS)
     assert result.text == expected.text and result.budget.tokens == expected.budget.tokens
     assert [p.tokens for p in result.particles] == [p.tokens for p in expected.particles]
+
+
+@pytest.mark.parametrize("args, message", [
+    (["--port", "70000"], "expected a port number in [0, 65535], got '70000'"),
+    (["--timeout", "abc"], "expected a positive number of seconds, got 'abc'"),
+    (["--timeout", "nan"], "expected a positive number of seconds, got 'nan'"),
+    (["--timeout", "0"], "expected a positive number of seconds, got '0'"),
+])
+def test_serve_arguments_are_checked_before_anything_starts(args, message, capsys):
+    from probinf.cli import main
+
+    with pytest.raises(SystemExit) as exit_info:
+        main(["serve", *args])
+    assert exit_info.value.code == 2
+    assert message in capsys.readouterr().err
