@@ -471,14 +471,19 @@ def chat_chunks(result, spec: RequestSpec, prompt_tokens: int | None, base: dict
               for step in steps if step]
     chunks.append({**base, "choices": [{"index": 0, "delta": {}, "logprobs": None,
                                         "finish_reason": _finish_reason(result)}]})
-    if spec.include_usage or spec.return_particles:
-        last = {**base, "choices": []}
-        if spec.include_usage:
-            last["usage"] = usage(result, prompt_tokens)
-        if spec.return_particles:
-            last["probinf"] = particles_field(result, spec, prompt_tokens)
-        chunks.append(last)
-    return chunks
+    return chunks + _closing_chunk(result, spec, prompt_tokens, base)
+
+
+def _closing_chunk(result, spec: RequestSpec, prompt_tokens: int | None, base: dict) -> list[dict]:
+    """The last stream body, when asked for: usage and/or the particles, no choices."""
+    if not (spec.include_usage or spec.return_particles):
+        return []
+    last = {**base, "choices": []}
+    if spec.include_usage:
+        last["usage"] = usage(result, prompt_tokens)
+    if spec.return_particles:
+        last["probinf"] = particles_field(result, spec, prompt_tokens)
+    return [last]
 
 
 def completion_chunks(result, spec: RequestSpec, prompt_tokens: int | None, base: dict) -> list[dict]:
@@ -488,11 +493,4 @@ def completion_chunks(result, spec: RequestSpec, prompt_tokens: int | None, base
               for step in steps if step]
     chunks.append({**base, "choices": [{"index": 0, "text": "", "logprobs": None,
                                         "finish_reason": _finish_reason(result)}]})
-    if spec.include_usage or spec.return_particles:
-        last = {**base, "choices": []}
-        if spec.include_usage:
-            last["usage"] = usage(result, prompt_tokens)
-        if spec.return_particles:
-            last["probinf"] = particles_field(result, spec, prompt_tokens)
-        chunks.append(last)
-    return chunks
+    return chunks + _closing_chunk(result, spec, prompt_tokens, base)
