@@ -50,8 +50,8 @@ import optax
 import circuits
 from circuits import learning
 from circuits.integral import fit_integral, integral_circuit
-from circuits.learning import _gradient_epoch
 from circuits.quadrature import quadrature_rule
+from probinf import train as engine
 
 REPO = pathlib.Path(__file__).resolve().parents[1]
 try:
@@ -154,16 +154,24 @@ def train_pc_em(pc, data, epochs, batch):
     return result.circuit, result, epoch, memory, pc.num_parameters
 
 
+def gradient_epoch_cost(loss, params, optimizer, x, batch) -> tuple[float, dict]:
+    """Median seconds of one training epoch on the engine (warm) and one step's memory."""
+    step = engine.make_step(loss, optimizer)
+    state = engine.init(params, optimizer)
+    x = jnp.asarray(x, jnp.float32)
+    batch = min(batch, x.shape[0])
+    epoch = median_seconds(lambda: engine.run(step, state, key=jax.random.key(0), epochs=1,
+                                              data=x, batch_size=batch, progress=False).losses)
+    memory = step_memory(lambda s, xb: step(s, jax.random.key(0), xb), state, x[:batch])
+    return epoch, memory
+
+
 def train_pc_adam(pc, data, epochs, batch, lr, key):
     optimizer = optax.adam(lr)
     result = circuits.fit_gradient(pc, data["train"], optimizer, key=key, num_epochs=epochs,
                                    batch_size=batch, valid=data["valid"], progress=False)
-    batches, weights = batches_of(data["train"], batch)
-    state = optimizer.init(eqx.filter(pc, eqx.is_inexact_array))
-    epoch = median_seconds(lambda: learning._gradient_epoch(pc, state, batches, weights,
-                                                            optimizer)[2])
-    memory = step_memory(lambda c, s, xb, wb: learning._gradient_epoch(c, s, xb, wb, optimizer),
-                         pc, state, batches[:1], weights[:1])
+    epoch, memory = gradient_epoch_cost(learning._NegativeLogLikelihood(), pc, optimizer,
+                                        data["train"], batch)
     return result.circuit, result, epoch, memory, pc.num_parameters
 
 
@@ -171,13 +179,8 @@ def train_pic(pic, data, epochs, batch, lr, rule, key):
     optimizer = optax.adam(lr)
     result = fit_integral(pic, data["train"], optimizer, rule, key=key, num_epochs=epochs,
                           batch_size=batch, valid=data["valid"], progress=False)
-    batches, weights = batches_of(data["train"], batch)
-    state = optimizer.init(eqx.filter(pic, eqx.is_inexact_array))
-    epoch = median_seconds(lambda: _gradient_epoch(pic, state, batches, weights, optimizer,
-                                                   (rule, "auto"))[2])
-    memory = step_memory(lambda p, s, xb, wb: _gradient_epoch(p, s, xb, wb, optimizer,
-                                                              (rule, "auto")),
-                         pic, state, batches[:1], weights[:1])
+    epoch, memory = gradient_epoch_cost(learning._NegativeLogLikelihood(rule, "auto"), pic,
+                                        optimizer, data["train"], batch)
     return result.circuit, result, epoch, memory, pic.num_parameters
 
 

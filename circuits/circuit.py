@@ -35,6 +35,7 @@ from circuits.kernels import BACKENDS, default_backend, fused_log_matmul_exp
 from circuits.layers import cp_layer, kronecker, log_matmul_exp, mixing_layer, tucker_layer
 from circuits.region_graph import RegionGraph
 from circuits.structure import CircuitStructure
+from probinf._checks import check_key, check_positive_int
 
 __all__ = ["Circuit", "compile_circuit"]
 
@@ -245,20 +246,6 @@ def top_down(key, structure: CircuitStructure, groups, log_w, log_mix, batch: in
 # ---------------------------------------------------------------------------
 def _is_traced(*arrays) -> bool:
     return any(isinstance(a, jax.core.Tracer) for a in arrays)
-
-
-def _check_key(key, name: str = "key") -> None:
-    """A TypeError unless ``key`` is one PRNG key: typed ``key<impl>[]`` or raw ``uint32[2]``."""
-    if isinstance(key, jax.Array):
-        if jnp.issubdtype(key.dtype, jax.dtypes.prng_key) and key.shape == ():
-            return
-        if key.dtype == jnp.uint32 and key.shape == (2,):
-            return
-        got = f"an array of dtype {key.dtype} and shape {tuple(key.shape)}"
-    else:
-        got = f"{type(key).__name__} {key!r}"
-    raise TypeError(f"`{name}` must be one JAX PRNG key (jax.random.key(0) or "
-                    f"jax.random.PRNGKey(0)), got {got}")
 
 
 def _check_params(tree, name: str) -> None:
@@ -633,13 +620,8 @@ class Circuit(eqx.Module):
                     "refine=None for the max-product completion")
             if max_steps is None:
                 max_steps = self.num_variables
-            if isinstance(max_steps, bool) or not isinstance(max_steps, (int, np.integer)) \
-                    or max_steps < 1:
-                raise ValueError(f"`max_steps` must be a positive integer, got {max_steps!r}")
-            if isinstance(num_restarts, bool) or not isinstance(num_restarts, (int, np.integer)) \
-                    or num_restarts < 0:
-                raise ValueError(f"`num_restarts` must be a non-negative integer, got "
-                                 f"{num_restarts!r}")
+            max_steps = check_positive_int(max_steps, "max_steps")
+            num_restarts = check_positive_int(num_restarts, "num_restarts", minimum=0)
             if num_restarts and key is None:
                 raise ValueError(f"`key` is required for num_restarts={num_restarts} (the "
                                  "restarts are random draws)")
@@ -647,7 +629,7 @@ class Circuit(eqx.Module):
                 raise ValueError("`key` was given but num_restarts=0: nothing is random "
                                  "(set num_restarts > 0 for random restarts)")
             if key is not None:
-                _check_key(key)
+                check_key(key)
         else:
             for name, value, default in (("max_steps", max_steps, None),
                                          ("num_restarts", num_restarts, 0), ("key", key, None)):
@@ -696,11 +678,8 @@ class Circuit(eqx.Module):
             TypeError: if ``key`` is not a JAX PRNG key.
             ValueError: if ``num_samples`` is not a positive integer.
         """
-        _check_key(key)
-        if isinstance(num_samples, bool) or not isinstance(num_samples, (int, np.integer)) \
-                or num_samples < 1:
-            raise ValueError(f"`num_samples` must be a positive integer, got {num_samples!r}")
-        num_samples = int(num_samples)
+        check_key(key)
+        num_samples = check_positive_int(num_samples, "num_samples")
         return _jit_sample(key, self, num_samples)
 
     def sample_conditional(self, key: PRNGKeyArray, x: Float[Array, "*batch V"],
@@ -718,7 +697,7 @@ class Circuit(eqx.Module):
             ValueError: naming the variable for invalid evidence, or if the evidence has
                 probability zero.
         """
-        _check_key(key)
+        check_key(key)
         x2, mask, batch_shape = self._prepare(x, evidence)
         if not _is_traced(x2):
             _check_evidence_possible(_jit_log_marginal(self, x2, mask), "evidence")
@@ -753,10 +732,9 @@ class Circuit(eqx.Module):
         """
         from probinf.diagnostics import to_inference_data
 
-        _check_key(key)
-        for name, value in (("num_samples", num_samples), ("num_chains", num_chains)):
-            if isinstance(value, bool) or not isinstance(value, (int, np.integer)) or value < 1:
-                raise ValueError(f"`{name}` must be a positive integer, got {value!r}")
+        check_key(key)
+        num_samples = check_positive_int(num_samples, "num_samples")
+        num_chains = check_positive_int(num_chains, "num_chains")
         total = int(num_samples) * int(num_chains)
         variables = np.arange(self.num_variables)
         groups, coords = {}, {}
@@ -1058,7 +1036,7 @@ def compile_circuit(
     if not isinstance(input_layer, InputLayer):
         raise TypeError(f"`input_layer` must be an InputLayer (e.g. Bernoulli()), got "
                         f"{type(input_layer).__name__}")
-    _check_key(key)
+    check_key(key)
     if backend not in BACKENDS:
         raise ValueError(f"`backend` must be one of {BACKENDS}, got {backend!r}")
     if not region_graph.partitions:

@@ -46,16 +46,12 @@ import jax.numpy as jnp
 import numpy as np
 from jaxtyping import Array, Float, PRNGKeyArray
 
+from probinf._checks import check_positive_int
+
 __all__ = ["FunctionGroup", "NeuralFunctions", "SHARING"]
 
 #: Functional-sharing modes of :class:`NeuralFunctions`.
 SHARING = ("none", "full", "composite")
-
-
-def _check_int(value, name: str, minimum: int) -> int:
-    if isinstance(value, bool) or not isinstance(value, (int, np.integer)) or value < minimum:
-        raise ValueError(f"`{name}` must be an integer >= {minimum}, got {value!r}")
-    return int(value)
 
 
 class FunctionGroup(eqx.Module):
@@ -129,12 +125,12 @@ class NeuralFunctions(FunctionGroup):
                  num_features: int = 32, sigma: float = 1.0, output_bias=None):
         if sharing not in SHARING:
             raise ValueError(f"`sharing` must be one of {SHARING}, got {sharing!r}")
-        self.num_functions = _check_int(num_functions, "num_functions", 1)
-        self.input_dim = _check_int(input_dim, "input_dim", 1)
-        self.output_dim = _check_int(output_dim, "output_dim", 1)
-        hidden = _check_int(hidden, "hidden", 1)
-        num_layers = _check_int(num_layers, "num_layers", 1)
-        num_features = _check_int(num_features, "num_features", 2)
+        self.num_functions = check_positive_int(num_functions, "num_functions")
+        self.input_dim = check_positive_int(input_dim, "input_dim")
+        self.output_dim = check_positive_int(output_dim, "output_dim")
+        hidden = check_positive_int(hidden, "hidden")
+        num_layers = check_positive_int(num_layers, "num_layers")
+        num_features = check_positive_int(num_features, "num_features", minimum=2)
         if num_features % 2:
             raise ValueError(f"`num_features` must be even (cosines and sines), got {num_features}")
         if not (isinstance(sigma, (int, float)) and sigma > 0):

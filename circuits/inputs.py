@@ -25,6 +25,8 @@ import jax.numpy as jnp
 import numpy as np
 from jax.scipy.special import gammaln
 
+from probinf._checks import check_positive_int
+
 __all__ = ["InputLayer", "Bernoulli", "Categorical", "Gaussian", "Binomial"]
 
 _LOG_2PI = math.log(2.0 * math.pi)
@@ -299,10 +301,7 @@ class Binomial(InputLayer):
     total_count: int = 1
 
     def __post_init__(self):
-        if isinstance(self.total_count, bool) or not isinstance(
-            self.total_count, (int, np.integer)
-        ) or self.total_count < 1:
-            raise ValueError(f"`total_count` must be a positive integer, got {self.total_count!r}")
+        check_positive_int(self.total_count, "total_count")
 
     def init_params(self, key, num_slots, num_units, data_slots=None):
         if data_slots is None:

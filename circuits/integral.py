@@ -46,7 +46,6 @@ from __future__ import annotations
 
 import functools
 import math
-import time
 from dataclasses import dataclass
 
 import equinox as eqx
@@ -61,16 +60,16 @@ from circuits.functions import SHARING, FunctionGroup, NeuralFunctions
 from circuits.inputs import Bernoulli, Binomial, Categorical, Gaussian, InputLayer
 from circuits.kernels import BACKENDS
 from circuits.learning import (
-    _batches,
-    _check_positive_int,
-    _gradient_epoch,
+    _MaterialisedValidation,
+    _NegativeLogLikelihood,
     _prepare_data,
+    _train,
     average_log_likelihood,
 )
 from circuits.quadrature import QuadratureRule
 from circuits.region_graph import RegionGraph
 from circuits.structure import CircuitStructure
-from probinf._tree import all_finite
+from probinf._checks import check_positive_int
 
 __all__ = [
     "IntegralCircuit",
@@ -434,9 +433,9 @@ class IntegralTrainResult:
         final_train_log_likelihood: mean train log-likelihood of ``circuit``.
         num_epochs: epochs run.
         stop_reason: ``"completed"`` or a sentence naming the epoch at which the
-            log-likelihood became non-finite (its update was discarded).
-        seconds: wall-clock training time.
-        epoch_seconds: wall-clock time of each epoch (the first includes compilation).
+            log-likelihood or a parameter became non-finite (training then keeps the
+            parameters before that step).
+        seconds: wall-clock training time (compilation included).
     """
 
     pic: IntegralCircuit
@@ -447,7 +446,6 @@ class IntegralTrainResult:
     num_epochs: int
     stop_reason: str
     seconds: float
-    epoch_seconds: np.ndarray
 
 
 def fit_integral(
@@ -468,8 +466,9 @@ def fit_integral(
 
     Each step materialises the QPC with ``rule`` and takes an optimizer step on the
     negative mean log-likelihood of a mini-batch; the gradient flows through the
-    quadrature weights into the functions' parameters (Gala et al. 2024). Each
-    epoch is one jit-compiled ``lax.scan`` over shuffled mini-batches.
+    quadrature weights into the functions' parameters (Gala et al. 2024). Training
+    runs on `probinf.train`'s compiled driver over shuffled mini-batches (an epoch is
+    ``N // batch_size`` steps).
 
     Args:
         pic: the integral circuit.
@@ -491,60 +490,33 @@ def fit_integral(
         ValueError: naming the argument for bad sizes, a rule off the domain, or
             invalid data (naming the variable).
     """
-    from probinf._progress import progress_bar
-
     if not isinstance(pic, IntegralCircuit):
         raise TypeError(f"`pic` must be an IntegralCircuit, got {type(pic).__name__}")
     if not isinstance(optimizer, optax.GradientTransformation):
         raise TypeError(f"`optimizer` must be an optax GradientTransformation, got "
                         f"{type(optimizer).__name__}")
-    num_epochs = _check_positive_int(num_epochs, "num_epochs")
-    batch_size = _check_positive_int(batch_size, "batch_size")
+    num_epochs = check_positive_int(num_epochs, "num_epochs")
+    batch_size = check_positive_int(batch_size, "batch_size")
     pic.check_rule(rule)
     template = pic.materialize(rule, backend)
     x = _prepare_data(template, data, "data")
     valid_x = None if valid is None else _prepare_data(template, valid, "valid")
     batch_size = min(batch_size, x.shape[0])
-    opt_state = optimizer.init(eqx.filter(pic, eqx.is_inexact_array))
-    n = x.shape[0]
-    started = time.perf_counter()
-    train_history, valid_history, epoch_seconds = [], [], []
-    best, best_valid = pic, -np.inf
-    stop_reason = "completed"
-    with progress_bar(total=num_epochs, enabled=progress, desc="PIC") as bar:
-        for epoch in range(num_epochs):
-            epoch_start = time.perf_counter()
-            order = jax.random.permutation(jax.random.fold_in(key, epoch), n)
-            batches, weights = _batches(x[order], batch_size)
-            updated, new_state, total_ll = _gradient_epoch(pic, opt_state, batches, weights,
-                                                           optimizer, (rule, backend))
-            mean_ll = float(total_ll) / n
-            epoch_seconds.append(time.perf_counter() - epoch_start)
-            if not np.isfinite(mean_ll) or not bool(all_finite(updated)):
-                stop_reason = (f"stopped at epoch {epoch}: the log-likelihood or a parameter "
-                               "became non-finite; that epoch's update was discarded")
-                break
-            pic, opt_state = updated, new_state
-            train_history.append(mean_ll)
-            if valid_x is not None:
-                valid_ll = average_log_likelihood(pic.materialize(rule, backend), valid_x)
-                valid_history.append(valid_ll)
-                if valid_ll > best_valid:
-                    best, best_valid = pic, valid_ll
-                bar.set_postfix(train=f"{mean_ll:.3f}", valid=f"{valid_ll:.3f}")
-            else:
-                bar.set_postfix(train=f"{mean_ll:.3f}")
-            bar.update(1)
-    final = best if (keep_best and valid_history) else pic
+    from probinf import train as engine
+
+    final, train_ll, valid_ll, stop_reason, seconds = _train(
+        engine.make_step(_NegativeLogLikelihood(rule, backend), optimizer),
+        engine.init(pic, optimizer), x, data=x, batch_size=batch_size, num_epochs=num_epochs,
+        key=key, valid=valid_x, validate=_MaterialisedValidation(rule, backend),
+        keep_best=keep_best, patience=None, progress=progress, desc="PIC")
     circuit = final.materialize(rule, backend)
     return IntegralTrainResult(
         pic=final,
         circuit=circuit,
-        train_log_likelihood=np.asarray(train_history),
-        valid_log_likelihood=np.asarray(valid_history),
+        train_log_likelihood=np.asarray(train_ll),
+        valid_log_likelihood=np.asarray(valid_ll),
         final_train_log_likelihood=average_log_likelihood(circuit, x),
-        num_epochs=len(train_history),
+        num_epochs=len(train_ll),
         stop_reason=stop_reason,
-        seconds=time.perf_counter() - started,
-        epoch_seconds=np.asarray(epoch_seconds),
+        seconds=seconds,
     )

@@ -28,7 +28,6 @@ log-likelihood with any optax optimizer over the unconstrained parameters
 from __future__ import annotations
 
 import math
-import time
 from dataclasses import dataclass
 
 import equinox as eqx
@@ -40,6 +39,7 @@ import optax
 from circuits.circuit import Circuit, compile_circuit, root_value, upward
 from circuits.inputs import Bernoulli, Categorical
 from circuits.region_graph import RegionGraph, chow_liu_tree
+from probinf._checks import check_key, check_positive_int
 
 __all__ = ["TrainResult", "em", "fit_gradient", "average_log_likelihood", "step_size_schedule",
            "soft_evidence", "hclt", "fit_debd"]
@@ -58,8 +58,9 @@ class TrainResult:
             (empty without ``valid``).
         final_train_log_likelihood: mean train log-likelihood of ``circuit``.
         num_epochs: epochs run.
-        stop_reason: ``"completed"`` or a sentence naming the epoch at which the
-            log-likelihood became non-finite (its update was discarded).
+        stop_reason: ``"completed"``, or a sentence naming the epoch of an early stop
+            or of a non-finite log-likelihood or parameter (training then keeps the
+            parameters before that step).
         seconds: wall-clock training time.
     """
 
@@ -73,12 +74,6 @@ class TrainResult:
 
 
 # ----------------------------------------------------------------- helpers
-def _check_positive_int(value, name):
-    if isinstance(value, bool) or not isinstance(value, (int, np.integer)) or value < 1:
-        raise ValueError(f"`{name}` must be a positive integer, got {value!r}")
-    return int(value)
-
-
 def _prepare_data(circuit: Circuit, data, name: str) -> jax.Array:
     if data is None:
         return None
@@ -115,7 +110,7 @@ def average_log_likelihood(circuit: Circuit, data, batch_size: int = 1024) -> fl
     Raises:
         ValueError: naming the variable for invalid data (see :meth:`Circuit.log_prob`).
     """
-    batch_size = _check_positive_int(batch_size, "batch_size")
+    batch_size = check_positive_int(batch_size, "batch_size")
     x = _prepare_data(circuit, data, "data")
     batches, weights = _batches(x, batch_size)
     total = sum(float(_batch_log_likelihood(circuit, xb, wb))
@@ -366,58 +361,124 @@ def _mini_batch_epoch(circuit, batches, weights, pseudocount, step_size, softene
     return eqx.combine(params, static), jnp.sum(lls)
 
 
-def _finite(circuit) -> bool:
-    leaves = jax.tree_util.tree_leaves(eqx.filter(circuit, eqx.is_inexact_array))
-    return all(bool(jnp.all(jnp.isfinite(x) | (x == -jnp.inf))) for x in leaves)
+def _finite_or_minus_inf(tree) -> jax.Array:
+    """All inexact arrays finite, -inf allowed (a log-weight of an impossible child)."""
+    leaves = jax.tree_util.tree_leaves(eqx.filter(tree, eqx.is_inexact_array))
+    return jnp.all(jnp.stack([jnp.all(jnp.isfinite(x) | (x == -jnp.inf)) for x in leaves]))
 
 
-def _train_loop(circuit, x, valid, num_epochs, run_epoch, keep_best, progress, desc,
-                patience=None):
-    from probinf._progress import progress_bar
+def _mean_log_likelihood(circuit, batches, weights):
+    """Mean log-likelihood of padded ``(batches, weights)`` (see `_batches`), compiled whole."""
+    totals = jax.lax.map(lambda bw: _batch_log_likelihood(circuit, *bw), (batches, weights))
+    return jnp.sum(totals) / jnp.sum(weights)
 
-    n = x.shape[0]
-    started = time.perf_counter()
-    train_history, valid_history = [], []
-    best, best_valid = circuit, -np.inf
-    stop_reason = "completed"
-    decreases = 0
-    with progress_bar(total=num_epochs, enabled=progress, desc=desc) as bar:
-        for epoch in range(num_epochs):
-            updated, total_ll = run_epoch(epoch, circuit)
-            mean_ll = float(total_ll) / n
-            if not np.isfinite(mean_ll) or not _finite(updated):
-                stop_reason = (f"stopped at epoch {epoch}: the log-likelihood or a parameter "
-                               "became non-finite; that epoch's update was discarded")
-                break
-            train_history.append(mean_ll)
-            circuit = updated
-            if valid is not None:
-                valid_ll = average_log_likelihood(circuit, valid)
-                valid_history.append(valid_ll)
-                if valid_ll > best_valid:
-                    best, best_valid = circuit, valid_ll
-                bar.set_postfix(train=f"{mean_ll:.3f}", valid=f"{valid_ll:.3f}")
-                decreases = decreases + 1 if (len(valid_history) > 1
-                                              and valid_ll < valid_history[-2]) else 0
-                if patience is not None and decreases > patience:
-                    bar.update(1)
-                    stop_reason = (f"early stop at epoch {epoch}: the validation log-likelihood "
-                                   f"decreased {decreases} epochs in a row")
-                    break
-            else:
-                bar.set_postfix(train=f"{mean_ll:.3f}")
-            bar.update(1)
-    final = best if (keep_best and valid is not None and valid_history) else circuit
-    seconds = time.perf_counter() - started
-    return TrainResult(
-        circuit=final,
-        train_log_likelihood=np.asarray(train_history),
-        valid_log_likelihood=np.asarray(valid_history),
-        final_train_log_likelihood=average_log_likelihood(final, x),
-        num_epochs=len(train_history),
-        stop_reason=stop_reason,
-        seconds=seconds,
+
+def _validation_loss(circuit, validation_batches):
+    return -_mean_log_likelihood(circuit, *validation_batches)
+
+
+class _EMStep(eqx.Module):
+    """One EM update as a `probinf.train` step (the engine's non-gradient kind).
+
+    With ``full_batch`` the batch is the whole padded training set ``(batches, weights)``
+    and one step is one epoch of EM; otherwise the batch is ``batch_size`` rows and the
+    step blends the batch's M-step into the parameters with the step size of its epoch.
+    The loss is the negative mean log-likelihood under the parameters the step started from.
+    """
+
+    step_sizes: jax.Array | None  # per epoch; None: the constant below, compiled in
+    constant_step: float | None = eqx.field(static=True)
+    steps_per_epoch: int = eqx.field(static=True)
+    pseudocount: float = eqx.field(static=True)
+    entropy_reg: float = eqx.field(static=True)
+    softened: bool = eqx.field(static=True)
+    full_batch: bool = eqx.field(static=True)
+
+    def __call__(self, state, key, batch):
+        from probinf.train import StepInfo, TrainState
+
+        del key  # EM is deterministic; the engine's shuffling already drew the batch
+        circuit = state.params
+        if self.constant_step is not None:
+            step_size = self.constant_step
+        else:
+            step_size = self.step_sizes[jnp.minimum(state.step // self.steps_per_epoch,
+                                                    self.step_sizes.shape[0] - 1)]
+        if self.full_batch:
+            updated, total = _full_batch_epoch(circuit, *batch, self.pseudocount, step_size,
+                                               self.softened, self.entropy_reg)
+            rows = jnp.sum(batch[1])
+        else:
+            rows = jnp.asarray(batch.shape[0], batch.dtype)
+            total, stats = _expected_statistics(circuit, batch, jnp.ones(batch.shape[0]),
+                                                self.softened)
+            updated = _m_step(circuit, stats, self.pseudocount, step_size, self.entropy_reg,
+                              rows)
+        loss = -total / rows
+        finite = jnp.isfinite(loss) & _finite_or_minus_inf(updated)
+        return TrainState(updated, None, state.step + 1), StepInfo(loss, finite)
+
+
+@dataclass(frozen=True)
+class _NegativeLogLikelihood:
+    """``-mean log p(batch)`` of a circuit, or of an integral circuit materialised with
+    ``rule`` (hashable, so `probinf.train` reuses its compiled loop)."""
+
+    rule: object = None
+    backend: str = "auto"
+
+    def __call__(self, model, key, batch):
+        del key
+        if self.rule is not None:
+            model = model.materialize(self.rule, self.backend)
+        return -jnp.mean(model._log_marginal(batch, jnp.ones_like(batch, bool)))
+
+
+@dataclass(frozen=True)
+class _MaterialisedValidation:
+    rule: object
+    backend: str
+
+    def __call__(self, pic, validation_batches):
+        return _validation_loss(pic.materialize(self.rule, self.backend), validation_batches)
+
+
+def _train(step, state, x, *, data, batch_size, num_epochs, key, valid, validate, keep_best,
+           patience, progress, desc):
+    """Run ``step`` for ``num_epochs`` on `probinf.train`'s driver; the circuits' result pieces.
+
+    Returns ``(params, train_ll, valid_ll, stop_reason, seconds)``: per-epoch mean train
+    log-likelihoods (of the steps' batches, before each update), validation log-likelihoods
+    after each epoch, and the parameters (the best on ``valid`` when ``keep_best``).
+    """
+    from probinf import train as engine
+
+    steps_per_epoch = 1 if batch_size is None else x.shape[0] // batch_size
+    with_valid = valid is not None
+    result = engine.run(
+        step, state, key=jax.random.key(0) if key is None else key,
+        steps=num_epochs * steps_per_epoch, data=data, batch_size=batch_size,
+        validate=validate if with_valid else None,
+        validation_data=_batches(valid, min(1024, valid.shape[0])) if with_valid else None,
+        validate_every=steps_per_epoch if with_valid else None,
+        patience=patience if with_valid else None,
+        progress=progress, warn=False, name=desc,
     )
+    epochs_done = result.num_steps // steps_per_epoch
+    train_ll = -result.losses[: epochs_done * steps_per_epoch].reshape(
+        epochs_done, steps_per_epoch).mean(axis=1)
+    valid_ll = -result.validation_losses
+    if result.stop_reason == "non_finite":
+        stop_reason = (f"stopped at epoch {result.nonfinite_step // steps_per_epoch} (step "
+                       f"{result.nonfinite_step}): the log-likelihood or a parameter became "
+                       "non-finite; kept the parameters before that step")
+    elif result.stop_reason == "early_stopping":
+        stop_reason = (f"early stop after epoch {epochs_done - 1}: the validation "
+                       f"log-likelihood did not improve for {patience} epochs")
+    else:
+        stop_reason = result.stop_reason
+    params = result.params if (keep_best and with_valid and len(valid_ll)) else result.state.params
+    return params, train_ll, valid_ll, stop_reason, result.seconds
 
 
 _SCHEDULES = ("linear", "cosine")
@@ -436,7 +497,7 @@ def step_size_schedule(step_size, num_epochs: int) -> list[float]:
     Raises:
         ValueError: naming ``step_size`` for an unknown schedule or a value outside (0, 1].
     """
-    num_epochs = _check_positive_int(num_epochs, "num_epochs")
+    num_epochs = check_positive_int(num_epochs, "num_epochs")
     if isinstance(step_size, tuple):
         if (len(step_size) != 3 or step_size[0] not in _SCHEDULES
                 or not all(isinstance(v, (int, float)) and not isinstance(v, bool)
@@ -540,7 +601,8 @@ def em(
         data: complete training data ``(N, V)``.
         num_epochs: passes over the data.
         batch_size: ``None`` for full-batch EM (statistics are still accumulated in
-            chunks of 1024 rows); an integer for mini-batch EM with one update per batch.
+            chunks of 1024 rows); an integer for mini-batch EM with one update per batch
+            (an epoch is ``N // batch_size`` updates; the remaining rows sit out that epoch).
         step_size: ``lambda`` in ``(0, 1]``, or a per-epoch schedule: a callable
             ``epoch -> lambda`` or ``("linear" | "cosine", start, end)`` (see
             :func:`step_size_schedule`); full-batch EM uses 1 unless told otherwise.
@@ -551,8 +613,8 @@ def em(
         key: PRNG key to shuffle the data each epoch (required for mini-batch EM).
         valid: optional validation data, evaluated after every epoch.
         keep_best: return the parameters with the best validation log-likelihood.
-        patience: with ``valid``, stop once the validation log-likelihood has decreased
-            more than ``patience`` epochs in a row (the authors' rule); ``None``: never.
+        patience: with ``valid``, stop once the validation log-likelihood has not
+            improved on its best for ``patience`` epochs; ``None``: never.
         progress: show a progress bar (default: when on a terminal).
 
     Returns:
@@ -569,7 +631,7 @@ def em(
     if not circuit.normalized:
         raise ValueError("`circuit` is unnormalised (normalized=False); EM needs normalised "
                          "weights — use fit_gradient")
-    num_epochs = _check_positive_int(num_epochs, "num_epochs")
+    num_epochs = check_positive_int(num_epochs, "num_epochs")
     constant_step = isinstance(step_size, (int, float)) and not isinstance(step_size, bool)
     if constant_step and not 0.0 < step_size <= 1.0:
         raise ValueError(f"`step_size` must be in (0, 1], got {step_size!r}")
@@ -582,7 +644,7 @@ def em(
             and math.isfinite(entropy_reg)):
         raise ValueError(f"`entropy_reg` must be a finite number >= 0, got {entropy_reg!r}")
     if patience is not None:
-        patience = _check_positive_int(patience, "patience")
+        patience = check_positive_int(patience, "patience")
     x = _prepare_data(circuit, data, "data")
     valid_x = None if valid is None else _prepare_data(circuit, valid, "valid")
     pseudocount = float(pseudocount)
@@ -590,32 +652,41 @@ def em(
     softened = softening > 0.0
     train = soft_evidence(circuit, data, float(softening), soften_towards) if softened else x
 
-    def step_of(epoch):
-        # A constant stays a Python float (compiled in, as before); a schedule is traced
-        # so one compiled epoch serves every step size.
-        return steps[epoch] if constant_step else jnp.asarray(steps[epoch], x.dtype)
-
     if batch_size is None:
-        batches, weights = _batches(train, min(1024, x.shape[0]))
-
-        def run_epoch(epoch, current):
-            return _full_batch_epoch(current, batches, weights, pseudocount, step_of(epoch),
-                                     softened, entropy_reg)
+        data = _batches(train, min(1024, x.shape[0]))
     else:
-        batch_size = _check_positive_int(batch_size, "batch_size")
+        batch_size = min(check_positive_int(batch_size, "batch_size"), x.shape[0])
         if key is None:
             raise ValueError("`key` is required for mini-batch EM (the data are shuffled)")
-        batch_size = min(batch_size, x.shape[0])
+        data = train
+    steps_per_epoch = 1 if batch_size is None else x.shape[0] // batch_size
+    # A constant step size is compiled in (1.0 replaces the parameters exactly); a
+    # schedule is an array indexed by the epoch, so one compiled step serves every epoch.
+    step = _EMStep(
+        step_sizes=None if constant_step else jnp.asarray(steps, x.dtype),
+        constant_step=float(step_size) if constant_step else None,
+        steps_per_epoch=steps_per_epoch, pseudocount=pseudocount, entropy_reg=entropy_reg,
+        softened=softened, full_batch=batch_size is None)
+    from probinf.train import TrainState
 
-        def run_epoch(epoch, current):
-            order = jax.random.permutation(jax.random.fold_in(key, epoch), x.shape[0])
-            batches, weights = _batches(train[order], batch_size)
-            return _mini_batch_epoch(current, batches, weights, pseudocount, step_of(epoch),
-                                     softened, entropy_reg)
+    state = TrainState(circuit, None, jnp.asarray(0, jnp.int32))
+    params, train_ll, valid_ll, stop_reason, seconds = _train(
+        step, state, x, data=data, batch_size=batch_size, num_epochs=num_epochs, key=key,
+        valid=valid_x, validate=_validation_loss, keep_best=keep_best, patience=patience,
+        progress=progress, desc="EM" if batch_size is None else "mini-batch EM")
+    return _result(params, x, train_ll, valid_ll, stop_reason, seconds)
 
-    desc = "EM" if batch_size is None else "mini-batch EM"
-    return _train_loop(circuit, x, valid_x, num_epochs, run_epoch, keep_best, progress, desc,
-                       patience)
+
+def _result(circuit, x, train_ll, valid_ll, stop_reason, seconds) -> TrainResult:
+    return TrainResult(
+        circuit=circuit,
+        train_log_likelihood=np.asarray(train_ll),
+        valid_log_likelihood=np.asarray(valid_ll),
+        final_train_log_likelihood=average_log_likelihood(circuit, x),
+        num_epochs=len(train_ll),
+        stop_reason=stop_reason,
+        seconds=seconds,
+    )
 
 
 # ----------------------------------------------------------------- recipe
@@ -634,7 +705,7 @@ def hclt(data, *, num_trees: int = 1, key=None, num_categories: int | None = Non
         ValueError: naming ``num_trees`` or ``key`` when invalid (see also
             :func:`circuits.chow_liu_tree` for ``data``).
     """
-    num_trees = _check_positive_int(num_trees, "num_trees")
+    num_trees = check_positive_int(num_trees, "num_trees")
     data = np.asarray(data)
     graphs = [chow_liu_tree(data, num_categories)]
     if num_trees > 1:
@@ -692,9 +763,9 @@ def fit_debd(
     the entropy penalty ``entropy_reg`` (``tau``), see :func:`em`: each phase
     maximises ``sum_rows log sum_x prod_i w_i(x_i) p(x) + tau N R(theta)`` with the
     pseudocount ``alpha`` per child (the authors spread theirs over the children).
-    With ``valid``, each phase stops once the validation log-likelihood has fallen
-    more than ``patience`` epochs in a row, and the best parameters on ``valid`` are
-    returned.
+    With ``valid``, each phase stops once the validation log-likelihood has not
+    improved on its best for ``patience`` epochs, and the best parameters on ``valid``
+    are returned.
 
     Args:
         train: ``(N, V)`` integer data (binary: Bernoulli inputs; else Categorical).
@@ -709,15 +780,16 @@ def fit_debd(
         minibatch_epochs: most epochs of the mini-batch phase.
         fullbatch_epochs: most epochs of the full-batch phase.
         step_size: the mini-batch phase's step size or schedule (see :func:`em`).
-        patience: epochs of falling validation likelihood that end a phase (None: never).
+        patience: epochs without a better validation likelihood that end a phase (None:
+            never).
         progress: show progress bars (default: when on a terminal).
 
     Returns:
         ``(circuit, result)``: the trained circuit and a :class:`TrainResult` whose
         histories concatenate both phases (``num_epochs`` counts both).
     """
-    _check_key_argument(key)
-    latent = _check_positive_int(latent, "latent")
+    check_key(key)
+    latent = check_positive_int(latent, "latent")
     data = np.asarray(train)
     if data.ndim != 2:
         raise ValueError(f"`train` must be (num_samples, num_variables), got shape {data.shape}")
@@ -753,35 +825,7 @@ def fit_debd(
     )
 
 
-def _check_key_argument(key):
-    if key is None or not isinstance(key, jax.Array):
-        raise ValueError(f"`key` must be a jax PRNG key (jax.random.key(0)), got {key!r}")
-
-
 # --------------------------------------------------------------- gradients
-@eqx.filter_jit
-def _gradient_epoch(model, opt_state, batches, weights, optimizer, materialize=None):
-    """One epoch of optax steps on the mean log-likelihood. ``model`` is a circuit, or, with
-    ``materialize=(rule, backend)``, an integral circuit turned into one at every step."""
-    params, static = eqx.partition(model, eqx.is_inexact_array)
-
-    def loss_fn(params, xb, wb):
-        current = eqx.combine(params, static)
-        if materialize is not None:
-            current = current.materialize(*materialize)
-        ll = current._log_marginal(xb, jnp.ones_like(xb, bool))
-        return -jnp.sum(wb * ll) / jnp.sum(wb)
-
-    def body(carry, batch):
-        params, opt_state = carry
-        loss, grads = jax.value_and_grad(loss_fn)(params, *batch)
-        updates, opt_state = optimizer.update(grads, opt_state, params)
-        return (optax.apply_updates(params, updates), opt_state), -loss * jnp.sum(batch[1])
-
-    (params, opt_state), lls = jax.lax.scan(body, (params, opt_state), (batches, weights))
-    return eqx.combine(params, static), opt_state, jnp.sum(lls)
-
-
 def fit_gradient(
     circuit: Circuit,
     data,
@@ -797,8 +841,10 @@ def fit_gradient(
     """Fit a circuit by minimising the negative mean log-likelihood with any optax optimizer.
 
     Works for normalised and unnormalised circuits (the latter divide by ``Z``,
-    which is differentiated through). Each epoch is one jit-compiled ``lax.scan``
-    over shuffled mini-batches.
+    which is differentiated through). Training runs on `probinf.train`'s compiled
+    driver over shuffled mini-batches (an epoch is ``N // batch_size`` steps; the
+    remaining rows sit out that epoch, different ones each epoch). It stops at a
+    non-finite step and keeps the parameters before it.
 
     Args:
         circuit: the circuit to train (all its inexact arrays are trained).
@@ -816,21 +862,16 @@ def fit_gradient(
     if not isinstance(optimizer, optax.GradientTransformation):
         raise TypeError(f"`optimizer` must be an optax GradientTransformation, got "
                         f"{type(optimizer).__name__}")
-    num_epochs = _check_positive_int(num_epochs, "num_epochs")
-    batch_size = _check_positive_int(batch_size, "batch_size")
+    num_epochs = check_positive_int(num_epochs, "num_epochs")
+    batch_size = check_positive_int(batch_size, "batch_size")
     x = _prepare_data(circuit, data, "data")
     valid_x = None if valid is None else _prepare_data(circuit, valid, "valid")
     batch_size = min(batch_size, x.shape[0])
-    state = {"opt": optimizer.init(eqx.filter(circuit, eqx.is_inexact_array))}
+    from probinf import train as engine
 
-    def run_epoch(epoch, current):
-        order = jax.random.permutation(jax.random.fold_in(key, epoch), x.shape[0])
-        batches, weights = _batches(x[order], batch_size)
-        updated, opt_state, ll = _gradient_epoch(current, state["opt"], batches, weights,
-                                                 optimizer)
-        if np.isfinite(float(ll)):
-            state["opt"] = opt_state
-        return updated, ll
-
-    return _train_loop(circuit, x, valid_x, num_epochs, run_epoch, keep_best, progress,
-                       "gradient")
+    params, train_ll, valid_ll, stop_reason, seconds = _train(
+        engine.make_step(_NegativeLogLikelihood(), optimizer), engine.init(circuit, optimizer),
+        x, data=x, batch_size=batch_size, num_epochs=num_epochs, key=key, valid=valid_x,
+        validate=_validation_loss, keep_best=keep_best, patience=None, progress=progress,
+        desc="gradient")
+    return _result(params, x, train_ll, valid_ll, stop_reason, seconds)

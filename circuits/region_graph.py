@@ -32,6 +32,8 @@ from dataclasses import dataclass
 import jax
 import numpy as np
 
+from probinf._checks import check_positive_int
+
 __all__ = [
     "Partition",
     "RegionGraph",
@@ -86,10 +88,7 @@ class RegionGraph:
         regions: Sequence[Sequence[int]],
         partitions: Sequence[tuple[int, Sequence[int]]],
     ):
-        if isinstance(num_variables, bool) or not isinstance(num_variables, (int, np.integer)) \
-                or num_variables < 1:
-            raise ValueError(f"`num_variables` must be a positive integer, got {num_variables!r}")
-        self.num_variables = int(num_variables)
+        self.num_variables = check_positive_int(num_variables, "num_variables")
         scopes: list[tuple[int, ...]] = []
         seen: dict[tuple[int, ...], int] = {}
         for index, region in enumerate(regions):

@@ -19,6 +19,7 @@ from dataclasses import dataclass
 import numpy as np
 
 from circuits.region_graph import RegionGraph
+from probinf._checks import check_positive_int
 
 __all__ = ["InnerStage", "MixingStage", "CircuitStructure", "LAYER_KINDS"]
 
@@ -81,9 +82,7 @@ class CircuitStructure:
     def __init__(self, region_graph: RegionGraph, num_units: int, layer_kind: str):
         if layer_kind not in LAYER_KINDS:
             raise ValueError(f"`layer` must be one of {LAYER_KINDS}, got {layer_kind!r}")
-        if isinstance(num_units, bool) or not isinstance(num_units, (int, np.integer)) \
-                or num_units < 1:
-            raise ValueError(f"`num_units` must be a positive integer, got {num_units!r}")
+        num_units = check_positive_int(num_units, "num_units")
         rg = region_graph
         if layer_kind == "tucker":
             for number, p in enumerate(rg.partitions):

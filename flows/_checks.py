@@ -8,6 +8,8 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from probinf._checks import check_key, check_positive_int
+
 __all__ = [
     "check_positive_int",
     "check_optional_context_dim",
@@ -16,13 +18,6 @@ __all__ = [
     "check_context",
     "check_points",
 ]
-
-
-def check_positive_int(value: object, name: str, *, minimum: int = 1) -> int:
-    """``value`` as an int ``>= minimum``, or a ValueError naming ``name``."""
-    if isinstance(value, bool) or not isinstance(value, (int, np.integer)) or value < minimum:
-        raise ValueError(f"`{name}` must be an integer >= {minimum}, got {value!r}")
-    return int(value)
 
 
 def check_optional_context_dim(value: object) -> int | None:
@@ -35,19 +30,6 @@ def check_positive_float(value: object, name: str) -> float:
     if isinstance(value, bool) or not isinstance(value, numbers.Real) or not np.isfinite(value) or value <= 0:
         raise ValueError(f"`{name}` must be a finite positive number, got {value!r}")
     return float(value)
-
-
-def check_key(key: object, name: str = "key") -> None:
-    """Raise a TypeError unless ``key`` is a JAX PRNG key (new-style or raw ``uint32[2]``)."""
-    ok = isinstance(key, jax.Array) and (
-        jnp.issubdtype(key.dtype, jax.dtypes.prng_key)
-        or (key.shape == (2,) and key.dtype == jnp.uint32)
-    )
-    if not ok:
-        raise TypeError(
-            f"`{name}` must be a JAX PRNG key (jax.random.key(0) or jax.random.PRNGKey(0)), "
-            f"got {type(key).__name__}"
-        )
 
 
 def check_points(x: object, dim: int, name: str = "x") -> jax.Array:

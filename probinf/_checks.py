@@ -19,14 +19,32 @@ import jax.numpy as jnp
 import numpy as np
 from jaxtyping import Array, ArrayLike
 
-__all__ = ["check_positive_int", "check_finite", "first_entry", "raise_if"]
+__all__ = ["check_positive_int", "check_key", "check_finite", "first_entry", "raise_if"]
 
 
-def check_positive_int(value, name: str) -> int:
-    """Validate a positive Python or NumPy int (not a bool), naming the argument."""
-    if isinstance(value, bool) or not isinstance(value, (int, np.integer)) or value < 1:
-        raise ValueError(f"`{name}` must be a positive int, got {value!r}")
+def check_positive_int(value, name: str, *, minimum: int = 1) -> int:
+    """``value`` as an int ``>= minimum`` (a Python or NumPy int, not a bool), or a
+    ValueError naming the argument. The one integer check of every package."""
+    if isinstance(value, bool) or not isinstance(value, (int, np.integer)) or value < minimum:
+        wanted = {1: "a positive int", 0: "a non-negative int"}.get(minimum, f"an int >= {minimum}")
+        raise ValueError(f"`{name}` must be {wanted}, got {value!r}")
     return int(value)
+
+
+def check_key(key, name: str = "key"):
+    """``key`` unchanged if it is one JAX PRNG key, typed (``jax.random.key``, shape ``()``)
+    or raw (``jax.random.PRNGKey``, ``uint32[2]``); else a TypeError naming the argument.
+    The one key check of every package."""
+    if isinstance(key, jax.Array):
+        if jnp.issubdtype(key.dtype, jax.dtypes.prng_key) and key.shape == ():
+            return key
+        if key.dtype == jnp.uint32 and key.shape == (2,):
+            return key
+        got = f"an array of dtype {key.dtype} and shape {tuple(key.shape)}"
+    else:
+        got = f"{type(key).__name__} {key!r}"
+    raise TypeError(f"`{name}` must be one JAX PRNG key (jax.random.key(0) or "
+                    f"jax.random.PRNGKey(0)), got {got}")
 
 
 def first_entry(values: np.ndarray, where: np.ndarray) -> str:

@@ -27,7 +27,7 @@ import numpy as np
 from jax.flatten_util import ravel_pytree
 from jaxtyping import Array, Float
 
-from probinf._checks import check_finite
+from probinf._checks import check_finite, check_key
 
 __all__ = ["Target", "NumpyroModel", "from_numpyro", "from_logdensity"]
 
@@ -270,7 +270,7 @@ def from_numpyro(
 
     if not callable(model):
         raise TypeError(f"`model` must be a callable numpyro model, got {type(model).__name__}")
-    key = jax.random.PRNGKey(0) if key is None else _check_key(key)
+    key = jax.random.PRNGKey(0) if key is None else check_key(key)
     strategy, strategy_name = _resolve_init_strategy(init_strategy)
 
     user_values = strategy.keywords["values"] if strategy.func is init_to_value else {}
@@ -359,21 +359,6 @@ def _numpyro_model(prepared: Callable, args: tuple, kwargs: dict,
     observed = (None if any(isinstance(v, jax.core.Tracer) for v in values)
                 else {name: np.asarray(v) for name, v in zip(sites, values, strict=True)})
     return NumpyroModel(prepared, tuple(args), dict(kwargs), observed, sites)
-
-
-def _check_key(key: Any) -> Array:
-    typed = isinstance(key, jax.Array) and jnp.issubdtype(key.dtype, jax.dtypes.prng_key)
-    is_key = isinstance(key, jax.Array) and (
-        (typed and key.shape == ())
-        or (not typed and key.shape == (2,) and key.dtype == jnp.uint32)
-    )
-    if not is_key:
-        shape = getattr(key, "shape", None)
-        raise TypeError(
-            "`key` must be one JAX PRNG key (jax.random.key(0) or jax.random.PRNGKey(0)), got "
-            f"{type(key).__name__}" + (f" of shape {tuple(shape)}" if shape is not None else "")
-        )
-    return key
 
 
 def _as_float_array(value: Any) -> Array:

@@ -56,6 +56,7 @@ import jax.tree_util as jtu
 import numpy as np
 import optax
 
+from probinf._checks import check_key, check_positive_int
 from probinf._progress import progress_bar
 from probinf._tree import all_finite
 
@@ -126,26 +127,10 @@ def _check_optimizer(optimizer: object) -> optax.GradientTransformation:
     return optimizer
 
 
-def _check_positive_int(value: object, name: str) -> int:
-    if isinstance(value, bool) or not isinstance(value, (int, np.integer)) or value < 1:
-        raise ValueError(f"`{name}` must be a positive int, got {value!r}")
-    return int(value)
-
-
 def _typed_key(key: object) -> jax.Array:
     """``key`` as a typed PRNG key; raw ``uint32`` keys (``PRNGKey``) are wrapped."""
-    if isinstance(key, jax.Array) and key.ndim == 0 and jnp.issubdtype(key.dtype, jax.dtypes.prng_key):
-        return key
-    if isinstance(key, jax.Array) and key.dtype == jnp.uint32 and key.ndim == 1:
-        try:
-            return jax.random.wrap_key_data(key)
-        except (ValueError, TypeError):
-            pass
-    shape = getattr(key, "shape", None)
-    raise TypeError(
-        "`key` must be one JAX PRNG key (jax.random.key(0) or jax.random.PRNGKey(0)), got "
-        f"{type(key).__name__}" + ("" if shape is None else f" of shape {tuple(shape)}")
-    )
+    key = check_key(key)
+    return key if jnp.issubdtype(key.dtype, jax.dtypes.prng_key) else jax.random.wrap_key_data(key)
 
 
 def init(params: Any, optimizer: optax.GradientTransformation | None = None) -> TrainState:
@@ -588,7 +573,7 @@ def run(
 
     num_rows = None
     if batch_size is not None:
-        batch_size = _check_positive_int(batch_size, "batch_size")
+        batch_size = check_positive_int(batch_size, "batch_size")
         if data is None:
             raise ValueError("`batch_size` needs `data` to take minibatches from")
         num_rows = _leading_rows(data)
@@ -600,8 +585,8 @@ def run(
     if epochs is not None:
         if batch_size is None:
             raise ValueError("`epochs` needs `data` and `batch_size` (an epoch is a pass over the rows)")
-        steps = _check_positive_int(epochs, "epochs") * steps_per_epoch
-    steps = _check_positive_int(steps, "steps")
+        steps = check_positive_int(epochs, "epochs") * steps_per_epoch
+    steps = check_positive_int(steps, "steps")
     end = first_step + steps
 
     if validate is not None and not callable(validate):
@@ -609,11 +594,11 @@ def run(
     if validate is None and (patience is not None or validate_every is not None):
         raise ValueError("`patience` and `validate_every` need `validate`")
     if validate is not None:
-        validate_every = _check_positive_int(
+        validate_every = check_positive_int(
             validate_every if validate_every is not None else steps_per_epoch or DEFAULT_VALIDATE_EVERY,
             "validate_every")
     if patience is not None:
-        patience = _check_positive_int(patience, "patience")
+        patience = check_positive_int(patience, "patience")
     if isinstance(min_delta, bool) or not (isinstance(min_delta, (int, float)) and 0 <= min_delta < math.inf):
         raise ValueError(f"`min_delta` must be a non-negative number, got {min_delta!r}")
     if stop_rule is not None and not callable(getattr(stop_rule, "update", None)):
@@ -623,9 +608,9 @@ def run(
         raise ValueError("`checkpoint_every` and `resume=True` need `checkpoint` (a file path)")
     path = None if checkpoint is None else pathlib.Path(checkpoint)
     if checkpoint_every is not None:
-        checkpoint_every = _check_positive_int(checkpoint_every, "checkpoint_every")
+        checkpoint_every = check_positive_int(checkpoint_every, "checkpoint_every")
     if chunk_size is not None:
-        chunk_size = _check_positive_int(chunk_size, "chunk_size")
+        chunk_size = check_positive_int(chunk_size, "chunk_size")
     if not isinstance(resume, bool):
         raise TypeError(f"`resume` must be True or False, got {resume!r}")
     checkpoint_meta = {} if checkpoint_meta is None else checkpoint_meta

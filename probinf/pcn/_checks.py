@@ -8,6 +8,8 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from probinf._checks import check_key  # noqa: F401  (re-exported for the pcn modules)
+
 METHODS = ("euler", "heun")
 INITS = ("forward", "random")
 
@@ -32,18 +34,6 @@ def check_choice(value, choices, name: str) -> str:
     if value not in choices:
         raise ValueError(f"`{name}` must be one of {choices}, got {value!r}")
     return value
-
-
-def check_key(key, name: str = "key"):
-    ok = isinstance(key, jax.Array) and (
-        jnp.issubdtype(key.dtype, jax.dtypes.prng_key) or (key.shape == (2,) and key.dtype == jnp.uint32)
-    )
-    if not ok:
-        raise TypeError(
-            f"`{name}` must be a JAX PRNG key (jax.random.key(0) or jax.random.PRNGKey(0)), "
-            f"got {type(key).__name__}"
-        )
-    return key
 
 
 def _traced(array) -> bool:

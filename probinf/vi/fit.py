@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import math
-import time
 import warnings
 from dataclasses import dataclass
 from typing import Any
@@ -16,8 +15,8 @@ import numpy as np
 import optax
 from jaxtyping import PRNGKeyArray
 
-from probinf._progress import progress_bar
-from probinf._tree import all_finite
+from probinf import train as engine
+from probinf._checks import check_key
 from probinf._xla_workaround import warn_if_cpu_gradients_are_wrong
 from probinf.families import check_num_samples
 from probinf.vi import convergence
@@ -37,10 +36,7 @@ __all__ = ["fit", "FitResult"]
 # One shared default: the compiled loop is cached by the optimizer's identity, so a fresh
 # optax.adam per call would recompile every time.
 DEFAULT_OPTIMIZER = optax.adam(1e-2)
-# Adaptive chunking (chunk_size=None): the most steps per compiled call, the wall
-# time a chunk aims at, and the fixed chunk used when `patience` counts chunks.
-MAX_CHUNK = 1000
-CHUNK_SECONDS = 0.2
+# The fixed chunk used when `patience` counts chunks (otherwise the engine's adaptive chunks).
 PATIENCE_CHUNK = 100
 # steps=None runs until `probinf.vi.convergence`'s rule says the loss stopped improving,
 # or this many steps. Generous: steps of small models cost microseconds, and a run that
@@ -221,50 +217,28 @@ def _loss(trainable, frozen, key, step):
     return objective(key, family, target)
 
 
-@eqx.filter_jit
-def _run_chunk(trainable, frozen, opt_state, key, start, num_steps, optimizer, chunk_len):
-    """Run steps ``start, ..., start + num_steps - 1`` (``num_steps <= chunk_len``).
-
-    Stops after the first step whose loss or gradient is non-finite and returns its
-    index as ``bad_step`` (else -1); the returned state then includes that step's
-    update, and `fit` recovers the state before it by re-running the chunk. Keeping
-    the last finite state inside the loop instead (a select over the whole state at
-    every step) made microsecond-sized steps two to three times slower on CPU.
-    """
-    # fold_in for the whole chunk at once: one vectorised hash, not one per step.
-    keys = jax.vmap(jax.random.fold_in, in_axes=(None, 0))(
-        key, start + jnp.arange(chunk_len, dtype=jnp.int32)
-    )
-
-    def keep_going(carry):
-        _, _, i, bad_step, _ = carry
-        return (i < num_steps) & (bad_step < 0)
-
-    def body(carry):
-        trainable, opt_state, i, bad_step, losses = carry
-        step = start + i
-        loss, grads = eqx.filter_value_and_grad(_loss)(trainable, frozen, keys[i], step)
-        updates, opt_state = optimizer.update(grads, opt_state, trainable)
-        trainable = eqx.apply_updates(trainable, updates)
-        finite = jnp.isfinite(loss) & all_finite(grads)
-        bad_step = jnp.where(finite, bad_step, step)
-        return trainable, opt_state, i + 1, bad_step, losses.at[i].set(loss)
-
-    init = (trainable, opt_state, jnp.asarray(0, jnp.int32), jnp.asarray(-1, jnp.int32),
-            jnp.full(chunk_len, jnp.nan, jnp.result_type(float)))
-    trainable, opt_state, _, bad_step, losses = jax.lax.while_loop(keep_going, body, init)
-    return trainable, opt_state, bad_step, losses
+def _engine_loss(trainable, key, frozen, step):
+    """`_loss` in `probinf.train`'s step signature: the frozen parts ride as the batch."""
+    return _loss(trainable, frozen, key, step)
 
 
-def _check_key(key: object) -> None:
-    ok = isinstance(key, jax.Array) and (
-        jnp.issubdtype(key.dtype, jax.dtypes.prng_key) or (key.shape == (2,) and key.dtype == jnp.uint32)
-    )
-    if not ok:
-        raise TypeError(
-            "`key` must be a JAX PRNG key (jax.random.key(0) or jax.random.PRNGKey(0)), "
-            f"got {type(key).__name__}"
-        )
+class _ChunkPlateau:
+    """``patience``'s rule for `probinf.train.run`: stop once the mean loss of a chunk has
+    not beaten the best chunk mean by ``min_delta`` for ``patience`` chunks in a row."""
+
+    reason = "plateau"
+
+    def __init__(self, patience: int, min_delta: float):
+        self.patience, self.min_delta = patience, min_delta
+        self.best, self.waited = math.inf, 0
+
+    def update(self, losses: np.ndarray) -> int | None:
+        mean = float(np.mean(losses))
+        if mean < self.best - self.min_delta:
+            self.best, self.waited = mean, 0
+            return None
+        self.waited += 1
+        return len(losses) if self.waited >= self.patience else None
 
 
 def _diagnose_initial_failure(family, target, key, loss) -> Exception:
@@ -304,8 +278,8 @@ def fit(
 ) -> FitResult:
     """Optimise ``objective`` over the parameters of ``family``, then check the result.
 
-    The loop runs compiled (a ``jax.lax.while_loop``) in chunks of steps, with one
-    host sync and one progress-bar update per chunk. Step ``t`` uses the key
+    The loop is `probinf.train.run`'s (a compiled ``jax.lax.while_loop`` in chunks of
+    steps, one host sync and one progress-bar update per chunk). Step ``t`` uses the key
     ``fold_in(key, t)``, so results do not depend on how the steps are chunked. The
     compiled loop is reused across calls with the same objective, family structure,
     target and optimizer *object*: pass one optimizer instance to repeated calls.
@@ -345,7 +319,7 @@ def fit(
         max_steps: the most steps ``steps=None`` runs (default 20,000).
         chunk_size: steps per compiled chunk (and per progress-bar update). ``None``
             (default) adapts: chunks grow from one step to about 0.2 s of work each,
-            at most 1,000 steps, so the per-call overhead stays negligible on
+            at most 1,024 steps, so the per-call overhead stays negligible on
             microsecond steps; with ``patience`` the default is 100 steps.
         progress: show a progress bar (default: only on a terminal).
         learn_target: also train ``target.params`` (model learning, e.g. RWS wake-p).
@@ -386,7 +360,7 @@ def fit(
         raise ValueError(
             f"dimension mismatch: `family` has dim {family_dim} but `target` has dim {target_dim}"
         )
-    _check_key(key)
+    check_key(key)
     optimizer = DEFAULT_OPTIMIZER if optimizer is None else optimizer
     if not isinstance(optimizer, optax.GradientTransformation):
         raise TypeError(
@@ -425,81 +399,44 @@ def fit(
             + ("" if learn_target else " and learn_target=False")
         )
     if opt_state is None:
-        opt_state = optimizer.init(trainable)
+        opt_state = optimizer.init(eqx.filter(trainable, eqx.is_inexact_array))
 
-    history: list[np.ndarray] = []
-    stop_reason = "completed"
-    best, waited = math.inf, 0
     loss_eps = float(jnp.finfo(jnp.result_type(float)).eps)
-    monitor = (convergence.ConvergenceMonitor(min_delta=min_delta, eps=loss_eps)
-               if until_converged and patience is None else None)
-
-    def launch(trainable, opt_state, start, num_steps):
-        return _run_chunk(trainable, frozen, opt_state, key, np.int32(start), np.int32(num_steps),
-                          optimizer, chunk_len)
-
-    # Adaptive chunks start at one step (the first call also compiles) and grow to
-    # about CHUNK_SECONDS each, so microsecond steps are not dominated by the
-    # per-call overhead (~0.2 ms) and slow steps still move the progress bar.
-    chunk_len = min(budget, MAX_CHUNK if chunk_size is None else chunk_size)
-    num_steps = 1 if chunk_size is None else chunk_len
-    start = 0
-    with progress_bar(total=budget, enabled=progress, desc="fit") as bar:
-        while start < budget:
-            num_steps = min(num_steps, budget - start)
-            chunk_input = (trainable, opt_state)
-            began = time.perf_counter()
-            trainable, opt_state, bad_step, losses = launch(trainable, opt_state, start, num_steps)
-            losses = np.asarray(losses, dtype=np.float64)[:num_steps]
-            elapsed = time.perf_counter() - began
-            bad_step = int(bad_step)
-            if bad_step >= 0:
-                # The returned state includes the bad step's update: go back to the chunk's
-                # start, then re-run it up to the step before (same keys, same result).
-                trainable, opt_state = chunk_input
-                if bad_step == 0:
-                    fam, tgt, _ = eqx.combine(trainable, frozen)
-                    raise _diagnose_initial_failure(fam, tgt, key, losses[0])
-                if bad_step > start:
-                    trainable, opt_state, _, _ = launch(trainable, opt_state, start, bad_step - start)
-                history.append(losses[: bad_step - start])
-                stop_reason = (
-                    f"non-finite loss or gradient at step {bad_step} (value {losses[bad_step - start]}); "
-                    f"kept the state after step {bad_step - 1}"
-                )
-                warnings.warn(f"fit stopped: {stop_reason}", RuntimeWarning, stacklevel=2)
-                bar.update(bad_step - start)
-                break
-            if monitor is not None:
-                used = monitor.update(losses)
-                if used is not None:
-                    # Converged at a window boundary inside this chunk: keep the state
-                    # there (re-run the chunk that far), as if the chunk had ended there.
-                    if used < num_steps:
-                        trainable, opt_state, _, _ = launch(*chunk_input, start, used)
-                    history.append(losses[:used])
-                    bar.update(used)
-                    stop_reason = "converged"
-                    break
-            history.append(losses)
-            bar.update(num_steps)
-            bar.set_postfix(loss=f"{losses.mean():.4g}")
-            start += num_steps
-            if chunk_size is None:
-                grow = CHUNK_SECONDS / max(elapsed, 1e-9)
-                num_steps = max(1, min(chunk_len, int(num_steps * min(grow, 10.0))))
-            if patience is not None:
-                mean = float(losses.mean())
-                if mean < best - min_delta:
-                    best, waited = mean, 0
-                else:
-                    waited += 1
-                    if waited >= patience:
-                        stop_reason = "plateau"
-                        break
+    if patience is not None:
+        stop_rule = _ChunkPlateau(patience, min_delta)
+    elif until_converged:
+        stop_rule = convergence.ConvergenceMonitor(min_delta=min_delta, eps=loss_eps)
+    else:
+        stop_rule = None
+    # The frozen parts (the target's data, the family's structure) are the engine's `data`:
+    # every step gets them whole, so the compiled loop is shared by fits of one shape.
+    result = engine.run(
+        engine.make_step(_engine_loss, optimizer, step_index=True),
+        engine.TrainState(trainable, opt_state, jnp.asarray(0, jnp.int32)),
+        key=key,
+        steps=budget,
+        data=frozen,
+        stop_rule=stop_rule,
+        chunk_size=chunk_size,
+        progress=progress,
+        warn=False,
+        name="fit",
+    )
+    trainable, opt_state = result.state.params, result.state.opt_state
+    all_losses = result.losses
+    stop_reason = result.stop_reason
+    if stop_reason == "non_finite":
+        bad_step = result.nonfinite_step
+        # The engine keeps the state before the bad step; score that step again for the message.
+        bad_loss = float(_loss(trainable, frozen, jax.random.fold_in(key, bad_step), bad_step))
+        if bad_step == 0:
+            fam, tgt, _ = eqx.combine(trainable, frozen)
+            raise _diagnose_initial_failure(fam, tgt, key, bad_loss)
+        stop_reason = (f"non-finite loss or gradient at step {bad_step} (value {bad_loss}); "
+                       f"kept the state after step {bad_step - 1}")
+        warnings.warn(f"fit stopped: {stop_reason}", RuntimeWarning, stacklevel=2)
 
     family, target, objective = eqx.combine(trainable, frozen)
-    all_losses = np.concatenate(history) if history else np.zeros(0)
     trend = convergence.loss_trend(all_losses, min_delta=min_delta, eps=loss_eps)
     converged = None if trend is None else not trend.improving
     if stop_reason == "converged":

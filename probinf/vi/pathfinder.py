@@ -33,11 +33,11 @@ import jax.numpy as jnp
 import numpy as np
 from jaxtyping import Array, Float, Int, PRNGKeyArray
 
+from probinf._checks import check_key
 from probinf._linalg import cholesky
 from probinf.families import FullRankGaussian, MeanFieldGaussian, Standardized, check_num_samples
 from probinf.target import Target
 from probinf.vi import _lbfgs
-from probinf.vi.fit import _check_key
 from probinf.vi.laplace import _EXACT as _LAPLACE_EXACT
 from probinf.vi.laplace import (
     _laplace_compiled,
@@ -217,7 +217,7 @@ def _starts(key, target: Target, init: object, num_paths: int) -> Array:
 
 def _pathfinder(key, target, *, init, num_draws, max_iters, history_size, num_paths, ftol, gtol):
     """`pathfinder` without its failure warning (``initialize`` words its own)."""
-    _check_key(key)
+    check_key(key)
     target = check_target(target)
     num_draws = check_num_samples(num_draws, "num_draws")
     max_iters = check_num_samples(max_iters, "max_iters")
@@ -413,7 +413,7 @@ def initialize(
     if method not in METHODS:
         raise ValueError(f"`method` must be one of {METHODS}, got {method!r}")
     target = check_target(target)
-    _check_key(key)
+    check_key(key)
     if init is not None:
         resolve_init(target, init)  # fail on a bad `init` before any work
 

@@ -307,7 +307,7 @@ def test_fit_integral_contract_and_save_reload(tmp_path):
                           num_epochs=2, batch_size=32, valid=data[100:], progress=False)
     assert result.num_epochs == 2 and result.stop_reason == "completed"
     assert result.train_log_likelihood.shape == result.valid_log_likelihood.shape == (2,)
-    assert result.epoch_seconds.shape == (2,) and np.all(np.isfinite(result.train_log_likelihood))
+    assert np.all(np.isfinite(result.train_log_likelihood)) and result.seconds > 0
     # keep_best: the returned PIC is the one with the best validation log-likelihood
     assert circuits.average_log_likelihood(result.circuit, data[100:]) == pytest.approx(
         result.valid_log_likelihood.max(), abs=1e-5)

@@ -249,3 +249,37 @@ def test_debd_loader_on_the_shared_data(shared_data):
     assert data["valid"].shape[1] == data["test"].shape[1] == 16
     assert set(np.unique(data["train"])) == {0, 1}
     assert "nltcs" in circuits.list_debd(shared_data / "debd")
+
+
+def test_em_early_stopping_keeps_the_best_validation_epoch():
+    # Five training rows, no pseudocount: EM overfits them, so the likelihood of other
+    # rows peaks early and then stops improving.
+    rng = np.random.default_rng(7)
+    train = (rng.random((5, 6)) < 0.5).astype(np.int8)
+    valid = (rng.random((200, 6)) < 0.5).astype(np.int8)
+    circuit = circuits.compile_circuit(circuits.quad_graph(2, 3), circuits.Bernoulli(), 3,
+                                       key=jax.random.key(0))
+    result = circuits.em(circuit, train, num_epochs=60, pseudocount=0.0, valid=valid,
+                         patience=2, progress=False)
+    history = result.valid_log_likelihood
+    best = int(np.argmax(history))
+    assert result.stop_reason.startswith("early stop")
+    # It stopped after exactly `patience` epochs that did not beat the best one...
+    assert len(history) == best + 1 + 2 == result.num_epochs
+    # ... and returned the parameters of that epoch.
+    assert circuits.average_log_likelihood(result.circuit, valid) == pytest.approx(
+        history[best], abs=1e-5)
+
+
+def test_a_second_em_run_with_the_same_shapes_compiles_nothing(binary_data, record_compilations):
+    circuit = circuits.compile_circuit(circuits.quad_graph(2, 4), circuits.Bernoulli(), 2,
+                                       key=jax.random.key(4))
+    for schedule in (("linear", 0.9, 0.1), ("cosine", 0.5, 0.1)):
+        if schedule[0] == "cosine":
+            with record_compilations() as compiled:
+                circuits.em(circuit, binary_data, num_epochs=3, batch_size=64, step_size=schedule,
+                            key=jax.random.key(1), valid=binary_data[:50], progress=False)
+            assert compiled == []
+        else:
+            circuits.em(circuit, binary_data, num_epochs=3, batch_size=64, step_size=schedule,
+                        key=jax.random.key(1), valid=binary_data[:50], progress=False)

@@ -191,11 +191,11 @@ def test_map_arguments_are_checked():
     evidence[:, 0] = True
     with pytest.raises(ValueError, match=r"`refine` must be one of \('auto', 'icm', None\), got 'beam'"):
         pc.map(x, evidence, refine="beam")
-    with pytest.raises(ValueError, match=r"`max_steps` must be a positive integer, got 0"):
+    with pytest.raises(ValueError, match=r"`max_steps` must be a positive int, got 0"):
         pc.map(x, evidence, max_steps=0)
     with pytest.raises(ValueError, match=r"`max_steps` applies to refine='icm' only"):
         pc.map(x, evidence, refine=None, max_steps=3)
-    with pytest.raises(ValueError, match=r"`num_restarts` must be a non-negative integer, got -1"):
+    with pytest.raises(ValueError, match=r"`num_restarts` must be a non-negative int, got -1"):
         pc.map(x, evidence, num_restarts=-1)
     with pytest.raises(ValueError, match=r"`key` is required for num_restarts=2"):
         pc.map(x, evidence, num_restarts=2)
