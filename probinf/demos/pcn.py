@@ -56,7 +56,7 @@ def pcn_step(key, quick: bool, progress: bool | None = None) -> DemoStep:
     x_train, y_train, x_test, y_test = x_all[:n_train], y_all[:n_train], x_all[n_train:], y_all[n_train:]
     classifier = pcn.mlp(keys[3], [2, 32, 32, 2], activation=jax.nn.gelu, output="categorical")
     optimizer = optax.adamw(1e-2)
-    settings = dict(epochs=epochs, batch_size=32, steps=8, step_size=0.05, progress=progress)
+    settings = dict(epochs=epochs, batch_size=32, steps=8, step_size=0.02, progress=progress)
     accuracy, trained = {}, {}
     for algorithm in ("pc", "backprop"):
         trained[algorithm] = pcn.train(keys[4], classifier, optimizer, x_train, y_train,

@@ -17,6 +17,8 @@ follows the gradient of that sample's own energy.
 
 from __future__ import annotations
 
+import warnings
+
 import equinox as eqx
 import jax
 import jax.numpy as jnp
@@ -270,6 +272,38 @@ def _raise_if_nonfinite(result: InferenceResult, step_size: float, where: str = 
     )
 
 
+# Gradient descent on the energy never raises it at a stable step size (the descent lemma:
+# a step below 2 / L, L the Lipschitz constant of the energy's gradient), so an energy that
+# ends above where it started is the signature of unstable dynamics; the relative tolerance
+# covers float32 rounding.
+ENERGY_RISE_RTOL = 1e-3
+
+
+def energy_rose(energies) -> np.ndarray:
+    """Whether the total energy ended above its start (beyond ``ENERGY_RISE_RTOL``).
+
+    ``energies``: ``(..., T + 1, L + 1)`` per-node energies over the inference steps;
+    returns a boolean array over the leading axes.
+    """
+    total = np.asarray(energies, np.float64).sum(axis=-1)
+    start, end = total[..., 0], total[..., -1]
+    return end > start + ENERGY_RISE_RTOL * np.abs(start) + np.finfo(np.float64).tiny
+
+
+def _warn_if_energy_rose(result: InferenceResult, step_size: float) -> None:
+    if isinstance(result.energies, jax.core.Tracer) or not energy_rose(result.energies):
+        return
+    total = np.asarray(result.total_energy, np.float64)
+    warnings.warn(
+        f"pcn.infer: the total energy rose from {total[0]:.4g} to {total[-1]:.4g} over "
+        f"{total.size - 1} steps; gradient descent on the energy lowers it at a stable step "
+        f"size, so the dynamics are unstable at step_size={step_size} and the activities are "
+        "not a minimum: use a smaller `step_size`",
+        RuntimeWarning,
+        stacklevel=3,
+    )
+
+
 def infer(
     net: PCN,
     x: Float[Array, "batch ..."] | None = None,
@@ -313,6 +347,10 @@ def infer(
         ValueError: shapes that do not match the network, ``steps < 1``, a bad option,
             non-finite data, or a categorical last node left free.
         NonFiniteEnergyError: the energy became non-finite during inference.
+
+    Warns:
+        RuntimeWarning: the total energy ended higher than it started (unstable dynamics:
+            the step size is too large for these weights).
     """
     steps = check_steps(steps)
     step_size = check_step_size(step_size)
@@ -333,6 +371,7 @@ def infer(
         steps=steps, method=method, init=init, batch=batch,
     )
     _raise_if_nonfinite(result, step_size)
+    _warn_if_energy_rose(result, step_size)
     return result
 
 

@@ -19,6 +19,7 @@ which is local: layer :math:`l`'s update needs only its own prediction error and
 
 from __future__ import annotations
 
+import warnings
 from dataclasses import dataclass
 from typing import Any
 
@@ -51,6 +52,7 @@ from probinf.pcn.inference import (
     _initial_activities,
     _merge,
     _scan_relax,
+    energy_rose,
 )
 from probinf.pcn.network import PCN
 
@@ -398,6 +400,19 @@ def train(
         )
         error.result = TrainResult(state.params, state.opt_state, history, algorithm, len(per_epoch))
         raise error
+    # Only PC holds the weights fixed during inference, where gradient descent on the energy
+    # must lower it; iPC's concurrent optimizer steps (e.g. Adam's) carry no such guarantee.
+    rose = energy_rose(energies) if algorithm == "pc" else np.zeros(0, bool)
+    if rose.any():
+        first_epoch = int(np.argmax(rose)) // batches
+        warnings.warn(
+            f"pcn.train: in {int(rose.sum())} of {rose.size} learning steps (the first in epoch "
+            f"{first_epoch}) the total energy ended inference higher than it started: the "
+            f"activity dynamics are unstable at step_size={step_size} for those weights, so "
+            "those updates did not use the energy's minimum; use a smaller `step_size`",
+            RuntimeWarning,
+            stacklevel=2,
+        )
     return TrainResult(state.params, state.opt_state, history, algorithm, len(per_epoch))
 
 

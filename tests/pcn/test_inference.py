@@ -1,5 +1,7 @@
 """probinf.pcn.inference: energy descent, exact linear-Gaussian posteriors, bad input."""
 
+import warnings
+
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -177,3 +179,16 @@ def test_plot_draws_both_panels():
     assert len(axes[0].lines) == 3  # nodes 1, 2 and the total (node 0 has no energy)
     np.testing.assert_allclose(axes[1].lines[0].get_ydata(), result.error_norms[:, 1])
     plt.close("all")
+
+
+def test_a_rising_energy_warns_and_a_falling_one_does_not():
+    net = pcn.mlp(jax.random.key(7), [3, 4, 2])
+    x, y = jnp.ones((2, 3)), 5.0 * jnp.ones((2, 2))
+    with pytest.warns(RuntimeWarning, match=r"energy rose from .* step_size=2\.0"):
+        unstable = pcn.infer(net, x, y, steps=20, step_size=2.0)
+    total = np.asarray(unstable.total_energy)
+    assert np.all(np.isfinite(total)) and total[-1] > total[0]  # the symptom, read directly
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        stable = pcn.infer(net, x, y, steps=20, step_size=0.5)
+    assert stable.total_energy[-1] < stable.total_energy[0]

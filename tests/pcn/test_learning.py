@@ -2,6 +2,8 @@
 steps, exact agreement where theory says so, and bad input."""
 
 
+import warnings
+
 import equinox as eqx
 import jax
 import jax.numpy as jnp
@@ -222,3 +224,19 @@ def test_training_history_and_plot():
     ax = result.plot()
     assert len(ax.lines) == 2
     plt.close("all")
+
+
+def test_training_with_unstable_inference_warns():
+    keys = jax.random.split(jax.random.key(6), 3)
+    net = pcn.mlp(keys[0], [3, 4, 2])
+    x, y = jax.random.normal(keys[1], (16, 3)), 5.0 * jax.random.normal(keys[2], (16, 2))
+    with pytest.warns(RuntimeWarning, match=r"pcn.train: in \d+ of 4 learning steps .*step_size=1.2"):
+        result = pcn.train(keys[0], net, optax.sgd(1e-3), x, y, batch_size=4, steps=20,
+                           step_size=1.2, epochs=1)
+    total = result.energies.sum(-1)
+    assert total[0, -1] > total[0, 0]  # the epoch's mean energy ended above its start
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        stable = pcn.train(keys[0], net, optax.sgd(1e-3), x, y, batch_size=4, steps=20,
+                           step_size=0.1, epochs=1)
+    assert stable.energies.sum(-1)[0, -1] < stable.energies.sum(-1)[0, 0]
