@@ -27,8 +27,8 @@ import jax.numpy as jnp
 import numpy as np
 from jaxtyping import Array, Bool, Float, PRNGKeyArray
 
-from probinf._linalg import cho_solve, cholesky, solve_triangular
 from probinf.families import Family, check_num_samples
+from probinf.linalg import cho_solve, cholesky, solve_triangular
 
 __all__ = [
     "GaussianMixture",

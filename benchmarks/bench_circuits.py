@@ -205,11 +205,11 @@ def ours_throughput(graph, units, batch, repeats):
 
     @eqx.filter_jit
     def forward(c, x):
-        return c._log_marginal(x, observed)
+        return c.log_marginal_prepared(x, observed)
 
     @eqx.filter_jit
     def forward_backward(c, x):
-        return eqx.filter_value_and_grad(lambda c: -c._log_marginal(x, observed).mean())(c)
+        return eqx.filter_value_and_grad(lambda c: -c.log_marginal_prepared(x, observed).mean())(c)
 
     out = {}
     for name, fn in [("forward", forward), ("forward_backward", forward_backward)]:

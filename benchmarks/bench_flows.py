@@ -50,7 +50,7 @@ import optax
 import flows
 import probinf
 from probinf import vi
-from probinf._xla_workaround import XLA_CPU_FLAG, environ_without_workaround
+from probinf.xla_workaround import XLA_CPU_FLAG, environ_without_workaround
 
 try:
     from benchmarks.results_io import data_file, update_results

@@ -36,7 +36,7 @@ import numpy as np
 import optax
 
 from probinf import pcn
-from probinf._xla_workaround import environ_without_workaround
+from probinf.xla_workaround import environ_without_workaround
 
 try:
     from benchmarks.peers import missing_peer_message, peer_python

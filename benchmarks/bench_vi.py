@@ -327,7 +327,7 @@ def run_genjax(python: Path, problem: str, data: dict, dim: int, steps: int,
     """Run the genjax worker with ``python``; a dict with ``error`` when it cannot run."""
     if not python.exists():
         return {"error": f"no genjax environment at {python}"}
-    from probinf._xla_workaround import environ_without_workaround
+    from probinf.xla_workaround import environ_without_workaround
 
     request = {
         "problem": problem, "dim": dim, "steps": steps, "repeats": repeats, "seed": 2,

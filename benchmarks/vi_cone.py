@@ -176,7 +176,7 @@ def run_authors_code(directory: Path, python: Path) -> dict:
     """Run the authors' table-4 scripts in their own environment and parse what they print."""
     import subprocess
 
-    from probinf._xla_workaround import environ_without_workaround
+    from probinf.xla_workaround import environ_without_workaround
 
     found: dict = {"directory": str(directory), "python": str(python)}
     for script in ("genjax_cone.py", "genjax_cone_marginal.py"):

@@ -35,7 +35,7 @@ from circuits.kernels import BACKENDS, default_backend, fused_log_matmul_exp
 from circuits.layers import cp_layer, kronecker, log_matmul_exp, mixing_layer, tucker_layer
 from circuits.region_graph import RegionGraph
 from circuits.structure import CircuitStructure
-from probinf._checks import check_key, check_positive_int
+from probinf.validation import check_key, check_positive_int
 
 __all__ = ["Circuit", "compile_circuit"]
 
@@ -389,8 +389,14 @@ class Circuit(eqx.Module):
         )
 
     # ------------------------------------------------------ input checks
-    def _prepare(self, x, observed=None, name="x", mask_name="observed"):
-        """Validate data and its mask; returns flattened ``(B, V)`` arrays and the batch shape."""
+    def prepare(self, x, observed=None, name="x", mask_name="observed"):
+        """Checked data for the evaluation methods: ``(values, mask, batch_shape)``.
+
+        ``values`` and ``mask`` are ``(B, V)`` (batch axes flattened; ``mask`` all true
+        when ``observed`` is None). Concrete data are checked at once (the number of
+        variables, numeric dtype, NaN and support, naming ``name`` and the variable);
+        traced data only by shape.
+        """
         v = self.num_variables
         if _is_traced(x):
             batch_shape = tuple(x.shape[:-1])
@@ -423,7 +429,12 @@ class Circuit(eqx.Module):
         return x2, jnp.asarray(mask.reshape(-1, v)), batch_shape
 
     # ------------------------------------------------------------ passes
-    def _input_values(self, x, observed, semiring="sum"):
+    def input_log_values(self, x, observed, semiring="sum"):
+        """``(S, B, K)`` log-values of every input unit on prepared ``(B, V)`` data (no checks).
+
+        Unobserved variables give 0 (marginalised) in the ``"sum"`` semiring and the
+        unit's mode in ``"max"``. Its gradient is each unit's responsibility (EM's E-step).
+        """
         slots = jnp.asarray(self.structure.slot_variable)
         xs = x.T[slots]
         obs = observed.T[slots]
@@ -436,7 +447,7 @@ class Circuit(eqx.Module):
 
     def _evaluate(self, x, observed, semiring="sum"):
         log_w, log_mix = self.log_weights()
-        values = self._input_values(x, observed, semiring)
+        values = self.input_log_values(x, observed, semiring)
         groups = upward(self.structure, values, log_w, log_mix, semiring, self.backend)
         return groups, log_w, log_mix
 
@@ -447,7 +458,12 @@ class Circuit(eqx.Module):
         groups, _, _ = self._evaluate(x, jnp.zeros_like(x, bool))
         return root_value(self.structure, groups)[0]
 
-    def _log_marginal(self, x, observed):
+    def log_marginal_prepared(self, x, observed):
+        """``(B,)`` log-marginals of prepared ``(B, V)`` data and mask (no checks; jit-able).
+
+        What `log_prob` and `log_marginal` compute after `prepare`; for code that checks
+        its data once and evaluates it many times (training loops).
+        """
         groups, _, _ = self._evaluate(x, observed)
         return root_value(self.structure, groups) - self._log_partition()
 
@@ -463,7 +479,7 @@ class Circuit(eqx.Module):
             ValueError: naming the variable, for a wrong number of variables, NaN, or a
                 value outside the input layer's support.
         """
-        x2, observed, batch_shape = self._prepare(x)
+        x2, observed, batch_shape = self.prepare(x)
         return _jit_log_marginal(self, x2, observed).reshape(batch_shape)
 
     def log_marginal(self, x: Float[Array, "*batch V"],
@@ -478,7 +494,7 @@ class Circuit(eqx.Module):
         variables are set to 1, which smoothness and decomposability turn into
         the marginal (Darwiche 2003).
         """
-        x2, mask, batch_shape = self._prepare(x, observed)
+        x2, mask, batch_shape = self.prepare(x, observed)
         return _jit_log_marginal(self, x2, mask).reshape(batch_shape)
 
     def log_conditional(self, x: Float[Array, "*batch V"], query: Bool[Array, "*batch V"],
@@ -512,7 +528,7 @@ class Circuit(eqx.Module):
             union = q | e
         else:
             union, e = query | evidence, evidence
-        x2, joint_mask, batch_shape = self._prepare(x, union)
+        x2, joint_mask, batch_shape = self.prepare(x, union)
         e2 = jnp.reshape(jnp.broadcast_to(e, batch_shape + (v,)), (-1, v))
         both = _jit_log_marginal(self, jnp.concatenate([x2, x2]),
                                  jnp.concatenate([joint_mask, e2]))
@@ -643,7 +659,7 @@ class Circuit(eqx.Module):
             evidence = np.zeros((1, self.num_variables), bool)
         elif evidence is None:
             evidence = np.zeros(np.shape(x), bool)
-        x2, mask, batch_shape = self._prepare(x, evidence, mask_name="evidence")
+        x2, mask, batch_shape = self.prepare(x, evidence, mask_name="evidence")
         if not _is_traced(x2):
             log_evidence = _jit_log_marginal(self, x2, mask)
             _check_evidence_possible(log_evidence, "evidence")
@@ -698,7 +714,7 @@ class Circuit(eqx.Module):
                 probability zero.
         """
         check_key(key)
-        x2, mask, batch_shape = self._prepare(x, evidence)
+        x2, mask, batch_shape = self.prepare(x, evidence)
         if not _is_traced(x2):
             _check_evidence_possible(_jit_log_marginal(self, x2, mask), "evidence")
         out = _jit_sample_conditional(key, self, x2, mask)
@@ -788,7 +804,7 @@ def _jit_log_partition(circuit):
 
 @eqx.filter_jit
 def _jit_log_marginal(circuit, x, observed):
-    return circuit._log_marginal(x, observed)
+    return circuit.log_marginal_prepared(x, observed)
 
 
 def _map_max_product(circuit, x, observed):
@@ -845,7 +861,7 @@ def _change_log_ratios(circuit, x, num_values):
     """
     structure = circuit.structure
     log_w, log_mix = circuit.log_weights()
-    leaf = circuit._input_values(x, jnp.ones(x.shape, bool))  # (S, B, K)
+    leaf = circuit.input_log_values(x, jnp.ones(x.shape, bool))  # (S, B, K)
 
     def log_c(values):
         groups = upward(structure, values, log_w, log_mix, "sum", circuit.backend)

@@ -46,7 +46,7 @@ import jax.numpy as jnp
 import numpy as np
 from jaxtyping import Array, Float, PRNGKeyArray
 
-from probinf._checks import check_positive_int
+from probinf.validation import check_positive_int
 
 __all__ = ["FunctionGroup", "NeuralFunctions", "SHARING"]
 

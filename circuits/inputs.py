@@ -25,7 +25,7 @@ import jax.numpy as jnp
 import numpy as np
 from jax.scipy.special import gammaln
 
-from probinf._checks import check_positive_int
+from probinf.validation import check_positive_int
 
 __all__ = ["InputLayer", "Bernoulli", "Categorical", "Gaussian", "Binomial"]
 

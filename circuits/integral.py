@@ -69,7 +69,7 @@ from circuits.learning import (
 from circuits.quadrature import QuadratureRule
 from circuits.region_graph import RegionGraph
 from circuits.structure import CircuitStructure
-from probinf._checks import check_positive_int
+from probinf.validation import check_positive_int
 
 __all__ = [
     "IntegralCircuit",

@@ -39,7 +39,7 @@ import optax
 from circuits.circuit import Circuit, compile_circuit, root_value, upward
 from circuits.inputs import Bernoulli, Categorical
 from circuits.region_graph import RegionGraph, chow_liu_tree
-from probinf._checks import check_key, check_positive_int
+from probinf.validation import check_key, check_positive_int
 
 __all__ = ["TrainResult", "em", "fit_gradient", "average_log_likelihood", "step_size_schedule",
            "soft_evidence", "hclt", "fit_debd"]
@@ -77,7 +77,7 @@ class TrainResult:
 def _prepare_data(circuit: Circuit, data, name: str) -> jax.Array:
     if data is None:
         return None
-    x, observed, batch_shape = circuit._prepare(data, None, name)
+    x, observed, batch_shape = circuit.prepare(data, None, name)
     if len(batch_shape) != 1:
         raise ValueError(f"`{name}` must be (num_samples, {circuit.num_variables}), got shape "
                          f"{np.shape(data)}")
@@ -97,7 +97,7 @@ def _batches(x, batch_size):
 
 @eqx.filter_jit
 def _batch_log_likelihood(circuit, xb, wb):
-    ll = circuit._log_marginal(xb, jnp.ones_like(xb, bool))
+    ll = circuit.log_marginal_prepared(xb, jnp.ones_like(xb, bool))
     return jnp.sum(jnp.where(wb > 0, ll, 0.0))
 
 
@@ -151,7 +151,7 @@ def _expected_statistics(circuit: Circuit, x, weight, softened: bool = False):
         values, log_joint = _soft_input_values(circuit, x)
     else:
         observed = jnp.ones_like(x, bool)
-        values = circuit._input_values(x, observed)
+        values = circuit.input_log_values(x, observed)
 
     def total(log_w, log_mix, values):
         groups = upward(circuit.structure, values, log_w, log_mix, "sum", circuit.backend)
@@ -431,7 +431,7 @@ class _NegativeLogLikelihood:
         del key
         if self.rule is not None:
             model = model.materialize(self.rule, self.backend)
-        return -jnp.mean(model._log_marginal(batch, jnp.ones_like(batch, bool)))
+        return -jnp.mean(model.log_marginal_prepared(batch, jnp.ones_like(batch, bool)))
 
 
 @dataclass(frozen=True)

@@ -32,7 +32,7 @@ from dataclasses import dataclass
 import jax
 import numpy as np
 
-from probinf._checks import check_positive_int
+from probinf.validation import check_positive_int
 
 __all__ = [
     "Partition",

@@ -19,7 +19,7 @@ from dataclasses import dataclass
 import numpy as np
 
 from circuits.region_graph import RegionGraph
-from probinf._checks import check_positive_int
+from probinf.validation import check_positive_int
 
 __all__ = ["InnerStage", "MixingStage", "CircuitStructure", "LAYER_KINDS"]
 

@@ -8,7 +8,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from probinf._checks import check_key, check_positive_int
+from probinf.validation import check_key, check_positive_int
 
 __all__ = [
     "check_positive_int",

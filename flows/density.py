@@ -22,7 +22,7 @@ from jaxtyping import Array, PRNGKeyArray
 from flows._checks import check_key, check_positive_int
 from flows.distribution import Flow
 from probinf import train
-from probinf._xla_workaround import warn_if_cpu_gradients_are_wrong
+from probinf.xla_workaround import warn_if_cpu_gradients_are_wrong
 
 __all__ = ["fit_to_data", "DensityFitResult", "DEFAULT_OPTIMIZER"]
 

@@ -11,7 +11,7 @@ from jaxtyping import Array, Float, Int, PRNGKeyArray
 
 from flows._checks import check_positive_int
 from flows.bijection import Bijection
-from probinf._linalg import solve_triangular
+from probinf.linalg import solve_triangular
 
 __all__ = ["Permutation", "LULinear", "TriangularAffine", "as_gaussian"]
 
@@ -122,7 +122,7 @@ class LULinear(Bijection):
     def inverse_and_log_det(self, y, context=None):
         lower, upper = self._factors()
         z = jnp.zeros_like(y).at[self.permutation].set(y - self.bias)
-        # Plain-JAX substitution (probinf._linalg): vmapped LAPACK solves can hang on 2 cores.
+        # Plain-JAX substitution (probinf.linalg): vmapped LAPACK solves can hang on 2 cores.
         z = solve_triangular(lower, z, lower=True, unit_diagonal=True)
         x = solve_triangular(upper, z, lower=False)
         return x, -jnp.sum(self.log_diagonal)
@@ -237,5 +237,5 @@ class TriangularAffine(Bijection):
 
     def inverse_and_log_det(self, y, context=None):
         loc, log_diagonal, _ = self._params()
-        # Plain-JAX substitution (probinf._linalg): vmapped LAPACK solves can hang on 2 cores.
+        # Plain-JAX substitution (probinf.linalg): vmapped LAPACK solves can hang on 2 cores.
         return solve_triangular(self.scale_tril, y - loc, lower=True), -jnp.sum(log_diagonal)

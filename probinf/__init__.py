@@ -17,7 +17,6 @@ from probinf import (
     vi,
 )
 from probinf._version import __version__
-from probinf._xla_workaround import xla_cpu_workaround
 from probinf.auto import infer
 from probinf.diagnostics import effective_sample_size, to_inference_data
 from probinf.families import (
@@ -34,6 +33,7 @@ from probinf.families import (
 from probinf.io import load, save
 from probinf.target import Target, from_logdensity, from_numpyro
 from probinf.vi import fit
+from probinf.xla_workaround import xla_cpu_workaround
 
 __all__ = [
     "__version__",

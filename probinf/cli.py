@@ -11,10 +11,10 @@ import sys
 from collections.abc import Sequence
 
 from probinf._version import __version__
-from probinf._xla_workaround import xla_cpu_workaround
 from probinf.llm.base import LLMBackendError
 from probinf.llm.cli import MissingExtraError, add_decode_parser
 from probinf.llm.serve.cli import add_serve_parser
+from probinf.xla_workaround import xla_cpu_workaround
 
 __all__ = ["main", "build_parser"]
 

@@ -33,8 +33,8 @@ import jax.numpy as jnp
 import numpy as np
 from jaxtyping import Array, Float, PRNGKeyArray
 
-from probinf._checks import check_finite
-from probinf._linalg import solve_triangular
+from probinf.linalg import solve_triangular
+from probinf.validation import check_finite
 
 __all__ = [
     "Family",

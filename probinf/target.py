@@ -27,7 +27,7 @@ import numpy as np
 from jax.flatten_util import ravel_pytree
 from jaxtyping import Array, Float
 
-from probinf._checks import check_finite, check_key
+from probinf.validation import check_finite, check_key
 
 __all__ = ["Target", "NumpyroModel", "from_numpyro", "from_logdensity"]
 

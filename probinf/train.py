@@ -56,9 +56,9 @@ import jax.tree_util as jtu
 import numpy as np
 import optax
 
-from probinf._checks import check_key, check_positive_int
 from probinf._progress import progress_bar
 from probinf._tree import all_finite
+from probinf.validation import check_key, check_positive_int
 
 __all__ = [
     "DEFAULT_OPTIMIZER",

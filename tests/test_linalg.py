@@ -1,11 +1,11 @@
-"""probinf._linalg (plain-JAX Cholesky and triangular solves) against LAPACK through jax.numpy."""
+"""probinf.linalg (plain-JAX Cholesky and triangular solves) against LAPACK through jax.numpy."""
 
 import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from probinf._linalg import cho_solve, cholesky, solve_triangular
+from probinf.linalg import cho_solve, cholesky, solve_triangular
 
 
 def spd(rng, shape):

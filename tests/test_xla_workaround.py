@@ -1,5 +1,5 @@
 """The XLA:CPU YNNPACK reduce fusion miscompiles gradients of scanned layers on large batches
-in jaxlib 0.10.2 (see probinf/_xla_workaround.py): the explicit workaround fixes it, nothing
+in jaxlib 0.10.2 (see probinf/xla_workaround.py): the explicit workaround fixes it, nothing
 happens on import, and the training entry points warn when the running backend is wrong."""
 
 import os
@@ -30,7 +30,7 @@ def _run(code: str) -> list[str]:
 
 
 def test_explicit_workaround_makes_the_scanned_softmax_gradient_exact():
-    from probinf._xla_workaround import _AFFECTED_JAXLIB, _jaxlib_version
+    from probinf.xla_workaround import _AFFECTED_JAXLIB, _jaxlib_version
 
     lines = _run("import probinf\nprint(probinf.xla_cpu_workaround())\n" + PROGRAM)
     affected = _AFFECTED_JAXLIB[0] <= _jaxlib_version() < _AFFECTED_JAXLIB[1]
@@ -43,7 +43,7 @@ def test_import_leaves_xla_flags_alone_and_the_check_agrees_with_an_independent_
     lines = _run(
         "import os, warnings, probinf, flows, circuits, amortized\n"
         "print(repr(os.environ.get('XLA_FLAGS', '')))\n"
-        "from probinf._xla_workaround import cpu_scan_gradients_are_exact, warn_if_cpu_gradients_are_wrong\n"
+        "from probinf.xla_workaround import cpu_scan_gradients_are_exact, warn_if_cpu_gradients_are_wrong\n"
         "print(cpu_scan_gradients_are_exact())\n"
         "with warnings.catch_warnings(record=True) as caught:\n"
         "    warnings.simplefilter('always')\n"
@@ -61,7 +61,7 @@ def test_import_leaves_xla_flags_alone_and_the_check_agrees_with_an_independent_
 
 
 def test_environ_without_workaround_drops_only_our_flag(monkeypatch):
-    from probinf._xla_workaround import XLA_CPU_FLAG, environ_without_workaround
+    from probinf.xla_workaround import XLA_CPU_FLAG, environ_without_workaround
 
     monkeypatch.setenv("XLA_FLAGS", f"--xla_dump_to=/tmp/x {XLA_CPU_FLAG}  --xla_foo=1")
     monkeypatch.setenv("PROBINF_TEST_VAR", "kept")
@@ -74,7 +74,7 @@ def test_environ_without_workaround_drops_only_our_flag(monkeypatch):
 
 
 def test_workaround_respects_an_explicit_user_setting(monkeypatch):
-    from probinf._xla_workaround import XLA_CPU_FLAG, xla_cpu_workaround
+    from probinf.xla_workaround import XLA_CPU_FLAG, xla_cpu_workaround
 
     monkeypatch.setenv("XLA_FLAGS", "--xla_cpu_experimental_ynn_fusion_type=+reduce")
     assert xla_cpu_workaround() is False

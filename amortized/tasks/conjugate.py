@@ -12,7 +12,7 @@ from jaxtyping import Array, Float
 
 from amortized.gmm import GaussianMixture, _cholesky_or_raise, condition_linear_gaussian
 from amortized.tasks.base import Task, observation_mask, random_mixture_prior
-from probinf._linalg import cholesky
+from probinf.linalg import cholesky
 
 __all__ = ["ConjugateGaussian"]
 

@@ -34,8 +34,8 @@ from jaxtyping import Array, Float
 
 from amortized.gmm import GaussianMixture, _condition, random_sign_flips
 from amortized.tasks.base import Task
-from probinf._linalg import cholesky
 from probinf.families import check_num_samples
+from probinf.linalg import cholesky
 
 __all__ = ["GaussianLinear", "TwoMoons", "SLCP"]
 

@@ -23,7 +23,7 @@ from jaxtyping import Array, Float
 
 from amortized.gmm import GaussianMixture, _cholesky_or_raise, _condition
 from amortized.tasks.conjugate import ConjugateGaussian
-from probinf._linalg import cho_solve, cholesky, solve_triangular
+from probinf.linalg import cho_solve, cholesky, solve_triangular
 
 __all__ = ["LinearGaussianStateSpace", "kalman_filter"]
 

@@ -26,7 +26,7 @@ from typing import Literal, Protocol, runtime_checkable
 
 import numpy as np
 
-from probinf._checks import check_positive_int
+from probinf.validation import check_positive_int
 
 __all__ = [
     "TokenText",

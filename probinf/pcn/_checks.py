@@ -8,7 +8,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from probinf._checks import check_key  # noqa: F401  (re-exported for the pcn modules)
+from probinf.validation import check_key  # noqa: F401  (re-exported for the pcn modules)
 
 METHODS = ("euler", "heun")
 INITS = ("forward", "random")

@@ -20,10 +20,10 @@ import jax.numpy as jnp
 import numpy as np
 from jaxtyping import Array, Float, PRNGKeyArray
 
-from probinf._checks import check_positive_int
 from probinf.pcn._checks import check_key, check_node_data
 from probinf.pcn.inference import _predict, infer
 from probinf.pcn.network import PCN
+from probinf.validation import check_positive_int
 
 __all__ = ["sample", "reconstruct", "recall"]
 

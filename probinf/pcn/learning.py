@@ -32,7 +32,6 @@ import optax
 from jaxtyping import Array, Float, PRNGKeyArray
 
 from probinf import train as engine
-from probinf._checks import check_positive_int
 from probinf._tree import all_finite
 from probinf.pcn._checks import (
     INITS,
@@ -55,6 +54,7 @@ from probinf.pcn.inference import (
     energy_rose,
 )
 from probinf.pcn.network import PCN
+from probinf.validation import check_positive_int
 
 __all__ = ["ALGORITHMS", "TrainResult", "parameter_gradients", "train", "train_step"]
 

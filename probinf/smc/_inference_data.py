@@ -110,9 +110,9 @@ def _runs(result: Any) -> list[Any]:
 def filter_inference_data(result: Any, key: Any, model: Any, *, smoothing: bool,
                           num_draws: int | None, observed_data: Mapping[str, Any] | None):
     """See `probinf.smc.FilterResult.to_inference_data`."""
-    from probinf._checks import check_positive_int
     from probinf.diagnostics import to_inference_data
     from probinf.smc.feynman_kac import backward_sampling
+    from probinf.validation import check_positive_int
 
     if not callable(getattr(model, "states", None)):
         raise TypeError(f"`model` must be the FeynmanKac model that was filtered, got "

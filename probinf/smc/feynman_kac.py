@@ -46,11 +46,11 @@ import jax.numpy as jnp
 import numpy as np
 from jaxtyping import Array, Bool, Float, Int, PRNGKeyArray
 
-from probinf._checks import check_positive_int
 from probinf._progress import progress_bar
 from probinf.smc import kernel
 from probinf.smc.resampling import check_scheme
 from probinf.smc.sharding import check_divisible
+from probinf.validation import check_positive_int
 
 __all__ = [
     "FeynmanKac",

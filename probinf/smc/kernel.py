@@ -35,9 +35,9 @@ import jax.numpy as jnp
 import numpy as np
 from jaxtyping import Array, Bool, Float, Int, PRNGKeyArray
 
-from probinf._checks import check_positive_int
 from probinf.smc.resampling import _UNCHECKED, check_scheme
 from probinf.smc.sharding import constrain_leading_axis
+from probinf.validation import check_positive_int
 
 __all__ = [
     "FAILURES",

@@ -25,9 +25,9 @@ import jax.numpy as jnp
 import numpy as np
 from jaxtyping import Array, Float, PRNGKeyArray
 
-from probinf._checks import check_finite
-from probinf._linalg import cholesky, solve_triangular
+from probinf.linalg import cholesky, solve_triangular
 from probinf.smc.feynman_kac import StateSpaceModel
+from probinf.validation import check_finite
 
 __all__ = ["LinearGaussianSSM", "gaussian_log_density"]
 

@@ -24,7 +24,6 @@ import jax.numpy as jnp
 import numpy as np
 from jaxtyping import Array, Int, PRNGKeyArray
 
-from probinf._checks import check_positive_int
 from probinf._progress import progress_bar
 from probinf.smc import kernel
 from probinf.smc.feynman_kac import (
@@ -34,6 +33,7 @@ from probinf.smc.feynman_kac import (
     check_model_shapes,
     trace_genealogy,
 )
+from probinf.validation import check_positive_int
 
 __all__ = ["CSMCResult", "ParticleGibbsResult", "conditional_smc", "particle_gibbs"]
 

@@ -31,8 +31,8 @@ import jax.numpy as jnp
 import numpy as np
 from jaxtyping import Array, Float, Int, PRNGKeyArray
 
-from probinf._checks import raise_if
 from probinf.diagnostics import effective_sample_size
+from probinf.validation import raise_if
 
 __all__ = [
     "multinomial",

@@ -26,8 +26,8 @@ import jax.numpy as jnp
 import numpy as np
 from jaxtyping import Array, Float
 
-from probinf._checks import first_entry, raise_if
 from probinf.smc.models import LinearGaussianSSM, gaussian_log_density
+from probinf.validation import first_entry, raise_if
 
 __all__ = [
     "KalmanResult",

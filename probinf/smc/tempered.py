@@ -41,12 +41,12 @@ import jax.numpy as jnp
 import numpy as np
 from jaxtyping import Array, Bool, Float, Int, PRNGKeyArray
 
-from probinf._checks import check_positive_int
 from probinf._progress import progress_bar
 from probinf.diagnostics import effective_sample_size
 from probinf.smc import kernel
 from probinf.smc.resampling import _UNCHECKED, check_scheme
 from probinf.smc.sharding import check_divisible, constrain_leading_axis
+from probinf.validation import check_positive_int
 
 __all__ = ["tempered_smc", "TemperedResult", "KERNELS"]
 

@@ -37,7 +37,7 @@ import jax
 import jax.numpy as jnp
 from jaxtyping import Array
 
-from probinf._linalg import cholesky
+from probinf.linalg import cholesky
 
 # Why the loop stopped (``LBFGSOutput.status``).
 RUNNING = 0

@@ -16,9 +16,8 @@ import optax
 from jaxtyping import PRNGKeyArray
 
 from probinf import train as engine
-from probinf._checks import check_key
-from probinf._xla_workaround import warn_if_cpu_gradients_are_wrong
 from probinf.families import check_num_samples
+from probinf.validation import check_key
 from probinf.vi import convergence
 from probinf.vi.diagnostics import (
     DEFAULT_DIAGNOSTIC_DRAWS,
@@ -30,6 +29,7 @@ from probinf.vi.diagnostics import (
 from probinf.vi.diagnostics import diagnose as _diagnose_family
 from probinf.vi.estimators import Learnable
 from probinf.vi.objectives import RWS, Objective
+from probinf.xla_workaround import warn_if_cpu_gradients_are_wrong
 
 __all__ = ["fit", "FitResult"]
 
@@ -344,7 +344,7 @@ def fit(
             trains only the target) without ``learn_target=True``; TypeError: an
             optimizer that is not an optax transformation or a key that is not a PRNG key.
     """
-    if type(family).__module__.split(".")[0] == "flows":  # scanned layers: probinf/_xla_workaround.py
+    if type(family).__module__.split(".")[0] == "flows":  # scanned layers: probinf/xla_workaround.py
         warn_if_cpu_gradients_are_wrong()
     if not callable(objective):
         raise TypeError(f"`objective` must be callable, got {type(objective).__name__}")

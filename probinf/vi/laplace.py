@@ -18,8 +18,8 @@ import jax.numpy as jnp
 import numpy as np
 from jaxtyping import Array, Bool, Float, Int
 
-from probinf._linalg import cholesky, solve_triangular
 from probinf.families import FullRankGaussian, check_num_samples
+from probinf.linalg import cholesky, solve_triangular
 from probinf.target import Target
 from probinf.vi import _lbfgs
 

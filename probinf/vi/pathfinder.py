@@ -33,10 +33,10 @@ import jax.numpy as jnp
 import numpy as np
 from jaxtyping import Array, Float, Int, PRNGKeyArray
 
-from probinf._checks import check_key
-from probinf._linalg import cholesky
 from probinf.families import FullRankGaussian, MeanFieldGaussian, Standardized, check_num_samples
+from probinf.linalg import cholesky
 from probinf.target import Target
+from probinf.validation import check_key
 from probinf.vi import _lbfgs
 from probinf.vi.laplace import _EXACT as _LAPLACE_EXACT
 from probinf.vi.laplace import (

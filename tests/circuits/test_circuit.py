@@ -136,7 +136,7 @@ def test_pallas_kernel_backend_matches_einsum_values_and_gradients():
     x = jnp.asarray(case.domain[:4], jnp.float32)
 
     def log_likelihood(logits, c):
-        return c.with_params(sum_logits=logits)._log_marginal(x, jnp.ones(x.shape, bool))
+        return c.with_params(sum_logits=logits).log_marginal_prepared(x, jnp.ones(x.shape, bool))
 
     # One forward pass through the kernel (with its custom VJP) gives values and gradients.
     values, pullback = jax.vjp(log_likelihood, fused.sum_logits, fused)

@@ -1,4 +1,8 @@
-"""Input checks shared by probinf's constructors and functions.
+"""Input validation for every package (probinf, flows, circuits, amortized): one check per kind.
+
+``check_positive_int`` (counts, with a ``minimum``), ``check_key`` (one typed or raw PRNG key),
+``check_finite`` (arrays, naming the first bad entry) and ``raise_if`` (checks that also run
+inside ``jit``); every message names the argument.
 
 Concrete values are checked at once, at the Python boundary, with a ``ValueError``
 that names the argument and the offending entry. Traced values (inside ``jit``,
