@@ -44,6 +44,7 @@ Two normalisations (`normalization=`):
 
 from __future__ import annotations
 
+import dataclasses
 import functools
 import math
 from dataclasses import dataclass
@@ -63,8 +64,8 @@ from circuits.learning import (
     _MaterialisedValidation,
     _NegativeLogLikelihood,
     _prepare_data,
+    _result,
     _train,
-    average_log_likelihood,
 )
 from circuits.quadrature import QuadratureRule
 from circuits.region_graph import RegionGraph
@@ -509,14 +510,6 @@ def fit_integral(
         engine.init(pic, optimizer), x, data=x, batch_size=batch_size, num_epochs=num_epochs,
         key=key, valid=valid_x, validate=_MaterialisedValidation(rule, backend),
         keep_best=keep_best, patience=None, progress=progress, desc="PIC")
-    circuit = final.materialize(rule, backend)
-    return IntegralTrainResult(
-        pic=final,
-        circuit=circuit,
-        train_log_likelihood=np.asarray(train_ll),
-        valid_log_likelihood=np.asarray(valid_ll),
-        final_train_log_likelihood=average_log_likelihood(circuit, x),
-        num_epochs=len(train_ll),
-        stop_reason=stop_reason,
-        seconds=seconds,
-    )
+    # The materialised circuit's result, plus the PIC it came from.
+    base = _result(final.materialize(rule, backend), x, train_ll, valid_ll, stop_reason, seconds)
+    return IntegralTrainResult(pic=final, **{f.name: getattr(base, f.name) for f in dataclasses.fields(base)})
