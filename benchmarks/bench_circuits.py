@@ -54,10 +54,10 @@ except ModuleNotFoundError:  # run as a script: benchmarks/ itself is on sys.pat
     from peers import missing_peer_message, peer_python
 try:
     from benchmarks.published_debd import load_published, merge_published, update_circuits_json
-    from benchmarks.results_io import debd_directory, update_results
+    from benchmarks.results_io import add_debd_arguments, debd_directory, update_results
 except ModuleNotFoundError:
     from published_debd import load_published, merge_published, update_circuits_json
-    from results_io import debd_directory, update_results
+    from results_io import add_debd_arguments, debd_directory, update_results
 
 REPO = pathlib.Path(__file__).resolve().parents[1]
 OUT = REPO / "benchmarks" / "results" / "circuits.json"
@@ -296,12 +296,7 @@ def cirkit_throughput(graph, units, batch, repeats, threads):
 def main():
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--quick", action="store_true", help="small budgets (smoke run)")
-    parser.add_argument("--data", default=None,
-                        help="folder of the reference data, holding debd/ (default "
-                             "$PROBINF_SHARED_DATA, else ../shared/data beside the checkout)")
-    parser.add_argument("--shipped-debd", action="store_true",
-                        help="density estimation on the DEBD datasets shipped with the package "
-                             "(nltcs, mushrooms) instead of a data folder")
+    add_debd_arguments(parser)
     parser.add_argument("--out", type=pathlib.Path, default=OUT)
     parser.add_argument("--merge-published", action="store_true",
                         help="only merge results/published_debd.json into the existing "

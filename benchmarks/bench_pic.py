@@ -55,9 +55,9 @@ from probinf import train as engine
 
 REPO = pathlib.Path(__file__).resolve().parents[1]
 try:
-    from benchmarks.results_io import debd_directory, update_results
+    from benchmarks.results_io import add_debd_arguments, debd_directory, update_results
 except ModuleNotFoundError:  # run as a script: benchmarks/ itself is on sys.path
-    from results_io import debd_directory, update_results
+    from results_io import add_debd_arguments, debd_directory, update_results
 OUT = REPO / "benchmarks" / "results" / "pic.json"
 
 # Published figures quoted only where the number itself was read in its source.
@@ -273,12 +273,7 @@ def main():
     parser.add_argument("--quick", action="store_true", help="small smoke run")
     parser.add_argument("--datasets", nargs="*", default=None, help="DEBD subset")
     parser.add_argument("--out", default=str(OUT))
-    parser.add_argument("--data", default=None,
-                        help="folder of the reference data, holding debd/ (default "
-                             "$PROBINF_SHARED_DATA, else ../shared/data beside the checkout)")
-    parser.add_argument("--shipped-debd", action="store_true",
-                        help="the DEBD datasets shipped with the package (nltcs, mushrooms) "
-                             "instead of a data folder")
+    add_debd_arguments(parser)
     args = parser.parse_args()
     try:  # before anything runs
         debd = debd_directory(args.data, args.shipped_debd)

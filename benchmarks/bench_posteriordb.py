@@ -40,7 +40,7 @@ sys.path.insert(0, str(ROOT))
 
 import probinf  # noqa: E402
 from benchmarks.posteriordb import POSTERIORS, load, score, to_posteriordb_names  # noqa: E402
-from benchmarks.results_io import posteriordb_directory, write_results  # noqa: E402
+from benchmarks.results_io import add_posteriordb_argument, posteriordb_directory, write_results  # noqa: E402
 from probinf import vi  # noqa: E402
 from probinf.diagnostics import psis  # noqa: E402
 
@@ -205,10 +205,7 @@ def main(argv=None):
     parser.add_argument("--methods", default=",".join(METHODS))
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--table", action="store_true", help="print the docs table and exit")
-    parser.add_argument("--data", default=None,
-                        help="folder of the reference data, holding posteriordb/ (default "
-                             "$PROBINF_POSTERIORDB, else $PROBINF_SHARED_DATA/posteriordb, else "
-                             "../shared/data/posteriordb)")
+    add_posteriordb_argument(parser)
     args = parser.parse_args(argv)
     if args.table:
         print(markdown_table(json.loads(RESULTS.read_text())))

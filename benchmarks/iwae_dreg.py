@@ -27,7 +27,7 @@ sys.path.insert(0, str(ROOT))
 
 import probinf  # noqa: E402
 from benchmarks.posteriordb import load, score, to_posteriordb_names  # noqa: E402
-from benchmarks.results_io import posteriordb_directory, write_results  # noqa: E402
+from benchmarks.results_io import add_posteriordb_argument, posteriordb_directory, write_results  # noqa: E402
 from probinf import vi  # noqa: E402
 from probinf.diagnostics import psis  # noqa: E402
 
@@ -45,10 +45,7 @@ def scored(posterior, target, z):
 
 def main(argv=None):
     parser = argparse.ArgumentParser(description=__doc__.strip().splitlines()[0])
-    parser.add_argument("--data", default=None,
-                        help="folder of the reference data, holding posteriordb/ (default "
-                             "$PROBINF_POSTERIORDB, else $PROBINF_SHARED_DATA/posteriordb, else "
-                             "../shared/data/posteriordb)")
+    add_posteriordb_argument(parser)
     parser.add_argument("--out", type=pathlib.Path, default=RESULTS)
     args = parser.parse_args(argv)
     try:  # before anything runs

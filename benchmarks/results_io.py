@@ -53,6 +53,16 @@ def data_file(data_dir: str | os.PathLike | None, *relative: str, needed_for: st
     return path
 
 
+def add_debd_arguments(parser) -> None:
+    """``--data`` and ``--shipped-debd``, the DEBD benchmarks' data options (see `debd_directory`)."""
+    parser.add_argument("--data", default=None,
+                        help="folder of the reference data, holding debd/ (default "
+                             "$PROBINF_SHARED_DATA, else ../shared/data beside the checkout)")
+    parser.add_argument("--shipped-debd", action="store_true",
+                        help="the DEBD datasets shipped with the package (nltcs, mushrooms) "
+                             "instead of a data folder")
+
+
 def debd_directory(data_dir: str | os.PathLike | None, shipped: bool) -> Path | None:
     """Where a DEBD benchmark reads its datasets: None (``circuits.load_debd``'s copies
     shipped with the package, nltcs and mushrooms) when ``shipped``, else ``data_dir/debd``,
@@ -61,6 +71,14 @@ def debd_directory(data_dir: str | os.PathLike | None, shipped: bool) -> Path | 
         return None
     return data_file(data_dir, "debd", needed_for="the DEBD datasets; or pass --shipped-debd "
                                                   "to use the two shipped with the package")
+
+
+def add_posteriordb_argument(parser) -> None:
+    """``--data``, the posteriordb benchmarks' data option (see `posteriordb_directory`)."""
+    parser.add_argument("--data", default=None,
+                        help="folder of the reference data, holding posteriordb/ (default "
+                             "$PROBINF_POSTERIORDB, else $PROBINF_SHARED_DATA/posteriordb, else "
+                             "../shared/data/posteriordb)")
 
 
 def posteriordb_directory(data_dir: str | os.PathLike | None) -> Path:
