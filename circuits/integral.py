@@ -70,6 +70,7 @@ from circuits.learning import (
 from circuits.quadrature import QuadratureRule
 from circuits.region_graph import RegionGraph
 from circuits.structure import CircuitStructure
+from probinf import train as engine
 from probinf.validation import check_positive_int
 
 __all__ = [
@@ -503,8 +504,6 @@ def fit_integral(
     x = _prepare_data(template, data, "data")
     valid_x = None if valid is None else _prepare_data(template, valid, "valid")
     batch_size = min(batch_size, x.shape[0])
-    from probinf import train as engine
-
     final, train_ll, valid_ll, stop_reason, seconds = _train(
         engine.make_step(_NegativeLogLikelihood(rule, backend), optimizer),
         engine.init(pic, optimizer), x, data=x, batch_size=batch_size, num_epochs=num_epochs,

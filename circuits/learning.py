@@ -39,6 +39,7 @@ import optax
 from circuits.circuit import Circuit, compile_circuit, root_value, upward
 from circuits.inputs import Bernoulli, Categorical
 from circuits.region_graph import RegionGraph, chow_liu_tree
+from probinf import train as engine
 from probinf.validation import check_key, check_positive_int
 
 __all__ = ["TrainResult", "em", "fit_gradient", "average_log_likelihood", "step_size_schedule",
@@ -395,8 +396,6 @@ class _EMStep(eqx.Module):
     full_batch: bool = eqx.field(static=True)
 
     def __call__(self, state, key, batch):
-        from probinf.train import StepInfo, TrainState
-
         del key  # EM is deterministic; the engine's shuffling already drew the batch
         circuit = state.params
         if self.constant_step is not None:
@@ -416,7 +415,7 @@ class _EMStep(eqx.Module):
                               rows)
         loss = -total / rows
         finite = jnp.isfinite(loss) & _finite_or_minus_inf(updated)
-        return TrainState(updated, None, state.step + 1), StepInfo(loss, finite)
+        return engine.TrainState(updated, None, state.step + 1), engine.StepInfo(loss, finite)
 
 
 @dataclass(frozen=True)
@@ -451,8 +450,6 @@ def _train(step, state, x, *, data, batch_size, num_epochs, key, valid, validate
     log-likelihoods (of the steps' batches, before each update), validation log-likelihoods
     after each epoch, and the parameters (the best on ``valid`` when ``keep_best``).
     """
-    from probinf import train as engine
-
     steps_per_epoch = 1 if batch_size is None else x.shape[0] // batch_size
     with_valid = valid is not None
     result = engine.run(
@@ -667,9 +664,7 @@ def em(
         constant_step=float(step_size) if constant_step else None,
         steps_per_epoch=steps_per_epoch, pseudocount=pseudocount, entropy_reg=entropy_reg,
         softened=softened, full_batch=batch_size is None)
-    from probinf.train import TrainState
-
-    state = TrainState(circuit, None, jnp.asarray(0, jnp.int32))
+    state = engine.TrainState(circuit, None, jnp.asarray(0, jnp.int32))
     params, train_ll, valid_ll, stop_reason, seconds = _train(
         step, state, x, data=data, batch_size=batch_size, num_epochs=num_epochs, key=key,
         valid=valid_x, validate=_validation_loss, keep_best=keep_best, patience=patience,
@@ -867,8 +862,6 @@ def fit_gradient(
     x = _prepare_data(circuit, data, "data")
     valid_x = None if valid is None else _prepare_data(circuit, valid, "valid")
     batch_size = min(batch_size, x.shape[0])
-    from probinf import train as engine
-
     params, train_ll, valid_ll, stop_reason, seconds = _train(
         engine.make_step(_NegativeLogLikelihood(), optimizer), engine.init(circuit, optimizer),
         x, data=x, batch_size=batch_size, num_epochs=num_epochs, key=key, valid=valid_x,
