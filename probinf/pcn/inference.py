@@ -279,7 +279,7 @@ def _raise_if_nonfinite(result: InferenceResult, step_size: float, where: str = 
 ENERGY_RISE_RTOL = 1e-3
 
 
-def energy_rose(energies) -> np.ndarray:
+def _energy_rose(energies) -> np.ndarray:
     """Whether the total energy ended above its start (beyond ``ENERGY_RISE_RTOL``).
 
     ``energies``: ``(..., T + 1, L + 1)`` per-node energies over the inference steps;
@@ -291,7 +291,7 @@ def energy_rose(energies) -> np.ndarray:
 
 
 def _warn_if_energy_rose(result: InferenceResult, step_size: float) -> None:
-    if isinstance(result.energies, jax.core.Tracer) or not energy_rose(result.energies):
+    if isinstance(result.energies, jax.core.Tracer) or not _energy_rose(result.energies):
         return
     total = np.asarray(result.total_energy, np.float64)
     warnings.warn(

@@ -48,10 +48,10 @@ from probinf.pcn.inference import (
     _activity_gradient,
     _batch_terms,
     _clamping,
+    _energy_rose,
     _initial_activities,
     _merge,
     _scan_relax,
-    energy_rose,
 )
 from probinf.pcn.network import PCN
 from probinf.validation import check_positive_int
@@ -402,7 +402,7 @@ def train(
         raise error
     # Only PC holds the weights fixed during inference, where gradient descent on the energy
     # must lower it; iPC's concurrent optimizer steps (e.g. Adam's) carry no such guarantee.
-    rose = energy_rose(energies) if algorithm == "pc" else np.zeros(0, bool)
+    rose = _energy_rose(energies) if algorithm == "pc" else np.zeros(0, bool)
     if rose.any():
         first_epoch = int(np.argmax(rose)) // batches
         warnings.warn(
