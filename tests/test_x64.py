@@ -318,7 +318,9 @@ for check in (tempered_smc_numpyro, particle_filter, hmm, vi, flows_check, circu
 
 @pytest.fixture(scope="module")
 def checks():
-    env = os.environ | {"JAX_ENABLE_X64": "1"}
+    # At XLA's default optimisation level (tests/conftest.py turns it off for the rest).
+    flags = os.environ.get("XLA_FLAGS", "").replace("--xla_backend_optimization_level=0", "")
+    env = os.environ | {"JAX_ENABLE_X64": "1", "XLA_FLAGS": " ".join(flags.split())}
     proc = subprocess.run(
         [sys.executable, "-c", SCRIPT, str(HERE / "circuits" / "reference.py")],
         env=env, cwd=HERE.parent, capture_output=True, text=True, timeout=600,
