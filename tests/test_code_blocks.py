@@ -5,7 +5,7 @@
   block or from the prose fails, naming its page and index.
 * Execution, each block in a fresh process from an empty folder, so only what ships with
   the package is reachable (not ``../shared``). Iteration counts are capped (``steps=``,
-  ``steps = ``, ``epochs=``, ``num_epochs=``, ``max_epochs=``) so the suite stays short:
+  ``steps = ``, and every ``*epochs=``) so the suite stays short:
   the blocks are checked to be complete and to print what they claim, not to converge.
 """
 
@@ -46,7 +46,7 @@ DOCS_BLOCKS = [pytest.param(code, id=f"{page.stem}-{index}")
 
 def _capped(code: str) -> str:
     code = re.sub(r"\b(steps\s*=\s*)(\d[\d_]*)", lambda m: f"{m.group(1)}{min(int(m.group(2)), CAP)}", code)
-    return re.sub(r"\b((?:num_|max_)?epochs=)(\d+)",
+    return re.sub(r"\b(\w*epochs\s*=\s*)(\d+)",
                   lambda m: f"{m.group(1)}{min(int(m.group(2)), EPOCH_CAP)}", code)
 
 
@@ -66,8 +66,9 @@ def _run_block(code: str, cwd: pathlib.Path) -> None:
 
 def test_the_capping_reaches_every_spelling():
     assert _capped("fit(steps=4000, max_steps=20_000)\nsteps = 3_000\nem(num_epochs=20, epochs=9)\n"
-                   "fit_to_data(max_epochs=100)") == (
-        "fit(steps=40, max_steps=20_000)\nsteps = 40\nem(num_epochs=2, epochs=2)\nfit_to_data(max_epochs=2)")
+                   "fit_to_data(max_epochs=100)\nfit_debd(minibatch_epochs=100, fullbatch_epochs=50)") == (
+        "fit(steps=40, max_steps=20_000)\nsteps = 40\nem(num_epochs=2, epochs=2)\nfit_to_data(max_epochs=2)\n"
+        "fit_debd(minibatch_epochs=2, fullbatch_epochs=2)")
 
 
 def test_the_readme_has_a_block_per_part():
@@ -104,13 +105,17 @@ def test_every_block_parses_and_defines_what_it_uses(tmp_path):
     assert out.returncode == 0, out.stdout + out.stderr
 
 
+# One class each: pytest-xdist's `--dist loadscope` (pyproject) gives each class, not the
+# whole file, to one worker, so the two long runs of blocks can share the workers.
 @pytest.mark.slow
-@pytest.mark.parametrize("code", README_BLOCKS)
-def test_readme_block_runs_as_written(code, tmp_path):
-    _run_block(code, tmp_path)
+class TestReadmeBlocks:
+    @pytest.mark.parametrize("code", README_BLOCKS)
+    def test_readme_block_runs_as_written(self, code, tmp_path):
+        _run_block(code, tmp_path)
 
 
 @pytest.mark.slow
-@pytest.mark.parametrize("code", DOCS_BLOCKS)
-def test_docs_block_runs_as_written(code, tmp_path):
-    _run_block(code, tmp_path)
+class TestDocsBlocks:
+    @pytest.mark.parametrize("code", DOCS_BLOCKS)
+    def test_docs_block_runs_as_written(self, code, tmp_path):
+        _run_block(code, tmp_path)
