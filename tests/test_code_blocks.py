@@ -105,8 +105,9 @@ def test_every_block_parses_and_defines_what_it_uses(tmp_path):
     assert out.returncode == 0, out.stdout + out.stderr
 
 
-# One class each: pytest-xdist's `--dist loadscope` (pyproject) gives each class, not the
-# whole file, to one worker, so the two long runs of blocks can share the workers.
+# A class for the README and one per docs page: pytest-xdist's `--dist loadscope`
+# (pyproject) gives each class, not the whole file, to one worker, so these long
+# subprocess runs spread over the workers instead of ending the run on one of them.
 @pytest.mark.slow
 class TestReadmeBlocks:
     @pytest.mark.parametrize("code", README_BLOCKS)
@@ -114,8 +115,15 @@ class TestReadmeBlocks:
         _run_block(code, tmp_path)
 
 
-@pytest.mark.slow
-class TestDocsBlocks:
-    @pytest.mark.parametrize("code", DOCS_BLOCKS)
+def _docs_page_class(stem: str) -> type:
+    @pytest.mark.parametrize("code", [block for block in DOCS_BLOCKS if block.id.rsplit("-", 1)[0] == stem])
     def test_docs_block_runs_as_written(self, code, tmp_path):
         _run_block(code, tmp_path)
+
+    name = "TestDocsBlocks_" + _slug(stem).replace("-", "_")
+    return pytest.mark.slow(type(name, (), {"test_docs_block_runs_as_written": test_docs_block_runs_as_written}))
+
+
+for _stem in sorted({block.id.rsplit("-", 1)[0] for block in DOCS_BLOCKS}):
+    _class = _docs_page_class(_stem)
+    globals()[_class.__name__] = _class

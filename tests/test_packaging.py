@@ -60,4 +60,10 @@ def test_the_real_model_tests_run_in_ci_with_the_llm_extra(repo_root):
     assert not any(d.startswith(("llama-cpp-python", "torch")) for d in extras["test"])
     assert any(d.startswith("llama-cpp-python") for d in extras["llm"])
     ci = (repo_root / ".ci" / "run").read_text().splitlines()
-    assert 'pip install -e ".[test,llm]" && pytest -k llm tests/llm tests/test_code_blocks.py tests/test_notebooks.py' in ci
+    assert ci.index('pip install -e ".[test,llm]"') < ci.index("pytest -k llm tests/llm tests/test_code_blocks.py")
+
+
+def test_ci_executes_the_notebooks_that_the_default_run_leaves_out(repo_root):
+    options = tomllib.loads((repo_root / "pyproject.toml").read_text())["tool"]["pytest"]["ini_options"]
+    assert "-m 'not notebooks'" in options["addopts"]
+    assert "pytest -m notebooks tests/test_notebooks.py" in (repo_root / ".ci" / "run").read_text().splitlines()
