@@ -40,8 +40,9 @@ def _slug(text: str) -> str:
 
 
 README_BLOCKS = [pytest.param(code, id=_slug(heading)) for heading, code in _python_blocks(README)]
-DOCS_BLOCKS = [pytest.param(code, id=f"{page.stem}-{index}")
-               for page in DOCS for index, (_, code) in enumerate(_python_blocks(page))]
+DOCS_BLOCKS_BY_PAGE = {page.stem: [pytest.param(code, id=f"{page.stem}-{index}")
+                                   for index, (_, code) in enumerate(_python_blocks(page))]
+                       for page in DOCS}
 
 
 def _capped(code: str) -> str:
@@ -115,8 +116,8 @@ class TestReadmeBlocks:
         _run_block(code, tmp_path)
 
 
-def _docs_page_class(stem: str) -> type:
-    @pytest.mark.parametrize("code", [block for block in DOCS_BLOCKS if block.id.rsplit("-", 1)[0] == stem])
+def _docs_page_class(stem: str, blocks: list) -> type:
+    @pytest.mark.parametrize("code", blocks)
     def test_docs_block_runs_as_written(self, code, tmp_path):
         _run_block(code, tmp_path)
 
@@ -124,6 +125,7 @@ def _docs_page_class(stem: str) -> type:
     return pytest.mark.slow(type(name, (), {"test_docs_block_runs_as_written": test_docs_block_runs_as_written}))
 
 
-for _stem in sorted({block.id.rsplit("-", 1)[0] for block in DOCS_BLOCKS}):
-    _class = _docs_page_class(_stem)
-    globals()[_class.__name__] = _class
+for _stem, _blocks in DOCS_BLOCKS_BY_PAGE.items():
+    if _blocks:
+        _class = _docs_page_class(_stem, _blocks)
+        globals()[_class.__name__] = _class
