@@ -3,6 +3,7 @@ import os
 import pathlib
 import shutil
 import tempfile
+import uuid
 
 import pytest
 
@@ -21,7 +22,9 @@ os.environ.setdefault("MPLBACKEND", "Agg")
 # cache the caller set (JAX_COMPILATION_CACHE_DIR) is used as it is.
 _RUN_CACHE = None
 if "JAX_COMPILATION_CACHE_DIR" not in os.environ:
-    _RUN_CACHE = tempfile.mkdtemp(prefix="probinf-tests-jax-cache-")
+    # JAX creates the folder at the first compilation: a run that ends before (a usage
+    # error) leaves nothing behind; pytest_unconfigure removes it after any other.
+    _RUN_CACHE = os.path.join(tempfile.gettempdir(), f"probinf-tests-jax-cache-{os.getpid()}-{uuid.uuid4().hex[:8]}")
     os.environ["JAX_COMPILATION_CACHE_DIR"] = _RUN_CACHE
     # Small programs too: most of the suite's compilations take well under 0.1 s, and
     # caching only the slower ones (a 0.1 s threshold) gave no gain.
