@@ -107,8 +107,8 @@ class StepInfo(NamedTuple):
 
     Attributes:
         loss: scalar loss of the step (recorded at every step).
-        finite: boolean scalar, false when the step's loss, gradient or new state is
-            non-finite (`run` then stops and keeps the state before this step).
+        finite: boolean scalar, false when the step's loss or new state is non-finite
+            (`run` then stops and keeps the state before this step).
         aux: any pytree of arrays, recorded at every step (keep it small), or ``None``.
     """
 
@@ -186,8 +186,9 @@ class GradientStep:
         (loss, aux), grads = jax.value_and_grad(loss_of, has_aux=True)(trainable)
         updates, opt_state = self.optimizer.update(grads, state.opt_state, trainable)
         trainable = eqx.apply_updates(trainable, updates)
-        # The new parameters too: a finite gradient can still overflow them.
-        finite = jnp.isfinite(loss) & all_finite(grads) & all_finite(trainable)
+        # The loss and the new parameters: a non-finite gradient reaches the parameters
+        # through the update (Adam, SGD, clipping), and a finite one can still overflow them.
+        finite = jnp.isfinite(loss) & all_finite(trainable)
         new_state = TrainState(eqx.combine(trainable, frozen), opt_state, state.step + 1)
         return new_state, StepInfo(loss, finite, aux)
 
@@ -202,8 +203,10 @@ def make_step(
 
     The step evaluates ``loss_fn(state.params, key, batch)``, differentiates it with respect
     to the floating-point arrays of ``params`` and applies ``optimizer``'s update (see the
-    module docstring). Its `StepInfo` holds the loss, the finite flag (loss, gradient and
-    new parameters all finite) and ``aux`` when ``loss_fn`` returns ``(loss, aux)``.
+    module docstring). Its `StepInfo` holds the loss, the finite flag (loss and new
+    parameters finite: a non-finite gradient reaches the parameters through the update,
+    unless the optimizer discards it, e.g. ``optax.apply_if_finite``) and ``aux`` when
+    ``loss_fn`` returns ``(loss, aux)``.
 
     Args:
         loss_fn: ``(params, key, batch) -> loss`` or ``-> (loss, aux)``: a scalar to

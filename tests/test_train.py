@@ -90,6 +90,36 @@ def test_non_finite_first_step_keeps_the_initial_state():
     assert result.stop_reason == "non_finite"
 
 
+def root_of_distance_to(target):
+    """sqrt|x - target| summed: finite everywhere, its gradient infinite at x = target."""
+    return lambda params, key, batch: jnp.sum(jnp.sqrt(jnp.abs(params - target)))
+
+
+@pytest.mark.parametrize("optimizer", [SGD, ADAM, optax.chain(optax.clip_by_global_norm(1.0), optax.adam(0.05))],
+                         ids=["sgd", "adam", "clipped-adam"])
+def test_a_finite_loss_with_an_infinite_gradient_stops_at_that_step(optimizer):
+    # Started at the kink of sqrt|x - 1|: the loss is finite (0), the gradient infinite, and
+    # the update makes the parameters non-finite (SGD: -inf; Adam, clipping: inf/inf = NaN),
+    # so step 0 stops and the initial state is kept.
+    state = train.init(jnp.ones(2), optimizer)
+    with pytest.warns(RuntimeWarning, match="step 0"):
+        result = train.run(train.make_step(root_of_distance_to(1.0), optimizer), state, jax.random.key(0),
+                           steps=5, progress=False)
+    assert result.stop_reason == "non_finite" and result.nonfinite_step == 0 and result.num_steps == 0
+    _leaves_equal(result.state, state)
+
+
+def test_an_optimizer_that_skips_non_finite_updates_keeps_training():
+    # optax.apply_if_finite drops the update of an infinite gradient: the parameters stay
+    # finite, so the run goes on (the gradient itself is not the engine's concern).
+    optimizer = optax.apply_if_finite(SGD, max_consecutive_errors=100)
+    state = train.init(jnp.ones(2), optimizer)
+    result = train.run(train.make_step(root_of_distance_to(1.0), optimizer), state, jax.random.key(0),
+                       steps=5, progress=False)
+    assert result.stop_reason == "completed" and result.num_steps == 5
+    np.testing.assert_array_equal(result.params, np.ones(2))
+
+
 def row_ids(params, key, batch):
     return jnp.sum(params) * 0.0, batch
 

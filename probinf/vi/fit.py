@@ -333,7 +333,7 @@ def fit(
         num_diagnostic_draws: draws for the diagnostics (at least 100; default 2,000).
 
     Returns:
-        A `FitResult`. If the loss or a gradient becomes non-finite, training
+        A `FitResult`. If the loss or the parameters become non-finite, training
         stops, a ``RuntimeWarning`` names the step, and the result holds the last
         finite state.
 
