@@ -10,26 +10,21 @@ import pytest
 os.environ.setdefault("PROBINF_QUICK", "1")
 os.environ.setdefault("MPLBACKEND", "Agg")
 
-# A persistent JAX compilation cache for the run, set before JAX is imported so that the
-# tests' subprocesses (doc blocks, notebooks, the CLI demo) read it too. The suite compiles
-# the same small programs again and again: in later test modules (compiled programs are
-# dropped after each module, see below) and in each fresh subprocess. Measured on
-# tests/vi, flows, smc and two more files (2 workers): 486 s without, 407-448 s with (a
-# third of the compilations were hits); a sequence of nine doc blocks 179 s -> 119 s.
-# Entries are keyed on the program, the JAX and jaxlib versions and the XLA flags, so a
-# hit is the executable XLA would build. A cache the caller set (JAX_COMPILATION_CACHE_DIR)
-# is used as it is.
+# One persistent JAX compilation cache for the whole run, set before JAX is imported so
+# that every process reads it: the pytest-xdist workers (started by this process, they
+# inherit the environment) and the subprocesses the tests start (doc blocks, notebooks,
+# the CLI demo). The suite compiles the same small programs again and again: in other
+# test modules (compiled programs are dropped after each module, see below), in the other
+# worker, in each fresh subprocess. Measured on tests/vi, flows, smc and two more files
+# (2 workers): 486 s without, 448 s and 424 s with (40 % of compilations were hits); a
+# sequence of nine doc blocks 179 s -> 119 s. Entries are keyed on the program, the JAX
+# and jaxlib versions and the XLA flags, so a hit is the executable XLA would build. A
+# cache the caller set (JAX_COMPILATION_CACHE_DIR) is used as it is.
 _RUN_CACHE = None
-if "JAX_COMPILATION_CACHE_DIR" not in os.environ or "PROBINF_TESTS_JAX_CACHE" in os.environ:
+if "JAX_COMPILATION_CACHE_DIR" not in os.environ:
     # JAX creates the folder at the first compilation: a run that ends before (a usage
-    # error) leaves nothing behind; pytest_unconfigure removes it after any other. One
-    # folder per pytest process, i.e. per xdist worker, shared with the subprocesses it
-    # starts and waits for: JAX writes entries without a lock, so two processes compiling
-    # the same program at once could read a half-written entry. (Measured on the files
-    # above: 407 s, the same as one folder for both workers; most hits are a worker's own.)
-    base = os.environ.setdefault("PROBINF_TESTS_JAX_CACHE", os.path.join(
-        tempfile.gettempdir(), f"probinf-tests-jax-cache-{uuid.uuid4().hex[:8]}"))
-    _RUN_CACHE = f"{base}-{os.getpid()}"
+    # error) leaves nothing behind; pytest_unconfigure removes it after any other.
+    _RUN_CACHE = os.path.join(tempfile.gettempdir(), f"probinf-tests-jax-cache-{os.getpid()}-{uuid.uuid4().hex[:8]}")
     os.environ["JAX_COMPILATION_CACHE_DIR"] = _RUN_CACHE
     # Small programs too: most of the suite's compilations take well under 0.1 s, and
     # caching only the slower ones (a 0.1 s threshold) gave no gain.
