@@ -147,13 +147,6 @@ def _latent_sites(model, args, kwargs, key) -> dict[str, dict]:
     trace = handlers.trace(handlers.substitute(seeded, substitute_fn=init_to_uniform)).get_trace(*args, **kwargs)
     latent = {}
     for name, site in trace.items():
-        if site["type"] == "plate":
-            size, subsample = site["args"][0], site["args"][1]
-            if subsample is not None and subsample != size:
-                raise ValueError(
-                    f"numpyro plate '{name}' subsamples ({subsample} of {size}); FlowGuide needs "
-                    "the full data (no subsample_size)"
-                )
         if site["type"] != "sample" or site["is_observed"]:
             continue
         if site["fn"].support.is_discrete:
@@ -240,7 +233,8 @@ class FlowGuide:
     scale, so a posterior narrower than 0.01 in some unconstrained coordinate trips it too.
 
     Raises:
-        ValueError: a discrete latent site, no latent site, a subsampled plate, a
+        ValueError: a discrete latent site, no latent site, a latent site inside a
+            subsampled plate, a
             ``flow`` of the wrong dimension or conditional, or an unknown ``init``.
     """
 

@@ -31,7 +31,7 @@ from probinf.families import (
     Standardized,
 )
 from probinf.io import load, save
-from probinf.target import Target, from_logdensity, from_numpyro
+from probinf.target import SubsamplePlate, Target, from_logdensity, from_numpyro
 from probinf.vi import fit
 from probinf.xla_workaround import xla_cpu_workaround
 
@@ -39,6 +39,7 @@ __all__ = [
     "__version__",
     "xla_cpu_workaround",
     "Target",
+    "SubsamplePlate",
     "from_numpyro",
     "from_logdensity",
     "Family",

@@ -18,7 +18,7 @@ import dataclasses
 import functools
 import warnings
 from collections.abc import Callable, Mapping
-from typing import Any
+from typing import Any, NamedTuple
 
 import equinox as eqx
 import jax
@@ -29,7 +29,15 @@ from jaxtyping import Array, Float
 
 from probinf.validation import check_finite, check_key
 
-__all__ = ["Target", "NumpyroModel", "from_numpyro", "from_logdensity"]
+__all__ = ["Target", "NumpyroModel", "SubsamplePlate", "from_numpyro", "from_logdensity"]
+
+
+class SubsamplePlate(NamedTuple):
+    """A numpyro plate that subsamples its data: ``plate(name, size, subsample_size=...)``."""
+
+    name: str
+    size: int
+    subsample_size: int
 
 
 def _identity_constrain(z: Array) -> dict[str, Array]:
@@ -54,6 +62,10 @@ class NumpyroModel:
             likelihood term (``numpyro.factor`` sites are not: they have no data), or
             ``None`` when the values were traced (``from_numpyro`` under ``jit``).
         likelihood_sites: names of those sites, in model order.
+        row_log_likelihood: for a model with one subsampled plate,
+            ``fn(z, indices) -> (B,)``: the unscaled log-likelihood of each of those
+            rows at the unconstrained point ``z`` (used by
+            `Target.with_control_variate`); ``None`` otherwise.
     """
 
     model: Callable
@@ -61,6 +73,7 @@ class NumpyroModel:
     kwargs: Mapping[str, Any]
     observed_data: Mapping[str, np.ndarray] | None
     likelihood_sites: tuple[str, ...]
+    row_log_likelihood: Callable[[Array, Array], Array] | None = None
 
 
 class Target(eqx.Module):
@@ -83,6 +96,32 @@ class Target(eqx.Module):
             model, data and likelihood sites, for pointwise log likelihoods and ArviZ's
             ``observed_data``); ``None`` for `from_logdensity` targets, whose density
             does not say which part is likelihood.
+        subsample_plates: the model's subsampled plates (see *Data subsampling*); empty
+            for a target without them.
+        batch: ``{plate name: indices}`` that the log density uses for those plates, or
+            ``None`` for the full data.
+        control_variate: the Taylor control variate set by `with_control_variate`, or
+            ``None``.
+
+    **Data subsampling.** A numpyro model with ``numpyro.plate(name, N,
+    subsample_size=B)`` gives a target with ``subsample_plates``. With ``batch=None``
+    (as built) its log density is the exact full-data density, so every sampler and
+    diagnostic gets the right posterior. `probinf.vi.fit` draws a fresh batch at every
+    step (`draw_batch`, `with_batch`): the plate's rows are then ``B`` indices drawn
+    uniformly *with* replacement and their log-likelihood terms are scaled by ``N / B``,
+    as numpyro scales a subsampled plate. The estimate is unbiased,
+
+    $$
+    \\mathbb{E}_{I}\\Big[\\frac{N}{B} \\sum_{k=1}^{B} \\ell_{I_k}(z)\\Big] = \\sum_{i=1}^{N} \\ell_i(z),
+    $$
+
+    and so is its gradient; drawing with replacement costs $O(B)$ per step whatever
+    $N$ (numpyro draws without replacement, which needs $O(N)$ work per step; for
+    $B \\ll N$ the two differ in variance by the factor $(N - B)/(N - 1)$ only).
+    Objectives that are linear in $\\log \\tilde p$ (`probinf.vi.ELBO` with any
+    estimator) keep an unbiased gradient; those that are not (IWAE, VIMCO, Rényi,
+    $\\chi$) optimise a subsampled surrogate whose gradient is biased, as in any
+    subsampled importance-weighted bound.
     """
 
     log_density_fn: Callable[..., Array]
@@ -92,6 +131,9 @@ class Target(eqx.Module):
     init_position: Array | None = None
     site_shape_items: tuple[tuple[str, tuple[int, ...]], ...] = eqx.field(static=True, default=())
     numpyro_model: NumpyroModel | None = None
+    subsample_plates: tuple[SubsamplePlate, ...] = eqx.field(static=True, default=())
+    batch: Mapping[str, Array] | None = None
+    control_variate: Any = None
 
     @property
     def site_shapes(self) -> dict[str, tuple[int, ...]]:
@@ -106,9 +148,93 @@ class Target(eqx.Module):
             )
 
     def _log_density_one(self, z: Array) -> Array:
+        if self.subsample_plates:
+            if self.control_variate is not None and self.batch is not None:
+                return self.control_variate.log_density(self, z)
+            return self.log_density_fn(z, self.batch)
         if self.params is None:
             return self.log_density_fn(z)
         return self.log_density_fn(z, self.params)
+
+    def draw_batch(self, key: Array) -> dict[str, Array]:
+        """Fresh indices for every subsampled plate: ``subsample_size`` rows drawn
+        uniformly with replacement from its ``size`` (see *Data subsampling*)."""
+        check_key(key)
+        if not self.subsample_plates:
+            raise ValueError("this target has no subsampled plate (numpyro.plate(..., "
+                             "subsample_size=B)); there is no batch to draw")
+        keys = jax.random.split(key, len(self.subsample_plates))
+        return {plate.name: jax.random.randint(k, (plate.subsample_size,), 0, plate.size)
+                for plate, k in zip(self.subsample_plates, keys, strict=True)}
+
+    def with_batch(self, batch: Mapping[str, Array] | None) -> Target:
+        """This target with its subsampled plates at ``batch`` (``{plate: indices}``),
+        or at the full data for ``None``."""
+        if not self.subsample_plates:
+            raise ValueError("this target has no subsampled plate; `batch` applies only to "
+                             "models with numpyro.plate(..., subsample_size=B)")
+        if batch is not None:
+            if not isinstance(batch, Mapping):
+                raise TypeError("`batch` must be a dict of plate name to indices, "
+                                f"got {type(batch).__name__}")
+            names = [plate.name for plate in self.subsample_plates]
+            if sorted(batch) != sorted(names):
+                raise ValueError(f"`batch` must give indices for the subsampled plates {names}, "
+                                 f"got {sorted(batch)}")
+            checked = {}
+            for plate in self.subsample_plates:
+                indices = jnp.asarray(batch[plate.name])
+                if indices.ndim != 1 or indices.shape[0] < 1 or not jnp.issubdtype(
+                        indices.dtype, jnp.integer):
+                    raise ValueError(
+                        f"`batch['{plate.name}']` must be a non-empty 1-d integer array of row "
+                        f"indices, got dtype {indices.dtype} and shape {tuple(indices.shape)}")
+                if not isinstance(indices, jax.core.Tracer) and (
+                        int(indices.min()) < 0 or int(indices.max()) >= plate.size):
+                    raise ValueError(f"`batch['{plate.name}']` has indices outside "
+                                     f"[0, {plate.size}), the plate's size")
+                checked[plate.name] = indices
+            batch = checked
+        return eqx.tree_at(lambda t: t.batch, self, batch, is_leaf=lambda x: x is None)
+
+    def with_control_variate(self, reference: Array) -> Target:
+        """This target with the Taylor control variate around ``reference`` for its
+        subsampled log-likelihood (the difference estimator of Bardenet, Doucet & Holmes,
+        JMLR 2017; the proxy of numpyro's HMCECS, Dang et al. 2019).
+
+        With $\\ell_i$ the log-likelihood of row $i$ and $\\hat\\ell_i$ its second-order
+        Taylor expansion at the reference point $z^\\star$, a batch $I$ of $B$ rows gives
+
+        $$
+        \\sum_{i=1}^N \\hat\\ell_i(z) + \\frac{N}{B} \\sum_{k=1}^{B}
+            \\big(\\ell_{I_k}(z) - \\hat\\ell_{I_k}(z)\\big),
+        $$
+
+        unbiased like the plain estimate, with a variance that vanishes as $z \\to z^\\star$
+        (the residual is third order in $z - z^\\star$). The full-data sum
+        $\\sum_i \\hat\\ell_i(z)$ is a quadratic in $z$ whose value, gradient and Hessian
+        at $z^\\star$ are computed once here (one full-data pass); each batch costs three
+        forward passes over its $B$ rows. Choose ``reference`` near the posterior mode
+        (e.g. the mean of a short fit, or a MAP estimate): far from it the expansion is
+        poor and the variance can exceed the plain estimate's.
+
+        Only for targets from `from_numpyro` with exactly one subsampled plate.
+        """
+        from probinf._subsample import TaylorControlVariate
+
+        if not self.subsample_plates or self.numpyro_model is None:
+            raise ValueError("`with_control_variate` needs a target from from_numpyro with a "
+                             "subsampled plate (numpyro.plate(..., subsample_size=B))")
+        reference = jnp.asarray(reference, jnp.result_type(float))
+        if reference.shape != (self.dim,):
+            raise ValueError(f"`reference` must have shape ({self.dim},), got "
+                             f"{tuple(reference.shape)}")
+        check_finite(reference, "reference")
+        full = eqx.tree_at(lambda t: t.control_variate, self.with_batch(None), None,
+                           is_leaf=lambda x: x is None)
+        variate = TaylorControlVariate.build(full, reference)
+        return eqx.tree_at(lambda t: t.control_variate, full, variate,
+                           is_leaf=lambda x: x is None)
 
     def log_density(self, z: Float[Array, "... dim"]) -> Float[Array, "..."]:
         """Log density at ``z``; leading axes are batch axes."""
@@ -225,6 +351,13 @@ def from_numpyro(
     entries may be NaN), ``obs_mask``, ``scale`` and plates. ``numpyro.param`` sites
     are held at their initial values, as numpyro's MCMC does.
 
+    A plate with ``subsample_size`` (``numpyro.plate("data", N, subsample_size=B)``,
+    its indices selecting the rows) makes a target with ``subsample_plates``: its
+    ``log_density`` is still the exact full-data density (every sampler gets the right
+    posterior; the initial point is checked on the full data), and `probinf.vi.fit`
+    draws ``B`` rows per step with the ``N / B`` scaling numpyro applies (see `Target`,
+    *Data subsampling*). Every latent site must then lie outside the subsampled plate.
+
     The starting point ``init_position`` is chosen by a numpyro initialisation
     strategy, in numpyro's meaning: the default ``init_to_median()`` (numpyro's
     autoguide default) takes, per site, the median of ``num_samples=15`` prior draws
@@ -257,8 +390,7 @@ def from_numpyro(
             ``init_strategy`` is not callable.
         ValueError: each naming the site, its distribution and the reason: an unknown
             ``init_strategy``; a site that cannot be traced at its initial value; a
-            subsampled plate (the log density must be deterministic; numpyro's
-            potential-based inference rejects them too); an observed site with NaN or
+            latent site inside a subsampled plate; an observed site with NaN or
             infinite values (outside its mask); a discrete or ``Delta`` latent site; a
             model with no latent site; ``init_to_value`` values naming no latent site,
             of the wrong shape or outside the support; a log density or gradient that
@@ -280,9 +412,10 @@ def from_numpyro(
         if user_values:  # the model may have failed on a bad given value: name it if so
             _recheck_init_values(model, args, kwargs, key, user_values)
         raise
-    _check_plates(trace)
+    plates = _subsample_plates(trace)
     _check_observations(trace)
     latent = _latent_sites(trace)
+    _check_no_local_latents(latent, plates)
     if user_values:
         _check_init_values(user_values, latent)
 
@@ -305,9 +438,19 @@ def from_numpyro(
         _check_finite_unconstrained(unconstrained, latent, strategy_name)
 
     prepared = _prepared_model(model, trace, key)
+    if plates:
+        from probinf._subsample import plate_rows
 
-    def log_density_fn(z: Array) -> Array:
-        return -potential_energy(prepared, args, kwargs, unravel(jnp.asarray(z, dtype)))
+        subsampled = prepared
+        # The full data unless a batch is given: every plate at all its rows (scale 1).
+        prepared = plate_rows(subsampled, _full_plates(plates))
+
+        def log_density_fn(z: Array, batch: Mapping[str, Array] | None = None) -> Array:
+            model_at = prepared if batch is None else plate_rows(subsampled, batch)
+            return -potential_energy(model_at, args, kwargs, unravel(jnp.asarray(z, dtype)))
+    else:
+        def log_density_fn(z: Array) -> Array:
+            return -potential_energy(prepared, args, kwargs, unravel(jnp.asarray(z, dtype)))
 
     def constrain(z: Array) -> dict[str, Array]:
         return constrain_fn(prepared, args, kwargs, unravel(jnp.asarray(z, dtype)),
@@ -321,6 +464,9 @@ def from_numpyro(
         except Exception as err:
             err.add_note(f"(raised while probinf.from_numpyro evaluated the model's log density "
                          f"and its gradient at the initial point from {strategy_name})")
+            if plates and isinstance(err, jax.errors.TracerArrayConversionError):
+                err.add_note("(the rows of a subsampled plate are traced indices: index the "
+                             "model's data as JAX arrays, e.g. jnp.asarray(x)[rows])")
             raise
         if not np.isfinite(np.asarray(value)):
             _raise_nonfinite_init(prepared, args, kwargs, constrained, unconstrained, transforms,
@@ -343,12 +489,14 @@ def from_numpyro(
         constrain_fn=constrain,
         init_position=flat_init,
         site_shape_items=tuple(site_shapes.items()),
-        numpyro_model=_numpyro_model(prepared, args, kwargs, trace),
+        numpyro_model=_numpyro_model(prepared, args, kwargs, trace, plates, unravel, dtype),
+        subsample_plates=plates,
     )
 
 
-def _numpyro_model(prepared: Callable, args: tuple, kwargs: dict,
-                   trace: dict[str, Any]) -> NumpyroModel:
+def _numpyro_model(prepared: Callable, args: tuple, kwargs: dict, trace: dict[str, Any],
+                   plates: tuple[SubsamplePlate, ...], unravel: Callable,
+                   dtype: Any) -> NumpyroModel:
     """The model, its arguments and its likelihood sites (observed, not ``factor``)."""
     from numpyro.distributions import Unit
 
@@ -358,7 +506,12 @@ def _numpyro_model(prepared: Callable, args: tuple, kwargs: dict,
     values = [trace[name]["value"] for name in sites]
     observed = (None if any(isinstance(v, jax.core.Tracer) for v in values)
                 else {name: np.asarray(v) for name, v in zip(sites, values, strict=True)})
-    return NumpyroModel(prepared, tuple(args), dict(kwargs), observed, sites)
+    rows = None
+    if len(plates) == 1:
+        from probinf._subsample import numpyro_row_log_likelihood
+
+        rows = numpyro_row_log_likelihood(prepared, args, kwargs, plates[0], unravel, dtype)
+    return NumpyroModel(prepared, tuple(args), dict(kwargs), observed, sites, rows)
 
 
 def _as_float_array(value: Any) -> Array:
@@ -491,7 +644,19 @@ def _trace_at_init(model: Callable, args: tuple, kwargs: dict, key: Array,
             self.current = None
             self.last_name = msg.get("name")
 
-    tracker = _SiteTracker(model)
+    class _FullPlates(Messenger):
+        """Subsampled plates at all their rows (the initial point sees the full data);
+        each is recorded in the site's ``infer`` as ``subsample_size``."""
+
+        def process_message(self, msg: dict) -> None:
+            if msg["type"] == "plate" and msg["value"] is None:
+                size, subsample_size = msg["args"]
+                if subsample_size is not None and subsample_size != size:
+                    msg["value"] = jnp.arange(size)
+                    msg["args"] = (size, size)
+                    msg["infer"] = {"subsample_size": subsample_size}
+
+    tracker = _SiteTracker(_FullPlates(model))
     seeded = handlers.seed(tracker, key)
     traced = handlers.trace(handlers.substitute(seeded, substitute_fn=strategy))
     try:
@@ -524,17 +689,33 @@ def _trace_at_init(model: Callable, args: tuple, kwargs: dict, key: Array,
         ) from err
 
 
-def _check_plates(trace: dict[str, Any]) -> None:
+def _subsample_plates(trace: dict[str, Any]) -> tuple[SubsamplePlate, ...]:
+    """The plates declared with ``subsample_size`` below their size (traced at full size)."""
+    plates = []
     for name, site in trace.items():
         if site["type"] != "plate":
             continue
-        size, subsample_size = site["args"]
-        if subsample_size is not None and subsample_size != size:
+        subsample_size = (site.get("infer") or {}).get("subsample_size")
+        if subsample_size is not None:
+            plates.append(SubsamplePlate(name, int(site["args"][0]), int(subsample_size)))
+    return tuple(plates)
+
+
+def _full_plates(plates: tuple[SubsamplePlate, ...]) -> dict[str, Array]:
+    return {plate.name: jnp.arange(plate.size) for plate in plates}
+
+
+def _check_no_local_latents(latent: dict[str, dict], plates: tuple[SubsamplePlate, ...]) -> None:
+    """A latent site inside a subsampled plate would change length with the batch."""
+    names = {plate.name for plate in plates}
+    for name, site in latent.items():
+        inside = [frame.name for frame in site["cond_indep_stack"] if frame.name in names]
+        if inside:
             raise ValueError(
-                f"plate '{name}' subsamples {subsample_size} of its {size} entries; a Target's log "
-                "density must be deterministic (numpyro's HMC/NUTS and initialize_model reject "
-                "subsampling too). Use the full plate (subsample_size=None) with from_numpyro, "
-                "or numpyro's SVI or HMCECS for data subsampling."
+                f"latent site '{name}' ({_describe_distribution(site['fn'])}) sits inside the "
+                f"subsampled plate '{inside[0]}'; with data subsampling every latent must be "
+                "global (outside the subsampled plate). Marginalise the local latent in the "
+                "model, or drop subsample_size to infer it on the full data."
             )
 
 

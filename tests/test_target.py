@@ -227,16 +227,6 @@ def test_nested_plates_keyword_data_and_scale():
     assert_matches_numpyro(target, hierarchical_model, prototype, sigma, y=y)
 
 
-def test_subsampled_plate_is_rejected_by_name():
-    def subsampled(y):
-        loc = numpyro.sample("loc", dist.Normal(0.0, 1.0))
-        with numpyro.plate("data", y.shape[0], subsample_size=2) as idx:
-            numpyro.sample("y", dist.Normal(loc, 1.0), obs=y[idx])
-
-    with pytest.raises(ValueError, match="plate 'data' subsamples 2 of its 5"):
-        probinf.from_numpyro(subsampled, jnp.arange(5.0))
-
-
 # --- initialisation strategies --------------------------------------------------------
 
 

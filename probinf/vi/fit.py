@@ -44,6 +44,12 @@ PATIENCE_CHUNK = 100
 DEFAULT_MAX_STEPS = 20_000
 # The diagnostics' draws use fold_in(key, DIAGNOSTIC_STREAM): never a step's index.
 DIAGNOSTIC_STREAM = 0xFFFFFFFF
+# A subsampled target's rows at step t come from fold_in(fold_in(key, t), BATCH_STREAM).
+BATCH_STREAM = 0xFFFFFFFE
+# The control variate's reference point: the mean of this many draws of the first phase's
+# family, from fold_in(key, REFERENCE_STREAM).
+REFERENCE_STREAM = 0xFFFFFFFD
+REFERENCE_DRAWS = 1000
 
 
 @dataclass(frozen=True)
@@ -196,13 +202,16 @@ class FitResult:
 
 def _trainable_spec(family, target, objective, learn_target: bool):
     family_spec = jtu.tree_map(eqx.is_inexact_array, family)
-    target_spec = jtu.tree_map(lambda _: False, target)
+    # A prefix: the frozen target's structure (e.g. a control variate added between the
+    # phases of a subsampled fit) is then no part of the trainable tree or optimizer state.
+    target_spec = False
     if learn_target:
         params = getattr(target, "params", None)
         if params is None:
             raise ValueError("`learn_target=True` needs a target with `params` to learn")
         target_spec = eqx.tree_at(
-            lambda t: t.params, target_spec, replace=jtu.tree_map(eqx.is_inexact_array, params)
+            lambda t: t.params, jtu.tree_map(lambda _: False, target),
+            replace=jtu.tree_map(eqx.is_inexact_array, params)
         )
     objective_spec = jtu.tree_map(
         lambda x: isinstance(x, Learnable), objective, is_leaf=lambda x: isinstance(x, Learnable)
@@ -212,6 +221,10 @@ def _trainable_spec(family, target, objective, learn_target: bool):
 
 def _loss(trainable, frozen, key, step):
     family, target, objective = eqx.combine(trainable, frozen)
+    if getattr(target, "subsample_plates", ()):
+        # A fresh batch of rows per step, from its own stream: the objective's draws stay
+        # those of the same step without subsampling.
+        target = target.with_batch(target.draw_batch(jax.random.fold_in(key, BATCH_STREAM)))
     if isinstance(objective, Objective):
         return objective(key, family, target, step)
     return objective(key, family, target)
@@ -239,6 +252,36 @@ class _ChunkPlateau:
             return None
         self.waited += 1
         return len(losses) if self.waited >= self.patience else None
+
+
+def _run_phase(optimizer, trainable, frozen, opt_state, first_step, budget, key, stop_rule,
+               chunk_size, progress):
+    """`probinf.train.run` from step ``first_step``: (trainable, opt_state, losses, reason)."""
+    # The frozen parts (the target's data, the family's structure) are the engine's `data`:
+    # every step gets them whole, so the compiled loop is shared by fits of one shape.
+    result = engine.run(
+        engine.make_step(_engine_loss, optimizer, step_index=True),
+        engine.TrainState(trainable, opt_state, jnp.asarray(first_step, jnp.int32)),
+        key=key,
+        steps=budget,
+        data=frozen,
+        stop_rule=stop_rule,
+        chunk_size=chunk_size,
+        progress=progress,
+        warn=False,
+        name="fit",
+    )
+    return result.state.params, result.state.opt_state, result.losses, result.stop_reason
+
+
+def _control_variate_unavailable(target) -> str | None:
+    """Why `fit` cannot add a control variate to this subsampled target, or ``None``."""
+    model = getattr(target, "numpyro_model", None)
+    if model is None or model.row_log_likelihood is None:
+        plates = [plate.name for plate in target.subsample_plates]
+        return (f"the target subsamples {len(plates)} plates {plates}; the control variate "
+                "supports one subsampled plate of a from_numpyro target")
+    return None
 
 
 def _diagnose_initial_failure(family, target, key, loss) -> Exception:
@@ -275,6 +318,7 @@ def fit(
     opt_state: Any = None,
     diagnose: bool = True,
     num_diagnostic_draws: int = DEFAULT_DIAGNOSTIC_DRAWS,
+    control_variate: bool = True,
 ) -> FitResult:
     """Optimise ``objective`` over the parameters of ``family``, then check the result.
 
@@ -297,6 +341,21 @@ def fit(
     ``"plateau"``); prefer the default. The rule assumes the objective itself does not
     change with the step: give an annealed objective (`probinf.vi.TemperedELBO` with a
     schedule) a fixed ``steps`` that covers its schedule.
+
+    **Data subsampling.** For a target with subsampled plates (`probinf.Target`,
+    *Data subsampling*: a numpyro model with ``plate(..., subsample_size=B)``) every
+    step draws a fresh batch of ``B`` rows, from the key ``fold_in(fold_in(key, t),
+    BATCH_STREAM)``, scaled by ``N / B``; the objective's own draws use the step key as
+    without subsampling. The diagnostics use the full data. The batch noise of the plain
+    estimate can dwarf the objective's own (on a 20,000-row logistic regression with
+    ``B = 500``, 17 times in gradient sd), and Adam then stops tenths of a posterior sd
+    from the full-data optimum. So by default (``control_variate=True``) training runs in
+    two phases: the plain estimate until the stopping rule (or half of an integer
+    ``steps``), then, around the mean of 1,000 draws of the family so far, the Taylor
+    control variate of `probinf.Target.with_control_variate` for the rest, with the
+    optimizer state carried over. Its full-data expansion costs about ``dim + 2`` passes
+    over the ``N`` rows, once. ``FitResult.target`` is then the target with the
+    control variate.
 
     **Diagnostics.** With ``diagnose=True`` (default) ``num_diagnostic_draws`` draws
     from the fitted family are weighted by the target (key ``fold_in(key,
@@ -331,6 +390,9 @@ def fit(
         opt_state: optimizer state to resume from (``FitResult.opt_state``).
         diagnose: compute ``FitResult.diagnostics`` after training.
         num_diagnostic_draws: draws for the diagnostics (at least 100; default 2,000).
+        control_variate: for a subsampled target, continue with a Taylor control variate
+            (see *Data subsampling*); ``False`` keeps the plain estimate throughout.
+            Ignored for other targets.
 
     Returns:
         A `FitResult`. If the loss or the parameters become non-finite, training
@@ -378,8 +440,9 @@ def fit(
         patience = check_num_samples(patience, "patience")
     if isinstance(min_delta, bool) or not (isinstance(min_delta, (int, float)) and min_delta >= 0):
         raise ValueError(f"`min_delta` must be a non-negative number, got {min_delta!r}")
-    if not isinstance(diagnose, bool):
-        raise TypeError(f"`diagnose` must be True or False, got {diagnose!r}")
+    for flag_name, flag in (("diagnose", diagnose), ("control_variate", control_variate)):
+        if not isinstance(flag, bool):
+            raise TypeError(f"`{flag_name}` must be True or False, got {flag!r}")
     if diagnose:
         num_diagnostic_draws = _check_draws(num_diagnostic_draws, "num_diagnostic_draws")
 
@@ -408,25 +471,44 @@ def fit(
         stop_rule = convergence.ConvergenceMonitor(min_delta=min_delta, eps=loss_eps)
     else:
         stop_rule = None
-    # The frozen parts (the target's data, the family's structure) are the engine's `data`:
-    # every step gets them whole, so the compiled loop is shared by fits of one shape.
-    result = engine.run(
-        engine.make_step(_engine_loss, optimizer, step_index=True),
-        engine.TrainState(trainable, opt_state, jnp.asarray(0, jnp.int32)),
-        key=key,
-        steps=budget,
-        data=frozen,
-        stop_rule=stop_rule,
-        chunk_size=chunk_size,
-        progress=progress,
-        warn=False,
-        name="fit",
-    )
-    trainable, opt_state = result.state.params, result.state.opt_state
-    all_losses = result.losses
-    stop_reason = result.stop_reason
+    auto_variate = (control_variate and getattr(target, "subsample_plates", ())
+                    and getattr(target, "control_variate", None) is None)
+    if auto_variate and _control_variate_unavailable(target):
+        warnings.warn(
+            f"fit: {_control_variate_unavailable(target)}; the fit uses the plain subsampled "
+            "estimate, whose batch noise can leave the result several tenths of a posterior "
+            "sd from the full-data fit. Check it against a full-data fit on a subset.",
+            RuntimeWarning, stacklevel=2)
+        auto_variate = False
+    first_budget = budget
+    if auto_variate and not until_converged:
+        first_budget = max(budget // 2, 1)
+    first = _run_phase(optimizer, trainable, frozen, opt_state, 0, first_budget, key,
+                       stop_rule, chunk_size, progress)
+    trainable, opt_state, all_losses, stop_reason = first
+    phases = [first]
+    if auto_variate and stop_reason != "non_finite" and budget > len(all_losses):
+        fam, tgt, obj = eqx.combine(trainable, frozen)
+        reference = jnp.mean(fam.sample(jax.random.fold_in(key, REFERENCE_STREAM),
+                                        REFERENCE_DRAWS), axis=0)
+        try:
+            tgt = tgt.with_control_variate(reference)
+        except ValueError as error:
+            warnings.warn(f"fit: no control variate ({error}); the result keeps the plain "
+                          "subsampled estimate's batch noise", RuntimeWarning, stacklevel=2)
+        else:
+            # A subsampled target comes from from_numpyro: it has no params to learn.
+            frozen = eqx.partition((fam, tgt, obj), _trainable_spec(fam, tgt, obj, False))[1]
+            stop_rule = (_ChunkPlateau(patience, min_delta) if patience is not None
+                         else convergence.ConvergenceMonitor(min_delta=min_delta, eps=loss_eps)
+                         if until_converged else None)
+            second = _run_phase(optimizer, trainable, frozen, opt_state, len(all_losses),
+                                budget - len(all_losses), key, stop_rule, chunk_size, progress)
+            trainable, opt_state, losses, stop_reason = second
+            all_losses = np.concatenate([all_losses, losses])
+            phases.append(second)
     if stop_reason == "non_finite":
-        bad_step = result.nonfinite_step
+        bad_step = len(all_losses)
         # The engine keeps the state before the bad step; score that step again for the message.
         bad_loss = float(_loss(trainable, frozen, jax.random.fold_in(key, bad_step), bad_step))
         if bad_step == 0:

@@ -132,14 +132,6 @@ def test_bad_models_and_arguments():
     with pytest.raises(ValueError, match="'k' is a discrete latent"):
         FlowGuide(discrete_model, key=KEY)
 
-    def subsampled_model(y):
-        mu = numpyro.sample("mu", dist.Normal(0.0, 1.0))
-        with numpyro.plate("data", y.shape[0], subsample_size=3):
-            numpyro.sample("y", dist.Normal(mu, 1.0), obs=y[:3])
-
-    with pytest.raises(ValueError, match="subsample"):
-        FlowGuide(subsampled_model, Y, key=KEY)
-
     def no_latent_model():
         numpyro.sample("y", dist.Normal(0.0, 1.0), obs=0.0)
 
