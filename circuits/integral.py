@@ -463,6 +463,7 @@ def fit_integral(
     keep_best: bool = True,
     backend: str = "auto",
     progress: bool | None = None,
+    sharding: jax.sharding.Mesh | None = None,
 ) -> IntegralTrainResult:
     """Train a PIC by maximum likelihood through its materialised QPC.
 
@@ -484,6 +485,8 @@ def fit_integral(
         keep_best: return the parameters with the best validation log-likelihood.
         backend: sum-layer backend of the QPC.
         progress: show a progress bar (default: when on a terminal).
+        sharding: a `jax.sharding.Mesh` to train data-parallel on: every batch split over
+            its first axis, the PIC replicated (`probinf.train.run`); ``None``: one device.
 
     Returns:
         An :class:`IntegralTrainResult`.
@@ -508,7 +511,7 @@ def fit_integral(
         engine.make_step(_NegativeLogLikelihood(rule, backend), optimizer),
         engine.init(pic, optimizer), x, data=x, batch_size=batch_size, num_epochs=num_epochs,
         key=key, valid=valid_x, validate=_MaterialisedValidation(rule, backend),
-        keep_best=keep_best, patience=None, progress=progress, desc="PIC")
+        keep_best=keep_best, patience=None, progress=progress, desc="PIC", sharding=sharding)
     # The materialised circuit's result, plus the PIC it came from.
     base = _result(final.materialize(rule, backend), x, train_ll, valid_ll, stop_reason, seconds)
     return IntegralTrainResult(pic=final, **{f.name: getattr(base, f.name) for f in dataclasses.fields(base)})

@@ -443,7 +443,7 @@ class _MaterialisedValidation:
 
 
 def _train(step, state, x, *, data, batch_size, num_epochs, key, valid, validate, keep_best,
-           patience, progress, desc):
+           patience, progress, desc, sharding=None):
     """Run ``step`` for ``num_epochs`` on `probinf.train`'s driver; the circuits' result pieces.
 
     Returns ``(params, train_ll, valid_ll, stop_reason, seconds)``: per-epoch mean train
@@ -459,7 +459,7 @@ def _train(step, state, x, *, data, batch_size, num_epochs, key, valid, validate
         validation_data=_batches(valid, min(1024, valid.shape[0])) if with_valid else None,
         validate_every=steps_per_epoch if with_valid else None,
         patience=patience if with_valid else None,
-        progress=progress, warn=False, name=desc,
+        progress=progress, warn=False, name=desc, sharding=sharding,
     )
     epochs_done = result.num_steps // steps_per_epoch
     train_ll = -result.losses[: epochs_done * steps_per_epoch].reshape(
@@ -569,6 +569,7 @@ def em(
     keep_best: bool = True,
     patience: int | None = None,
     progress: bool | None = None,
+    sharding: jax.sharding.Mesh | None = None,
 ) -> TrainResult:
     """Fit a normalised circuit by EM (see the module docstring), optionally regularised.
 
@@ -613,6 +614,9 @@ def em(
         patience: with ``valid``, stop once the validation log-likelihood has not
             improved on its best for ``patience`` epochs; ``None``: never.
         progress: show a progress bar (default: when on a terminal).
+        sharding: a `jax.sharding.Mesh` for data-parallel mini-batch EM: each batch split
+            over its first axis, the circuit replicated; the expected counts are summed
+            across devices by one all-reduce (`probinf.train.run`). Needs ``batch_size``.
 
     Returns:
         A :class:`TrainResult`. With softening, ``train_log_likelihood`` is the
@@ -650,6 +654,9 @@ def em(
     train = soft_evidence(circuit, data, float(softening), soften_towards) if softened else x
 
     if batch_size is None:
+        if sharding is not None:
+            raise ValueError("`sharding` needs mini-batch EM (give `batch_size`): full-batch "
+                             "EM scans its data in chunks on one device")
         data = _batches(train, min(1024, x.shape[0]))
     else:
         batch_size = min(check_positive_int(batch_size, "batch_size"), x.shape[0])
@@ -668,7 +675,8 @@ def em(
     params, train_ll, valid_ll, stop_reason, seconds = _train(
         step, state, x, data=data, batch_size=batch_size, num_epochs=num_epochs, key=key,
         valid=valid_x, validate=_validation_loss, keep_best=keep_best, patience=patience,
-        progress=progress, desc="EM" if batch_size is None else "mini-batch EM")
+        progress=progress, desc="EM" if batch_size is None else "mini-batch EM",
+        sharding=sharding)
     return _result(params, x, train_ll, valid_ll, stop_reason, seconds)
 
 
@@ -832,6 +840,7 @@ def fit_gradient(
     valid=None,
     keep_best: bool = True,
     progress: bool | None = None,
+    sharding: jax.sharding.Mesh | None = None,
 ) -> TrainResult:
     """Fit a circuit by minimising the negative mean log-likelihood with any optax optimizer.
 
@@ -851,6 +860,9 @@ def fit_gradient(
         valid: optional validation data, evaluated after every epoch.
         keep_best: return the parameters with the best validation log-likelihood.
         progress: show a progress bar (default: when on a terminal).
+        sharding: a `jax.sharding.Mesh` to train data-parallel on: every batch split over
+            its first axis, the circuit replicated (`probinf.train.run`); ``None``: one
+            device.
     """
     if not isinstance(circuit, Circuit):
         raise TypeError(f"`circuit` must be a Circuit, got {type(circuit).__name__}")
@@ -866,5 +878,5 @@ def fit_gradient(
         engine.make_step(_NegativeLogLikelihood(), optimizer), engine.init(circuit, optimizer),
         x, data=x, batch_size=batch_size, num_epochs=num_epochs, key=key, valid=valid_x,
         validate=_validation_loss, keep_best=keep_best, patience=None, progress=progress,
-        desc="gradient")
+        desc="gradient", sharding=sharding)
     return _result(params, x, train_ll, valid_ll, stop_reason, seconds)

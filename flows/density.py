@@ -83,6 +83,7 @@ def fit_to_data(
     validation_fraction: float = 0.1,
     patience: int = 5,
     progress: bool | None = None,
+    sharding: jax.sharding.Mesh | None = None,
 ) -> DensityFitResult:
     """Fit ``flow`` to samples ``data`` by maximum likelihood with early stopping.
 
@@ -101,6 +102,9 @@ def fit_to_data(
             ``0`` trains on everything for ``max_epochs`` epochs.
         patience: epochs without validation improvement before stopping.
         progress: show a progress bar (default: only on a terminal).
+        sharding: a `jax.sharding.Mesh` to train data-parallel on: every batch split over
+            its first axis, the parameters replicated (`probinf.train.run`); ``None``: one
+            device.
 
     Returns:
         A :class:`DensityFitResult`; losses are in nats per sample. A non-finite loss,
@@ -152,6 +156,7 @@ def fit_to_data(
         validate=_validation_loss if num_validation else None,
         validation_data=validation_set if num_validation else None,
         patience=patience if num_validation else None, progress=progress, name="fit_to_data",
+        sharding=sharding,
     )
     done = result.num_steps
     # Mean training loss per epoch (the last one partial when a non-finite step stopped it).

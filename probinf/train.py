@@ -308,8 +308,45 @@ def _check_info(info: object) -> StepInfo:
 _apply_step = eqx.filter_jit(lambda step, state, key, batch: step(state, key, batch))
 
 
+def _shard(mesh, state, data, validation_data, batch_size):
+    """Replicate the state and validation data over ``mesh``; split ``data``'s rows on its
+    first axis. Returns them and the sharding every minibatch is constrained to."""
+    from jax.sharding import NamedSharding, PartitionSpec
+
+    if not isinstance(mesh, jax.sharding.Mesh):
+        raise TypeError("`sharding` must be a jax.sharding.Mesh (its first axis splits the "
+                        f"batches), got {type(mesh).__name__}")
+    axis = mesh.axis_names[0]
+    width = mesh.shape[axis]
+    replicated = NamedSharding(mesh, PartitionSpec())
+    rows = NamedSharding(mesh, PartitionSpec(axis))
+
+    def put(tree, sharding):
+        return jtu.tree_map(lambda x: jax.device_put(x, sharding) if eqx.is_array(x) else x, tree)
+
+    def split_rows(leaf):
+        if not eqx.is_array(leaf) or leaf.ndim == 0:
+            return jax.device_put(leaf, replicated) if eqx.is_array(leaf) else leaf
+        return jax.device_put(leaf, rows if leaf.shape[0] % width == 0 else replicated)
+
+    if batch_size is not None:
+        if batch_size % width:
+            raise ValueError(f"`batch_size` ({batch_size}) must be a multiple of the mesh's "
+                             f"'{axis}' axis size ({width}) to split each batch over it")
+        return (put(state, replicated), jtu.tree_map(split_rows, data),
+                put(validation_data, replicated), rows)
+    lengths = {leaf.shape[0] for leaf in jtu.tree_leaves(data) if eqx.is_array(leaf) and leaf.ndim}
+    if not lengths or any(length % width for length in lengths):
+        raise ValueError(f"with `sharding` and no `batch_size`, `data`'s arrays are split on their "
+                         f"leading axis, whose length must be a multiple of the mesh's '{axis}' "
+                         f"axis size ({width}); got leading lengths {sorted(lengths)}")
+    return put(state, replicated), jtu.tree_map(split_rows, data), put(validation_data,
+                                                                       replicated), None
+
+
 @eqx.filter_jit
-def _run_chunk(step, state, key, data, start, num_steps, chunk_len, batch_size):
+def _run_chunk(step, state, key, data, start, num_steps, chunk_len, batch_size,
+               batch_sharding=None):
     """Steps ``start, ..., start + num_steps - 1`` (``num_steps <= chunk_len``).
 
     Stops after the first step whose info is non-finite and returns its index as
@@ -345,7 +382,10 @@ def _run_chunk(step, state, key, data, start, num_steps, chunk_len, batch_size):
             index = t % num_batches
             order = jax.lax.cond(index == 0, lambda: permutation(t // num_batches), lambda: order)
             rows = jax.lax.dynamic_slice_in_dim(order, index * batch_size, batch_size)
-            return jtu.tree_map(lambda x: jnp.take(x, rows, axis=0, mode="clip"), data), order
+            batch = jtu.tree_map(lambda x: jnp.take(x, rows, axis=0, mode="clip"), data)
+            if batch_sharding is not None:
+                batch = jax.lax.with_sharding_constraint(batch, batch_sharding)
+            return batch, order
 
         example_batch = batch_at(start, order)[0]  # for its shapes only (unused, so compiled away)
 
@@ -478,6 +518,7 @@ def run(
     progress: bool | None = None,
     warn: bool = True,
     name: str = "train",
+    sharding: jax.sharding.Mesh | None = None,
 ) -> TrainResult:
     """Run ``step`` from ``state`` for ``steps`` steps in compiled chunks.
 
@@ -516,6 +557,19 @@ def run(
     the rule's ``reason`` attribute (default ``"converged"``). `probinf.vi.convergence`'s
     ``ConvergenceMonitor`` is one.
 
+    **Data-parallel training.** With ``sharding=mesh`` (a `jax.sharding.Mesh`; its first
+    axis is the data axis) the parameters and optimizer state are replicated on every device
+    of the mesh and each batch's leading axis is split over the data axis: with
+    ``batch_size``, every minibatch is constrained to that layout (``batch_size`` must be a
+    multiple of the axis size; the dataset's rows are split too when their number is);
+    without, the leaves of ``data`` are split on their leading axis (whose length must be a
+    multiple of the axis size). The step itself is unchanged: JAX's SPMD partitioner turns
+    its sums over rows (a loss, a gradient, EM's sufficient statistics) into per-device sums
+    and one all-reduce, so the result equals the single-device run up to the order of
+    floating-point sums. The same code runs across hosts after
+    ``jax.distributed.initialize()``, with a mesh over ``jax.devices()`` (every process
+    passes the same global data).
+
     **Checkpoints.** With ``checkpoint=path`` the run's state, best state, loss history,
     validation history and stop reason are written with `probinf.save` (atomically: to a
     side file, then renamed) every ``checkpoint_every`` steps, at the end, and when the run
@@ -551,6 +605,7 @@ def run(
         progress: show a progress bar (default: only on a terminal).
         warn: emit the ``RuntimeWarning`` of the non-finite policy.
         name: label of the progress bar and the warning.
+        sharding: a `jax.sharding.Mesh` to train data-parallel on (see above), or ``None``.
 
     Returns:
         A `TrainResult`.
@@ -583,6 +638,10 @@ def run(
         if batch_size > num_rows:
             raise ValueError(f"`batch_size` ({batch_size}) exceeds the number of rows of `data` ({num_rows})")
     steps_per_epoch = None if batch_size is None else num_rows // batch_size
+    batch_sharding = None
+    if sharding is not None:
+        state, data, validation_data, batch_sharding = _shard(sharding, state, data,
+                                                              validation_data, batch_size)
     if (steps is None) == (epochs is None):
         raise ValueError(f"give exactly one of `steps` and `epochs`, got steps={steps!r}, epochs={epochs!r}")
     if epochs is not None:
@@ -718,7 +777,7 @@ def run(
 
     def launch(state, start, count):
         return _run_chunk(step, state, key, data, np.asarray(start, np.int32),
-                          np.asarray(count, np.int32), chunk_len, batch_size)
+                          np.asarray(count, np.int32), chunk_len, batch_size, batch_sharding)
 
     def validation_due():
         return (validate is not None and start > first_step and start % validate_every == 0

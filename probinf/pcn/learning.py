@@ -331,6 +331,7 @@ def train(
     init: str = "forward",
     opt_state: Any = None,
     progress: bool | None = None,
+    sharding: jax.sharding.Mesh | None = None,
 ) -> TrainResult:
     """Train ``net`` on ``(x, y)`` with predictive coding (or backprop, for comparison).
 
@@ -356,6 +357,9 @@ def train(
         init: ``"forward"`` or ``"random"`` activity initialisation.
         opt_state: optimizer state to resume from (``TrainResult.opt_state``).
         progress: show a progress bar over epochs (default: only on a terminal).
+        sharding: a `jax.sharding.Mesh` to train data-parallel on: every batch split over
+            its first axis, the parameters replicated (`probinf.train.run`); ``None``: one
+            device.
 
     Returns:
         A :class:`TrainResult`.
@@ -384,6 +388,7 @@ def train(
     result = engine.run(
         step, engine.TrainState(net, opt_state, jnp.asarray(0, jnp.int32)), key, epochs=epochs,
         data=(x, y), batch_size=batch_size, progress=progress, warn=False, name=f"train ({algorithm})",
+        sharding=sharding,
     )
     batches = num_rows // batch_size
     energies = np.zeros((0, config["steps"] + 1, net.num_layers + 1)) if result.aux is None else result.aux

@@ -76,6 +76,9 @@ class FitResult:
             $\\hat k$, log evidence, ELBO, ESS), or ``None`` with ``diagnose=False``.
         converged: whether the loss had stopped improving at the end by the rule of
             `probinf.vi.convergence` (for any ``steps``), ``None`` below 1,000 steps.
+        control_variate_from: for a subsampled target, the first step that used the
+            Taylor control variate (0, or the start of the second phase; see `fit`),
+            ``None`` if none did.
     """
 
     family: Any
@@ -87,6 +90,7 @@ class FitResult:
     opt_state: Any = None
     diagnostics: VIDiagnostics | None = None
     converged: bool | None = None
+    control_variate_from: int | None = None
 
     def sample_posterior(self, key: PRNGKeyArray, num_samples: int = 1000) -> dict[str, np.ndarray]:
         """Draws from the fitted family mapped to the model's named, constrained sites."""
@@ -176,6 +180,9 @@ class FitResult:
                      None: "not assessed (under 1,000 steps)"}[self.converged]
         lines = [f"fit: {self.num_steps} steps, stop reason: {self.stop_reason}; "
                  f"converged: {converged}"]
+        if self.control_variate_from is not None:
+            lines.append(f"  data subsampling with the Taylor control variate from step "
+                         f"{self.control_variate_from}")
         if len(self.losses):
             tail = self.losses[-min(len(self.losses), convergence.WINDOW):]
             lines.append(f"  final loss (mean of last {len(tail)} steps): {tail.mean():.6g}")
@@ -274,6 +281,40 @@ def _run_phase(optimizer, trainable, frozen, opt_state, first_step, budget, key,
     return result.state.params, result.state.opt_state, result.losses, result.stop_reason
 
 
+def _control_variate_at(family, target, key, *, near_mode_only: bool):
+    """``target`` with the Taylor control variate around the mean of ``family``, or ``None``.
+
+    With ``near_mode_only``, only if the reference is near the mode of the full-data
+    log-likelihood: its Newton step from there is within one sd of the likelihood's Laplace
+    approximation in every coordinate (the expansion is then good where the posterior mass
+    is); a failure to build it returns ``None`` quietly (the first phase will move nearer
+    the mode). Otherwise a failure warns."""
+    reference = jnp.mean(family.sample(jax.random.fold_in(key, REFERENCE_STREAM),
+                                       REFERENCE_DRAWS), axis=0)
+    try:
+        centred = target.with_control_variate(reference)
+    except ValueError as error:
+        if not near_mode_only:
+            warnings.warn(f"fit: no control variate ({error}); the result keeps the plain "
+                          "subsampled estimate's batch noise", RuntimeWarning, stacklevel=3)
+        return None
+    if near_mode_only and _newton_distance(centred.control_variate) > 1.0:
+        return None
+    return centred
+
+
+def _newton_distance(variate) -> float:
+    """Largest |Newton step| / Laplace sd of the full-data log-likelihood at the variate's
+    reference; infinite when its Hessian there is not negative definite."""
+    hessian = np.asarray(variate.full_hessian, np.float64)
+    hessian = 0.5 * (hessian + hessian.T)
+    if not np.all(np.isfinite(hessian)) or np.max(np.linalg.eigvalsh(hessian)) >= 0:
+        return math.inf
+    covariance = np.linalg.inv(-hessian)
+    step = covariance @ np.asarray(variate.full_gradient, np.float64)
+    return float(np.max(np.abs(step) / np.sqrt(np.diag(covariance))))
+
+
 def _control_variate_unavailable(target) -> str | None:
     """Why `fit` cannot add a control variate to this subsampled target, or ``None``."""
     model = getattr(target, "numpyro_model", None)
@@ -349,13 +390,17 @@ def fit(
     without subsampling. The diagnostics use the full data. The batch noise of the plain
     estimate can dwarf the objective's own (on a 20,000-row logistic regression with
     ``B = 500``, 17 times in gradient sd), and Adam then stops tenths of a posterior sd
-    from the full-data optimum. So by default (``control_variate=True``) training runs in
-    two phases: the plain estimate until the stopping rule (or half of an integer
-    ``steps``), then, around the mean of 1,000 draws of the family so far, the Taylor
-    control variate of `probinf.Target.with_control_variate` for the rest, with the
-    optimizer state carried over. Its full-data expansion costs about ``dim + 2`` passes
-    over the ``N`` rows, once. ``FitResult.target`` is then the target with the
-    control variate.
+    from the full-data optimum. So by default (``control_variate=True``) the Taylor control
+    variate of `probinf.Target.with_control_variate` is used, around the mean of 1,000
+    draws of the family: from step 0 if that point is near the mode (the Newton step of
+    the full-data log-likelihood from it is within one sd of the likelihood's Laplace
+    approximation in every coordinate, as from `probinf.vi.initialize`'s start); otherwise
+    training runs in two phases, the plain estimate until the stopping rule (or half of an
+    integer ``steps``), then the variate around the family so far, from a fresh optimizer
+    state (a schedule restarts with it). Each full-data expansion costs about ``dim + 2``
+    passes over the ``N`` rows.
+    ``FitResult.target`` is then the target with the control variate, and
+    ``FitResult.control_variate_from`` the step it started at.
 
     **Diagnostics.** With ``diagnose=True`` (default) ``num_diagnostic_draws`` draws
     from the fitted family are weighted by the target (key ``fold_in(key,
@@ -480,33 +525,40 @@ def fit(
             "sd from the full-data fit. Check it against a full-data fit on a subset.",
             RuntimeWarning, stacklevel=2)
         auto_variate = False
+    variate_from = None
     first_budget = budget
-    if auto_variate and not until_converged:
-        first_budget = max(budget // 2, 1)
+    if auto_variate:
+        fam, tgt, obj = eqx.combine(trainable, frozen)
+        centred = _control_variate_at(fam, tgt, key, near_mode_only=True)
+        if centred is not None:  # the start is near the mode: the variate from step 0
+            frozen = eqx.partition((fam, centred, obj), _trainable_spec(fam, centred, obj,
+                                                                        False))[1]
+            auto_variate, variate_from = False, 0
+        elif not until_converged:
+            first_budget = max(budget // 2, 1)
     first = _run_phase(optimizer, trainable, frozen, opt_state, 0, first_budget, key,
                        stop_rule, chunk_size, progress)
     trainable, opt_state, all_losses, stop_reason = first
-    phases = [first]
     if auto_variate and stop_reason != "non_finite" and budget > len(all_losses):
         fam, tgt, obj = eqx.combine(trainable, frozen)
-        reference = jnp.mean(fam.sample(jax.random.fold_in(key, REFERENCE_STREAM),
-                                        REFERENCE_DRAWS), axis=0)
-        try:
-            tgt = tgt.with_control_variate(reference)
-        except ValueError as error:
-            warnings.warn(f"fit: no control variate ({error}); the result keeps the plain "
-                          "subsampled estimate's batch noise", RuntimeWarning, stacklevel=2)
-        else:
+        centred = _control_variate_at(fam, tgt, key, near_mode_only=False)
+        if centred is not None:
             # A subsampled target comes from from_numpyro: it has no params to learn.
-            frozen = eqx.partition((fam, tgt, obj), _trainable_spec(fam, tgt, obj, False))[1]
+            frozen = eqx.partition((fam, centred, obj), _trainable_spec(fam, centred, obj,
+                                                                        False))[1]
             stop_rule = (_ChunkPlateau(patience, min_delta) if patience is not None
                          else convergence.ConvergenceMonitor(min_delta=min_delta, eps=loss_eps)
                          if until_converged else None)
-            second = _run_phase(optimizer, trainable, frozen, opt_state, len(all_losses),
-                                budget - len(all_losses), key, stop_rule, chunk_size, progress)
-            trainable, opt_state, losses, stop_reason = second
+            # A fresh optimizer state: the first phase's second-moment estimates hold the
+            # batch noise, orders of magnitude above the control variate's, and would
+            # shrink Adam's steps for thousands of steps (the stopping rule then sees a
+            # flat loss and stops early: 0.41 posterior sd off at N = 10^6).
+            opt_state = optimizer.init(eqx.filter(trainable, eqx.is_inexact_array))
+            variate_from = len(all_losses)
+            trainable, opt_state, losses, stop_reason = _run_phase(
+                optimizer, trainable, frozen, opt_state, variate_from, budget - variate_from,
+                key, stop_rule, chunk_size, progress)
             all_losses = np.concatenate([all_losses, losses])
-            phases.append(second)
     if stop_reason == "non_finite":
         bad_step = len(all_losses)
         # The engine keeps the state before the bad step; score that step again for the message.
@@ -554,6 +606,7 @@ def fit(
         opt_state=opt_state,
         diagnostics=diagnostics,
         converged=converged,
+        control_variate_from=variate_from,
     )
 
 

@@ -18,6 +18,7 @@ GENERATED_TABLES = [
     ("inference.md", "posteriordb.json", "bench_posteriordb", "markdown_table"),
     ("llm.md", "llm.json", "llm_bench", "results_markdown"),
     ("circuits.md", "circuits.json", "published_debd", "debd_table_markdown"),
+    ("scaling.md", "scale.json", "bench_scale", "markdown_table"),
 ]
 
 

@@ -1,0 +1,256 @@
+"""Benchmark: stochastic VI with data subsampling as the data grow.
+
+Bayesian logistic regression with ``N`` = 10^4, 10^5, 10^6 synthetic rows (fixed seed) and
+20 weights, the rows in ``numpyro.plate("data", N, subsample_size=1000)``.
+
+* **Time per step** (`benchmarks/timing.py`: contenders alternated call by call, each call
+  ``STEPS_PER_CALL`` steps in one compiled ``lax.scan``, the same loop form for all):
+  probinf's step on a batch of 1,000 rows (plain, and with the Taylor control variate),
+  probinf's step on all ``N`` rows, and numpyro's ``SVI`` step with
+  ``AutoMultivariateNormal`` on the same model and subsample size. Every contender uses one
+  reparameterised draw per step (numpyro draws a separate subsample for each particle, so
+  one draw is the like-for-like setting) and ``optax.adam(1e-2)``.
+* **Accuracy**: the documented recipe (``vi.initialize`` on the full-data density, then
+  ``vi.fit(vi.ELBO(8), ...)`` with its defaults: batches of 1,000 rows, the control
+  variate after the first phase) against the Laplace approximation at the exact mode
+  (Newton's method in float64 on all rows; at these ``N`` the posterior is Gaussian to
+  within O(1/N)). Also the fit without the control variate.
+
+Run from the repository root::
+
+    python benchmarks/bench_scale.py            # N up to 10^6 (a few minutes)
+    python benchmarks/bench_scale.py --quick    # N = 10^4, 10^5
+
+Writes ``benchmarks/results/scale.json`` as it goes.
+"""
+
+from __future__ import annotations
+
+import argparse
+import importlib.metadata
+import os
+import pathlib
+import platform
+import sys
+import time
+
+import equinox as eqx
+import jax
+import jax.numpy as jnp
+import numpy as np
+import numpyro
+import numpyro.distributions as dist
+import optax
+
+import probinf
+from probinf import train as engine
+from probinf import vi
+
+# vi.fit's own loss and split, to scan its step exactly as fit runs it (`probinf.vi.fit`
+# the attribute is the function, so the module is imported by name).
+fit_module = importlib.import_module("probinf.vi.fit")
+
+try:
+    from benchmarks.results_io import update_results
+    from benchmarks.timing import compare
+except ModuleNotFoundError:  # run as a script: benchmarks/ itself is on sys.path
+    from results_io import update_results
+    from timing import compare
+
+OUT = pathlib.Path(__file__).resolve().parent / "results" / "scale.json"
+SIZES = (10_000, 100_000, 1_000_000)
+QUICK_SIZES = (10_000, 100_000)
+DIM = 20
+SUBSAMPLE = 1000
+STEPS_PER_CALL = 20
+LEARNING_RATE = 1e-2
+
+
+def make_data(num_rows: int, seed: int = 0) -> tuple[jax.Array, jax.Array, np.ndarray]:
+    rng = np.random.default_rng(seed)
+    weights = rng.normal(size=DIM) / np.sqrt(DIM) * 2.0
+    x = rng.normal(size=(num_rows, DIM)).astype(np.float32)
+    y = (rng.random(num_rows) < 1.0 / (1.0 + np.exp(-(x @ weights)))).astype(np.float32)
+    return jnp.asarray(x), jnp.asarray(y), weights
+
+
+def model(x, y, subsample_size=None):
+    w = numpyro.sample("w", dist.Normal(0.0, 1.0).expand([DIM]).to_event(1))
+    with numpyro.plate("data", x.shape[0], subsample_size=subsample_size) as rows:
+        numpyro.sample("y", dist.Bernoulli(logits=x[rows] @ w), obs=y[rows])
+
+
+def laplace_reference(x, y) -> tuple[np.ndarray, np.ndarray]:
+    """Mode and marginal sds of the exact posterior's Laplace approximation (float64)."""
+    x, y = np.asarray(x, np.float64), np.asarray(y, np.float64)
+    w = np.zeros(DIM)
+    for _ in range(50):
+        p = 1.0 / (1.0 + np.exp(-(x @ w)))
+        gradient = x.T @ (y - p) - w
+        hessian = -(x.T * (p * (1 - p))) @ x - np.eye(DIM)
+        step = np.linalg.solve(hessian, gradient)
+        w = w - step
+        if np.max(np.abs(step)) < 1e-12:
+            break
+    return w, np.sqrt(np.diag(np.linalg.inv(-hessian)))
+
+
+def scanned(step_fn):
+    """``STEPS_PER_CALL`` steps of ``step_fn(state, key) -> state`` in one compiled scan."""
+
+    @jax.jit
+    def run(state, key):
+        def body(carry, t):
+            return step_fn(carry, jax.random.fold_in(key, t)), None
+
+        return jax.lax.scan(body, state, jnp.arange(STEPS_PER_CALL))[0]
+
+    return run
+
+
+def probinf_contender(target, optimizer):
+    family = probinf.FullRankGaussian.init(DIM, loc=jnp.zeros(DIM), scale=0.1)
+    trainable, frozen = partition(family, target)
+    step = engine.make_step(fit_module._engine_loss, optimizer, step_index=True)
+    opt_state = optimizer.init(eqx.filter(trainable, eqx.is_inexact_array))
+    state = engine.TrainState(trainable, opt_state, jnp.asarray(0, jnp.int32))
+    run = scanned(lambda s, k: step(s, k, frozen)[0])
+    keys = iter(range(10**6))
+    return lambda: run(state, jax.random.key(next(keys)))
+
+
+def partition(family, target):
+    """``vi.fit``'s split of (family, target, objective) into trained and frozen parts."""
+    objective = vi.ELBO(1)
+    spec = fit_module._trainable_spec(family, target, objective, False)
+    return eqx.partition((family, target, objective), spec)
+
+
+def numpyro_contender(x, y, optimizer):
+    from numpyro.infer import SVI, Trace_ELBO
+    from numpyro.infer.autoguide import AutoMultivariateNormal
+
+    svi = SVI(model, AutoMultivariateNormal(model), optimizer, Trace_ELBO(num_particles=1))
+    state = svi.init(jax.random.key(0), x, y, subsample_size=SUBSAMPLE)
+    run = scanned(lambda s, _: svi.update(s, x, y, subsample_size=SUBSAMPLE)[0])
+    keys = iter(range(10**6))
+
+    def call():
+        # numpyro's SVI state carries its own key; a fresh one per call, as for ours.
+        return run(state._replace(rng_key=jax.random.key(next(keys))), jax.random.key(0))
+
+    return call
+
+
+def accuracy(target, x, y, mode, sd, *, control_variate: bool, seed: int) -> dict:
+    key = jax.random.key(seed)
+    began = time.perf_counter()
+    family = vi.initialize(key, target)
+    start = np.asarray(jnp.mean(family.sample(jax.random.fold_in(key, 1), 4000), 0))
+    result = vi.fit(vi.ELBO(8), family, target, key=jax.random.fold_in(key, 2),
+                    control_variate=control_variate)
+    draws = np.asarray(result.family.sample(jax.random.fold_in(key, 3), 20_000), np.float64)
+    seconds = time.perf_counter() - began
+    return {
+        "max_abs_mean_error_in_sd": float(np.max(np.abs(draws.mean(0) - mode) / sd)),
+        "max_abs_log_sd_ratio": float(np.max(np.abs(np.log(draws.std(0) / sd)))),
+        "start_max_abs_mean_error_in_sd": float(np.max(np.abs(start - mode) / sd)),
+        "steps": result.num_steps,
+        "stop_reason": result.stop_reason,
+        "khat": None if result.diagnostics is None else result.diagnostics.khat,
+        "wall_s_including_compile": seconds,
+    }
+
+
+def _milliseconds(seconds: float) -> str:
+    ms = seconds * 1e3
+    return f"{ms:.3f} ms" if ms < 1 else f"{ms:.3g} ms"
+
+
+def markdown_table(report: dict) -> str:
+    """The time-per-step table of docs/scaling.md, from ``scale.json``."""
+    lines = ["| rows $N$ | subsampled step | with control variate | full-data step | "
+             "numpyro SVI, subsampled |", "|---|---|---|---|---|"]
+    for num_rows, entry in sorted(report["sizes"].items(), key=lambda item: int(item[0])):
+        per_step = entry["median_s_per_step"]
+        cells = [f"{int(num_rows):,}"] + [_milliseconds(per_step[name]) for name in (
+            "probinf_subsampled", "probinf_control_variate", "probinf_full_data",
+            "numpyro_subsampled")]
+        lines.append("| " + " | ".join(cells) + " |")
+    return "\n".join(lines) + "\n"
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--quick", action="store_true", help="N = 10^4 and 10^5 only")
+    parser.add_argument("--out", default=str(OUT), help="results file (default: %(default)s)")
+    args = parser.parse_args()
+    sizes = QUICK_SIZES if args.quick else SIZES
+    update_results(args.out, [], {
+        "complete": False,
+        "problem": f"Bayesian logistic regression, {DIM} weights, N(0, 1) prior, synthetic "
+                   "rows (seed 0)",
+        "subsample_size": SUBSAMPLE,
+        "steps_per_call": STEPS_PER_CALL,
+        "optimizer": f"optax.adam({LEARNING_RATE})",
+        "draws_per_step_in_timing": 1,
+        "machine": {"platform": platform.platform(), "cpu_count": os.cpu_count(),
+                    "jax_devices": [str(d) for d in jax.devices()]},
+        "versions": {name: importlib.metadata.version(name)
+                     for name in ("jax", "numpyro", "optax", "probinf")},
+        "sizes": {},
+    }, fresh=True)
+    optimizer = optax.adam(LEARNING_RATE)
+    for num_rows in sizes:
+        x, y, _ = make_data(num_rows)
+        subsampled = probinf.from_numpyro(model, x, y, subsample_size=SUBSAMPLE)
+        full = probinf.from_numpyro(model, x, y)
+        mode, sd = laplace_reference(x, y)
+        with_variate = subsampled.with_control_variate(jnp.asarray(mode, jnp.float32))
+        contenders = {
+            "probinf_subsampled": probinf_contender(subsampled, optimizer),
+            "numpyro_subsampled": numpyro_contender(x, y, optimizer),
+            "probinf_control_variate": probinf_contender(with_variate, optimizer),
+            "probinf_full_data": probinf_contender(full, optimizer),
+        }
+        timing = compare(contenders, rounds=7, warmup=1, ratios=[
+            ("probinf_subsampled", "numpyro_subsampled"),
+            ("probinf_control_variate", "numpyro_subsampled"),
+            ("probinf_full_data", "probinf_subsampled")])
+        per_step = {name: summary["median_s"] / STEPS_PER_CALL
+                    for name, summary in timing["contenders"].items()}
+        entry = {"timing": timing, "median_s_per_step": per_step,
+                 "laplace_reference": {"mode": mode, "sd": sd}}
+        update_results(args.out, ["sizes", str(num_rows)], entry)
+        print(f"N={num_rows}: s/step " + ", ".join(f"{k} {v * 1e3:.3f} ms"
+                                                    for k, v in per_step.items()), flush=True)
+        for label, target, control_variate in (("default_fit", subsampled, True),
+                                               ("plain_fit", subsampled, False),
+                                               ("full_data_fit", full, False)):
+            entry[label] = accuracy(target, x, y, mode, sd,
+                                    control_variate=control_variate, seed=0)
+            update_results(args.out, ["sizes", str(num_rows)], entry)
+            print(f"  {label}: {entry[label]}", flush=True)
+    report = update_results(args.out, "complete", True)
+    steps = {n: report["sizes"][str(n)]["median_s_per_step"] for n in sizes}
+    first, last = str(sizes[0]), str(sizes[-1])
+    summary = {
+        "subsampled_step_growth": steps[sizes[-1]]["probinf_subsampled"]
+        / steps[sizes[0]]["probinf_subsampled"],
+        "control_variate_step_growth": steps[sizes[-1]]["probinf_control_variate"]
+        / steps[sizes[0]]["probinf_control_variate"],
+        "full_data_step_growth": steps[sizes[-1]]["probinf_full_data"]
+        / steps[sizes[0]]["probinf_full_data"],
+        "size_ratio": sizes[-1] / sizes[0],
+        "from_to": [first, last],
+        "probinf_over_numpyro_per_step": {
+            str(n): steps[n]["probinf_subsampled"] / steps[n]["numpyro_subsampled"]
+            for n in sizes},
+    }
+    update_results(args.out, "summary", summary)
+    print(summary)
+
+
+if __name__ == "__main__":
+    probinf.xla_cpu_workaround()
+    sys.exit(main())
