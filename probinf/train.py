@@ -568,7 +568,8 @@ def run(
     and one all-reduce, so the result equals the single-device run up to the order of
     floating-point sums. The same code runs across hosts after
     ``jax.distributed.initialize()``, with a mesh over ``jax.devices()`` (every process
-    passes the same global data).
+    passes the same global data); adaptive chunks then double in length instead of
+    following the clock, so that every process runs the same steps per compiled call.
 
     **Checkpoints.** With ``checkpoint=path`` the run's state, best state, loss history,
     validation history and stop reason are written with `probinf.save` (atomically: to a
@@ -775,6 +776,8 @@ def run(
     else:
         chunk_len = num_steps = min(chunk_size, longest)
 
+    multi_process = jax.process_count() > 1
+
     def launch(state, start, count):
         return _run_chunk(step, state, key, data, np.asarray(start, np.int32),
                           np.asarray(count, np.int32), chunk_len, batch_size, batch_sharding)
@@ -841,7 +844,9 @@ def run(
                 if kept:
                     bar.set_postfix(loss=f"{losses[:kept].mean():.4g}")
                 if chunk_size is None:
-                    grow = CHUNK_SECONDS / max(elapsed, 1e-9)
+                    # Across processes every one must run the same steps per call (each chunk's
+                    # collectives pair up), so chunks double instead of following the clock.
+                    grow = 2.0 if multi_process else CHUNK_SECONDS / max(elapsed, 1e-9)
                     num_steps = max(1, min(chunk_len, int(num_steps * min(grow, 10.0))))
         except KeyboardInterrupt:
             if path is not None:

@@ -5,7 +5,9 @@ that axis over a one-dimensional device mesh lets every device propagate and wei
 its own block of particles; the few global steps (normalising weights, resampling)
 become collectives that XLA inserts. Random numbers do not depend on the layout
 (``jax_threefry_partitionable`` is on by default), so a sharded run gives the same
-answer as a single-device run, up to the order of floating-point sums.
+answer as a single-device run, up to the order of floating-point sums (which can, rarely,
+change a resampled ancestor near a boundary of the cumulative weights; the runs are then
+different draws of the same filter).
 
 The same sharding serves independent runs: ``jax.vmap`` a sampler over a batch of
 keys and place the keys with `shard_leading_axis`; the batch axis is then split.
