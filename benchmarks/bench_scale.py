@@ -10,6 +10,12 @@ Bayesian logistic regression with ``N`` = 10^4, 10^5, 10^6 synthetic rows (fixed
   ``AutoMultivariateNormal`` on the same model and subsample size. Every contender uses one
   reparameterised draw per step (numpyro draws a separate subsample for each particle, so
   one draw is the like-for-like setting) and ``optax.adam(1e-2)``.
+* **Data-parallel EM**: mini-batch EM of an HCLT circuit (`circuits.em`, ``sharding=``) on
+  the largest DEBD set of ``--data`` (or the larger shipped one with ``--shipped-debd``),
+  each run in its own process with 1, 2 and 4 forced host devices
+  (``XLA_FLAGS=--xla_force_host_platform_device_count``): the test log-likelihood must be
+  the same; the seconds per epoch are recorded (the forced devices share this machine's
+  cores, so no speed-up is expected).
 * **Accuracy**: the documented recipe (``vi.initialize`` on the full-data density, then
   ``vi.fit(vi.ELBO(8), ...)`` with its defaults: batches of 1,000 rows, the control
   variate after the first phase) against the Laplace approximation at the exact mode
@@ -20,6 +26,7 @@ Run from the repository root::
 
     python benchmarks/bench_scale.py            # N up to 10^6 (a few minutes)
     python benchmarks/bench_scale.py --quick    # N = 10^4, 10^5
+    python benchmarks/bench_scale.py --only-em [--data DIR | --shipped-debd]
 
 Writes ``benchmarks/results/scale.json`` as it goes.
 """
@@ -28,9 +35,12 @@ from __future__ import annotations
 
 import argparse
 import importlib.metadata
+import json
 import os
 import pathlib
 import platform
+import re
+import subprocess
 import sys
 import time
 
@@ -51,10 +61,10 @@ from probinf import vi
 fit_module = importlib.import_module("probinf.vi.fit")
 
 try:
-    from benchmarks.results_io import update_results
+    from benchmarks.results_io import add_debd_arguments, debd_directory, update_results
     from benchmarks.timing import compare
 except ModuleNotFoundError:  # run as a script: benchmarks/ itself is on sys.path
-    from results_io import update_results
+    from results_io import add_debd_arguments, debd_directory, update_results
     from timing import compare
 
 OUT = pathlib.Path(__file__).resolve().parent / "results" / "scale.json"
@@ -180,11 +190,84 @@ def markdown_table(report: dict) -> str:
     return "\n".join(lines) + "\n"
 
 
+EM_DEVICES = (1, 2, 4)
+EM_SETTINGS = dict(latent=16, batch_size=512, epochs=3, step_size=0.5, seed=0)
+
+
+def em_worker(directory: str | None, name: str) -> None:
+    """One process of the data-parallel EM check: prints ``EM {json}``."""
+    import circuits
+    from jax.sharding import Mesh
+
+    split = circuits.load_debd(name, directory)
+    key_tree, key_init, key_em = jax.random.split(jax.random.key(EM_SETTINGS["seed"]), 3)
+    graph = circuits.hclt(split["train"], key=key_tree)
+    circuit = circuits.compile_circuit(graph, circuits.Bernoulli(), EM_SETTINGS["latent"], "cp",
+                                       key=key_init, data=split["train"])
+    mesh = Mesh(np.array(jax.devices()), ("data",))
+    timings = []
+    for _ in range(2):  # the second run reuses the compiled loop: its time is the step time
+        began = time.perf_counter()
+        result = circuits.em(circuit, split["train"], num_epochs=EM_SETTINGS["epochs"],
+                             batch_size=EM_SETTINGS["batch_size"],
+                             step_size=EM_SETTINGS["step_size"], key=key_em, progress=False,
+                             sharding=mesh)
+        timings.append(time.perf_counter() - began)
+    print("EM " + json.dumps({
+        "devices": jax.device_count(),
+        "test_log_likelihood": circuits.average_log_likelihood(result.circuit, split["test"]),
+        "train_log_likelihood": result.train_log_likelihood.tolist(),
+        "seconds_first_run_with_compile": timings[0],
+        "seconds_per_epoch": timings[1] / EM_SETTINGS["epochs"],
+    }), flush=True)
+
+
+def sharded_em(out: str, directory, name: str) -> None:
+    report = {"dataset": name, "settings": EM_SETTINGS, "runs": {}}
+    for devices in EM_DEVICES:
+        env = dict(os.environ, JAX_PLATFORMS="cpu")
+        flags = re.sub(r"--xla_force_host_platform_device_count=\S*", "", env.get("XLA_FLAGS", ""))
+        env["XLA_FLAGS"] = f"{flags} --xla_force_host_platform_device_count={devices}".strip()
+        command = [sys.executable, __file__, "--em-worker", name]
+        if directory is not None:
+            command += ["--em-directory", str(directory)]
+        run = subprocess.run(command, env=env, capture_output=True, text=True, timeout=3600)
+        if run.returncode:
+            raise RuntimeError(f"the EM worker with {devices} devices failed:\n{run.stderr[-3000:]}")
+        line = next(line for line in run.stdout.splitlines() if line.startswith("EM "))
+        report["runs"][str(devices)] = json.loads(line[3:])
+        update_results(out, "sharded_em", report)
+        print(f"EM on {name}, {devices} device(s): {report['runs'][str(devices)]}", flush=True)
+    lls = [run["test_log_likelihood"] for run in report["runs"].values()]
+    report["max_test_log_likelihood_difference"] = max(lls) - min(lls)
+    update_results(out, "sharded_em", report)
+
+
+def largest_debd(directory) -> str:
+    import circuits
+
+    def entries(name):
+        train = circuits.load_debd(name, directory)["train"]
+        return train.shape[0] * train.shape[1]
+
+    return max(circuits.list_debd(directory), key=entries)
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--quick", action="store_true", help="N = 10^4 and 10^5 only")
+    parser.add_argument("--only-em", action="store_true", help="only the data-parallel EM part")
+    parser.add_argument("--no-em", action="store_true", help="skip the data-parallel EM part")
     parser.add_argument("--out", default=str(OUT), help="results file (default: %(default)s)")
+    parser.add_argument("--em-worker", default=None, help=argparse.SUPPRESS)
+    parser.add_argument("--em-directory", default=None, help=argparse.SUPPRESS)
+    add_debd_arguments(parser)
     args = parser.parse_args()
+    if args.em_worker:
+        return em_worker(args.em_directory, args.em_worker)
+    directory = None if args.no_em else debd_directory(args.data, args.shipped_debd)
+    if args.only_em:
+        return sharded_em(args.out, directory, largest_debd(directory))
     sizes = QUICK_SIZES if args.quick else SIZES
     update_results(args.out, [], {
         "complete": False,
@@ -249,6 +332,8 @@ def main() -> None:
     }
     update_results(args.out, "summary", summary)
     print(summary)
+    if not args.no_em:
+        sharded_em(args.out, directory, largest_debd(directory))
 
 
 if __name__ == "__main__":
