@@ -213,10 +213,11 @@ class Target(eqx.Module):
         unbiased like the plain estimate, with a variance that vanishes as $z \\to z^\\star$
         (the residual is third order in $z - z^\\star$). The full-data sum
         $\\sum_i \\hat\\ell_i(z)$ is a quadratic in $z$ whose value, gradient and Hessian
-        at $z^\\star$ are computed once here (one full-data pass); each batch costs three
-        forward passes over its $B$ rows. Choose ``reference`` near the posterior mode
-        (e.g. the mean of a short fit, or a MAP estimate): far from it the expansion is
-        poor and the variance can exceed the plain estimate's.
+        at $z^\\star$ are computed once here (over all $N$ rows, in chunks: about
+        ``dim + 2`` passes' work); each batch costs three forward passes over its $B$ rows.
+        Choose ``reference`` near the posterior mode (e.g. the mean of a short fit, or a
+        MAP estimate): far from it the expansion is poor and the variance can exceed the
+        plain estimate's.
 
         Only for targets from `from_numpyro` with exactly one subsampled plate.
         """

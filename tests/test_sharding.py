@@ -37,6 +37,15 @@ SCRIPT = textwrap.dedent(r'''
         return min(len(leaf.sharding.device_set) for leaf in jax.tree.leaves(tree)
                    if isinstance(leaf, jax.Array))
 
+    def circuit_report(one, four, model):
+        """A circuits TrainResult pair, compared through the log-likelihood."""
+        return {"difference": abs(four.final_train_log_likelihood
+                                  - one.final_train_log_likelihood)
+                / abs(one.final_train_log_likelihood),
+                "devices": devices_of(model),
+                "losses": spread((np.asarray(four.train_log_likelihood),
+                                  np.asarray(one.train_log_likelihood)))}
+
     # The engine itself: linear regression, minibatches of 32 rows, then the full batch.
     rng = np.random.default_rng(0)
     x = jnp.asarray(rng.normal(size=(256, 5)), jnp.float32)
@@ -77,21 +86,11 @@ SCRIPT = textwrap.dedent(r'''
     one, four = (circuits.em(circuit, binary, num_epochs=3, batch_size=40, step_size=0.5,
                              key=jax.random.key(4), progress=False, sharding=mesh_)
                  for mesh_ in (None, mesh))
-    report["circuits_em"] = {"difference": abs(four.final_train_log_likelihood
-                                               - one.final_train_log_likelihood)
-                             / abs(one.final_train_log_likelihood),
-                             "devices": devices_of(four.circuit),
-                             "losses": spread((np.asarray(four.train_log_likelihood),
-                                               np.asarray(one.train_log_likelihood)))}
+    report["circuits_em"] = circuit_report(one, four, four.circuit)
     one, four = (circuits.fit_gradient(circuit, binary, optax.adam(0.05), key=jax.random.key(5),
                                        num_epochs=3, batch_size=40, progress=False,
                                        sharding=mesh_) for mesh_ in (None, mesh))
-    report["circuits_gradient"] = {"difference": abs(four.final_train_log_likelihood
-                                                     - one.final_train_log_likelihood)
-                                   / abs(one.final_train_log_likelihood),
-                                   "devices": devices_of(four.circuit),
-                                   "losses": spread((np.asarray(four.train_log_likelihood),
-                                                     np.asarray(one.train_log_likelihood)))}
+    report["circuits_gradient"] = circuit_report(one, four, four.circuit)
 
     # circuits.fit_integral (a PIC materialised by quadrature inside every step)
     from circuits.integral import integral_circuit, fit_integral
@@ -104,12 +103,7 @@ SCRIPT = textwrap.dedent(r'''
     # Compared through the likelihood: the functions' output biases are not identified (a
     # constant shift cancels in the normalisation), so Adam turns rounding differences in
     # their ~0 gradients into different values of no consequence.
-    report["circuits_integral"] = {"difference": abs(four.final_train_log_likelihood
-                                                     - one.final_train_log_likelihood)
-                                   / abs(one.final_train_log_likelihood),
-                                   "devices": devices_of(four.pic),
-                                   "losses": spread((np.asarray(four.train_log_likelihood),
-                                                     np.asarray(one.train_log_likelihood)))}
+    report["circuits_integral"] = circuit_report(one, four, four.pic)
 
     # pcn.train
     from probinf import pcn
