@@ -224,3 +224,15 @@ def test_two_subsampled_plates_fit_plainly_with_a_warning():
         result = vi.fit(vi.ELBO(4), family, target, key=jax.random.key(1), steps=3000,
                         optimizer=optax_schedule(), diagnose=False)
     assert abs(float(result.family.loc[0]) - float(mean)) < 0.25 / np.sqrt(precision)
+
+
+def test_infer_on_a_subsampled_model_gives_the_full_data_posterior():
+    """probinf.infer scores its draws with the target's full-data density: a subsampled
+    plate changes how VI trains, not the posterior it reports."""
+    draws = [probinf.infer(logistic, X, Y, key=jax.random.key(0), num_draws=1000,
+                           subsample_size=size).posterior for size in (None, B)]
+    for name in ("w", "b"):
+        full, sub = (np.asarray(d[name]).reshape(1000, -1) for d in draws)
+        sd = full.std(0)
+        assert np.all(np.abs(sub.mean(0) - full.mean(0)) < 0.15 * sd)
+        assert np.all(np.abs(np.log(sub.std(0) / sd)) < 0.15)
