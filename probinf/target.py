@@ -391,7 +391,8 @@ def from_numpyro(
             ``init_strategy`` is not callable.
         ValueError: each naming the site, its distribution and the reason: an unknown
             ``init_strategy``; a site that cannot be traced at its initial value; a
-            latent site inside a subsampled plate; an observed site with NaN or
+            latent site inside a subsampled plate, or a model that indexes NumPy data
+            with its plate's indices; an observed site with NaN or
             infinite values (outside its mask); a discrete or ``Delta`` latent site; a
             model with no latent site; ``init_to_value`` values naming no latent site,
             of the wrong shape or outside the support; a log density or gradient that
@@ -465,9 +466,6 @@ def from_numpyro(
         except Exception as err:
             err.add_note(f"(raised while probinf.from_numpyro evaluated the model's log density "
                          f"and its gradient at the initial point from {strategy_name})")
-            if plates and isinstance(err, jax.errors.TracerArrayConversionError):
-                err.add_note("(the rows of a subsampled plate are traced indices: index the "
-                             "model's data as JAX arrays, e.g. jnp.asarray(x)[rows])")
             raise
         if not np.isfinite(np.asarray(value)):
             _raise_nonfinite_init(prepared, args, kwargs, constrained, unconstrained, transforms,
@@ -483,6 +481,8 @@ def from_numpyro(
             )
 
     probe = jax.ShapeDtypeStruct((int(flat_init.shape[0]),), dtype)
+    if plates:
+        _check_traced_rows(log_density_fn, probe, plates)
     site_shapes = {name: tuple(s.shape) for name, s in jax.eval_shape(constrain, probe).items()}
     return Target(
         log_density_fn=log_density_fn,
@@ -700,6 +700,24 @@ def _subsample_plates(trace: dict[str, Any]) -> tuple[SubsamplePlate, ...]:
         if subsample_size is not None:
             plates.append(SubsamplePlate(name, int(site["args"][0]), int(subsample_size)))
     return tuple(plates)
+
+
+def _check_traced_rows(log_density_fn: Callable, probe: Any,
+                       plates: tuple[SubsamplePlate, ...]) -> None:
+    """The model must take its rows as traced indices, as `vi.fit`'s compiled steps give
+    them; a model that indexes NumPy data with them would fail only there, inside JAX."""
+    rows = {plate.name: jax.ShapeDtypeStruct((plate.subsample_size,), jnp.int32)
+            for plate in plates}
+    try:
+        jax.eval_shape(log_density_fn, probe, rows)
+    except (jax.errors.TracerArrayConversionError, jax.errors.ConcretizationTypeError,
+            jax.errors.TracerIntegerConversionError) as err:
+        names = [plate.name for plate in plates]
+        raise ValueError(
+            f"the model cannot take traced row indices for its subsampled plate(s) {names} "
+            f"({type(err).__name__}): data indexed by a plate's indices must be JAX arrays, "
+            "e.g. pass jnp.asarray(x) or write jnp.asarray(x)[rows]"
+        ) from err
 
 
 def _full_plates(plates: tuple[SubsamplePlate, ...]) -> dict[str, Array]:

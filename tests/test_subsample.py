@@ -151,6 +151,13 @@ def test_local_latent_in_a_subsampled_plate_is_refused():
         probinf.from_numpyro(model, jnp.zeros(20))
 
 
+def test_numpy_data_indexed_by_the_plate_fails_at_construction():
+    """vi.fit's steps pass traced rows: a model indexing NumPy data with them is refused
+    when the target is built, not deep inside the first compiled step."""
+    with pytest.raises(ValueError, match="traced row indices for its subsampled plate.*'data'"):
+        probinf.from_numpyro(logistic, np.asarray(X), np.asarray(Y), subsample_size=B)
+
+
 def test_batch_errors_name_the_argument(targets):
     full, sub = targets
     with pytest.raises(ValueError, match="no subsampled plate"):

@@ -518,9 +518,10 @@ def fit(
         stop_rule = None
     auto_variate = (control_variate and getattr(target, "subsample_plates", ())
                     and getattr(target, "control_variate", None) is None)
-    if auto_variate and _control_variate_unavailable(target):
+    unavailable = _control_variate_unavailable(target) if auto_variate else None
+    if unavailable:
         warnings.warn(
-            f"fit: {_control_variate_unavailable(target)}; the fit uses the plain subsampled "
+            f"fit: {unavailable}; the fit uses the plain subsampled "
             "estimate, whose batch noise can leave the result several tenths of a posterior "
             "sd from the full-data fit. Check it against a full-data fit on a subset.",
             RuntimeWarning, stacklevel=2)
