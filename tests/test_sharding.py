@@ -155,7 +155,7 @@ def test_a_batch_that_does_not_split_evenly_is_refused(report):
         report["uneven_batch_error"])
 
 
-def test_a_one_device_mesh_runs_the_same_code_path():
+def test_a_one_device_mesh_equals_no_mesh_and_a_non_mesh_is_refused():
     import jax
     import jax.numpy as jnp
     import numpy as np
@@ -164,13 +164,17 @@ def test_a_one_device_mesh_runs_the_same_code_path():
 
     from probinf import train as engine
 
-    mesh = Mesh(np.array(jax.devices()[:1] * 1), ("data",))
-    optimizer = optax.sgd(0.1)
+    mesh = Mesh(np.array(jax.devices()[:1]), ("data",))
+    optimizer = optax.sgd(0.005)
     step = engine.make_step(lambda w, key, batch: jnp.sum((batch * w) ** 2), optimizer)
     with pytest.raises(TypeError, match="`sharding` must be a jax.sharding.Mesh"):
         engine.run(step, engine.init(jnp.ones(2), optimizer), jax.random.key(0), steps=2,
                    data=jnp.ones((4, 2)), sharding="data")
-    # A one-device mesh splits nothing but runs the same code path.
-    result = engine.run(step, engine.init(jnp.ones(2), optimizer), jax.random.key(0), steps=2,
-                        data=jnp.ones((4, 2)), batch_size=2, sharding=mesh, progress=False)
-    assert result.num_steps == 2
+    # A one-device mesh splits nothing: the same steps, the same parameters.
+    data = jnp.arange(8.0).reshape(4, 2)
+    sharded, plain = (engine.run(step, engine.init(jnp.ones(2), optimizer), jax.random.key(0),
+                                 steps=4, data=data, batch_size=2, sharding=mesh_,
+                                 progress=False) for mesh_ in (mesh, None))
+    assert sharded.num_steps == plain.num_steps == 4
+    np.testing.assert_allclose(sharded.params, plain.params, rtol=1e-6)
+    np.testing.assert_allclose(sharded.losses, plain.losses, rtol=1e-6)
