@@ -76,6 +76,22 @@ def linear_gaussian(steps: int):
                                  observations)
 
 
+def particle_filter_contender(model, count: int):
+    """A call of the bootstrap filter with ``count`` particles, a fresh key each call."""
+    from probinf import smc
+
+    run = jax.jit(lambda key: smc.particle_filter(key, smc.Bootstrap(model), count).log_evidence)
+    keys = iter(range(10**6))
+    return lambda: run(jax.random.key(next(keys)))
+
+
+def kalman_contender(ssm, method: str):
+    from probinf import smc
+
+    run = jax.jit(lambda model: smc.kalman_filter(model, method=method).log_evidence)
+    return lambda: run(ssm)
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--allow-cpu", action="store_true",
@@ -112,22 +128,16 @@ def main() -> None:
               f"{timing['ratios']['pallas_forward/einsum_forward']:.3f}",
               flush=True)
 
-    from probinf import smc
-
     model = linear_gaussian(FILTER_STEPS)
     for count in particles:
-        run = jax.jit(lambda key, n=count: smc.particle_filter(key, smc.Bootstrap(model),
-                                                               n).log_evidence)
-        keys = iter(range(10**6))
-        timing = compare({"particle_filter": lambda: run(jax.random.key(next(keys)))})
+        timing = compare({"particle_filter": particle_filter_contender(model, count)})
         update_results(out, ["particle_filter", str(count)], timing)
         print(f"particle filter N={count}: "
               f"{timing['contenders']['particle_filter']['median_s']:.4f} s", flush=True)
 
     for steps in kalman_steps:
         ssm = linear_gaussian(steps)
-        contenders = {method: (lambda f=jax.jit(lambda m, method=method: smc.kalman_filter(
-            m, method=method).log_evidence): f(ssm)) for method in ("sequential", "parallel")}
+        contenders = {method: kalman_contender(ssm, method) for method in ("sequential", "parallel")}
         timing = compare(contenders, ratios=[("parallel", "sequential")])
         update_results(out, ["kalman", str(steps)], timing)
         print(f"Kalman T={steps}: parallel/sequential "

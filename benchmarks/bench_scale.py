@@ -152,7 +152,7 @@ def numpyro_contender(x, y, optimizer):
     return call
 
 
-def accuracy(target, x, y, mode, sd, *, control_variate: bool, seed: int) -> dict:
+def accuracy(target, mode, sd, *, control_variate: bool, seed: int) -> dict:
     key = jax.random.key(seed)
     began = time.perf_counter()
     family = vi.initialize(key, target)
@@ -196,8 +196,9 @@ EM_SETTINGS = dict(latent=16, batch_size=512, epochs=3, step_size=0.5, seed=0)
 
 def em_worker(directory: str | None, name: str) -> None:
     """One process of the data-parallel EM check: prints ``EM {json}``."""
-    import circuits
     from jax.sharding import Mesh
+
+    import circuits
 
     split = circuits.load_debd(name, directory)
     key_tree, key_init, key_em = jax.random.split(jax.random.key(EM_SETTINGS["seed"]), 3)
@@ -310,7 +311,7 @@ def main() -> None:
         for label, target, control_variate in (("default_fit", subsampled, True),
                                                ("plain_fit", subsampled, False),
                                                ("full_data_fit", full, False)):
-            entry[label] = accuracy(target, x, y, mode, sd,
+            entry[label] = accuracy(target, mode, sd,
                                     control_variate=control_variate, seed=0)
             update_results(args.out, ["sizes", str(num_rows)], entry)
             print(f"  {label}: {entry[label]}", flush=True)
