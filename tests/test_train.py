@@ -61,6 +61,30 @@ def test_full_batch_gradient_descent_follows_the_closed_form_iterates():
     np.testing.assert_allclose(long.params, optimum, rtol=1e-5, atol=1e-5)
 
 
+def test_iterate_average_is_the_mean_then_the_moving_average_of_the_closed_form_iterates():
+    """With SGD the iterates are known in closed form; the wrapper's average must be their
+    plain mean for the first `horizon` updates, then the exponential moving average."""
+    steps, eta, horizon = 50, 0.05, 20
+    averaged = train.iterate_average(SGD, horizon)
+    assert train.iterate_average(SGD, horizon) is averaged  # cached: compiled loops are reused
+    result = train.run(train.make_step(squared_error, averaged),
+                       train.init(jnp.zeros(3), averaged), jax.random.key(0), steps=steps,
+                       data=(X, Y), progress=False)
+    x, y = X.astype(np.float64), Y.astype(np.float64)
+    theta, iterates = np.zeros(3), []
+    for _ in range(steps):
+        theta = theta - eta * 2 * x.T @ (x @ theta - y) / len(x)
+        iterates.append(theta)
+    mean = np.mean(iterates[:horizon], axis=0)
+    for theta_t in iterates[horizon:]:
+        mean = mean + (theta_t - mean) / horizon
+    np.testing.assert_allclose(result.state.opt_state.average, mean, rtol=1e-5, atol=1e-6)
+    np.testing.assert_allclose(result.params, theta, rtol=1e-5, atol=1e-6)  # the trajectory is SGD's
+    assert int(result.state.opt_state.count) == steps
+    with pytest.raises(ValueError, match="`horizon`"):
+        train.iterate_average(SGD, 0)
+
+
 @pytest.mark.parametrize("chunk_size", [None, 3])
 def test_non_finite_step_stops_with_the_state_before_it(chunk_size):
     step = train.make_step(squared_error_nan_at, SGD, step_index=True)

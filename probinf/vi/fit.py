@@ -50,6 +50,10 @@ BATCH_STREAM = 0xFFFFFFFE
 # family, from fold_in(key, REFERENCE_STREAM).
 REFERENCE_STREAM = 0xFFFFFFFD
 REFERENCE_DRAWS = 1000
+# Iterate averaging (`average=True`): the time constant, in steps, of the running average of
+# the iterates. Two of the convergence rule's windows: the rule has judged at least the last
+# half of a converged run (500+ steps) flat, so the average holds only stationary iterates.
+AVERAGE_HORIZON = 2 * convergence.WINDOW
 
 
 @dataclass(frozen=True)
@@ -79,6 +83,8 @@ class FitResult:
         control_variate_from: for a subsampled target, the first step that used the
             Taylor control variate (0, or the start of the second phase; see `fit`),
             ``None`` if none did.
+        averaged: whether ``family`` is the running average of the last iterates (see
+            `fit`, *Iterate averaging*) rather than the last iterate.
     """
 
     family: Any
@@ -91,6 +97,7 @@ class FitResult:
     diagnostics: VIDiagnostics | None = None
     converged: bool | None = None
     control_variate_from: int | None = None
+    averaged: bool = False
 
     def sample_posterior(self, key: PRNGKeyArray, num_samples: int = 1000) -> dict[str, np.ndarray]:
         """Draws from the fitted family mapped to the model's named, constrained sites."""
@@ -170,7 +177,7 @@ class FitResult:
         idata = target_inference_data(self.target, jnp.asarray(z)[None], sample_stats=stats)
         attrs = {} if self.diagnostics is None else self.diagnostics.to_attrs()
         attrs.update(vi_stop_reason=self.stop_reason, vi_num_steps=self.num_steps,
-                     vi_resampled=int(bool(resample)))
+                     vi_resampled=int(bool(resample)), vi_averaged=int(self.averaged))
         idata.posterior.attrs.update(attrs)
         return idata
 
@@ -180,6 +187,9 @@ class FitResult:
                      None: "not assessed (under 1,000 steps)"}[self.converged]
         lines = [f"fit: {self.num_steps} steps, stop reason: {self.stop_reason}; "
                  f"converged: {converged}"]
+        if self.averaged:
+            lines.append(f"  family: running average of the iterates (time constant "
+                         f"{AVERAGE_HORIZON} steps)")
         if self.control_variate_from is not None:
             lines.append(f"  data subsampling with the Taylor control variate from step "
                          f"{self.control_variate_from}")
@@ -237,6 +247,17 @@ def _loss(trainable, frozen, key, step):
     return objective(key, family, target)
 
 
+def _loss_fluctuates(losses: np.ndarray, eps: float) -> bool:
+    """Whether the loss of the last window still varies beyond rounding. Then the iterates
+    fluctuate around the optimum and their average is nearer it. A loss constant to
+    rounding (an estimate with zero variance at the optimum: `probinf.vi.STL` on a family
+    that holds the posterior, an enumerated objective) means the iterates converge, and
+    their average would lag behind the last one."""
+    tail = np.asarray(losses[-convergence.WINDOW:], np.float64)
+    floor = convergence.ROUNDING_FACTOR * eps * (1.0 + abs(float(np.mean(tail))))
+    return float(np.std(tail)) > floor
+
+
 def _engine_loss(trainable, key, frozen, step):
     """`_loss` in `probinf.train`'s step signature: the frozen parts ride as the batch."""
     return _loss(trainable, frozen, key, step)
@@ -262,8 +283,14 @@ class _ChunkPlateau:
 
 
 def _run_phase(optimizer, trainable, frozen, opt_state, first_step, budget, key, stop_rule,
-               chunk_size, progress):
-    """`probinf.train.run` from step ``first_step``: (trainable, opt_state, losses, reason)."""
+               chunk_size, progress, average):
+    """`probinf.train.run` from step ``first_step``: (trainable, opt_state, losses, reason,
+    averaged), ``averaged`` the running average of the phase's iterates (`average=True`)
+    or ``None``."""
+    if average:
+        optimizer = engine.iterate_average(optimizer, AVERAGE_HORIZON)
+        opt_state = engine.IterateAverageState(
+            opt_state, eqx.filter(trainable, eqx.is_inexact_array), jnp.zeros((), jnp.int32))
     # The frozen parts (the target's data, the family's structure) are the engine's `data`:
     # every step gets them whole, so the compiled loop is shared by fits of one shape.
     result = engine.run(
@@ -278,7 +305,12 @@ def _run_phase(optimizer, trainable, frozen, opt_state, first_step, budget, key,
         warn=False,
         name="fit",
     )
-    return result.state.params, result.state.opt_state, result.losses, result.stop_reason
+    trainable, opt_state = result.state.params, result.state.opt_state
+    averaged = None
+    if average:
+        averaged = eqx.combine(opt_state.average, trainable)
+        opt_state = opt_state.inner
+    return trainable, opt_state, result.losses, result.stop_reason, averaged
 
 
 def _control_variate_at(family, target, key, *, near_mode_only: bool):
@@ -360,6 +392,7 @@ def fit(
     diagnose: bool = True,
     num_diagnostic_draws: int = DEFAULT_DIAGNOSTIC_DRAWS,
     control_variate: bool = True,
+    average: bool = True,
 ) -> FitResult:
     """Optimise ``objective`` over the parameters of ``family``, then check the result.
 
@@ -402,6 +435,27 @@ def fit(
     ``FitResult.target`` is then the target with the control variate, and
     ``FitResult.control_variate_from`` the step it started at.
 
+    **Iterate averaging.** With a constant step size the iterates of a stochastic
+    optimizer do not settle at the optimum: they fluctuate around it, by about a tenth of
+    a posterior sd for Adam at 1e-2 on a Gaussian family (measured on a 20-weight logistic
+    regression). So the loop also keeps a running average of the iterates
+    (`probinf.train.iterate_average`: the mean of the first ``AVERAGE_HORIZON = 200``
+    iterates, then an exponential moving average with that time constant; Polyak and
+    Juditsky 1992, for VI Dhaka et al. 2020), and when the run ended stationary
+    (``FitResult.converged`` is True: the loss had stopped improving by the rule above,
+    judged over at least the last 500 steps) the average is returned as the fitted family
+    (``FitResult.averaged``), provided the loss of the last 100 steps still varies beyond
+    rounding (the convergence rule's floor). A loss constant to rounding means the
+    iterates converge rather than fluctuate (an estimate with zero variance at the
+    optimum: `probinf.vi.STL` on a family that holds the posterior, an enumerated
+    objective), and their average would lag behind the last one. Otherwise (a constant
+    loss, the loss still falling, under 1,000 steps, a non-finite stop) the last iterate
+    is returned. On that regression (10^6 rows, four seeds) the
+    average was 0.03-0.05 posterior sd from the exact posterior's mode where the last
+    iterate was 0.08-0.13. The optimizer's
+    trajectory, the losses and ``opt_state`` are those of the iterates; ``average=False``
+    returns the last iterate always.
+
     **Diagnostics.** With ``diagnose=True`` (default) ``num_diagnostic_draws`` draws
     from the fitted family are weighted by the target (key ``fold_in(key,
     0xFFFFFFFF)``) and give the Pareto $\\hat k$, the importance-weighted log
@@ -438,6 +492,8 @@ def fit(
         control_variate: for a subsampled target, continue with a Taylor control variate
             (see *Data subsampling*); ``False`` keeps the plain estimate throughout.
             Ignored for other targets.
+        average: return the running average of the iterates when the run ended
+            stationary (see *Iterate averaging*); ``False``: the last iterate.
 
     Returns:
         A `FitResult`. If the loss or the parameters become non-finite, training
@@ -485,7 +541,8 @@ def fit(
         patience = check_num_samples(patience, "patience")
     if isinstance(min_delta, bool) or not (isinstance(min_delta, (int, float)) and min_delta >= 0):
         raise ValueError(f"`min_delta` must be a non-negative number, got {min_delta!r}")
-    for flag_name, flag in (("diagnose", diagnose), ("control_variate", control_variate)):
+    for flag_name, flag in (("diagnose", diagnose), ("control_variate", control_variate),
+                            ("average", average)):
         if not isinstance(flag, bool):
             raise TypeError(f"`{flag_name}` must be True or False, got {flag!r}")
     if diagnose:
@@ -538,8 +595,8 @@ def fit(
         elif not until_converged:
             first_budget = max(budget // 2, 1)
     first = _run_phase(optimizer, trainable, frozen, opt_state, 0, first_budget, key,
-                       stop_rule, chunk_size, progress)
-    trainable, opt_state, all_losses, stop_reason = first
+                       stop_rule, chunk_size, progress, average)
+    trainable, opt_state, all_losses, stop_reason, averaged = first
     if auto_variate and stop_reason != "non_finite" and budget > len(all_losses):
         fam, tgt, obj = eqx.combine(trainable, frozen)
         centred = _control_variate_at(fam, tgt, key, near_mode_only=False)
@@ -556,11 +613,12 @@ def fit(
             # flat loss and stops early: 0.41 posterior sd off at N = 10^6).
             opt_state = optimizer.init(eqx.filter(trainable, eqx.is_inexact_array))
             variate_from = len(all_losses)
-            trainable, opt_state, losses, stop_reason = _run_phase(
+            trainable, opt_state, losses, stop_reason, averaged = _run_phase(
                 optimizer, trainable, frozen, opt_state, variate_from, budget - variate_from,
-                key, stop_rule, chunk_size, progress)
+                key, stop_rule, chunk_size, progress, average)
             all_losses = np.concatenate([all_losses, losses])
-    if stop_reason == "non_finite":
+    stopped_nonfinite = stop_reason == "non_finite"
+    if stopped_nonfinite:
         bad_step = len(all_losses)
         # The engine keeps the state before the bad step; score that step again for the message.
         bad_loss = float(_loss(trainable, frozen, jax.random.fold_in(key, bad_step), bad_step))
@@ -571,7 +629,6 @@ def fit(
                        f"kept the state after step {bad_step - 1}")
         warnings.warn(f"fit stopped: {stop_reason}", RuntimeWarning, stacklevel=2)
 
-    family, target, objective = eqx.combine(trainable, frozen)
     trend = convergence.loss_trend(all_losses, min_delta=min_delta, eps=loss_eps)
     converged = None if trend is None else not trend.improving
     if stop_reason == "converged":
@@ -591,6 +648,9 @@ def fit(
             stacklevel=2,
         )
 
+    use_average = (bool(converged) and averaged is not None and not stopped_nonfinite
+                   and _loss_fluctuates(all_losses, loss_eps))
+    family, target, objective = eqx.combine(averaged if use_average else trainable, frozen)
     diagnostics = None
     if diagnose:
         diagnostics = _diagnostics_or_warning(jax.random.fold_in(key, DIAGNOSTIC_STREAM),
@@ -608,6 +668,7 @@ def fit(
         diagnostics=diagnostics,
         converged=converged,
         control_variate_from=variate_from,
+        averaged=use_average,
     )
 
 
