@@ -122,7 +122,7 @@ def posterior_mean_reference(x, y, mode, covariance, *, seed: int = 0) -> dict:
     approximation (float64, all rows; the proposal is the posterior up to O(1/sqrt(N)),
     so the weights are nearly flat: their k-hat and ESS are recorded with it). The
     proposal's mean is known (the mode), so it is used as a control variate:
-    $\hat\mu = m + \sum_s (\bar w_s - 1/S)(z_s - m)$ with $\bar w$ the normalised
+    $\\hat\\mu = m + \\sum_s (\\bar w_s - 1/S)(z_s - m)$ with $\\bar w$ the normalised
     smoothed weights, whose error shrinks with the spread of the weights, not only with
     $S$. The mode is not the mean: on 10^4 rows the two differ by 0.08 posterior sd in
     some weight, so a fit is scored against this mean."""
