@@ -394,6 +394,9 @@ class _EMStep(eqx.Module):
     entropy_reg: float = eqx.field(static=True)
     softened: bool = eqx.field(static=True)
     full_batch: bool = eqx.field(static=True)
+    # Full-batch data stored rows-first, (chunk rows, chunks, ...), so that the engine's
+    # split of the leading axis over a mesh splits every chunk's rows (see `em`).
+    rows_first: bool = eqx.field(static=True, default=False)
 
     def __call__(self, state, key, batch):
         del key  # EM is deterministic; the engine's shuffling already drew the batch
@@ -404,6 +407,8 @@ class _EMStep(eqx.Module):
             step_size = self.step_sizes[jnp.minimum(state.step // self.steps_per_epoch,
                                                     self.step_sizes.shape[0] - 1)]
         if self.full_batch:
+            if self.rows_first:
+                batch = jax.tree_util.tree_map(lambda a: jnp.swapaxes(a, 0, 1), batch)
             updated, total = _full_batch_epoch(circuit, *batch, self.pseudocount, step_size,
                                                self.softened, self.entropy_reg)
             rows = jnp.sum(batch[1])
@@ -614,9 +619,10 @@ def em(
         patience: with ``valid``, stop once the validation log-likelihood has not
             improved on its best for ``patience`` epochs; ``None``: never.
         progress: show a progress bar (default: when on a terminal).
-        sharding: a `jax.sharding.Mesh` for data-parallel mini-batch EM: each batch split
-            over its first axis, the circuit replicated; the expected counts are summed
-            across devices by one all-reduce (`probinf.train.run`). Needs ``batch_size``.
+        sharding: a `jax.sharding.Mesh` for data-parallel EM, the circuit replicated: each
+            mini-batch's rows split over the mesh's first axis (``batch_size`` a multiple
+            of its size), or in full-batch EM every chunk of rows; the expected counts are
+            summed across devices by all-reduces (`probinf.train.run`).
 
     Returns:
         A :class:`TrainResult`. With softening, ``train_log_likelihood`` is the
@@ -654,10 +660,16 @@ def em(
     train = soft_evidence(circuit, data, float(softening), soften_towards) if softened else x
 
     if batch_size is None:
-        if sharding is not None:
-            raise ValueError("`sharding` needs mini-batch EM (give `batch_size`): full-batch "
-                             "EM scans its data in chunks on one device")
-        data = _batches(train, min(1024, x.shape[0]))
+        chunk = min(1024, x.shape[0])
+        if isinstance(sharding, jax.sharding.Mesh):
+            # Every chunk of rows is split over the devices: chunks a multiple of the mesh
+            # axis, stored rows-first so that the engine's split of the leading axis splits
+            # rows (the scan over chunks stays on every device).
+            width = sharding.shape[sharding.axis_names[0]]
+            chunk = width * -(-chunk // width)
+            data = tuple(jnp.swapaxes(a, 0, 1) for a in _batches(train, chunk))
+        else:
+            data = _batches(train, chunk)
     else:
         batch_size = min(check_positive_int(batch_size, "batch_size"), x.shape[0])
         if key is None:
@@ -670,7 +682,8 @@ def em(
         step_sizes=None if constant_step else jnp.asarray(steps, x.dtype),
         constant_step=float(step_size) if constant_step else None,
         steps_per_epoch=steps_per_epoch, pseudocount=pseudocount, entropy_reg=entropy_reg,
-        softened=softened, full_batch=batch_size is None)
+        softened=softened, full_batch=batch_size is None,
+        rows_first=batch_size is None and sharding is not None)
     state = engine.TrainState(circuit, None, jnp.asarray(0, jnp.int32))
     params, train_ll, valid_ll, stop_reason, seconds = _train(
         step, state, x, data=data, batch_size=batch_size, num_epochs=num_epochs, key=key,

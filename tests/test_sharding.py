@@ -87,6 +87,10 @@ SCRIPT = textwrap.dedent(r'''
                              key=jax.random.key(4), progress=False, sharding=mesh_)
                  for mesh_ in (None, mesh))
     report["circuits_em"] = circuit_report(one, four, four.circuit)
+    # Full-batch EM: 398 rows, so the chunk of rows is padded to a multiple of 4.
+    one, four = (circuits.em(circuit, binary[:398], num_epochs=3, progress=False,
+                             sharding=mesh_) for mesh_ in (None, mesh))
+    report["circuits_em_full_batch"] = circuit_report(one, four, four.circuit)
     one, four = (circuits.fit_gradient(circuit, binary, optax.adam(0.05), key=jax.random.key(5),
                                        num_epochs=3, batch_size=40, progress=False,
                                        sharding=mesh_) for mesh_ in (None, mesh))
@@ -139,7 +143,8 @@ def report():
 
 
 @pytest.mark.parametrize("part", ["engine_minibatch", "engine_full_batch", "flows",
-                                  "circuits_em", "circuits_gradient", "circuits_integral",
+                                  "circuits_em", "circuits_em_full_batch",
+                                  "circuits_gradient", "circuits_integral",
                                   "pcn"])
 def test_four_devices_give_the_single_device_result(report, part):
     entry = report[part]
