@@ -10,6 +10,10 @@ Bayesian logistic regression with ``N`` = 10^4, 10^5, 10^6 synthetic rows (fixed
   ``AutoMultivariateNormal`` on the same model and subsample size. Every contender uses one
   reparameterised draw per step (numpyro draws a separate subsample for each particle, so
   one draw is the like-for-like setting) and ``optax.adam(1e-2)``.
+* **Data-parallel VI**: the default recipe (``vi.initialize``, then ``vi.fit(vi.ELBO(8),
+  steps=2000, sharding=mesh)``) on 10^5 rows, each step's batch split over 1, 2 and 4 forced
+  host devices, each count in its own process: the fitted means must agree (up to the
+  order of float sums); the seconds per step are recorded.
 * **Data-parallel EM**: mini-batch EM of an HCLT circuit (`circuits.em`, ``sharding=``) on
   the largest DEBD set of ``--data`` (or the larger shipped one with ``--shipped-debd``),
   each run in its own process with 1, 2 and 4 forced host devices
@@ -27,6 +31,7 @@ Run from the repository root::
     python benchmarks/bench_scale.py            # N up to 10^6 (a few minutes)
     python benchmarks/bench_scale.py --quick    # N = 10^4, 10^5
     python benchmarks/bench_scale.py --only-em [--data DIR | --shipped-debd]
+    python benchmarks/bench_scale.py --only-sharded [--no-em]   # VI (and EM) on forced devices
 
 Writes ``benchmarks/results/scale.json`` as it goes.
 """
@@ -169,7 +174,7 @@ def probinf_contender(target, optimizer):
     step = engine.make_step(fit_module._engine_loss, optimizer, step_index=True)
     opt_state = optimizer.init(eqx.filter(trainable, eqx.is_inexact_array))
     state = engine.TrainState(trainable, opt_state, jnp.asarray(0, jnp.int32))
-    run = scanned(lambda s, k: step(s, k, frozen)[0])
+    run = scanned(lambda s, k: step(s, k, (frozen, None))[0])
     keys = iter(range(10**6))
     return lambda: run(state, jax.random.key(next(keys)))
 
@@ -270,25 +275,82 @@ def em_worker(directory: str | None, name: str) -> None:
     }), flush=True)
 
 
-def sharded_em(out: str, directory, name: str) -> None:
-    report = {"dataset": name, "settings": EM_SETTINGS, "runs": {}}
+def forced_device_runs(out: str, section: str, report: dict, worker: list[str]) -> dict:
+    """Run ``worker`` (this script's hidden worker arguments) once per device count of
+    ``EM_DEVICES``, each in its own process with that many forced host devices; the JSON
+    line each prints goes to ``report["runs"]``, saved under ``section`` as it goes."""
+    tag = worker[0].removeprefix("--").split("-")[0].upper()
+    report["runs"] = {}
     for devices in EM_DEVICES:
         env = dict(os.environ, JAX_PLATFORMS="cpu")
         flags = re.sub(r"--xla_force_host_platform_device_count=\S*", "", env.get("XLA_FLAGS", ""))
         env["XLA_FLAGS"] = f"{flags} --xla_force_host_platform_device_count={devices}".strip()
-        command = [sys.executable, __file__, "--em-worker", name]
-        if directory is not None:
-            command += ["--em-directory", str(directory)]
-        run = subprocess.run(command, env=env, capture_output=True, text=True, timeout=3600)
+        run = subprocess.run([sys.executable, __file__, *worker], env=env, capture_output=True,
+                             text=True, timeout=3600)
         if run.returncode:
-            raise RuntimeError(f"the EM worker with {devices} devices failed:\n{run.stderr[-3000:]}")
-        line = next(line for line in run.stdout.splitlines() if line.startswith("EM "))
-        report["runs"][str(devices)] = json.loads(line[3:])
-        update_results(out, "sharded_em", report)
-        print(f"EM on {name}, {devices} device(s): {report['runs'][str(devices)]}", flush=True)
+            raise RuntimeError(f"the {tag} worker with {devices} devices failed:\n"
+                               f"{run.stderr[-3000:]}")
+        line = next(line for line in run.stdout.splitlines() if line.startswith(tag + " "))
+        report["runs"][str(devices)] = json.loads(line[len(tag) + 1:])
+        update_results(out, section, report)
+        print(f"{section}, {devices} device(s): {report['runs'][str(devices)]}", flush=True)
+    return report
+
+
+def sharded_em(out: str, directory, name: str) -> None:
+    worker = ["--em-worker", name] + ([] if directory is None else ["--em-directory",
+                                                                     str(directory)])
+    report = forced_device_runs(out, "sharded_em", {"dataset": name, "settings": EM_SETTINGS},
+                                worker)
     lls = [run["test_log_likelihood"] for run in report["runs"].values()]
     report["max_test_log_likelihood_difference"] = max(lls) - min(lls)
     update_results(out, "sharded_em", report)
+
+
+VI_SHARDED_ROWS = 100_000
+VI_SHARDED_STEPS = 2000
+
+
+def vi_worker() -> None:
+    """One process of the data-parallel VI check: the default recipe with a fixed number of
+    steps, each batch split over every device; prints ``VI {json}``."""
+    from jax.sharding import Mesh
+
+    x, y, _ = make_data(VI_SHARDED_ROWS)
+    target = probinf.from_numpyro(model, x, y, subsample_size=SUBSAMPLE)
+    key = jax.random.key(0)
+    start = vi.initialize(key, target)
+    mesh = Mesh(np.array(jax.devices()), ("data",))
+    timings = []
+    for _ in range(2):  # the second run reuses the compiled loop
+        began = time.perf_counter()
+        result = vi.fit(vi.ELBO(8), start, target, key=jax.random.fold_in(key, 2),
+                        steps=VI_SHARDED_STEPS, progress=False, diagnose=False, sharding=mesh)
+        jax.block_until_ready(result.family)
+        timings.append(time.perf_counter() - began)
+    print("VI " + json.dumps({
+        "devices": jax.device_count(),
+        "mean": np.asarray(result.family.mean, np.float64).tolist(),
+        "sd": np.sqrt(np.diag(np.asarray(result.family.covariance, np.float64))).tolist(),
+        "mean_loss_last_100_steps": float(np.mean(result.losses[-100:])),
+        "averaged": result.averaged,
+        "seconds_first_fit_with_compile": timings[0],
+        "seconds_per_step": timings[1] / VI_SHARDED_STEPS,
+    }), flush=True)
+
+
+def sharded_vi(out: str) -> None:
+    report = forced_device_runs(out, "sharded_vi", {
+        "rows": VI_SHARDED_ROWS, "subsample_size": SUBSAMPLE, "steps": VI_SHARDED_STEPS,
+        "recipe": "vi.initialize, then vi.fit(vi.ELBO(8), steps=...) with its defaults "
+                  "(control variate, iterate averaging); seconds per step include building "
+                  "the control variate"}, ["--vi-worker"])
+    runs = list(report["runs"].values())
+    sd = np.asarray(runs[0]["sd"])
+    report["max_mean_difference_in_sd"] = max(
+        float(np.max(np.abs(np.asarray(run["mean"]) - np.asarray(runs[0]["mean"])) / sd))
+        for run in runs)
+    update_results(out, "sharded_vi", report)
 
 
 def largest_debd(directory) -> str:
@@ -309,13 +371,21 @@ def main() -> None:
     parser.add_argument("--out", default=str(OUT), help="results file (default: %(default)s)")
     parser.add_argument("--em-worker", default=None, help=argparse.SUPPRESS)
     parser.add_argument("--em-directory", default=None, help=argparse.SUPPRESS)
+    parser.add_argument("--vi-worker", action="store_true", help=argparse.SUPPRESS)
+    parser.add_argument("--only-sharded", action="store_true",
+                        help="only the data-parallel parts (VI and EM on forced devices)")
     add_debd_arguments(parser)
     args = parser.parse_args()
     if args.em_worker:
         return em_worker(args.em_directory, args.em_worker)
+    if args.vi_worker:
+        return vi_worker()
     directory = None if args.no_em else debd_directory(args.data, args.shipped_debd)
     if args.only_em:
         return sharded_em(args.out, directory, largest_debd(directory))
+    if args.only_sharded:
+        sharded_vi(args.out)
+        return None if args.no_em else sharded_em(args.out, directory, largest_debd(directory))
     sizes = QUICK_SIZES if args.quick else SIZES
     update_results(args.out, [], {
         "complete": False,
@@ -382,6 +452,7 @@ def main() -> None:
     }
     update_results(args.out, "summary", summary)
     print(summary)
+    sharded_vi(args.out)
     if not args.no_em:
         sharded_em(args.out, directory, largest_debd(directory))
 

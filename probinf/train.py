@@ -155,11 +155,13 @@ def init(params: Any, optimizer: optax.GradientTransformation | None = None) -> 
 
 
 class IterateAverageState(NamedTuple):
-    """State of `iterate_average`: the wrapped optimizer's state, the running average of
-    the parameters after each update (the pytree the optimizer sees) and the update count."""
+    """State of `iterate_average`: the wrapped optimizer's state, the running averages of
+    the parameters after each update (the pytree the optimizer sees) with time constants
+    ``horizon`` and ``2 * horizon``, and the update count."""
 
     inner: Any
     average: Any
+    slow_average: Any
     count: jax.Array
 
 
@@ -175,7 +177,9 @@ def iterate_average(optimizer: optax.GradientTransformation,
         \\qquad w_t = \\max(1/t,\\ 1/h),
 
     the plain mean of all iterates for the first $h$ = ``horizon`` updates, then an
-    exponential moving average with time constant $h$ steps. Near a stationary point the
+    exponential moving average with time constant $h$ steps (``state.average``; and the
+    same with $2h$, ``state.slow_average``, to tell a fluctuating sequence from one
+    still converging: see `fluctuates`). Near a stationary point the
     iterates of a constant-step stochastic optimizer fluctuate around the optimum, and
     their average is much closer to it than the last iterate (Polyak and Juditsky 1992;
     for stochastic VI, Dhaka et al. 2020, "Robust, Accurate Stochastic Optimization for
@@ -185,27 +189,51 @@ def iterate_average(optimizer: optax.GradientTransformation,
 
     Cached on ``(optimizer, horizon)``: the same optimizer object gives the same wrapper,
     so compiled loops keyed on it are reused. Start from an existing inner state with
-    ``IterateAverageState(inner, params, jnp.zeros((), jnp.int32))``.
+    ``IterateAverageState(inner, params, params, jnp.zeros((), jnp.int32))``.
     """
     _check_optimizer(optimizer)
     horizon = check_positive_int(horizon, "horizon")
 
     def init_fn(params):
-        return IterateAverageState(optimizer.init(params), params, jnp.zeros((), jnp.int32))
+        return IterateAverageState(optimizer.init(params), params, params,
+                                   jnp.zeros((), jnp.int32))
 
     def update_fn(updates, state, params=None):
         if params is None:
             raise ValueError("iterate_average needs the parameters in `update`")
         updates, inner = optimizer.update(updates, state.inner, params)
         count = state.count + 1
-        weight = jnp.maximum(1.0 / count, 1.0 / horizon)
         new_params = optax.apply_updates(params, updates)
-        average = jtu.tree_map(
-            lambda mean, value: mean + weight.astype(mean.dtype) * (value - mean),
-            state.average, new_params)
-        return updates, IterateAverageState(inner, average, count)
+
+        def moving(average, time_constant):
+            weight = jnp.maximum(1.0 / count, 1.0 / time_constant)
+            return jtu.tree_map(lambda mean, value: mean + weight.astype(mean.dtype)
+                                * (value - mean), average, new_params)
+
+        return updates, IterateAverageState(inner, moving(state.average, horizon),
+                                            moving(state.slow_average, 2 * horizon), count)
 
     return optax.GradientTransformation(init_fn, update_fn)
+
+
+def fluctuates(state: IterateAverageState, params: Any) -> bool:
+    """Whether the iterates fluctuate around a point (their average is then nearer it than
+    ``params``, the last iterate) rather than still converging to it.
+
+    Fluctuating iterates (noise of a stochastic gradient) leave the last iterate about one
+    fluctuation away from the average, while the two averages, of nearly the same noise,
+    agree much more closely. A converging sequence (an exact or zero-variance gradient)
+    reaches its limit ahead of both averages, the slower one lagging the most: the last
+    iterate is then nearer the fast average than the two averages are to each other. So:
+    ``|params - average| > |average - slow_average|`` (Euclidean, over every array).
+    """
+
+    def squared(a, b):
+        leaves = jtu.tree_leaves(jtu.tree_map(lambda x, y: jnp.sum(jnp.square(x - y)), a, b))
+        return float(sum(np.asarray(leaf, np.float64) for leaf in leaves))
+
+    params = eqx.filter(params, eqx.is_inexact_array)
+    return squared(params, state.average) > squared(state.average, state.slow_average)
 
 
 def _split_loss(output) -> tuple[jax.Array, Any]:

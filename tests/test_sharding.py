@@ -76,6 +76,35 @@ SCRIPT = textwrap.dedent(r'''
                        "devices": devices_of(four.flow),
                        "losses": spread((four.train_losses, one.train_losses))}
 
+    # vi.fit on a subsampled numpyro model (logistic regression, batches of 40 of 400 rows),
+    # from vi.initialize's start, with the control variate and iterate averaging.
+    import numpyro, numpyro.distributions as dist
+    import probinf
+    from probinf import vi
+
+    features = rng.normal(size=(400, 3)).astype(np.float32)
+    outcomes = (rng.random(400) < 1 / (1 + np.exp(-features @ [1.0, -0.5, 0.2]))).astype(np.float32)
+
+    def logistic(x, y, subsample_size):
+        w = numpyro.sample("w", dist.Normal(0.0, 1.0).expand([3]).to_event(1))
+        with numpyro.plate("rows", x.shape[0], subsample_size=subsample_size) as rows:
+            numpyro.sample("y", dist.Bernoulli(logits=x[rows] @ w), obs=y[rows])
+
+    target = probinf.from_numpyro(logistic, jnp.asarray(features), jnp.asarray(outcomes), 40)
+    start = vi.initialize(jax.random.key(10), target)
+    one, four = (vi.fit(vi.ELBO(4), start, target, key=jax.random.key(11), steps=1200,
+                        progress=False, diagnose=False, sharding=mesh_) for mesh_ in (None, mesh))
+    assert one.averaged and four.averaged and one.control_variate_from == 0
+    report["vi_subsampled"] = {"difference": spread((four.family, one.family)),
+                               "devices": devices_of(four.family),
+                               "losses": spread((four.losses, one.losses))}
+    uneven = probinf.from_numpyro(logistic, jnp.asarray(features), jnp.asarray(outcomes), 30)
+    try:
+        vi.fit(vi.ELBO(4), start, uneven, key=jax.random.key(11), steps=2, sharding=mesh)
+        report["vi_uneven_error"] = ""
+    except ValueError as error:
+        report["vi_uneven_error"] = str(error)
+
     # circuits: mini-batch EM and gradient training
     import circuits
     from circuits.region_graph import RegionGraph
@@ -143,6 +172,7 @@ def report():
 
 
 @pytest.mark.parametrize("part", ["engine_minibatch", "engine_full_batch", "flows",
+                                  "vi_subsampled",
                                   "circuits_em", "circuits_em_full_batch",
                                   "circuits_gradient", "circuits_integral",
                                   "pcn"])
@@ -158,6 +188,26 @@ def test_four_devices_give_the_single_device_result(report, part):
 def test_a_batch_that_does_not_split_evenly_is_refused(report):
     assert "`batch_size` (30) must be a multiple of the mesh's 'data' axis size (4)" in (
         report["uneven_batch_error"])
+
+
+def test_vi_refuses_a_batch_that_does_not_split_and_a_target_without_batches(report):
+    assert ("plate 'rows': its subsample_size (30) must be a multiple of the mesh's 'data' "
+            "axis size (4)") in report["vi_uneven_error"]
+    import jax
+    import numpy as np
+    from jax.sharding import Mesh
+
+    import probinf
+    from probinf import vi
+
+    target = probinf.from_logdensity(lambda z: -0.5 * z @ z, 2)
+    mesh = Mesh(np.array(jax.devices()[:1]), ("data",))
+    with pytest.raises(ValueError, match="needs a target with a subsampled plate"):
+        vi.fit(vi.ELBO(1), probinf.FullRankGaussian.init(2), target, key=jax.random.key(0),
+               steps=2, sharding=mesh)
+    with pytest.raises(TypeError, match="`sharding` must be a jax.sharding.Mesh"):
+        vi.fit(vi.ELBO(1), probinf.FullRankGaussian.init(2), target, key=jax.random.key(0),
+               steps=2, sharding="data")
 
 
 def test_a_one_device_mesh_equals_no_mesh_and_a_non_mesh_is_refused():

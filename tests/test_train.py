@@ -79,6 +79,16 @@ def test_iterate_average_is_the_mean_then_the_moving_average_of_the_closed_form_
     for theta_t in iterates[horizon:]:
         mean = mean + (theta_t - mean) / horizon
     np.testing.assert_allclose(result.state.opt_state.average, mean, rtol=1e-5, atol=1e-6)
+    # Long after converging, gradient descent is ahead of both averages (the slower lags
+    # more); SGD on single rows fluctuates around the optimum, away from them.
+    converged = train.run(train.make_step(squared_error, averaged),
+                          train.init(jnp.zeros(3), averaged), jax.random.key(0), steps=400,
+                          data=(X, Y), progress=False)
+    assert not train.fluctuates(converged.state.opt_state, converged.params)
+    noisy = train.run(train.make_step(squared_error, averaged),
+                      train.init(jnp.zeros(3), averaged), jax.random.key(0), epochs=10,
+                      batch_size=1, data=(X, Y), progress=False)
+    assert train.fluctuates(noisy.state.opt_state, noisy.params)
     np.testing.assert_allclose(result.params, theta, rtol=1e-5, atol=1e-6)  # the trajectory is SGD's
     assert int(result.state.opt_state.count) == steps
     with pytest.raises(ValueError, match="`horizon`"):

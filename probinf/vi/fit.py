@@ -236,31 +236,60 @@ def _trainable_spec(family, target, objective, learn_target: bool):
     return family_spec, target_spec, objective_spec
 
 
-def _loss(trainable, frozen, key, step):
+def _loss(trainable, frozen, key, step, row_sharding=None):
     family, target, objective = eqx.combine(trainable, frozen)
     if getattr(target, "subsample_plates", ()):
         # A fresh batch of rows per step, from its own stream: the objective's draws stay
         # those of the same step without subsampling.
-        target = target.with_batch(target.draw_batch(jax.random.fold_in(key, BATCH_STREAM)))
+        batch = target.draw_batch(jax.random.fold_in(key, BATCH_STREAM))
+        if row_sharding is not None:
+            # Data-parallel: each device evaluates its share of the batch's rows; the
+            # partitioner turns the sums over rows into per-device sums and an all-reduce.
+            batch = {name: jax.lax.with_sharding_constraint(rows, row_sharding)
+                     for name, rows in batch.items()}
+        target = target.with_batch(batch)
     if isinstance(objective, Objective):
         return objective(key, family, target, step)
     return objective(key, family, target)
 
 
-def _loss_fluctuates(losses: np.ndarray, eps: float) -> bool:
-    """Whether the loss of the last window still varies beyond rounding. Then the iterates
-    fluctuate around the optimum and their average is nearer it. A loss constant to
-    rounding (an estimate with zero variance at the optimum: `probinf.vi.STL` on a family
-    that holds the posterior, an enumerated objective) means the iterates converge, and
-    their average would lag behind the last one."""
-    tail = np.asarray(losses[-convergence.WINDOW:], np.float64)
-    floor = convergence.ROUNDING_FACTOR * eps * (1.0 + abs(float(np.mean(tail))))
-    return float(np.std(tail)) > floor
+def _engine_loss(trainable, key, data, step):
+    """`_loss` in `probinf.train`'s step signature: ``data = (frozen, row_sharding)``, the
+    frozen parts and the sharding of a batch's rows (``None``: one device) ride as the batch."""
+    frozen, row_sharding = data
+    return _loss(trainable, frozen, key, step, row_sharding)
 
 
-def _engine_loss(trainable, key, frozen, step):
-    """`_loss` in `probinf.train`'s step signature: the frozen parts ride as the batch."""
-    return _loss(trainable, frozen, key, step)
+def _row_sharding(mesh, target):
+    """The sharding that splits each step's batch rows over ``mesh``'s first axis, after
+    checking that ``target`` has subsampled plates whose batches split evenly."""
+    from jax.sharding import NamedSharding, PartitionSpec
+
+    if not isinstance(mesh, jax.sharding.Mesh):
+        raise TypeError("`sharding` must be a jax.sharding.Mesh (its first axis splits each "
+                        f"step's batch of rows), got {type(mesh).__name__}")
+    plates = getattr(target, "subsample_plates", ())
+    if not plates:
+        raise ValueError("`sharding` splits each step's batch of rows over the devices: it "
+                         "needs a target with a subsampled plate (numpyro.plate(..., "
+                         "subsample_size=B)); this target has none")
+    axis = mesh.axis_names[0]
+    width = mesh.shape[axis]
+    for plate in plates:
+        if plate.subsample_size % width:
+            raise ValueError(
+                f"plate '{plate.name}': its subsample_size ({plate.subsample_size}) must be a "
+                f"multiple of the mesh's '{axis}' axis size ({width}) to split each batch "
+                "over it")
+    return NamedSharding(mesh, PartitionSpec(axis))
+
+
+def _replicate(tree, row_sharding):
+    """``tree``'s arrays on every device of ``row_sharding``'s mesh."""
+    from jax.sharding import NamedSharding, PartitionSpec
+
+    replicated = NamedSharding(row_sharding.mesh, PartitionSpec())
+    return jtu.tree_map(lambda x: jax.device_put(x, replicated) if eqx.is_array(x) else x, tree)
 
 
 class _ChunkPlateau:
@@ -283,22 +312,26 @@ class _ChunkPlateau:
 
 
 def _run_phase(optimizer, trainable, frozen, opt_state, first_step, budget, key, stop_rule,
-               chunk_size, progress, average):
+               chunk_size, progress, average, row_sharding):
     """`probinf.train.run` from step ``first_step``: (trainable, opt_state, losses, reason,
-    averaged), ``averaged`` the running average of the phase's iterates (`average=True`)
-    or ``None``."""
+    averaged), ``averaged`` the running average of the phase's iterates (`average=True`),
+    or ``None`` when off or when the iterates did not fluctuate around it
+    (`probinf.train.fluctuates`)."""
     if average:
         optimizer = engine.iterate_average(optimizer, AVERAGE_HORIZON)
-        opt_state = engine.IterateAverageState(
-            opt_state, eqx.filter(trainable, eqx.is_inexact_array), jnp.zeros((), jnp.int32))
+        start = eqx.filter(trainable, eqx.is_inexact_array)
+        opt_state = engine.IterateAverageState(opt_state, start, start, jnp.zeros((), jnp.int32))
+    state = engine.TrainState(trainable, opt_state, jnp.asarray(first_step, jnp.int32))
+    if row_sharding is not None:
+        state, frozen = _replicate((state, frozen), row_sharding)
     # The frozen parts (the target's data, the family's structure) are the engine's `data`:
     # every step gets them whole, so the compiled loop is shared by fits of one shape.
     result = engine.run(
         engine.make_step(_engine_loss, optimizer, step_index=True),
-        engine.TrainState(trainable, opt_state, jnp.asarray(first_step, jnp.int32)),
+        state,
         key=key,
         steps=budget,
-        data=frozen,
+        data=(frozen, row_sharding),
         stop_rule=stop_rule,
         chunk_size=chunk_size,
         progress=progress,
@@ -308,7 +341,8 @@ def _run_phase(optimizer, trainable, frozen, opt_state, first_step, budget, key,
     trainable, opt_state = result.state.params, result.state.opt_state
     averaged = None
     if average:
-        averaged = eqx.combine(opt_state.average, trainable)
+        if engine.fluctuates(opt_state, trainable):
+            averaged = eqx.combine(opt_state.average, trainable)
         opt_state = opt_state.inner
     return trainable, opt_state, result.losses, result.stop_reason, averaged
 
@@ -393,6 +427,7 @@ def fit(
     num_diagnostic_draws: int = DEFAULT_DIAGNOSTIC_DRAWS,
     control_variate: bool = True,
     average: bool = True,
+    sharding: jax.sharding.Mesh | None = None,
 ) -> FitResult:
     """Optimise ``objective`` over the parameters of ``family``, then check the result.
 
@@ -444,13 +479,13 @@ def fit(
     Juditsky 1992, for VI Dhaka et al. 2020), and when the run ended stationary
     (``FitResult.converged`` is True: the loss had stopped improving by the rule above,
     judged over at least the last 500 steps) the average is returned as the fitted family
-    (``FitResult.averaged``), provided the loss of the last 100 steps still varies beyond
-    rounding (the convergence rule's floor). A loss constant to rounding means the
-    iterates converge rather than fluctuate (an estimate with zero variance at the
-    optimum: `probinf.vi.STL` on a family that holds the posterior, an enumerated
-    objective), and their average would lag behind the last one. Otherwise (a constant
-    loss, the loss still falling, under 1,000 steps, a non-finite stop) the last iterate
-    is returned. On that regression (10^6 rows, four seeds) the
+    (``FitResult.averaged``), provided the iterates fluctuate around it
+    (`probinf.train.fluctuates`: the last iterate is farther from the average than the
+    average is from a slower one). Iterates that converge instead (an estimate with zero
+    variance at the optimum: `probinf.vi.STL` on a family that holds the posterior, an
+    enumerated objective) reach the optimum ahead of their average, which would lag.
+    Otherwise (converging iterates, the loss still falling, under 1,000 steps, a
+    non-finite stop) the last iterate is returned. On that regression (10^6 rows, four seeds) the
     average was 0.03-0.05 posterior sd from the exact posterior's mode where the last
     iterate was 0.08-0.13. The optimizer's
     trajectory, the losses and ``opt_state`` are those of the iterates; ``average=False``
@@ -494,6 +529,11 @@ def fit(
             Ignored for other targets.
         average: return the running average of the iterates when the run ended
             stationary (see *Iterate averaging*); ``False``: the last iterate.
+        sharding: a `jax.sharding.Mesh` to train data-parallel on, for a subsampled
+            target: each step's batch of rows is split over the mesh's first axis (every
+            plate's ``subsample_size`` a multiple of its size), the family, optimizer state
+            and data replicated; the result equals the one-device fit up to the order of
+            floating-point sums (docs/scaling.md).
 
     Returns:
         A `FitResult`. If the loss or the parameters become non-finite, training
@@ -547,6 +587,7 @@ def fit(
             raise TypeError(f"`{flag_name}` must be True or False, got {flag!r}")
     if diagnose:
         num_diagnostic_draws = _check_draws(num_diagnostic_draws, "num_diagnostic_draws")
+    row_sharding = None if sharding is None else _row_sharding(sharding, target)
 
     if isinstance(objective, RWS) and objective.phase == "p" and not learn_target:
         raise ValueError(
@@ -595,7 +636,7 @@ def fit(
         elif not until_converged:
             first_budget = max(budget // 2, 1)
     first = _run_phase(optimizer, trainable, frozen, opt_state, 0, first_budget, key,
-                       stop_rule, chunk_size, progress, average)
+                       stop_rule, chunk_size, progress, average, row_sharding)
     trainable, opt_state, all_losses, stop_reason, averaged = first
     if auto_variate and stop_reason != "non_finite" and budget > len(all_losses):
         fam, tgt, obj = eqx.combine(trainable, frozen)
@@ -615,7 +656,7 @@ def fit(
             variate_from = len(all_losses)
             trainable, opt_state, losses, stop_reason, averaged = _run_phase(
                 optimizer, trainable, frozen, opt_state, variate_from, budget - variate_from,
-                key, stop_rule, chunk_size, progress, average)
+                key, stop_rule, chunk_size, progress, average, row_sharding)
             all_losses = np.concatenate([all_losses, losses])
     stopped_nonfinite = stop_reason == "non_finite"
     if stopped_nonfinite:
@@ -648,8 +689,7 @@ def fit(
             stacklevel=2,
         )
 
-    use_average = (bool(converged) and averaged is not None and not stopped_nonfinite
-                   and _loss_fluctuates(all_losses, loss_eps))
+    use_average = bool(converged) and averaged is not None and not stopped_nonfinite
     family, target, objective = eqx.combine(averaged if use_average else trainable, frozen)
     diagnostics = None
     if diagnose:
