@@ -118,13 +118,34 @@ def _default_optimizer(steps: int, learning_rate: float, final_fraction: float) 
 
 @dataclass(frozen=True)
 class _SimulationLoss:
-    """The loss of one step on ``batch_size`` fresh simulations (hashable: the compiled loop is reused)."""
+    """The loss of one step on ``batch_size`` fresh simulations (hashable: the compiled loop
+    is reused). With ``batch_sharding`` the simulations are split over its mesh's first
+    axis: each device scores its share, and the partitioner sums across devices."""
 
     batch_size: int
+    batch_sharding: Any = None
 
     def __call__(self, model, key, task):
-        post, prior = negative_log_likelihood(model, task.simulate(key, self.batch_size))
+        batch = task.simulate(key, self.batch_size)
+        if self.batch_sharding is not None:
+            batch = jax.tree_util.tree_map(
+                lambda leaf: jax.lax.with_sharding_constraint(leaf, self.batch_sharding), batch)
+        post, prior = negative_log_likelihood(model, batch)
         return post + prior, (post, prior)
+
+
+def _batch_sharding(mesh, batch_size: int):
+    """The sharding that splits a step's simulations over ``mesh``'s first axis."""
+    from jax.sharding import NamedSharding, PartitionSpec
+
+    if not isinstance(mesh, jax.sharding.Mesh):
+        raise TypeError("`sharding` must be a jax.sharding.Mesh (its first axis splits each "
+                        f"step's simulations), got {type(mesh).__name__}")
+    axis = mesh.axis_names[0]
+    if batch_size % mesh.shape[axis]:
+        raise ValueError(f"`batch_size` ({batch_size}) must be a multiple of the mesh's '{axis}' "
+                         f"axis size ({mesh.shape[axis]}) to split each batch over it")
+    return NamedSharding(mesh, PartitionSpec(axis))
 
 
 def load_checkpoint(path: str | os.PathLike) -> dict:
@@ -161,6 +182,7 @@ def train(
     checkpoint_path: str | os.PathLike | None = None,
     checkpoint_every: int | None = None,
     resume: bool = False,
+    sharding: jax.sharding.Mesh | None = None,
 ) -> TrainResult:
     """Train ``model`` on fresh simulations from ``task`` (see the module docstring).
 
@@ -187,6 +209,10 @@ def train(
             on ``KeyboardInterrupt``); needs ``checkpoint_path``.
         resume: continue from the checkpoint at ``checkpoint_path`` (same ``key`` and
             ``batch_size``; any ``chunk_size``).
+        sharding: a `jax.sharding.Mesh` to train data-parallel on: each step's
+            simulations are split over the mesh's first axis (``batch_size`` a multiple of
+            its size), the model, optimizer state and task replicated; the result equals
+            the one-device run up to the order of floating-point sums.
 
     Returns:
         A :class:`TrainResult`. A non-finite loss, gradient or parameter stops training
@@ -222,10 +248,20 @@ def train(
     if resume and checkpoint_path is None:
         raise ValueError("`resume=True` needs `checkpoint_path`")
 
+    batch_sharding = None if sharding is None else _batch_sharding(sharding, batch_size)
+    state, data = engine.init(model, optimizer), task
+    if batch_sharding is not None:
+        from jax.sharding import NamedSharding, PartitionSpec
+
+        replicated = NamedSharding(sharding, PartitionSpec())
+        state, data = jax.tree_util.tree_map(
+            lambda leaf: jax.device_put(leaf, replicated) if isinstance(leaf, jax.Array) else leaf,
+            (state, data))
+
     started = time.perf_counter()
     result = engine.run(
-        engine.make_step(_SimulationLoss(batch_size), optimizer), engine.init(model, optimizer), key,
-        steps=steps, data=task, chunk_size=chunk_size, progress=progress, name="train",
+        engine.make_step(_SimulationLoss(batch_size, batch_sharding), optimizer), state, key,
+        steps=steps, data=data, chunk_size=chunk_size, progress=progress, name="train",
         checkpoint=checkpoint_path, checkpoint_every=checkpoint_every, resume=resume,
         checkpoint_meta={"batch_size": batch_size},
     )

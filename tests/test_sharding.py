@@ -17,7 +17,7 @@ DEVICES = 4
 
 SCRIPT = textwrap.dedent(r'''
     import json
-    import jax, jax.numpy as jnp, numpy as np, optax
+    import jax, jax.numpy as jnp, numpy as np, optax, equinox as eqx
     from jax.sharding import Mesh
     from probinf import train as engine
 
@@ -105,6 +105,26 @@ SCRIPT = textwrap.dedent(r'''
     except ValueError as error:
         report["vi_uneven_error"] = str(error)
 
+    # amortized.train: each step's 16 simulations split over the devices.
+    import amortized
+    from amortized.tasks import ConjugateGaussian
+    task = ConjugateGaussian(1, num_observations=(1, 3))
+    transformer = amortized.DistributionTransformer(
+        key=jax.random.key(12), d_model=8, num_heads=2, num_encoder_layers=1,
+        num_decoder_layers=1, **task.model_options())
+    one, four = (amortized.train(transformer, task, key=jax.random.key(13), steps=6,
+                                 batch_size=16, chunk_size=3, optimizer=optax.adam(1e-3),
+                                 progress=False, sharding=mesh_) for mesh_ in (None, mesh))
+    # Compared through the loss on fresh simulations: Adam's first steps turn rounding
+    # differences in the ~0 gradients of some parameters into different values, of no
+    # consequence, as for the integral circuit below.
+    check = task.simulate(jax.random.key(14), 256)
+    from amortized.training import negative_log_likelihood
+    scores = [float(sum(negative_log_likelihood(run.model, check))) for run in (four, one)]
+    report["amortized"] = {"difference": spread(([scores[0]], [scores[1]])),
+                           "devices": devices_of(four.model),
+                           "losses": spread((four.losses, one.losses))}
+
     # circuits: mini-batch EM and gradient training
     import circuits
     from circuits.region_graph import RegionGraph
@@ -172,7 +192,7 @@ def report():
 
 
 @pytest.mark.parametrize("part", ["engine_minibatch", "engine_full_batch", "flows",
-                                  "vi_subsampled",
+                                  "vi_subsampled", "amortized",
                                   "circuits_em", "circuits_em_full_batch",
                                   "circuits_gradient", "circuits_integral",
                                   "pcn"])
