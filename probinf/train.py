@@ -521,9 +521,31 @@ def _partial_path(path: pathlib.Path) -> pathlib.Path:
     return path.with_name(f".{path.stem}.partial{path.suffix}")
 
 
+def _host_copy(tree: Any) -> Any:
+    """``tree`` with every array spread over several processes as this process's copy.
+    Such an array must be replicated (each process then holds all of it)."""
+
+    def local(leaf):
+        if isinstance(leaf, jax.Array) and not leaf.is_fully_addressable:
+            if not leaf.sharding.is_fully_replicated:
+                raise ValueError("a checkpoint of a multi-process run needs the training state "
+                                 "replicated over the processes (as `sharding=` makes it); this "
+                                 f"array is split: {leaf.sharding}")
+            return np.asarray(leaf.addressable_data(0))
+        return leaf
+
+    return jtu.tree_map(local, tree)
+
+
 def _write_checkpoint(path: pathlib.Path, payload: dict) -> None:
+    """Write ``payload`` atomically. Across processes the state is replicated, so process 0
+    alone writes (to a file system every process reads, for a resume)."""
     from probinf import save
 
+    if jax.process_count() > 1:
+        payload = _host_copy(payload)
+        if jax.process_index() != 0:
+            return
     partial = _partial_path(path)
     save(partial, payload)
     os.replace(partial, path)  # atomic: an interruption mid-write leaves the old checkpoint
@@ -807,6 +829,13 @@ def run(
         state = _restore_like(saved["state"], state, path, "state")
         if saved["best_state"] is not None:
             best_state = _restore_like(saved["best_state"], state, path, "best state")
+        if sharding is not None:  # the restored state goes where `_shard` put the fresh one
+            from jax.sharding import NamedSharding, PartitionSpec
+
+            replicated = NamedSharding(sharding, PartitionSpec())
+            state, best_state = jtu.tree_map(
+                lambda x: jax.device_put(x, replicated) if eqx.is_array(x) else x,
+                (state, best_state))
         losses = np.asarray(saved["losses"], np.float64)
         history = [losses]
         if saved["aux"] is not None:

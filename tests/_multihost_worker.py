@@ -2,7 +2,8 @@
 over every process's devices (``jax.distributed``); with ``local``, the same on a mesh over
 this process's devices; with ``single``, unsharded on one device.
 
-Usage: python _multihost_worker.py single | local | PROCESS_ID NUM_PROCESSES PORT
+Usage: python _multihost_worker.py single | local | PROCESS_ID NUM_PROCESSES PORT [DIR]
+(with DIR, also a run checkpointed to DIR/run.ckpt by process 0, then resumed).
 Prints one line, ``RESULT {json}``.
 """
 
@@ -47,6 +48,23 @@ trained = engine.run(engine.make_step(squared_error, optimizer),
                      engine.init(jnp.zeros(5), optimizer), jax.random.key(0), epochs=5,
                      batch_size=32, data=(x, y), progress=False, sharding=mesh)
 
+# A checkpointed run over the processes (process 0 writes it), interrupted after 3 of the 5
+# epochs and resumed: the uninterrupted result, bit for bit.
+checkpointed = None
+if len(sys.argv) > 4:
+    from jax.experimental import multihost_utils
+
+    path = f"{sys.argv[4]}/run.ckpt"
+    common = dict(batch_size=32, data=(x, y), progress=False, sharding=mesh, checkpoint=path)
+    engine.run(engine.make_step(squared_error, optimizer), engine.init(jnp.zeros(5), optimizer),
+               jax.random.key(0), epochs=3, **common)
+    multihost_utils.sync_global_devices("checkpoint written")
+    resumed = engine.run(engine.make_step(squared_error, optimizer),
+                         engine.init(jnp.zeros(5), optimizer), jax.random.key(0), epochs=5,
+                         resume=True, **common)
+    checkpointed = {"params": np.asarray(resumed.params.addressable_data(0)).tolist(),
+                    "losses": resumed.losses.tolist()}
+
 # A trainer on the engine (its first call also runs probinf's one-device XLA check, which
 # must pick a device of this process).
 import flows  # noqa: E402
@@ -73,4 +91,5 @@ print("RESULT " + json.dumps({
     "losses": trained.losses.tolist(),
     "log_evidence": float(local(filtered.log_evidence)),
     "flow_losses": flow_fit.train_losses.tolist(),
+    "checkpointed": checkpointed,
 }), flush=True)

@@ -36,9 +36,11 @@ def _result(out: str) -> dict:
 
 
 @pytest.fixture(scope="module")
-def runs():
+def runs(tmp_path_factory):
     port = str(_free_port())
-    workers = [subprocess.Popen([sys.executable, str(WORKER), str(i), str(PROCESSES), port],
+    directory = str(tmp_path_factory.mktemp("multihost"))
+    workers = [subprocess.Popen([sys.executable, str(WORKER), str(i), str(PROCESSES), port,
+                                 directory],
                                 env=_env(1), stdout=subprocess.PIPE, stderr=subprocess.PIPE,
                                 text=True) for i in range(PROCESSES)]
     outputs = []
@@ -77,3 +79,12 @@ def test_sharded_training_equals_the_unsharded_run(runs):
     np.testing.assert_allclose(outputs[0]["params"], single["params"], rtol=1e-5)
     np.testing.assert_allclose(outputs[0]["losses"], single["losses"], rtol=1e-5)
     np.testing.assert_allclose(outputs[0]["flow_losses"], single["flow_losses"], rtol=1e-5)
+
+
+def test_a_checkpointed_run_resumes_across_processes_to_the_uninterrupted_result(runs):
+    """A run over two processes, checkpointed (by process 0: the state is replicated) and
+    resumed by both, reaches the uninterrupted run's parameters and losses exactly."""
+    outputs, _, _ = runs
+    for output in outputs:
+        assert output["checkpointed"]["params"] == output["params"]
+        assert output["checkpointed"]["losses"] == output["losses"]
