@@ -134,20 +134,6 @@ class _SimulationLoss:
         return post + prior, (post, prior)
 
 
-def _batch_sharding(mesh, batch_size: int):
-    """The sharding that splits a step's simulations over ``mesh``'s first axis."""
-    from jax.sharding import NamedSharding, PartitionSpec
-
-    if not isinstance(mesh, jax.sharding.Mesh):
-        raise TypeError("`sharding` must be a jax.sharding.Mesh (its first axis splits each "
-                        f"step's simulations), got {type(mesh).__name__}")
-    axis = mesh.axis_names[0]
-    if batch_size % mesh.shape[axis]:
-        raise ValueError(f"`batch_size` ({batch_size}) must be a multiple of the mesh's '{axis}' "
-                         f"axis size ({mesh.shape[axis]}) to split each batch over it")
-    return NamedSharding(mesh, PartitionSpec(axis))
-
-
 def load_checkpoint(path: str | os.PathLike) -> dict:
     """Read a checkpoint written by :func:`train`: a dict with ``model``, ``opt_state``, ``step``,
     ``losses``, ``prior_losses`` (``None`` for mixture priors) and ``stop_reason``."""
@@ -248,15 +234,10 @@ def train(
     if resume and checkpoint_path is None:
         raise ValueError("`resume=True` needs `checkpoint_path`")
 
-    batch_sharding = None if sharding is None else _batch_sharding(sharding, batch_size)
+    batch_sharding = None if sharding is None else engine.split_sharding(sharding, batch_size)
     state, data = engine.init(model, optimizer), task
     if batch_sharding is not None:
-        from jax.sharding import NamedSharding, PartitionSpec
-
-        replicated = NamedSharding(sharding, PartitionSpec())
-        state, data = jax.tree_util.tree_map(
-            lambda leaf: jax.device_put(leaf, replicated) if isinstance(leaf, jax.Array) else leaf,
-            (state, data))
+        state, data = engine.replicate((state, data), sharding)
 
     started = time.perf_counter()
     result = engine.run(

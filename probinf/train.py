@@ -72,7 +72,9 @@ __all__ = [
     "iterate_average",
     "load_checkpoint",
     "make_step",
+    "replicate",
     "run",
+    "split_sharding",
 ]
 
 # Shared, so that the compiled loop is reused by every call that relies on the default.
@@ -393,9 +395,13 @@ def _check_info(info: object) -> StepInfo:
 _apply_step = eqx.filter_jit(lambda step, state, key, batch: step(state, key, batch))
 
 
-def _shard(mesh, state, data, validation_data, batch_size):
-    """Replicate the state and validation data over ``mesh``; split ``data``'s rows on its
-    first axis. Returns them and the sharding every minibatch is constrained to."""
+def split_sharding(mesh: Any, size: int | None = None, what: str = "`batch_size`"):
+    """The sharding that splits an array's leading axis over ``mesh``'s first axis.
+
+    The one check of every data-parallel trainer: ``mesh`` must be a `jax.sharding.Mesh`
+    (a TypeError naming ``sharding`` otherwise), and ``size``, the length to split (e.g.
+    ``batch_size``), a multiple of that axis's size (a ValueError starting with ``what``).
+    """
     from jax.sharding import NamedSharding, PartitionSpec
 
     if not isinstance(mesh, jax.sharding.Mesh):
@@ -403,30 +409,42 @@ def _shard(mesh, state, data, validation_data, batch_size):
                         f"batches), got {type(mesh).__name__}")
     axis = mesh.axis_names[0]
     width = mesh.shape[axis]
-    replicated = NamedSharding(mesh, PartitionSpec())
-    rows = NamedSharding(mesh, PartitionSpec(axis))
+    if size is not None and size % width:
+        raise ValueError(f"{what} ({size}) must be a multiple of the mesh's '{axis}' axis "
+                         f"size ({width}) to split each batch over it")
+    return NamedSharding(mesh, PartitionSpec(axis))
 
-    def put(tree, sharding):
-        return jtu.tree_map(lambda x: jax.device_put(x, sharding) if eqx.is_array(x) else x, tree)
+
+def replicate(tree: Any, mesh: Any) -> Any:
+    """``tree`` with every array placed whole on every device of ``mesh``."""
+    from jax.sharding import NamedSharding, PartitionSpec
+
+    replicated = NamedSharding(mesh, PartitionSpec())
+    return jtu.tree_map(lambda x: jax.device_put(x, replicated) if eqx.is_array(x) else x, tree)
+
+
+def _shard(mesh, state, data, validation_data, batch_size):
+    """Replicate the state and validation data over ``mesh``; split ``data``'s rows on its
+    first axis. Returns them and the sharding every minibatch is constrained to."""
+    rows = split_sharding(mesh, batch_size)
+    axis = mesh.axis_names[0]
+    width = mesh.shape[axis]
 
     def split_rows(leaf):
-        if not eqx.is_array(leaf) or leaf.ndim == 0:
-            return jax.device_put(leaf, replicated) if eqx.is_array(leaf) else leaf
-        return jax.device_put(leaf, rows if leaf.shape[0] % width == 0 else replicated)
+        if eqx.is_array(leaf) and leaf.ndim and leaf.shape[0] % width == 0:
+            return jax.device_put(leaf, rows)
+        return replicate(leaf, mesh)
 
-    if batch_size is not None:
-        if batch_size % width:
-            raise ValueError(f"`batch_size` ({batch_size}) must be a multiple of the mesh's "
-                             f"'{axis}' axis size ({width}) to split each batch over it")
-        return (put(state, replicated), jtu.tree_map(split_rows, data),
-                put(validation_data, replicated), rows)
-    lengths = {leaf.shape[0] for leaf in jtu.tree_leaves(data) if eqx.is_array(leaf) and leaf.ndim}
-    if not lengths or any(length % width for length in lengths):
-        raise ValueError(f"with `sharding` and no `batch_size`, `data`'s arrays are split on their "
-                         f"leading axis, whose length must be a multiple of the mesh's '{axis}' "
-                         f"axis size ({width}); got leading lengths {sorted(lengths)}")
-    return put(state, replicated), jtu.tree_map(split_rows, data), put(validation_data,
-                                                                       replicated), None
+    if batch_size is None:
+        lengths = {leaf.shape[0] for leaf in jtu.tree_leaves(data)
+                   if eqx.is_array(leaf) and leaf.ndim}
+        if not lengths or any(length % width for length in lengths):
+            raise ValueError(f"with `sharding` and no `batch_size`, `data`'s arrays are split on "
+                             f"their leading axis, whose length must be a multiple of the mesh's "
+                             f"'{axis}' axis size ({width}); got leading lengths {sorted(lengths)}")
+        rows = None
+    return (replicate(state, mesh), jtu.tree_map(split_rows, data),
+            replicate(validation_data, mesh), rows)
 
 
 @eqx.filter_jit
@@ -830,12 +848,7 @@ def run(
         if saved["best_state"] is not None:
             best_state = _restore_like(saved["best_state"], state, path, "best state")
         if sharding is not None:  # the restored state goes where `_shard` put the fresh one
-            from jax.sharding import NamedSharding, PartitionSpec
-
-            replicated = NamedSharding(sharding, PartitionSpec())
-            state, best_state = jtu.tree_map(
-                lambda x: jax.device_put(x, replicated) if eqx.is_array(x) else x,
-                (state, best_state))
+            state, best_state = replicate((state, best_state), sharding)
         losses = np.asarray(saved["losses"], np.float64)
         history = [losses]
         if saved["aux"] is not None:

@@ -263,33 +263,16 @@ def _engine_loss(trainable, key, data, step):
 def _row_sharding(mesh, target):
     """The sharding that splits each step's batch rows over ``mesh``'s first axis, after
     checking that ``target`` has subsampled plates whose batches split evenly."""
-    from jax.sharding import NamedSharding, PartitionSpec
-
-    if not isinstance(mesh, jax.sharding.Mesh):
-        raise TypeError("`sharding` must be a jax.sharding.Mesh (its first axis splits each "
-                        f"step's batch of rows), got {type(mesh).__name__}")
+    row_sharding = engine.split_sharding(mesh)
     plates = getattr(target, "subsample_plates", ())
     if not plates:
         raise ValueError("`sharding` splits each step's batch of rows over the devices: it "
                          "needs a target with a subsampled plate (numpyro.plate(..., "
                          "subsample_size=B)); this target has none")
-    axis = mesh.axis_names[0]
-    width = mesh.shape[axis]
     for plate in plates:
-        if plate.subsample_size % width:
-            raise ValueError(
-                f"plate '{plate.name}': its subsample_size ({plate.subsample_size}) must be a "
-                f"multiple of the mesh's '{axis}' axis size ({width}) to split each batch "
-                "over it")
-    return NamedSharding(mesh, PartitionSpec(axis))
-
-
-def _replicate(tree, row_sharding):
-    """``tree``'s arrays on every device of ``row_sharding``'s mesh."""
-    from jax.sharding import NamedSharding, PartitionSpec
-
-    replicated = NamedSharding(row_sharding.mesh, PartitionSpec())
-    return jtu.tree_map(lambda x: jax.device_put(x, replicated) if eqx.is_array(x) else x, tree)
+        engine.split_sharding(mesh, plate.subsample_size,
+                              f"plate '{plate.name}': its subsample_size")
+    return row_sharding
 
 
 class _ChunkPlateau:
@@ -323,7 +306,7 @@ def _run_phase(optimizer, trainable, frozen, opt_state, first_step, budget, key,
         opt_state = engine.IterateAverageState(opt_state, start, start, jnp.zeros((), jnp.int32))
     state = engine.TrainState(trainable, opt_state, jnp.asarray(first_step, jnp.int32))
     if row_sharding is not None:
-        state, frozen = _replicate((state, frozen), row_sharding)
+        state, frozen = engine.replicate((state, frozen), row_sharding.mesh)
     # The frozen parts (the target's data, the family's structure) are the engine's `data`:
     # every step gets them whole, so the compiled loop is shared by fits of one shape.
     result = engine.run(
