@@ -99,7 +99,8 @@ class StepInfo(NamedTuple):
 
     Attributes:
         ancestors: ``(n,)`` index at step ``t - 1`` of each particle's parent (the
-            identity when the step did not resample); the genealogy.
+            identity when the step did not resample); the genealogy. With
+            ``num_ancestors = m``: the ``(m,)`` drawn parents of the ``m`` moves.
         resampled: whether the cloud was resampled before moving.
         log_evidence_increment: $\\log \\sum_i W^{a^i_t}_{t-1} G_t(x^i_t)$ (``0`` after a
             failure).
@@ -225,6 +226,7 @@ def step(
     resampling: str = "systematic",
     ess_threshold: float = 0.5,
     conditional: ConditionalResampling | None = None,
+    num_ancestors: int | None = None,
     sharding=None,
 ) -> tuple[FilterState, StepInfo]:
     r"""One Feynman–Kac step ``t >= 1``: resample if needed, move through $M_t$, reweight by $G_t$.
@@ -263,6 +265,10 @@ def step(
             ancestors and the state before resampling and may rewrite them (e.g. set the
             pinned particle's parent; Andrieu, Doucet and Holenstein, 2010). Only called
             on steps that resample.
+        num_ancestors: draw this many ancestors ``m`` instead of ``n``; the transition
+            then maps ``m`` parents to ``n`` particles (waste-free SMC, Dau and Chopin,
+            2022: ``m`` MCMC chains of length ``n / m``). Needs ``ess_threshold = 1``
+            (resampling at every step) and no ``conditional``.
         sharding: keep the particles split over devices.
 
     Returns:
@@ -277,6 +283,13 @@ def step(
         raise ValueError(f"`ess_threshold` must be a number in [0, 1], got {ess_threshold!r}")
     resample_fn = _UNCHECKED[scheme]
     n = state.log_weights.shape[0]
+    if num_ancestors is None:
+        m = n
+    else:
+        m = check_positive_int(num_ancestors, "num_ancestors")
+        if ess_threshold != 1.0 or conditional is not None:
+            raise ValueError("`num_ancestors` needs `ess_threshold=1` (resampling at every step) "
+                             "and no `conditional` hook")
     if conditional is None:
         key_resample, key_move = jax.random.split(key)
     else:
@@ -284,7 +297,7 @@ def step(
     identity = jnp.arange(n, dtype=jnp.int32)
 
     def resample():
-        ancestors = resample_fn(key_resample, state.log_weights, n)
+        ancestors = resample_fn(key_resample, state.log_weights, m)
         if conditional is not None:
             ancestors = conditional(key_hook, t, state, ancestors)
         parents = jax.tree.map(lambda leaf: leaf[ancestors], state.particles)
@@ -302,14 +315,13 @@ def step(
         parents, log_prior_weights, ancestors = jax.lax.cond(decision, resample, keep)
     parents = constrain_leading_axis(parents, sharding)
     particles = model.transition(key_move, t, parents)
-    if jax.tree.structure(particles) != jax.tree.structure(parents) or any(
-        jnp.shape(a) != jnp.shape(b)
-        for a, b in zip(jax.tree.leaves(particles), jax.tree.leaves(parents), strict=True)
-    ):
+    expected = [(n, *jnp.shape(leaf)[1:]) for leaf in jax.tree.leaves(state.particles)]
+    if jax.tree.structure(particles) != jax.tree.structure(parents) or [
+        jnp.shape(leaf) for leaf in jax.tree.leaves(particles)
+    ] != expected:
         raise ValueError(
             "`model.transition` must return particles shaped like `model.init`'s: "
-            f"{[jnp.shape(leaf) for leaf in jax.tree.leaves(parents)]}, "
-            f"got {[jnp.shape(leaf) for leaf in jax.tree.leaves(particles)]}"
+            f"{expected}, got {[jnp.shape(leaf) for leaf in jax.tree.leaves(particles)]}"
         )
     particles = constrain_leading_axis(particles, sharding)
     log_potential = model.log_potential(t, particles)

@@ -11,12 +11,14 @@ $$
 
 runs from $q$ ($\lambda = 0$) to the target ($\lambda = 1$). With
 $q$ the prior and $\tilde p$ the unnormalised posterior, $\ell$ is the
-log likelihood and this is the usual likelihood tempering. Each stage
-$\lambda \to \lambda'$ is one Feynman–Kac step: reweight by
-$G = e^{(\lambda' - \lambda)\ell}$, resample, and move every particle with an MCMC
-kernel that leaves $\gamma_{\lambda'}$ invariant (Neal, 2001; Chopin, 2002;
-Del Moral, Doucet and Jasra, 2006). The product of the mean weights estimates
-$Z = \int \tilde p$.
+log likelihood and this is the usual likelihood tempering. The draws from $q$ are
+weighted by $G_0 = e^{\lambda_1 \ell}$; each stage is then one step of the
+Feynman–Kac kernel `probinf.smc.kernel.step`: resample the cloud weighted for
+$\gamma_\lambda$, move every particle with an MCMC kernel that leaves
+$\gamma_\lambda$ invariant, choose $\lambda'$ and reweight by
+$G = e^{(\lambda' - \lambda)\ell}$ (Neal, 2001; Chopin, 2002; Del Moral, Doucet and
+Jasra, 2006). The last stage moves at $\lambda = 1$, so the particles are equally
+weighted. The product of the mean weights estimates $Z = \int \tilde p$.
 
 * **Adaptive tempering** (Jasra et al., 2011): $\lambda'$ is found by bisection so
   that the effective sample size of the new weights is ``target_ess * n``.
@@ -44,7 +46,7 @@ from jaxtyping import Array, Bool, Float, Int, PRNGKeyArray
 from probinf._progress import progress_bar
 from probinf.diagnostics import effective_sample_size
 from probinf.smc import kernel
-from probinf.smc.resampling import _UNCHECKED, check_scheme
+from probinf.smc.resampling import check_scheme
 from probinf.smc.sharding import check_divisible, constrain_leading_axis
 from probinf.validation import check_positive_int
 
@@ -167,16 +169,30 @@ class _Options(NamedTuple):
     max_stages: int
 
 
+class _Particles(NamedTuple):
+    """One particle of the tempering Feynman-Kac model, with what its last move did."""
+
+    position: Array  # z, on the target's unconstrained space
+    log_ratio: Array  # ell(z) = log p(z) - log q(z)
+    acceptance: Array  # mean acceptance rate of the chain that produced it
+    moves: Array  # MCMC moves since its chain started
+
+
 class _State(NamedTuple):
-    particles: Array
-    log_ratio: Array  # ell(z) = log p(z) - log q(z) per particle
-    temperature: Array
-    log_evidence: Array
+    filter: kernel.FilterState  # particles are _Particles, weighted for `temperature`
+    temperature: Array  # lambda of the filter's weights
+    moved_at: Array  # lambda the last move targeted (0 before any: reference draws are exact)
     step_size: Array
     stage: Array
-    failure: Array
-    failed_at: Array
     history: tuple
+
+
+class _Stage(NamedTuple):
+    """The Feynman-Kac model of one stage, for `probinf.smc.kernel.init` / `step`."""
+
+    log_potential: Any
+    transition: Any = None
+    init: Any = None
 
 
 def _next_temperature_adaptive(log_ratio, temperature, target_ess, n):
@@ -269,7 +285,7 @@ def _move_until_decorrelated(key, starts, logdensity, init_kernel, move, step_si
     adaptive rule of Chopin & Papaspiliopoulos, *An Introduction to Sequential Monte
     Carlo*, 2020, ch. 17, for SMC samplers). ``max_blocks = 1`` is a fixed number of moves.
 
-    Returns the final positions, the mean acceptance rate and the number of moves made.
+    Returns the final positions, each chain's mean acceptance rate and the number of moves made.
     """
 
     def run_block(states, key_block):
@@ -281,8 +297,7 @@ def _move_until_decorrelated(key, starts, logdensity, init_kernel, move, step_si
             final, acceptance = jax.lax.scan(one_move, state, jax.random.split(key_chain, block))
             return final, jnp.mean(acceptance)
 
-        states, acceptance = jax.vmap(chain)(jax.random.split(key_block, starts.shape[0]), states)
-        return states, jnp.mean(acceptance)
+        return jax.vmap(chain)(jax.random.split(key_block, starts.shape[0]), states)
 
     def jump(states):
         return jnp.mean(jnp.sum((states.position - starts) ** 2, axis=-1))
@@ -309,121 +324,157 @@ def _move_until_decorrelated(key, starts, logdensity, init_kernel, move, step_si
             blocks * block)
 
 
+def _next_temperature(log_ratio, temperature, stage, temperatures, target_ess):
+    """lambda after ``temperature`` at stage ``stage``: adaptive, or the fixed schedule's next."""
+    if temperatures is None:
+        return _next_temperature_adaptive(log_ratio, temperature, target_ess, log_ratio.shape[0])
+    return temperatures[jnp.minimum(stage, temperatures.shape[0] - 1)]
+
+
+def _tempering_potential(particles: _Particles, temperature, new_temperature):
+    r"""$\log G = (\lambda' - \lambda)\,\ell(z)$; NaN (a failure) at a non-finite particle."""
+    increment = jnp.where(jnp.isneginf(particles.log_ratio), -jnp.inf,
+                          (new_temperature - temperature) * particles.log_ratio)
+    finite = jnp.all(jnp.isfinite(particles.position), axis=-1)
+    return jnp.where(finite, increment, jnp.nan)
+
+
 @eqx.filter_jit
 def _run_stages(state: _State, key, target, reference, temperatures, stop_stage, options: _Options):
+    r"""Stages of `probinf.smc.kernel.step` on the tempering Feynman-Kac model.
+
+    In the order of Chopin and Papaspiliopoulos (2020, ch. 17): the filter's weights are
+    for $\gamma_\lambda$; step $k$ resamples them, moves every particle with an MCMC
+    kernel that leaves $\gamma_\lambda$ invariant, picks $\lambda'$ from the moved
+    cloud and reweights by $G = e^{(\lambda' - \lambda)\ell}$. The run ends with the
+    step that moves at $\lambda = 1$ (whose potential is 1), so the particles are
+    equally weighted draws of the target.
+    """
     n, chain_length, sharding = options.num_particles, options.chain_length, options.sharding
     init_kernel, move = _build_kernel(options.kernel, options.num_integration_steps)
     log_ratio_fn = _log_ratio_fn(target, reference)
     num_starts = n // chain_length if chain_length else n
     goal_acceptance = _TARGET_ACCEPTANCE[options.kernel]
+    max_stages = options.max_stages
 
     def not_done(s: _State):
-        return (s.temperature < 1.0) & (s.stage < stop_stage) & (s.failure == 0)
+        return (s.moved_at < 1.0) & (s.stage < stop_stage) & (s.filter.failure == 0)
 
     def body(s: _State) -> _State:
-        key_stage = jax.random.fold_in(key, s.stage)
-        key_resample, key_move = jax.random.split(key_stage)
-        if temperatures is None:
-            new_temperature = _next_temperature_adaptive(s.log_ratio, s.temperature, options.target_ess, n)
-        else:
-            new_temperature = temperatures[jnp.minimum(s.stage, temperatures.shape[0] - 1)]
-        delta = new_temperature - s.temperature
-        # The Feynman-Kac potential of the stage: G = exp((lambda' - lambda) ell), from uniform
-        # weights (the cloud is equally weighted after every move).
-        incremental = jnp.where(jnp.isneginf(s.log_ratio), -jnp.inf, delta * s.log_ratio)
-        uniform = jnp.full(n, -math.log(n), incremental.dtype)
-        log_weights, increment, ess, weight_failure = kernel.reweight(uniform, incremental)
-
-        # Whitening from the reweighted cloud, before resampling thins it.
-        weights = jnp.exp(log_weights)  # uniform after a failed reweighting
+        temperature = s.temperature
+        cloud = s.filter.particles
+        # Whitening from the weighted cloud, before resampling thins it.
         if options.tune:
-            center, tril = _whitening(weights, s.particles)
+            center, tril = _whitening(jnp.exp(s.filter.log_weights), cloud.position)
         else:
-            center = jnp.zeros(s.particles.shape[-1], s.particles.dtype)
-            tril = jnp.eye(s.particles.shape[-1], dtype=s.particles.dtype)
-
-        ancestors = _UNCHECKED[options.resampling](key_resample, log_weights, num_starts)
-        starts = jax.scipy.linalg.solve_triangular(tril, (s.particles[ancestors] - center).T, lower=True).T
-        starts = constrain_leading_axis(starts, sharding)
+            center = jnp.zeros(cloud.position.shape[-1], cloud.position.dtype)
+            tril = jnp.eye(cloud.position.shape[-1], dtype=cloud.position.dtype)
 
         def logdensity(u):
             z = center + tril @ u
-            return reference.log_prob(z) + new_temperature * log_ratio_fn(z)
+            return reference.log_prob(z) + temperature * log_ratio_fn(z)
 
-        if chain_length:  # waste-free: every state of every chain is a particle
-            def chain(key_chain, position):
-                def one_move(mcmc_state, key_step):
-                    new_state, info = move(key_step, mcmc_state, logdensity, s.step_size)
-                    return new_state, (new_state.position, info.acceptance_rate)
+        def transition(key_move, t, parents: _Particles) -> _Particles:
+            starts = jax.scipy.linalg.solve_triangular(tril, (parents.position - center).T, lower=True).T
+            starts = constrain_leading_axis(starts, sharding)
+            if chain_length:  # waste-free: every state of every chain is a particle
+                def chain(key_chain, position):
+                    def one_move(mcmc_state, key_step):
+                        new_state, info = move(key_step, mcmc_state, logdensity, s.step_size)
+                        return new_state, (new_state.position, info.acceptance_rate)
 
-                keys = jax.random.split(key_chain, chain_length - 1)
-                _, (positions, acceptance) = jax.lax.scan(one_move, init_kernel(position, logdensity), keys)
-                return jnp.concatenate([position[None], positions]), jnp.mean(acceptance)
+                    keys = jax.random.split(key_chain, chain_length - 1)
+                    _, (positions, acceptance) = jax.lax.scan(one_move, init_kernel(position, logdensity), keys)
+                    return jnp.concatenate([position[None], positions]), jnp.mean(acceptance)
 
-            moved, acceptance = jax.vmap(chain)(jax.random.split(key_move, num_starts), starts)
-            moved = moved.reshape(n, -1)
-            acceptance_rate = jnp.mean(acceptance)
-            num_moves = jnp.asarray(chain_length - 1)
-        else:
-            moved, acceptance_rate, num_moves = _move_until_decorrelated(
-                key_move, starts, logdensity, init_kernel, move, s.step_size, options.num_mcmc_steps,
-                options.max_blocks, options.jump_tolerance, sharding)
-        particles = constrain_leading_axis(center + moved @ tril.T, sharding)
-        log_ratio = constrain_leading_axis(jax.vmap(log_ratio_fn)(particles), sharding)
+                moved, acceptance = jax.vmap(chain)(jax.random.split(key_move, num_starts), starts)
+                moved = moved.reshape(n, -1)
+                acceptance = jnp.repeat(acceptance, chain_length)
+                moves = jnp.full(n, chain_length - 1)
+            else:
+                moved, acceptance, moves = _move_until_decorrelated(
+                    key_move, starts, logdensity, init_kernel, move, s.step_size, options.num_mcmc_steps,
+                    options.max_blocks, options.jump_tolerance, sharding)
+                moves = jnp.full(n, moves)
+            position = constrain_leading_axis(center + moved @ tril.T, sharding)
+            log_ratio = constrain_leading_axis(jax.vmap(log_ratio_fn)(position), sharding)
+            # The carry keeps the dtypes `_initial_state` chose (a float32 target under x64
+            # must not change the loop's types).
+            new = _Particles(position, log_ratio, acceptance, moves)
+            return jax.tree.map(lambda leaf, old: leaf.astype(old.dtype), new, parents)
 
-        bad = jnp.any(jnp.isnan(log_ratio) | (log_ratio == jnp.inf)) | jnp.any(~jnp.isfinite(particles))
-        bad = bad | (weight_failure == 1)
-        stage_failure = jnp.where(bad, 1, weight_failure).astype(jnp.int32)
+        def next_temperature(particles: _Particles):
+            return _next_temperature(particles.log_ratio, temperature, s.stage + 1, temperatures,
+                                     options.target_ess)
+
+        def log_potential(t, particles: _Particles):
+            return _tempering_potential(particles, temperature, next_temperature(particles))
+
+        new_filter, info = kernel.step(
+            jax.random.fold_in(key, s.stage), s.filter, s.stage, _Stage(log_potential, transition),
+            resampling=options.resampling, ess_threshold=1.0,
+            num_ancestors=num_starts if chain_length else None, sharding=sharding)
+        new_temperature = next_temperature(new_filter.particles).astype(temperature.dtype)
+        acceptance_rate = jnp.mean(new_filter.particles.acceptance)
         step_size = s.step_size
         if options.tune:
             factor = jnp.exp(2.0 * (acceptance_rate - goal_acceptance))
             step_size = jnp.where(jnp.isfinite(factor), step_size * factor, step_size)
-        record = (new_temperature, increment, ess, acceptance_rate, s.step_size, num_moves)
-        history = tuple(h.at[s.stage].set(v) for h, v in zip(s.history, record, strict=True))
-        new_state = _State(
-            particles=particles,
-            log_ratio=log_ratio,
-            temperature=new_temperature,
-            log_evidence=s.log_evidence + increment,
-            step_size=step_size,
-            stage=s.stage + 1,
-            failure=stage_failure,
-            failed_at=jnp.where(stage_failure != 0, s.stage, s.failed_at),
-            history=history,
-        )
-        # The carry keeps the dtypes `_initial_state` chose (a float32 target under x64, or a
-        # float64 Python constant, must not change the loop's types).
-        return jax.tree.map(lambda new, old: new.astype(old.dtype), new_state, s)
+        # Stage k moved at lambda_k; its reweighting to lambda_{k+1} belongs to stage k + 1
+        # (none after the move at lambda = 1).
+        moved = (acceptance_rate, s.step_size, new_filter.particles.moves[0])
+        history = _record(s.history, 3, s.stage, moved, True)
+        weighed = (new_temperature, info.log_evidence_increment, info.ess)
+        history = _record(history, 0, s.stage + 1, weighed, (temperature < 1.0) & (s.stage + 1 < max_stages))
+        return _State(new_filter, new_temperature, temperature, step_size.astype(s.step_size.dtype),
+                      s.stage + 1, history)
 
     state = jax.lax.while_loop(not_done, body, state)
-    out_of_stages = (state.temperature < 1.0) & (state.stage >= options.max_stages) & (state.failure == 0)
-    return state._replace(
-        failure=jnp.where(out_of_stages, 3, state.failure).astype(jnp.int32),
-        failed_at=jnp.where(out_of_stages, state.stage, state.failed_at),
-    )
+    out_of_stages = (state.moved_at < 1.0) & (state.stage >= max_stages) & (state.filter.failure == 0)
+    return state._replace(filter=state.filter._replace(
+        failure=jnp.where(out_of_stages, 3, state.filter.failure).astype(jnp.int32),
+        failed_at=jnp.where(out_of_stages, state.stage, state.filter.failed_at).astype(jnp.int32),
+    ))
+
+
+def _record(history: tuple, first: int, stage, values: tuple, keep) -> tuple:
+    """Write ``values`` into ``history[first:]`` at ``stage`` where ``keep``."""
+    index = jnp.minimum(stage, history[0].shape[0] - 1)
+    updated = [h.at[index].set(jnp.where(keep, v, h[index]).astype(h.dtype))
+               for h, v in zip(history[first:first + len(values)], values, strict=True)]
+    return (*history[:first], *updated, *history[first + len(values):])
 
 
 @eqx.filter_jit
-def _initial_state(key, target, reference, n, step_size, max_stages, sharding):
-    particles = constrain_leading_axis(reference.sample(key, n), sharding)
-    log_ratio = jax.vmap(_log_ratio_fn(target, reference))(particles)
-    # One float dtype for the whole run: the widest of the particles and the log densities
+def _initial_state(key, target, reference, step_size, temperatures, options: _Options):
+    """Draw the cloud from the reference and weight it for the first temperature (step 0)."""
+    n = options.num_particles
+    log_ratio_fn = _log_ratio_fn(target, reference)
+    # One float dtype for the whole run: the widest of the draws and the log densities
     # (float64 under x64 with float64 inputs, float32 otherwise).
-    dtype = jnp.result_type(particles, log_ratio, float)
-    particles, log_ratio = particles.astype(dtype), log_ratio.astype(dtype)
-    bad = jnp.any(jnp.isnan(log_ratio) | (log_ratio == jnp.inf))
-    history = tuple(jnp.full(max_stages, jnp.nan, dtype) for _ in range(6))
-    return _State(
-        particles=particles,
-        log_ratio=log_ratio,
-        temperature=jnp.zeros((), dtype),
-        log_evidence=jnp.zeros((), dtype),
-        step_size=jnp.asarray(step_size, dtype),
-        stage=jnp.int32(0),
-        failure=jnp.where(bad, 1, 0).astype(jnp.int32),
-        failed_at=jnp.where(bad, 0, -1).astype(jnp.int32),
-        history=history,
-    )
+    draws = jax.eval_shape(lambda k: reference.sample(k, n), key)
+    dtype = jnp.result_type(draws.dtype, jax.eval_shape(jax.vmap(log_ratio_fn), draws).dtype, float)
+    zero = jnp.zeros((), dtype)
+
+    def draw(key_draw, num):
+        position = constrain_leading_axis(reference.sample(key_draw, num), options.sharding).astype(dtype)
+        log_ratio = jax.vmap(log_ratio_fn)(position).astype(dtype)
+        return _Particles(position, log_ratio, jnp.ones(num, dtype), jnp.zeros(num, jnp.int32))
+
+    def first_temperature(particles: _Particles):
+        return _next_temperature(particles.log_ratio, zero, 0, temperatures, options.target_ess).astype(dtype)
+
+    def log_potential(t, particles: _Particles):
+        return _tempering_potential(particles, zero, first_temperature(particles))
+
+    state = kernel.init(key, _Stage(log_potential, init=draw), n, sharding=options.sharding)
+    state = state._replace(log_weights=state.log_weights.astype(dtype),
+                           log_evidence=state.log_evidence.astype(dtype), ess=state.ess.astype(dtype))
+    temperature = first_temperature(state.particles)
+    history = tuple(jnp.full(options.max_stages, jnp.nan, dtype) for _ in range(6))
+    history = _record(history, 0, 0, (temperature, state.log_evidence, state.ess), True)
+    return _State(filter=state, temperature=temperature, moved_at=zero,
+                  step_size=jnp.asarray(step_size, dtype), stage=jnp.int32(0), history=history)
 
 
 def _check_temperatures(temperatures) -> Array:
@@ -584,25 +635,26 @@ def tempered_smc(
     traced = any(isinstance(leaf, jax.core.Tracer) for leaf in jax.tree.leaves((key, target, reference)))
     progress = False if traced else progress
     key_init, key_stages = jax.random.split(key)
-    state = _initial_state(key_init, target, reference, n, float(step_size), max_stages, sharding)
+    state = _initial_state(key_init, target, reference, float(step_size), schedule, options)
     chunk = max(1, max_stages // 50) if progress else max_stages
     stop = 0
     with progress_bar(total=1000, enabled=progress, desc="tempered SMC") as bar:
         while True:
             stop = min(stop + chunk, max_stages)
             state = _run_stages(state, key_stages, target, reference, schedule, jnp.int32(stop), options)
-            if isinstance(state.temperature, jax.core.Tracer) or not progress:
+            if isinstance(state.moved_at, jax.core.Tracer) or not progress:
                 break
-            bar.update(int(1000 * float(state.temperature)) - bar.n)
-            if float(state.temperature) >= 1.0 or int(state.failure) or stop >= max_stages:
+            bar.update(int(1000 * float(state.moved_at)) - bar.n)
+            if float(state.moved_at) >= 1.0 or int(state.filter.failure) or stop >= max_stages:
                 break
 
     temperatures_run, increments, ess, acceptance, step_sizes, moves = state.history
+    final = state.filter
     log_evidence = jnp.where(
-        state.failure == 2, -jnp.inf, jnp.where(state.failure != 0, jnp.nan, state.log_evidence)
+        final.failure == 2, -jnp.inf, jnp.where(final.failure != 0, jnp.nan, final.log_evidence)
     )
     result = TemperedResult(
-        particles=state.particles,
+        particles=final.particles.position,
         log_evidence=log_evidence,
         temperatures=temperatures_run,
         log_evidence_increments=increments,
@@ -611,8 +663,8 @@ def tempered_smc(
         step_sizes=step_sizes,
         mcmc_steps=moves,
         num_stages=state.stage,
-        failure=state.failure,
-        failed_at=state.failed_at,
+        failure=final.failure,
+        failed_at=final.failed_at,
     )
     if raise_on_failure and not isinstance(result.failure, jax.core.Tracer):
         result.check()

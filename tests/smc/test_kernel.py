@@ -42,7 +42,7 @@ def state_with_weights(weights):
     )
 
 
-STEP = jax.jit(smc.step, static_argnames=("model", "resampling", "ess_threshold", "conditional"))
+STEP = jax.jit(smc.step, static_argnames=("model", "resampling", "ess_threshold", "conditional", "num_ancestors"))
 
 
 def test_step_resamples_when_the_ess_is_low_and_reweights_by_hand():
@@ -131,6 +131,29 @@ def test_conditional_hook_rewrites_the_ancestors():
     np.testing.assert_array_equal(np.asarray(info.ancestors), [3, 3, 3, 3])
     np.testing.assert_array_equal(np.asarray(new.particles), [3.0, 3.0, 3.0, 3.0])
     np.testing.assert_allclose(float(info.log_evidence_increment), np.log(4.0), rtol=1e-6)
+
+
+def test_fewer_ancestors_than_particles_for_waste_free_moves():
+    # Draw m = 2 parents from W = (0.5, 0, 0, 0.5) (systematic: one child each) and let the
+    # transition make two particles of each (a chain of length 2): W ∝ G(x) on the 4 children.
+    class Chains(Counter):
+        def transition(self, key, t, parents):
+            return jnp.repeat(parents, 2) + jnp.tile(jnp.array([0.0, 1.0]), parents.shape[0])
+
+    state = state_with_weights([0.5, 0.0, 0.0, 0.5])
+    new, info = STEP(jax.random.key(0), state, jnp.int32(1), Chains(), ess_threshold=1.0,
+                     num_ancestors=2)
+    np.testing.assert_array_equal(np.asarray(info.ancestors), [0, 3])
+    np.testing.assert_array_equal(np.asarray(new.particles), [0.0, 1.0, 3.0, 4.0])
+    potentials = np.array([1.0, 2.0, 4.0, 5.0])
+    np.testing.assert_allclose(float(info.log_evidence_increment), np.log(potentials.mean()), rtol=1e-6)
+    np.testing.assert_allclose(np.exp(np.asarray(new.log_weights)), potentials / potentials.sum(), rtol=1e-6)
+    for bad in ({"ess_threshold": 0.5}, {"conditional": lambda key, t, state, a: a}):
+        with pytest.raises(ValueError, match="num_ancestors"):
+            smc.step(jax.random.key(0), state, jnp.int32(1), Chains(), num_ancestors=2,
+                     **{"ess_threshold": 1.0, **bad})
+    with pytest.raises(ValueError, match="model.transition"):  # m parents must become n particles
+        smc.step(jax.random.key(0), state, jnp.int32(1), Counter(), ess_threshold=1.0, num_ancestors=2)
 
 
 def test_step_checks_shapes_when_traced():
