@@ -19,13 +19,14 @@ The results file is rewritten after each completed unit (the tempered comparison
 filter row, each Kalman row), so a crash keeps what was measured.
 
 Run: ``python benchmarks/bench_smc.py [--quick] [--rounds N] [--no-xla-workaround]``;
-writes ``benchmarks/results/smc.json``.
+writes ``benchmarks/results/smc.json``; ``--table`` prints docs/smc.md's tables from it.
 """
 
 from __future__ import annotations
 
 import argparse
 import itertools
+import json
 import math
 import os
 import pathlib
@@ -368,9 +369,60 @@ def machine():
     }
 
 
+def _ms(seconds: float) -> str:
+    """Milliseconds to three significant figures, thousands separated."""
+    value = 1e3 * seconds
+    return f"{value:,.0f}" if value >= 100 else f"{value:.3g}"
+
+
+def _spread(timing: dict) -> str:
+    """The largest relative interquartile range over a comparison's contenders, in percent."""
+    return f"{100 * max(c['relative_iqr'] for c in timing['contenders'].values()):.0f} %"
+
+
+def markdown_table(report: dict) -> str:
+    """The three result tables of docs/smc.md (tempered SMC, particle filter, Kalman), from ``smc.json``."""
+    tempered = report["tempered_smc_vs_blackjax"]
+    rows = tempered["results"]
+    peer = rows["blackjax"]
+    lines = ["| tempered SMC | median time | stages (mean) | per stage | time / blackjax | "
+             "per stage / blackjax | log Z error, mean | RMSE | sd over repeats |",
+             "|---|---:|---:|---:|---:|---:|---:|---:|---:|"]
+    for name in ("probinf", "probinf_tuned", "blackjax"):
+        row = rows[name]
+        lines.append("| " + " | ".join([
+            f"`{name}`", f"{_ms(row['median_s'])} ms", f"{np.mean(row['num_stages']):.1f}",
+            f"{_ms(row['median_s_per_stage'])} ms", f"{row['median_s'] / peer['median_s']:.2f}",
+            f"{row['median_s_per_stage'] / peer['median_s_per_stage']:.2f}",
+            f"{row['log_z_error_vs_reference']:+.3f}", f"{row['log_z_rmse_vs_reference']:.3f}",
+            f"{row['log_z_sd']:.3f}"]) + " |")
+    lines += ["", "| N | T | probinf, direct (ms) | probinf in `jax.jit` (ms) | blackjax-resampling "
+              "scan (ms) | direct / peer | in jit / peer | ESS 0.5, direct (ms) | ESS 0.5, in jit (ms) "
+              "| spread (IQR) |", "|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|"]
+    for row in report["particle_filter_throughput"]["rows"]:
+        peer_s = row["blackjax_resampling_scan"]["median_s"]
+        lines.append("| " + " | ".join([
+            f"{row['num_particles']:,}", f"{row['num_steps']:,}",
+            _ms(row["probinf_always_resample"]["median_s"]),
+            _ms(row["probinf_always_resample_in_jit"]["median_s"]), _ms(peer_s),
+            f"{row['probinf_always_resample']['median_s'] / peer_s:.2f}",
+            f"{row['probinf_always_resample_in_jit']['median_s'] / peer_s:.2f}",
+            _ms(row["probinf_ess_0.5"]["median_s"]), _ms(row["probinf_ess_0.5_in_jit"]["median_s"]),
+            _spread(row["timing"])]) + " |")
+    lines += ["", "| T (Kalman) | sequential (ms) | parallel (ms) | parallel / sequential | "
+              "max difference of smoothed means | spread (IQR) |", "|---:|---:|---:|---:|---:|---:|"]
+    for row in report["kalman_parallel_vs_sequential"]["rows"]:
+        lines.append("| " + " | ".join([
+            f"{row['num_steps']:,}", _ms(row["sequential"]["median_s"]), _ms(row["parallel"]["median_s"]),
+            f"{row['time_ratio_parallel_over_sequential']:.2f}",
+            f"{row['max_abs_difference_smoothed_means']:.1e}", _spread(row["timing"])]) + " |")
+    return "\n".join(lines) + "\n"
+
+
 def main():
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--quick", action="store_true", help="tiny sizes (a smoke test)")
+    parser.add_argument("--table", action="store_true", help="print the docs tables of --out and exit")
     parser.add_argument("--out", default=str(RESULTS))
     parser.add_argument("--rounds", type=int, default=7, help="timed round-robin rounds (>= 7)")
     parser.add_argument("--no-xla-workaround", action="store_true",
@@ -380,6 +432,9 @@ def main():
     if args.rounds < 7:
         parser.error(f"--rounds: expected >= 7, got {args.rounds}")
     out = pathlib.Path(args.out)
+    if args.table:
+        print(markdown_table(json.loads(out.read_text())), end="")
+        return
     info = machine()
     report = {
         "machine": info,

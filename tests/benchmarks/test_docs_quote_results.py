@@ -19,6 +19,7 @@ GENERATED_TABLES = [
     ("llm.md", "llm.json", "llm_bench", "results_markdown"),
     ("circuits.md", "circuits.json", "published_debd", "debd_table_markdown"),
     ("scaling.md", "scale.json", "bench_scale", "markdown_table"),
+    ("smc.md", "smc.json", "bench_smc", "markdown_table"),
 ]
 
 
