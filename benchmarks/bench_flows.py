@@ -474,6 +474,38 @@ def _version(name):
         return None
 
 
+def markdown_table(report: dict) -> str:
+    """The two tables of docs/flows.md's benchmark section, from ``flows.json``."""
+    lines = ["| problem | per step, ours | per step, flowjax | speed-up | compile, ours / flowjax | "
+             "ELBO gap (nats), ours | flowjax |", "|---|---|---|---|---|---|---|"]
+    for problem in ("U1", "funnel"):
+        row = report[problem]
+        ours, peer = row["ours"], row["flowjax"]
+        lines.append(
+            f"| {problem} (log Z = {row['log_z']:.4f}) | {ours['per_step_ms']:.2f} ms | "
+            f"{peer['per_step_ms']:.2f} ms | {row['speedup_per_step']:.2f}x | "
+            f"{ours['compile_s']:.1f} s / {peer['compile_s']:.1f} s | {ours['gap']:.4f} | {peer['gap']:.4f} |")
+    guides = report["eight_schools"]
+    names = {"ours_spline_flow_guide": "ours: FlowGuide (spline, 4 layers x 32)",
+             "ours_affine_iaf_guide": "ours: affine IAF (AutoIAFNormal's size)",
+             "numpyro_AutoIAFNormal": "numpyro AutoIAFNormal (4 flows, [32, 32])",
+             "numpyro_AutoBNAFNormal": "numpyro AutoBNAFNormal"}
+    settings = guides["settings"]
+    lines += ["", f"Eight schools (non-centred), {settings['steps']:,} Adam steps, "
+              f"{settings['samples_per_step']} samples per step; moments against posteriordb's NUTS draws:",
+              "", "| guide | per step (compiled scan) | per step (`probinf.fit`) | ELBO, mean ± sd over "
+              f"{len(guides['ours_spline_flow_guide']['elbo_per_seed'])} seeds | max abs mean z-score | "
+              "sd ratio range |", "|---|---|---|---|---|---|"]
+    for key, name in names.items():
+        row = guides[key]
+        fit = f"{row['fit_per_step_ms']:.3f} ms" if "fit_per_step_ms" in row else "—"
+        lines.append(
+            f"| {name} | {row['per_step_ms']:.3f} ms | {fit} | {row['elbo_mean']:.3f} ± "
+            f"{row['elbo_sd_over_seeds']:.3f} | {row['max_abs_mean_z']:.3f} | "
+            f"{row['sd_ratio_min']:.2f}–{row['sd_ratio_max']:.2f} |")
+    return "\n".join(lines) + "\n"
+
+
 def main():
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--quick", action="store_true", help="tiny sizes (smoke test)")
@@ -484,7 +516,11 @@ def main():
     parser.add_argument("--rounds", type=int, default=None,
                         help="timed round-robin rounds (>= 7; default 7 with --quick, else 15)")
     parser.add_argument("--no-flowjax", action="store_true", help="skip flowjax (no worker)")
+    parser.add_argument("--table", action="store_true", help="print the docs tables of --out and exit")
     args = parser.parse_args()
+    if args.table:
+        print(markdown_table(json.loads(pathlib.Path(args.out).read_text())), end="")
+        return
     quick = args.quick
     try:  # before anything runs
         reference_path = data_file(args.data, *EIGHT_SCHOOLS_REFERENCE,

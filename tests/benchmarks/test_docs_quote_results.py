@@ -20,6 +20,7 @@ GENERATED_TABLES = [
     ("circuits.md", "circuits.json", "published_debd", "debd_table_markdown"),
     ("scaling.md", "scale.json", "bench_scale", "markdown_table"),
     ("smc.md", "smc.json", "bench_smc", "markdown_table"),
+    ("flows.md", "flows.json", "bench_flows", "markdown_table"),
 ]
 
 
