@@ -247,12 +247,45 @@ def summary(values):
             "per_seed": [float(v) for v in values]}
 
 
+def markdown_table(report: dict) -> str:
+    """The accuracy and epoch-time table of docs/pcn.md, from ``pcn.json``."""
+    results = report["results"]
+    names = list(results)
+    headers = {"digits": "digits", "mnist1d": "MNIST-1D"}
+    lines = ["| | " + " | ".join(
+        f"{headers.get(name, name)} ({'–'.join(str(s) for s in results[name]['sizes'])}, "
+        f"{results[name]['epochs']} epochs)" for name in names) + " |",
+        "|---|" + "---|" * len(names)]
+    rows = [("backprop", "probinf_backprop"), ("PC (`probinf.pcn`)", "probinf_pc"),
+            ("iPC (`probinf.pcn`)", "probinf_ipc")]
+    pcx = next((results[name]["pcx_pc"] for name in names if "versions" in results[name]["pcx_pc"]), None)
+    if pcx is not None:
+        rows.append((f"PC (PCX {pcx['versions']['pcx']})", "pcx_pc"))
+    for label, key in rows:
+        cells = []
+        for name in names:
+            accuracy = results[name][key].get("test_accuracy")
+            cells.append(f"{100 * accuracy['mean']:.2f} ± {100 * accuracy['std']:.2f} %" if accuracy else "error")
+        lines.append(f"| {label} | " + " | ".join(cells) + " |")
+    if pcx is not None:
+        cells = [(f"{results[name]['speedup_pc_epoch_vs_pcx']:.1f}×, "
+                  f"{results[name]['speedup_pc_epoch_vs_pcx_min_wall']:.1f}×, "
+                  f"{results[name]['speedup_pc_epoch_vs_pcx_cpu']:.1f}×")
+                 if "speedup_pc_epoch_vs_pcx" in results[name] else "—" for name in names]
+        lines.append("| epoch time, PCX / ours (median wall, fastest wall, CPU) | " + " | ".join(cells) + " |")
+    return "\n".join(lines) + "\n"
+
+
 def main(argv=None):
     parser = argparse.ArgumentParser(description="Predictive-coding classifiers (probinf.pcn) "
                                      "against backprop and PCX; the results file is rewritten "
                                      "after each dataset")
     parser.add_argument("--out", type=pathlib.Path, default=OUT)
+    parser.add_argument("--table", action="store_true", help="print the docs table of --out and exit")
     args = parser.parse_args(argv)
+    if args.table:
+        print(markdown_table(json.loads(args.out.read_text())), end="")
+        return 0
     loads = [os.getloadavg()[0]]
     report = {
         "description": (

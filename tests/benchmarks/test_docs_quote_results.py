@@ -21,6 +21,7 @@ GENERATED_TABLES = [
     ("scaling.md", "scale.json", "bench_scale", "markdown_table"),
     ("smc.md", "smc.json", "bench_smc", "markdown_table"),
     ("flows.md", "flows.json", "bench_flows", "markdown_table"),
+    ("pcn.md", "pcn.json", "bench_pcn", "markdown_table"),
 ]
 
 
