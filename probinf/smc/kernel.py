@@ -15,7 +15,9 @@ $W^{1:n}_t$. One step $t \ge 1$ is
 
 `init` draws $x_0 \sim M_0$ and reweights by $G_0$ from uniform weights. The
 particle filter is ``lax.scan`` over `step`; conditional SMC (particle Gibbs) is `step`
-with a *conditional-resampling hook* that rewrites the ancestors of the pinned particle.
+with a *conditional-resampling hook* that rewrites the ancestors of the pinned particle;
+tempered SMC is a ``lax.while_loop`` over `step` on a tempering model (waste-free SMC
+draws fewer ancestors than particles, ``num_ancestors``).
 
 Failures are not silent and do not poison the loop: a NaN or ``+inf`` log potential
 (code 1) or a step where every weight vanished (code 2) sets the state's ``failure``
