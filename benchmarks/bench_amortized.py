@@ -214,6 +214,7 @@ def benchmark_task(name, task, *, key, dt_options, dt_steps, npe_sims, num_test,
         else:
             prior_q = lambda z, p, y, m: p.log_prob(z)  # noqa: E731
         out["prior_kl_exact_to_prior"] = kl_to_exact(task, exact_fn, prior_q, test, k_eval)
+        out["kl_num_datasets"] = num_test
         print(f"KL(exact||DT) {out['dt']['kl_exact_to_model']['mean']:.4f}  KL(exact||NPE) "
               f"{out['npe']['kl_exact_to_model']['mean']:.4f}  KL(exact||prior) {out['prior_kl_exact_to_prior']['mean']:.4f}", flush=True)
 
@@ -291,6 +292,41 @@ def benchmark_task(name, task, *, key, dt_options, dt_steps, npe_sims, num_test,
     return out
 
 
+# The C2ST reference draws, named as docs/amortized.md's task table names them.
+_REFERENCE_NAMES = {"exact": "exact draws", "nuts": "NUTS draws", "exact_sampler": "exact draws"}
+_GRID_REFERENCE_TASKS = {"slcp"}  # its "exact sampler" is the grid sampler of docs/amortized.md
+
+
+def markdown_table(report: dict) -> str:
+    """The summary table of docs/amortized.md, from ``amortized.json``."""
+    lines = ["| task | accuracy metric | DT | NPE (ours) | NUTS | sbi NPE | DT time / posterior | "
+             "NUTS time / posterior | NUTS / DT |", "|---|---|---|---|---|---|---|---|---|"]
+    for name, entry in report["tasks"].items():
+        c2st = entry["c2st"]
+        sbi = f"{entry['sbi']['c2st_mean']:.3f}" if "c2st_mean" in entry.get("sbi", {}) else "—"
+        if "kl_exact_to_model" in entry["dt"]:
+            # Runs before `kl_num_datasets` was recorded scored 100 data sets (the notes say so).
+            count = entry.get("kl_num_datasets", 100)
+            lines.append(
+                f"| {name} | KL(exact ‖ q), mean of {count} (prior: "
+                f"{entry['prior_kl_exact_to_prior']['mean']:.2f}) | "
+                f"{entry['dt']['kl_exact_to_model']['mean']:.3f} | "
+                f"{entry['npe']['kl_exact_to_model']['mean']:.3f} | — | — | | | |")
+        reference = ("grid reference draws" if name in _GRID_REFERENCE_TASKS
+                     else _REFERENCE_NAMES[c2st["reference"]])
+        metric = f"C2ST vs {reference}, mean of {c2st['num_datasets']}"
+        nuts = f"{c2st['nuts_mean']:.3f}" if "nuts_mean" in c2st else "(reference)"
+        lines.append(
+            f"| {name} | {metric} | {c2st['dt_mean']:.3f} | {c2st['npe_mean']:.3f} | {nuts} | {sbi} | "
+            f"{1e3 * entry['dt']['seconds_per_posterior']:.2f} ms | "
+            f"{entry['nuts']['seconds_per_posterior']:.2f} s | {entry['speedup_dt_vs_nuts']:,.0f}x |")
+        if "dt_without_symmetry" in entry:
+            lines.append(
+                f"| {name}, symmetry not given | {metric} | {entry['dt_without_symmetry']['c2st_mean']:.3f} | "
+                f"{entry['npe_without_symmetry']['c2st_mean']:.3f} | {nuts} | {sbi} | | | |")
+    return "\n".join(lines) + "\n"
+
+
 def main(argv=None):
     parser = argparse.ArgumentParser()
     parser.add_argument("--quick", action="store_true", help="tiny budgets (a smoke test)")
@@ -300,7 +336,11 @@ def main(argv=None):
     parser.add_argument("--sbi-max-epochs", type=int, default=None, help="cap sbi's training epochs")
     parser.add_argument("--c2st-datasets", type=int, default=3,
                         help="data sets scored by C2ST per task (sbibm uses 10)")
+    parser.add_argument("--table", action="store_true", help="print the docs table of --out and exit")
     args = parser.parse_args(argv)
+    if args.table:
+        print(markdown_table(json.loads(pathlib.Path(args.out).read_text())), end="")
+        return
     quick = args.quick
     small = dict(d_model=32, num_heads=4, num_encoder_layers=1, num_decoder_layers=2)
     large = dict(d_model=64, num_heads=4, num_encoder_layers=2, num_decoder_layers=3)

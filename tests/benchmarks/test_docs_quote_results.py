@@ -22,6 +22,7 @@ GENERATED_TABLES = [
     ("smc.md", "smc.json", "bench_smc", "markdown_table"),
     ("flows.md", "flows.json", "bench_flows", "markdown_table"),
     ("pcn.md", "pcn.json", "bench_pcn", "markdown_table"),
+    ("amortized.md", "amortized.json", "bench_amortized", "markdown_table"),
 ]
 
 
