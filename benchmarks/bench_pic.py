@@ -35,6 +35,7 @@ one compiled training step at batch 256 as estimated by XLA
 from __future__ import annotations
 
 import argparse
+import json
 import math
 import os
 import pathlib
@@ -268,13 +269,38 @@ def summarize(models: dict, bits_per_dim: int | None = None) -> dict:
     return out
 
 
+TABLE_COLUMNS = {"pc_em": "PC, EM", "pc_adam": "PC, Adam", "pic_composite": "QPC, composite",
+                 "pic_full": "QPC, full", "pic_none": "QPC, none"}
+
+
+def markdown_table(report: dict) -> str:
+    """The test log-likelihood table of docs/pic.md, from ``pic.json`` (best of a row in bold)."""
+    lines = ["| dataset | " + " | ".join(TABLE_COLUMNS.values()) + " |",
+             "|---|" + "---|" * len(TABLE_COLUMNS)]
+    rows = [(name, entry["models"], 1.0) for name, entry in report["debd"].items()]
+    digits = report["digits"]
+    # Digits in bits per dimension (lower is better): -LL / (D ln 2).
+    rows.append(("digits (bpd)", digits["models"], -1.0 / (digits["num_variables"] * math.log(2))))
+    for name, models, scale in rows:
+        values = {key: scale * models[key]["test_log_likelihood"] for key in TABLE_COLUMNS if key in models}
+        best = max(values, key=values.get) if scale > 0 else min(values, key=values.get)
+        cells = [(f"**{values[key]:#.4g}**" if key == best else f"{values[key]:#.4g}") if key in values else ""
+                 for key in TABLE_COLUMNS]
+        lines.append("|" + "".join(f" {cell} |" if cell else " |" for cell in [name, *cells]))
+    return "\n".join(lines) + "\n"
+
+
 def main():
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--quick", action="store_true", help="small smoke run")
     parser.add_argument("--datasets", nargs="*", default=None, help="DEBD subset")
     parser.add_argument("--out", default=str(OUT))
+    parser.add_argument("--table", action="store_true", help="print the docs table of --out and exit")
     add_debd_arguments(parser)
     args = parser.parse_args()
+    if args.table:
+        print(markdown_table(json.loads(pathlib.Path(args.out).read_text())), end="")
+        return
     try:  # before anything runs
         debd = debd_directory(args.data, args.shipped_debd)
     except FileNotFoundError as err:

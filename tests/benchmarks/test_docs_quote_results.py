@@ -23,6 +23,7 @@ GENERATED_TABLES = [
     ("flows.md", "flows.json", "bench_flows", "markdown_table"),
     ("pcn.md", "pcn.json", "bench_pcn", "markdown_table"),
     ("amortized.md", "amortized.json", "bench_amortized", "markdown_table"),
+    ("pic.md", "pic.json", "bench_pic", "markdown_table"),
 ]
 
 
