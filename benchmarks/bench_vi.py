@@ -353,6 +353,60 @@ def run_genjax(python: Path, problem: str, data: dict, dim: int, steps: int,
 # --------------------------------------------------------------- in-process side
 
 
+_TABLE_PROBLEMS = {"logistic_regression": "(a) Logistic regression (10 weights, 500 rows)",
+                   "eight_schools": "(b) Eight schools, non-centred"}
+_TABLE_CONFIGS = {"elbo_1": "ELBO, 1 sample", "elbo_8": "ELBO, 8 samples", "iwae_8": "IWAE, K = 8"}
+
+
+def markdown_table(report: dict) -> str:
+    """Section 1's per-problem tables of docs/vi-benchmarks.md (time, ratios, final ELBO), from ``vi.json``."""
+    blocks = []
+    for problem, heading in _TABLE_PROBLEMS.items():
+        entry = report["results"][problem]
+        configs = entry["configs"]
+        versions = {name: env["versions"]["genjax"] for name, env in entry["genjax_environments"].items()}
+        labels = {"probinf_step": "probinf step", "probinf_step_handwritten": "probinf step (hand-written target)",
+                  "probinf_fit": "probinf fit", "probinf_fit_chunk100": "probinf fit, `chunk_size=100`",
+                  "numpyro_update": "numpyro update", "numpyro_stable_update": "numpyro stable update",
+                  **{name: f"genjax {version}" for name, version in versions.items()}}
+        present = [name for name in labels if all(name in configs[c] for c in _TABLE_CONFIGS)]
+        runs = len(configs["elbo_1"]["probinf_step"]["us_per_step_all"])
+        header = "| | " + " | ".join(_TABLE_CONFIGS.values())
+        lines = [f"### {heading}", "",
+                 f"Time per step in µs, median over {runs} runs (fastest run in brackets); compile time "
+                 "in seconds.", "", header + " | compile (s) |", "|---|---:|---:|---:|---:|"]
+        for name in present:
+            cells = [f"{configs[c][name]['us_per_step_median']:.1f} ({configs[c][name]['us_per_step_min']:.1f})"
+                     for c in _TABLE_CONFIGS]
+            compile_s = " / ".join(f"{configs[c][name]['compile_s']:.1f}" for c in _TABLE_CONFIGS)
+            lines.append(f"| {labels[name]} | " + " | ".join(cells) + f" | {compile_s} |")
+        lines += ["", "Ratios (probinf / peer; below 1 means probinf is faster), from medians (from "
+                  "fastest runs):", "", header + " |", "|---|---:|---:|---:|"]
+        for ours, peer in [("probinf_step", "numpyro_update"), ("probinf_fit", "numpyro_stable_update"),
+                           *[(o, g) for g in versions for o in ("probinf_step", "probinf_fit")]]:
+            key = f"{ours}/{peer}"
+            if all(key in configs[c]["ratios"] for c in _TABLE_CONFIGS):
+                cells = [f"{configs[c]['ratios'][key]:.2f} ({configs[c]['ratios_from_min'][key]:.2f})"
+                         for c in _TABLE_CONFIGS]
+                lines.append(f"| {labels[ours]} / {labels[peer]} | " + " | ".join(cells) + " |")
+        repeats = len(configs["elbo_1"]["probinf_step"]["final_elbo"]["per_repeat"])
+        lines += ["", f"Final ELBO of the fitted guides ({report['settings']['eval_samples']:,}-draw estimate "
+                  f"with probinf's target density; mean ± sd over the {repeats} repeats, each from fresh "
+                  "keys; both `fit` rows train identically, so they coincide):", "", header + " |",
+                  "|---|---:|---:|---:|"]
+        for name in present:
+            if name == "probinf_step_handwritten":
+                continue
+            cells = [f"{configs[c][name]['final_elbo']['mean']:.2f} ± "
+                     f"{configs[c][name]['final_elbo']['sd_over_repeats']:.2f}" for c in _TABLE_CONFIGS]
+            lines.append(f"| {labels[name]} | " + " | ".join(cells) + " |")
+        largest = max(abs(v["z"]) for c in _TABLE_CONFIGS
+                      for v in configs[c]["final_elbo_vs_probinf_step"].values())
+        lines += ["", f"Largest |difference| / standard error against probinf step: {largest:.1f}."]
+        blocks.append("\n".join(lines))
+    return "\n\n".join(blocks) + "\n"
+
+
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--quick", action="store_true", help="few steps, for a smoke test")
@@ -363,7 +417,11 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--no-xla-workaround", action="store_true",
                         help="do not call probinf.xla_cpu_workaround() (the in-process "
                              "libraries then run without its XLA flag)")
+    parser.add_argument("--table", action="store_true", help="print the docs tables of --out and exit")
     args = parser.parse_args(argv)
+    if args.table:
+        print(markdown_table(json.loads(args.out.read_text())), end="")
+        return
     if args.rounds < 7:
         parser.error(f"--rounds: expected >= 7, got {args.rounds}")
     try:

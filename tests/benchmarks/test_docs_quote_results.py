@@ -24,6 +24,7 @@ GENERATED_TABLES = [
     ("pcn.md", "pcn.json", "bench_pcn", "markdown_table"),
     ("amortized.md", "amortized.json", "bench_amortized", "markdown_table"),
     ("pic.md", "pic.json", "bench_pic", "markdown_table"),
+    ("vi-benchmarks.md", "vi.json", "bench_vi", "markdown_table"),
 ]
 
 
