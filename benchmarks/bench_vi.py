@@ -401,7 +401,7 @@ def markdown_table(report: dict) -> str:
                      f"{configs[c][name]['final_elbo']['sd_over_repeats']:.2f}" for c in _TABLE_CONFIGS]
             lines.append(f"| {labels[name]} | " + " | ".join(cells) + " |")
         largest = max(abs(v["z"]) for c in _TABLE_CONFIGS
-                      for v in configs[c]["final_elbo_vs_probinf_step"].values())
+                      for v in configs[c]["final_elbo_vs_probinf_step"].values() if v["z"] is not None)
         lines += ["", f"Largest |difference| / standard error against probinf step: {largest:.1f}."]
         blocks.append("\n".join(lines))
     return "\n\n".join(blocks) + "\n"
