@@ -499,12 +499,15 @@ def _run_chunk(step, state, key, data, start, num_steps, chunk_len, batch_size,
     losses = jnp.full(chunk_len, jnp.nan, info_shape.loss.dtype)
     aux = jtu.tree_map(lambda s: jnp.zeros((chunk_len, *s.shape), s.dtype), info_shape.aux)
 
+    # A non-finite step's loss is written as NaN and the loop stops after it: the condition
+    # reads the last loss. (A separate "first bad step" scalar in the carry, computed from
+    # the step's finite flag, made microsecond-sized steps 1.7x slower on CPU.)
     def keep_going(carry):
-        _, i, bad_step, _, _, _ = carry
-        return (i < num_steps) & (bad_step < 0)
+        _, i, losses, _, _ = carry
+        return (i < num_steps) & ((i == 0) | ~jnp.isnan(losses[jnp.maximum(i - 1, 0)]))
 
     def body(carry):
-        dynamic, i, bad_step, losses, aux, order = carry
+        dynamic, i, losses, aux, order = carry
         t = start + i
         batch, order = batch_at(t, order)
         new_state, info = _apply_step(step, eqx.combine(dynamic, static), keys[i], batch)
@@ -517,13 +520,14 @@ def _run_chunk(step, state, key, data, start, num_steps, chunk_len, batch_size,
             raise TypeError("`step` changed the structure of the state it was given")
         del new_static
         finite = jnp.asarray(info.finite, bool) & jnp.isfinite(info.loss)
-        bad_step = jnp.where(finite, bad_step, t)
-        losses = losses.at[i].set(info.loss)
+        losses = losses.at[i].set(jnp.where(finite, info.loss, jnp.nan))
         aux = jtu.tree_map(lambda buffer, value: buffer.at[i].set(value), aux, info.aux)
-        return new_dynamic, i + 1, bad_step, losses, aux, order
+        return new_dynamic, i + 1, losses, aux, order
 
-    carry = (dynamic, jnp.asarray(0, jnp.int32), jnp.asarray(-1, jnp.int32), losses, aux, order)
-    dynamic, _, bad_step, losses, aux, _ = jax.lax.while_loop(keep_going, body, carry)
+    carry = (dynamic, jnp.asarray(0, jnp.int32), losses, aux, order)
+    dynamic, ran, losses, aux, _ = jax.lax.while_loop(keep_going, body, carry)
+    bad = jnp.isnan(losses) & (jnp.arange(chunk_len) < ran)
+    bad_step = jnp.where(jnp.any(bad), start + jnp.argmax(bad), -1).astype(jnp.int32)
     return eqx.combine(dynamic, static), bad_step, losses, aux
 
 
