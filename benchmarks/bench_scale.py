@@ -66,10 +66,15 @@ from probinf import vi
 fit_module = importlib.import_module("probinf.vi.fit")
 
 try:
-    from benchmarks.results_io import add_debd_arguments, debd_directory, update_results
+    from benchmarks.results_io import (
+        add_debd_arguments,
+        debd_directory,
+        milliseconds,
+        update_results,
+    )
     from benchmarks.timing import compare
 except ModuleNotFoundError:  # run as a script: benchmarks/ itself is on sys.path
-    from results_io import add_debd_arguments, debd_directory, update_results
+    from results_io import add_debd_arguments, debd_directory, milliseconds, update_results
     from timing import compare
 
 OUT = pathlib.Path(__file__).resolve().parent / "results" / "scale.json"
@@ -224,18 +229,13 @@ def accuracy(target, reference_mean, mode, sd, *, control_variate: bool, seed: i
     }
 
 
-def _milliseconds(seconds: float) -> str:
-    ms = seconds * 1e3
-    return f"{ms:.3f} ms" if ms < 1 else f"{ms:.3g} ms"
-
-
 def markdown_table(report: dict) -> str:
     """The time-per-step table of docs/scaling.md, from ``scale.json``."""
     lines = ["| rows $N$ | subsampled step | with control variate | full-data step | "
              "numpyro SVI, subsampled |", "|---|---|---|---|---|"]
     for num_rows, entry in sorted(report["sizes"].items(), key=lambda item: int(item[0])):
         per_step = entry["median_s_per_step"]
-        cells = [f"{int(num_rows):,}"] + [_milliseconds(per_step[name]) for name in (
+        cells = [f"{int(num_rows):,}"] + [f"{milliseconds(per_step[name])} ms" for name in (
             "probinf_subsampled", "probinf_control_variate", "probinf_full_data",
             "numpyro_subsampled")]
         lines.append("| " + " | ".join(cells) + " |")

@@ -42,10 +42,10 @@ import probinf
 from probinf import smc
 
 try:
-    from benchmarks.results_io import update_results
+    from benchmarks.results_io import milliseconds, update_results
     from benchmarks.timing import compare
 except ModuleNotFoundError:  # run as a script: benchmarks/ itself is on sys.path
-    from results_io import update_results
+    from results_io import milliseconds, update_results
     from timing import compare
 
 RESULTS = pathlib.Path(__file__).resolve().parent / "results" / "smc.json"
@@ -369,12 +369,6 @@ def machine():
     }
 
 
-def _ms(seconds: float) -> str:
-    """Milliseconds to three significant figures, thousands separated."""
-    value = 1e3 * seconds
-    return f"{value:,.0f}" if value >= 100 else f"{value:.3g}"
-
-
 def _spread(timing: dict) -> str:
     """The largest relative interquartile range over a comparison's contenders, in percent."""
     return f"{100 * max(c['relative_iqr'] for c in timing['contenders'].values()):.0f} %"
@@ -391,8 +385,8 @@ def markdown_table(report: dict) -> str:
     for name in ("probinf", "probinf_tuned", "blackjax"):
         row = rows[name]
         lines.append("| " + " | ".join([
-            f"`{name}`", f"{_ms(row['median_s'])} ms", f"{np.mean(row['num_stages']):.1f}",
-            f"{_ms(row['median_s_per_stage'])} ms", f"{row['median_s'] / peer['median_s']:.2f}",
+            f"`{name}`", f"{milliseconds(row['median_s'])} ms", f"{np.mean(row['num_stages']):.1f}",
+            f"{milliseconds(row['median_s_per_stage'])} ms", f"{row['median_s'] / peer['median_s']:.2f}",
             f"{row['median_s_per_stage'] / peer['median_s_per_stage']:.2f}",
             f"{row['log_z_error_vs_reference']:+.3f}", f"{row['log_z_rmse_vs_reference']:.3f}",
             f"{row['log_z_sd']:.3f}"]) + " |")
@@ -403,17 +397,17 @@ def markdown_table(report: dict) -> str:
         peer_s = row["blackjax_resampling_scan"]["median_s"]
         lines.append("| " + " | ".join([
             f"{row['num_particles']:,}", f"{row['num_steps']:,}",
-            _ms(row["probinf_always_resample"]["median_s"]),
-            _ms(row["probinf_always_resample_in_jit"]["median_s"]), _ms(peer_s),
+            milliseconds(row["probinf_always_resample"]["median_s"]),
+            milliseconds(row["probinf_always_resample_in_jit"]["median_s"]), milliseconds(peer_s),
             f"{row['probinf_always_resample']['median_s'] / peer_s:.2f}",
             f"{row['probinf_always_resample_in_jit']['median_s'] / peer_s:.2f}",
-            _ms(row["probinf_ess_0.5"]["median_s"]), _ms(row["probinf_ess_0.5_in_jit"]["median_s"]),
+            milliseconds(row["probinf_ess_0.5"]["median_s"]), milliseconds(row["probinf_ess_0.5_in_jit"]["median_s"]),
             _spread(row["timing"])]) + " |")
     lines += ["", "| T (Kalman) | sequential (ms) | parallel (ms) | parallel / sequential | "
               "max difference of smoothed means | spread (IQR) |", "|---:|---:|---:|---:|---:|---:|"]
     for row in report["kalman_parallel_vs_sequential"]["rows"]:
         lines.append("| " + " | ".join([
-            f"{row['num_steps']:,}", _ms(row["sequential"]["median_s"]), _ms(row["parallel"]["median_s"]),
+            f"{row['num_steps']:,}", milliseconds(row["sequential"]["median_s"]), milliseconds(row["parallel"]["median_s"]),
             f"{row['time_ratio_parallel_over_sequential']:.2f}",
             f"{row['max_abs_difference_smoothed_means']:.1e}", _spread(row["timing"])]) + " |")
     return "\n".join(lines) + "\n"

@@ -20,12 +20,19 @@ from pathlib import Path
 from typing import Any
 
 __all__ = ["DEFAULT_DATA", "DATA_ENV", "data_file", "debd_directory", "default_data_dir",
-           "json_safe", "posteriordb_directory", "update_results", "write_results"]
+           "json_safe", "milliseconds", "posteriordb_directory", "update_results", "write_results"]
 
 REPO = Path(__file__).resolve().parents[1]
 # The development checkout keeps reference data beside the repository; users pass --data.
 DEFAULT_DATA = REPO.parent / "shared" / "data"
 DATA_ENV = "PROBINF_SHARED_DATA"
+
+
+def milliseconds(seconds: float) -> str:
+    """Seconds as milliseconds for the docs tables: three significant figures below 100 ms,
+    whole milliseconds with thousands separators from there (no unit)."""
+    value = 1e3 * seconds
+    return f"{value:,.0f}" if value >= 100 else f"{value:.3g}"
 
 
 def default_data_dir() -> Path:
