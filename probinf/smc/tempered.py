@@ -414,6 +414,8 @@ def _run_stages(state: _State, key, target, reference, temperatures, stop_stage,
             jax.random.fold_in(key, s.stage), s.filter, s.stage, _Stage(log_potential, transition),
             resampling=options.resampling, ess_threshold=1.0,
             num_ancestors=num_starts if chain_length else None, sharding=sharding)
+        # The kernel returns only the weights, so lambda' is chosen again from the same moved
+        # cloud (a deterministic bisection over n numbers: negligible next to the moves).
         new_temperature = next_temperature(new_filter.particles).astype(temperature.dtype)
         acceptance_rate = jnp.mean(new_filter.particles.acceptance)
         step_size = s.step_size
