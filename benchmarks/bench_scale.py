@@ -253,8 +253,8 @@ def em_worker(directory: str | None, name: str) -> None:
     import circuits
 
     split = circuits.load_debd(name, directory)
-    key_tree, key_init, key_em = jax.random.split(jax.random.key(EM_SETTINGS["seed"]), 3)
-    graph = circuits.hclt(split["train"], key=key_tree)
+    _, key_init, key_em = jax.random.split(jax.random.key(EM_SETTINGS["seed"]), 3)  # the recorded runs drew hclt trees with the first
+    graph = circuits.hclt(split["train"])
     circuit = circuits.compile_circuit(graph, circuits.Bernoulli(), EM_SETTINGS["latent"], "cp",
                                        key=key_init, data=split["train"])
     mesh = Mesh(np.array(jax.devices()), ("data",))

@@ -38,7 +38,7 @@ import optax
 
 from circuits.circuit import Circuit, compile_circuit, root_value, upward
 from circuits.inputs import Bernoulli, Categorical
-from circuits.region_graph import RegionGraph, chow_liu_tree
+from circuits.region_graph import RegionGraph, chow_liu_trees
 from probinf import train as engine
 from probinf.validation import check_key, check_positive_int
 
@@ -448,7 +448,7 @@ class _MaterialisedValidation:
 
 
 def _train(step, state, x, *, data, batch_size, num_epochs, key, valid, validate, keep_best,
-           patience, progress, desc, sharding=None):
+           patience, progress, desc, sharding=None, time_limit=None, patience_rule="best"):
     """Run ``step`` for ``num_epochs`` on `probinf.train`'s driver; the circuits' result pieces.
 
     Returns ``(params, train_ll, valid_ll, stop_reason, seconds)``: per-epoch mean train
@@ -463,7 +463,8 @@ def _train(step, state, x, *, data, batch_size, num_epochs, key, valid, validate
         validate=validate if with_valid else None,
         validation_data=_batches(valid, min(1024, valid.shape[0])) if with_valid else None,
         validate_every=steps_per_epoch if with_valid else None,
-        patience=patience if with_valid else None,
+        patience=patience if with_valid else None, patience_rule=patience_rule,
+        stop_rule=time_limit,
         progress=progress, warn=False, name=desc, sharding=sharding,
     )
     epochs_done = result.num_steps // steps_per_epoch
@@ -475,12 +476,27 @@ def _train(step, state, x, *, data, batch_size, num_epochs, key, valid, validate
                        f"{result.nonfinite_step}): the log-likelihood or a parameter became "
                        "non-finite; kept the parameters before that step")
     elif result.stop_reason == "early_stopping":
+        how = ("fell in each of the last" if patience_rule == "successive"
+               else "did not improve on its best for")
         stop_reason = (f"early stop after epoch {epochs_done - 1}: the validation "
-                       f"log-likelihood did not improve for {patience} epochs")
+                       f"log-likelihood {how} {patience} epochs")
+    elif result.stop_reason == engine.TimeLimit.reason:
+        stop_reason = (f"time limit of {time_limit.seconds:g} s reached after {epochs_done} "
+                       f"epochs ({result.num_steps} steps)")
     else:
         stop_reason = result.stop_reason
     params = result.params if (keep_best and with_valid and len(valid_ll)) else result.state.params
     return params, train_ll, valid_ll, stop_reason, result.seconds
+
+
+def _time_limit(max_seconds):
+    """``max_seconds`` as a `probinf.train.TimeLimit` (started now), or None."""
+    if max_seconds is None or isinstance(max_seconds, engine.TimeLimit):
+        return max_seconds
+    try:
+        return engine.TimeLimit(max_seconds)
+    except ValueError:
+        raise ValueError(f"`max_seconds` must be a positive finite number, got {max_seconds!r}") from None
 
 
 _SCHEDULES = ("linear", "cosine")
@@ -573,8 +589,10 @@ def em(
     valid=None,
     keep_best: bool = True,
     patience: int | None = None,
+    patience_rule: str = "best",
     progress: bool | None = None,
     sharding: jax.sharding.Mesh | None = None,
+    max_seconds: float | engine.TimeLimit | None = None,
 ) -> TrainResult:
     """Fit a normalised circuit by EM (see the module docstring), optionally regularised.
 
@@ -618,11 +636,16 @@ def em(
         keep_best: return the parameters with the best validation log-likelihood.
         patience: with ``valid``, stop once the validation log-likelihood has not
             improved on its best for ``patience`` epochs; ``None``: never.
+        patience_rule: ``"best"`` (as above) or ``"successive"``: stop once it has fallen
+            in each of ``patience`` epochs in a row (`probinf.train.run`).
         progress: show a progress bar (default: when on a terminal).
         sharding: a `jax.sharding.Mesh` for data-parallel EM, the circuit replicated: each
             mini-batch's rows split over the mesh's first axis (``batch_size`` a multiple
             of its size), or in full-batch EM every chunk of rows; the expected counts are
             summed across devices by all-reduces (`probinf.train.run`).
+        max_seconds: a wall-clock budget: training stops at the first chunk of steps that
+            ends past it (`probinf.train.TimeLimit`; pass one to share its budget between
+            calls). ``None``: no limit.
 
     Returns:
         A :class:`TrainResult`. With softening, ``train_log_likelihood`` is the
@@ -652,6 +675,7 @@ def em(
         raise ValueError(f"`entropy_reg` must be a finite number >= 0, got {entropy_reg!r}")
     if patience is not None:
         patience = check_positive_int(patience, "patience")
+    time_limit = _time_limit(max_seconds)
     x = _prepare_data(circuit, data, "data")
     valid_x = None if valid is None else _prepare_data(circuit, valid, "valid")
     pseudocount = float(pseudocount)
@@ -689,7 +713,7 @@ def em(
         step, state, x, data=data, batch_size=batch_size, num_epochs=num_epochs, key=key,
         valid=valid_x, validate=_validation_loss, keep_best=keep_best, patience=patience,
         progress=progress, desc="EM" if batch_size is None else "mini-batch EM",
-        sharding=sharding)
+        sharding=sharding, time_limit=time_limit, patience_rule=patience_rule)
     return _result(params, x, train_ll, valid_ll, stop_reason, seconds)
 
 
@@ -706,32 +730,32 @@ def _result(circuit, x, train_ll, valid_ll, stop_reason, seconds) -> TrainResult
 
 
 # ----------------------------------------------------------------- recipe
-def hclt(data, *, num_trees: int = 1, key=None, num_categories: int | None = None) -> RegionGraph:
+def hclt(data, *, num_trees: int = 1, num_candidates: int = 20,
+         num_categories: int | None = None) -> RegionGraph:
     """A hidden Chow–Liu tree region graph, or a mixture of ``num_trees`` of them.
 
-    Tree 1 is the Chow–Liu tree of ``data`` (:func:`circuits.chow_liu_tree`); trees
-    2.. are those of bootstrap resamples of ``data`` (drawn with ``key``). All trees
-    share the root region (every variable), which mixes their root partitions, and
-    any region with the same scope (every single variable at least), so the
-    circuit is one smooth, decomposable mixture of HCLTs. Liu & Van den Broeck
-    (NeurIPS 2021) mix 4 HCLTs built on 4 of the 20 best spanning trees of the
-    mutual-information graph; bootstrap trees are the simpler way to vary them here.
+    As in the released code of Liu & Van den Broeck ("Tractable Regularization of
+    Probabilistic Circuits", NeurIPS 2021): the ``num_candidates`` spanning trees of
+    largest total mutual information are ranked (:func:`circuits.chow_liu_trees`) and
+    ``num_trees`` of them are taken at evenly spaced ranks, from the best to the last
+    candidate (their 4 of 20: ranks 1, 7, 14, 20). One tree is the Chow–Liu tree. All
+    trees share the root region (every variable), which mixes their root partitions,
+    and any region with the same scope (every single variable at least), so the
+    circuit is one smooth, decomposable mixture of HCLTs.
 
     Raises:
-        ValueError: naming ``num_trees`` or ``key`` when invalid (see also
+        ValueError: naming ``num_trees`` or ``num_candidates`` when invalid (see also
             :func:`circuits.chow_liu_tree` for ``data``).
     """
     num_trees = check_positive_int(num_trees, "num_trees")
+    num_candidates = check_positive_int(num_candidates, "num_candidates")
+    if num_candidates < num_trees:
+        raise ValueError(f"`num_candidates` ({num_candidates}) must be >= `num_trees` ({num_trees})")
     data = np.asarray(data)
-    graphs = [chow_liu_tree(data, num_categories)]
-    if num_trees > 1:
-        if key is None:
-            raise ValueError("`key` is required for num_trees > 1 (bootstrap resamples)")
-        for k in jax.random.split(key, num_trees - 1):
-            rows = np.asarray(jax.random.randint(k, (data.shape[0],), 0, data.shape[0]))
-            categories = num_categories if num_categories is not None else int(data.max()) + 1
-            graphs.append(chow_liu_tree(data[rows], categories))
-    if num_trees == 1:
+    candidates = chow_liu_trees(data, num_candidates if num_trees > 1 else 1, num_categories)
+    ranks = sorted({int(np.floor(r + 0.5)) for r in np.linspace(0, len(candidates) - 1, num_trees)})
+    graphs = [candidates[r] for r in ranks]
+    if len(graphs) == 1:
         return graphs[0]
     index: dict[tuple[int, ...], int] = {}
     partitions: dict[tuple, None] = {}
@@ -758,7 +782,8 @@ def fit_debd(
     minibatch_epochs: int = 100,
     fullbatch_epochs: int = 100,
     step_size=("linear", 0.9, 0.1),
-    patience: int | None = 3,
+    patience: int | None = 4,
+    max_seconds: float | None = None,
     progress: bool | None = None,
 ) -> tuple[Circuit, TrainResult]:
     """The project's recipe for discrete density estimation (DEBD-style binary data).
@@ -779,14 +804,14 @@ def fit_debd(
     the entropy penalty ``entropy_reg`` (``tau``), see :func:`em`: each phase
     maximises ``sum_rows log sum_x prod_i w_i(x_i) p(x) + tau N R(theta)`` with the
     pseudocount ``alpha`` per child (the authors spread theirs over the children).
-    With ``valid``, each phase stops once the validation log-likelihood has not
-    improved on its best for ``patience`` epochs, and the best parameters on ``valid``
-    are returned.
+    With ``valid``, each phase stops once the validation log-likelihood has fallen in
+    ``patience`` epochs in a row (the authors stop at the fourth successive fall), and the
+    full-batch phase returns its best parameters on ``valid``.
 
     Args:
         train: ``(N, V)`` integer data (binary: Bernoulli inputs; else Categorical).
         valid: optional validation data (early stopping and model selection).
-        key: PRNG key (bootstrap trees, initial parameters, mini-batch shuffling).
+        key: PRNG key (initial parameters, mini-batch shuffling).
         latent: units per CP layer (the hidden variables' states).
         num_trees: hidden Chow-Liu trees in the mixture.
         pseudocount: ``alpha`` added to every expected count.
@@ -796,8 +821,11 @@ def fit_debd(
         minibatch_epochs: most epochs of the mini-batch phase.
         fullbatch_epochs: most epochs of the full-batch phase.
         step_size: the mini-batch phase's step size or schedule (see :func:`em`).
-        patience: epochs without a better validation likelihood that end a phase (None:
-            never).
+        patience: successive falls of the validation likelihood that end a phase
+            (``None``: never).
+        max_seconds: one wall-clock budget for both phases, structure learning included
+            (`probinf.train.TimeLimit`); when the mini-batch phase spends it, the
+            full-batch phase still runs its first epoch (``None``: no limit).
         progress: show progress bars (default: when on a terminal).
 
     Returns:
@@ -806,6 +834,7 @@ def fit_debd(
     """
     check_key(key)
     latent = check_positive_int(latent, "latent")
+    time_limit = _time_limit(max_seconds)
     data = np.asarray(train)
     if data.ndim != 2:
         raise ValueError(f"`train` must be (num_samples, num_variables), got shape {data.shape}")
@@ -814,11 +843,12 @@ def fit_debd(
     if values is not None and values.size:
         num_values = max(num_values, int(values.max()) + 1)
     layer = Bernoulli() if num_values <= 2 else Categorical(num_values)
-    key_tree, key_init, key_mini = jax.random.split(key, 3)
-    graph = hclt(data, num_trees=num_trees, key=key_tree, num_categories=max(num_values, 2))
+    key_init, key_mini = jax.random.split(key)
+    graph = hclt(data, num_trees=num_trees, num_categories=max(num_values, 2))
     circuit = compile_circuit(graph, layer, latent, "cp", key=key_init, data=data)
     common = dict(pseudocount=pseudocount, softening=softening, soften_towards="marginal",
-                  entropy_reg=entropy_reg, valid=valid, patience=patience, progress=progress)
+                  entropy_reg=entropy_reg, valid=valid, patience=patience,
+                  patience_rule="successive", progress=progress, max_seconds=time_limit)
     results = []
     if minibatch_epochs:
         results.append(em(circuit, data, num_epochs=minibatch_epochs, batch_size=batch_size,

@@ -20,12 +20,14 @@ A violation raises :class:`ValueError` naming the offending region.
 Builders: :func:`random_binary_tree` (RAT-SPN, Peharz et al. 2019),
 :func:`quad_tree` and :func:`quad_graph` (images; Mari, Vessio & Vergari 2023),
 :func:`chow_liu_tree` (the hidden Chow–Liu tree of Liu & Van den Broeck 2021, with
-the tree learned from data by Chow & Liu 1968) and :func:`linear_chain` (an HMM-like
+the tree learned from data by Chow & Liu 1968), :func:`chow_liu_trees` (the best few
+such trees) and :func:`linear_chain` (an HMM-like
 chain).
 """
 
 from __future__ import annotations
 
+import heapq
 from collections.abc import Sequence
 from dataclasses import dataclass
 
@@ -41,6 +43,7 @@ __all__ = [
     "quad_tree",
     "quad_graph",
     "chow_liu_tree",
+    "chow_liu_trees",
     "linear_chain",
 ]
 
@@ -414,6 +417,28 @@ def chow_liu_tree(
             which minimises its height and so the number of folded stages).
         pseudocount: added to every pairwise count before computing mutual information.
     """
+    return chow_liu_trees(data, 1, num_categories, root, pseudocount)[0]
+
+
+def chow_liu_trees(
+    data,
+    num_trees: int,
+    num_categories: int | None = None,
+    root: int | None = None,
+    pseudocount: float = 0.01,
+) -> list[RegionGraph]:
+    """The ``num_trees`` spanning trees of largest total mutual information, best first.
+
+    Each tree becomes a hidden Chow–Liu tree region graph as in :func:`chow_liu_tree`
+    (whose tree is the first). The trees are enumerated in order of weight by Lawler's
+    partition scheme for ranked spanning trees (Gabow 1977; Yamada, Kataoka & Watanabe,
+    "Listing all the minimum spanning trees in an undirected graph", 2010), as in the
+    released code of Liu & Van den Broeck (NeurIPS 2021), which mixes HCLTs on several
+    of them. Fewer trees come back when the graph has fewer spanning trees.
+
+    Args: as :func:`chow_liu_tree`, and ``num_trees``, how many trees to return.
+    """
+    num_trees = _check_positive(num_trees, "num_trees", 1)
     data = np.asarray(data)
     if data.ndim != 2 or data.shape[0] < 1 or data.shape[1] < 2:
         raise ValueError(f"`data` must be (num_samples, num_variables>=2), got shape {data.shape}")
@@ -433,22 +458,103 @@ def chow_liu_tree(
     num_variables = data.shape[1]
     if root is not None and not 0 <= root < num_variables:
         raise ValueError(f"`root` must be a variable in 0..{num_variables - 1}, got {root}")
-
     mi = _mutual_information(data, num_categories, pseudocount)
-    # Prim's algorithm for the maximum spanning tree.
-    edges: dict[int, list[int]] = {v: [] for v in range(num_variables)}
+    graphs = []
+    for tree in _best_spanning_trees(mi, num_trees):
+        edges: dict[int, list[int]] = {v: [] for v in range(num_variables)}
+        for u, v in tree:
+            edges[u].append(v)
+            edges[v].append(u)
+        graphs.append(_rooted_tree_region_graph(num_variables, edges, root))
+    return graphs
+
+
+def _maximum_spanning_tree(weights: np.ndarray) -> frozenset[tuple[int, int]]:
+    """Prim's algorithm on a dense symmetric weight matrix; edges as ``(low, high)`` pairs."""
+    num_variables = weights.shape[0]
     in_tree = np.zeros(num_variables, bool)
     in_tree[0] = True
-    best = mi[0].copy()
+    best = weights[0].copy()
     best_from = np.zeros(num_variables, int)
+    tree = []
     for _ in range(num_variables - 1):
         v = int(np.argmax(np.where(in_tree, -np.inf, best)))
         in_tree[v] = True
-        edges[v].append(int(best_from[v]))
-        edges[int(best_from[v])].append(v)
-        better = mi[v] > best
-        best = np.where(better, mi[v], best)
+        u = int(best_from[v])
+        tree.append((min(u, v), max(u, v)))
+        better = weights[v] > best
+        best = np.where(better, weights[v], best)
         best_from = np.where(better, v, best_from)
+    return frozenset(tree)
+
+
+def _best_spanning_trees(weights: np.ndarray, k: int) -> list[frozenset[tuple[int, int]]]:
+    """The ``k`` maximum-weight spanning trees of a complete graph, best first.
+
+    Lawler's partition: the best tree of a subproblem (edges forced in, edges forced out)
+    is popped from a queue, and split into subproblems that each exclude one more of its
+    free edges while forcing in the free edges before it. The best tree of such a
+    subproblem is the popped tree with that edge swapped for the heaviest allowed edge
+    across the cut it leaves (one exchange suffices on a graphic matroid), so each costs
+    one pass over a cut instead of a new spanning-tree search.
+    """
+    total = lambda tree: float(sum(weights[u, v] for u, v in tree))
+    first = _maximum_spanning_tree(weights)
+    queue = [(-total(first), 0, first, frozenset(), frozenset())]
+    found, pushed = [], 1
+    while queue and len(found) < k:
+        _, _, tree, forced_in, forced_out = heapq.heappop(queue)
+        found.append(tree)
+        if len(found) == k:
+            break
+        adjacency: dict[int, list[int]] = {}
+        for u, v in tree:
+            adjacency.setdefault(u, []).append(v)
+            adjacency.setdefault(v, []).append(u)
+        now_in = set(forced_in)
+        for edge in sorted(tree - forced_in):
+            excluded = forced_out | {edge}
+            swap = _best_replacement(weights, adjacency, edge, excluded)
+            if swap is not None:
+                new_tree = (tree - {edge}) | {swap}
+                heapq.heappush(queue, (-total(new_tree), pushed, new_tree, frozenset(now_in), excluded))
+                pushed += 1
+            now_in.add(edge)
+    return found
+
+
+def _best_replacement(weights, adjacency, edge, excluded) -> tuple[int, int] | None:
+    """The heaviest edge outside ``excluded`` that reconnects the tree cut at ``edge``."""
+    u, v = edge
+    side, stack = {u}, [u]  # the component of u once the edge is removed
+    while stack:
+        a = stack.pop()
+        for b in adjacency[a]:
+            if b not in side and (a, b) not in (edge, edge[::-1]):
+                side.add(b)
+                stack.append(b)
+    inside = np.zeros(weights.shape[0], bool)
+    inside[list(side)] = True
+    rows, cols = np.flatnonzero(inside), np.flatnonzero(~inside)
+    cut = weights[np.ix_(rows, cols)].copy()
+    position = {int(c): j for j, c in enumerate(cols)}
+    row_of = {int(r): i for i, r in enumerate(rows)}
+    for a, b in excluded:
+        if a in row_of and b in position:
+            cut[row_of[a], position[b]] = -np.inf
+        elif b in row_of and a in position:
+            cut[row_of[b], position[a]] = -np.inf
+    flat = int(np.argmax(cut))
+    i, j = divmod(flat, cut.shape[1])
+    if not np.isfinite(cut[i, j]):
+        return None
+    a, b = int(rows[i]), int(cols[j])
+    return (min(a, b), max(a, b))
+
+
+def _rooted_tree_region_graph(num_variables: int, edges: dict[int, list[int]],
+                              root: int | None) -> RegionGraph:
+    """The HCLT region graph of an undirected tree, oriented away from ``root`` (default: a centre)."""
     if root is None:
         root = _tree_centre(edges)
     children: dict[int, list[int]] = {v: [] for v in range(num_variables)}

@@ -65,6 +65,7 @@ __all__ = [
     "DEFAULT_OPTIMIZER",
     "GradientStep",
     "StepInfo",
+    "TimeLimit",
     "TrainResult",
     "TrainState",
     "IterateAverageState",
@@ -236,6 +237,37 @@ def fluctuates(state: IterateAverageState, params: Any) -> bool:
 
     params = eqx.filter(params, eqx.is_inexact_array)
     return squared(params, state.average) > squared(state.average, state.slow_average)
+
+
+class TimeLimit:
+    """A stopping rule for `run` (``stop_rule=``): stop once ``seconds`` of wall-clock time
+    have passed since the rule was made.
+
+    It is checked after each compiled chunk, so a run may overshoot by one chunk (about
+    `CHUNK_SECONDS`, or one step when a step takes longer). One instance can be passed to
+    consecutive runs so that they share a single budget. Where a run stops then depends on
+    the machine's speed: results are reproducible only when the limit is not reached.
+
+    Raises:
+        ValueError: if ``seconds`` is not a positive finite number.
+    """
+
+    reason = "time_limit"
+
+    def __init__(self, seconds: float):
+        if isinstance(seconds, bool) or not isinstance(seconds, (int, float)) \
+                or not math.isfinite(seconds) or seconds <= 0:
+            raise ValueError(f"`seconds` must be a positive finite number, got {seconds!r}")
+        self.seconds = float(seconds)
+        self.deadline = time.perf_counter() + self.seconds
+
+    @property
+    def remaining(self) -> float:
+        """Seconds left before the limit (negative once it has passed)."""
+        return self.deadline - time.perf_counter()
+
+    def update(self, losses: np.ndarray) -> int | None:
+        return len(losses) if self.remaining <= 0 else None
 
 
 def _split_loss(output) -> tuple[jax.Array, Any]:
@@ -638,6 +670,7 @@ def run(
     validate_every: int | None = None,
     patience: int | None = None,
     min_delta: float = 0.0,
+    patience_rule: str = "best",
     stop_rule: Any = None,
     checkpoint: str | os.PathLike | None = None,
     checkpoint_every: int | None = None,
@@ -678,13 +711,15 @@ def run(
     ``validate_every`` steps (default: one epoch with minibatches, else 100 steps).
     ``best_state`` keeps the state with the lowest value; with ``patience``, training stops
     (``"early_stopping"``) after that many validations in a row that did not improve on the
-    best by more than ``min_delta``.
+    best by more than ``min_delta`` (``patience_rule="best"``), or, with
+    ``patience_rule="successive"``, after that many validations in a row that each rose
+    above the one before (Prechelt's $UP_s$ criterion with $s$ = ``patience``).
 
     **Stopping rules.** ``stop_rule`` is any object with ``update(losses) -> int | None``,
     fed each chunk's losses (a NumPy array) in order; when it returns ``k`` the run keeps
     the state after the first ``k`` of those steps and stops with ``stop_reason`` equal to
     the rule's ``reason`` attribute (default ``"converged"``). `probinf.vi.convergence`'s
-    ``ConvergenceMonitor`` is one.
+    ``ConvergenceMonitor`` is one; `TimeLimit` stops on a wall-clock budget.
 
     **Data-parallel training.** With ``sharding=mesh`` (a `jax.sharding.Mesh`; its first
     axis is the data axis) the parameters and optimizer state are replicated on every device
@@ -723,7 +758,8 @@ def run(
         validation_data: the second argument of ``validate``.
         validate_every: steps between validations.
         patience: validations without improvement before stopping (needs ``validate``).
-        min_delta: the improvement that counts, for ``patience``.
+        min_delta: the improvement that counts, for ``patience`` with the ``"best"`` rule.
+        patience_rule: ``"best"`` or ``"successive"`` (see above).
         stop_rule: a host-side stopping rule (see above), or ``None``.
         checkpoint: file to write checkpoints to (and to resume from).
         checkpoint_every: steps between checkpoints (default: only at the end).
@@ -791,6 +827,8 @@ def run(
             "validate_every")
     if patience is not None:
         patience = check_positive_int(patience, "patience")
+    if patience_rule not in ("best", "successive"):
+        raise ValueError(f"`patience_rule` must be 'best' or 'successive', got {patience_rule!r}")
     if isinstance(min_delta, bool) or not (isinstance(min_delta, (int, float)) and 0 <= min_delta < math.inf):
         raise ValueError(f"`min_delta` must be a non-negative number, got {min_delta!r}")
     if stop_rule is not None and not callable(getattr(stop_rule, "update", None)):
@@ -922,19 +960,24 @@ def run(
     with progress_bar(total=end - first_step, enabled=progress, desc=name,
                       initial=start - first_step) as bar:
         try:
-            while stop_reason == "completed":
+            # A state the run ends on is validated too when it falls on a validation step
+            # (so `best_state` can be the last state after a stop rule or a non-finite step).
+            while True:
                 if validation_due():
                     value = float(_evaluate(validate, state.params, validation_data))
                     validation_steps.append(start)
                     validation_losses.append(value)
-                    waited = 0 if value < best_value - min_delta else waited + 1
+                    if patience_rule == "best":
+                        waited = 0 if value < best_value - min_delta else waited + 1
+                    else:
+                        waited = waited + 1 if len(validation_losses) > 1 and value > validation_losses[-2] else 0
                     if value < best_value:
                         best_state, best_value, best_step = state, value, start
                     ran = True
-                    if patience is not None and waited >= patience:
+                    if patience is not None and waited >= patience and stop_reason == "completed":
                         stop_reason = "early_stopping"
                         break
-                if start >= end:
+                if start >= end or stop_reason != "completed":
                     break
                 if path is not None and checkpoint_every is not None and start % checkpoint_every == 0 \
                         and start != saved_at:

@@ -219,6 +219,23 @@ def test_early_stopping_on_a_known_validation_sequence():
     assert float(result.state.params) == 12.0 and result.num_steps == 12
 
 
+def test_successive_patience_stops_after_that_many_rises_in_a_row():
+    """Values 5, 4, 4.5, 4.2, 4.4, 4.6, 4.8, ...: rises at 6 (reset by the fall at 8), then at 10,
+    12, 14: three in a row stop the run at step 14 (Prechelt's UP_3); the best is still step 4."""
+    table = jnp.full(100, 9.0).at[jnp.arange(2, 16, 2)].set(
+        jnp.array([5.0, 4.0, 4.5, 4.2, 4.4, 4.6, 4.8]))
+    state = train.TrainState(jnp.asarray(0.0), None, jnp.asarray(0, jnp.int32))
+    result = train.run(Counter(), state, jax.random.key(0), steps=90, validate=scripted_validation,
+                       validation_data=table, validate_every=2, patience=3,
+                       patience_rule="successive", progress=False)
+    assert result.stop_reason == "early_stopping"
+    np.testing.assert_array_equal(result.validation_steps, [2, 4, 6, 8, 10, 12, 14])
+    assert result.best_step == 4 and float(result.state.params) == 14.0
+    with pytest.raises(ValueError, match="`patience_rule`"):
+        train.run(Counter(), state, jax.random.key(0), steps=9, validate=scripted_validation,
+                  validation_data=table, patience=3, patience_rule="up")
+
+
 class StopAfter:
     """A stopping rule: stop once 23 losses have been seen, keeping exactly 23 steps."""
 
@@ -240,6 +257,40 @@ def test_stop_rule_keeps_the_state_at_the_step_it_names():
                        chunk_size=10, progress=False)
     assert result.stop_reason == "enough" and result.num_steps == 23
     assert float(result.state.params) == 23.0 and int(result.state.step) == 23
+
+
+def test_a_state_a_stop_rule_ends_on_is_validated_and_can_be_the_best():
+    """Stopped at step 24 (chunks of 8 from 0, the rule keeps all of 16..24): the validations
+    every 4 steps include step 24, whose value is the best of the table."""
+    table = jnp.full(100, 9.0).at[24].set(1.0)
+    state = train.TrainState(jnp.asarray(0.0), None, jnp.asarray(0, jnp.int32))
+
+    class StopAt24:
+        reason = "enough"
+
+        def update(self, losses):
+            self.seen = getattr(self, "seen", 0) + len(losses)
+            return len(losses) if self.seen >= 24 else None
+
+    result = train.run(Counter(), state, jax.random.key(0), steps=90, validate=scripted_validation,
+                       validation_data=table, validate_every=4, stop_rule=StopAt24(), chunk_size=8,
+                       progress=False)
+    assert result.stop_reason == "enough" and result.num_steps == 24
+    np.testing.assert_array_equal(result.validation_steps, [4, 8, 12, 16, 20, 24])
+    assert result.best_step == 24 and float(result.params) == 24.0
+
+
+def test_time_limit_stops_after_the_chunk_that_spends_it():
+    state = train.TrainState(jnp.asarray(0.0), None, jnp.asarray(0, jnp.int32))
+    limit = train.TimeLimit(1e-9)  # already spent when the first chunk ends
+    assert limit.remaining < 0
+    result = train.run(Counter(), state, jax.random.key(0), steps=90, stop_rule=limit, chunk_size=5,
+                       progress=False)
+    assert result.stop_reason == "time_limit" and result.num_steps == 5
+    assert train.TimeLimit(60).update(np.zeros(3)) is None
+    for bad in (0, -1.0, float("nan"), float("inf"), True, "10"):
+        with pytest.raises(ValueError, match="`seconds`"):
+            train.TimeLimit(bad)
 
 
 def _options(**extra):

@@ -159,7 +159,7 @@ def test_regularisers_off_by_default_reproduce_plain_em(nltcs):
 
 def test_hclt_mixture_is_a_valid_mixture_of_trees(nltcs):
     data = nltcs["train"][:500]
-    graph = circuits.hclt(data, num_trees=3, key=jax.random.key(0))
+    graph = circuits.hclt(data, num_trees=3, num_candidates=5)
     root = graph.regions[graph.root]
     assert len(root) == data.shape[1]
     root_partitions = [p for p in graph.partitions if p.region == graph.root]
@@ -182,7 +182,20 @@ def test_fit_debd_on_nltcs_raises_the_train_likelihood(nltcs):
         circuits.average_log_likelihood(circuit, nltcs["valid"][:200]), abs=1e-5)
 
 
+def test_fit_debd_time_limit_ends_both_phases_and_keeps_the_best_validated_circuit(nltcs):
+    """A budget spent before training: each phase runs one chunk (mini-batch EM's first step,
+    full-batch EM's first epoch) and stops; the full-batch epoch is validated and returned."""
+    circuit, result = circuits.fit_debd(nltcs["train"][:1000], nltcs["valid"][:200],
+                                        key=jax.random.key(0), latent=3, num_trees=2,
+                                        batch_size=100, max_seconds=1e-9, progress=False)
+    assert result.stop_reason.count("time limit") == 2, result.stop_reason
+    assert result.num_epochs == 1 and len(result.valid_log_likelihood) == 1
+    assert result.valid_log_likelihood[-1] == pytest.approx(
+        circuits.average_log_likelihood(circuit, nltcs["valid"][:200]), abs=1e-5)
+
+
 @pytest.mark.parametrize("kwargs, name", [
+    (dict(max_seconds=0), "max_seconds"), (dict(max_seconds=float("nan")), "max_seconds"),
     (dict(softening=0.5), "softening"), (dict(softening=-0.1), "softening"),
     (dict(entropy_reg=-1.0), "entropy_reg"), (dict(entropy_reg=float("inf")), "entropy_reg"),
     (dict(step_size=("exp", 0.9, 0.1)), "step_size"),

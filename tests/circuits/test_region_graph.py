@@ -97,25 +97,44 @@ def test_chow_liu_tree_maximises_total_mutual_information():
     assert_valid(graph)
     edges = _tree_edges(graph)
     mi = _mutual_information(data)
-    # Brute force over all 125 labelled trees on 5 nodes (Pruefer sequences).
-    best = -np.inf
-    for sequence in itertools.product(range(5), repeat=3):
-        degree = [1] * 5
-        for s in sequence:
-            degree[s] += 1
-        tree, seq = [], list(sequence)
-        for s in seq:
-            leaf = min(i for i in range(5) if degree[i] == 1)
-            tree.append((leaf, s))
-            degree[leaf] -= 1
-            degree[s] -= 1
-        u, w = [i for i in range(5) if degree[i] == 1]
-        tree.append((u, w))
-        best = max(best, sum(mi[a, b] for a, b in tree))
+    best = max(sum(mi[a, b] for a, b in tree) for tree in _labelled_trees(5))
     ours = sum(mi[tuple(e)] for e in map(tuple, edges))
     assert len(edges) == 4
     assert ours == pytest.approx(best, rel=1e-9)
     assert edges == {frozenset(e) for e in [(0, 2), (2, 4), (4, 1), (1, 3)]}
+
+
+def test_chow_liu_trees_are_the_best_spanning_trees_in_order():
+    """The 15 best of the 125 labelled trees on 5 nodes, ranked by total mutual information."""
+    rng = np.random.default_rng(1)
+    data = (rng.random((300, 5)) < 0.5).astype(int)
+    data[:, 3] = np.where(rng.random(300) < 0.3, 1 - data[:, 1], data[:, 1])
+    mi = _mutual_information(data)
+    ranked = sorted(_labelled_trees(5), key=lambda tree: -sum(mi[a, b] for a, b in tree))
+    graphs = circuits.chow_liu_trees(data, 15)
+    assert len(graphs) == 15
+    for graph, tree in zip(graphs, ranked, strict=False):
+        assert_valid(graph)
+        assert _tree_edges(graph) == {frozenset(e) for e in tree}
+    assert _tree_edges(graphs[0]) == _tree_edges(chow_liu_tree(data))
+    assert len(circuits.chow_liu_trees(data[:, :3], 10)) == 3  # K3 has three spanning trees
+
+
+def _labelled_trees(num_nodes):
+    """Every labelled tree on ``num_nodes`` nodes, as edge lists (from Pruefer sequences)."""
+    for sequence in itertools.product(range(num_nodes), repeat=num_nodes - 2):
+        degree = [1] * num_nodes
+        for s in sequence:
+            degree[s] += 1
+        tree = []
+        for s in sequence:
+            leaf = min(i for i in range(num_nodes) if degree[i] == 1)
+            tree.append((leaf, s))
+            degree[leaf] -= 1
+            degree[s] -= 1
+        u, w = [i for i in range(num_nodes) if degree[i] == 1]
+        tree.append((u, w))
+        yield tree
 
 
 # ------------------------------------------------------------------- errors
