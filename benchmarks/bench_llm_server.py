@@ -181,11 +181,60 @@ def run(overhead_problems: int, requests: int) -> dict:
     return out
 
 
+def _percent(fraction: float, digits: int = 1) -> str:
+    return f"{100 * fraction:.{digits}f} %".replace("-", "−")
+
+
+def overhead_table(report: dict) -> str:
+    """docs/llm-server.md's server-overhead table, from ``llm_server.json``."""
+    requests = report["overhead"]["requests"]
+    fractions = [r["overhead_fraction"] for r in requests]
+    outside = [r["outside_run_seconds"] for r in requests]
+    outside_fraction = [r["outside_run_fraction"] for r in requests]
+    overhead = report["overhead"]
+    lines = [
+        "| | median | range |", "|---|---|---|",
+        f"| request time − direct `generate` time, over the decoding time "
+        f"({len(requests)} requests) | {_percent(overhead['median_fraction'])} | "
+        f"{_percent(min(fractions))} to {_percent(max(fractions))} |",
+        "| request time outside the run (HTTP, JSON, queueing, the hand-off to a worker thread, "
+        f"the client's parsing) | {1000 * overhead['outside_run_seconds_median']:.0f} ms, "
+        f"**{_percent(overhead['outside_run_fraction_median'], 2)}** of the decoding time | "
+        f"{1000 * min(outside):.0f} to {1000 * max(outside):.0f} ms, "
+        f"{_percent(min(outside_fraction), 2)} to {_percent(max(outside_fraction), 2)} |",
+    ]
+    return "\n".join(lines) + "\n"
+
+
+def throughput_table(report: dict) -> str:
+    """docs/llm-server.md's concurrent-clients table, from ``llm_server.json``."""
+    throughput = report["throughput"]
+    one, merged, apart = (throughput[k] for k in ("one_client", "8_clients", "8_clients_no_merging"))
+    calls = merged["scheduler"]
+    ratio = lambda setting: one["wall_seconds"] / setting["wall_seconds"]
+    lines = [
+        "| | wall time | tokens/s | ratio to one client |", "|---|---|---|---|",
+        f"| 1 client | {one['wall_seconds']:.1f} s | {one['tokens_per_second']:.1f} | 1 |",
+        f"| {merged['clients']} clients, steps merged ({calls['extend_jobs']} session calls in "
+        f"{calls['backend_calls']} backend calls, up to {calls['largest_merge']} runs per call) | "
+        f"{merged['wall_seconds']:.1f} s | {merged['tokens_per_second']:.1f} | "
+        f"**{ratio(merged):.2f}** |",
+        f"| {apart['clients']} clients, merging off (runs take turns on the backend) | "
+        f"{apart['wall_seconds']:.1f} s | {apart['tokens_per_second']:.1f} | {ratio(apart):.2f} |",
+    ]
+    return "\n".join(lines) + "\n"
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--overhead", type=int, default=10, help="problems for the overhead comparison")
     parser.add_argument("--requests", type=int, default=16, help="requests per throughput setting")
+    parser.add_argument("--table", action="store_true", help="print the docs tables of the results and exit")
     args = parser.parse_args()
+    if args.table:
+        report = json.loads(RESULTS.read_text())
+        print(overhead_table(report), throughput_table(report), sep="\n", end="")
+        return
     import llama_cpp
 
     started = time.perf_counter()
