@@ -738,10 +738,12 @@ def hclt(data, *, num_trees: int = 1, num_candidates: int = 20,
     Probabilistic Circuits", NeurIPS 2021): the ``num_candidates`` spanning trees of
     largest total mutual information are ranked (:func:`circuits.chow_liu_trees`) and
     ``num_trees`` of them are taken at evenly spaced ranks, from the best to the last
-    candidate (their 4 of 20: ranks 1, 7, 14, 20). One tree is the Chow–Liu tree. All
-    trees share the root region (every variable), which mixes their root partitions,
-    and any region with the same scope (every single variable at least), so the
-    circuit is one smooth, decomposable mixture of HCLTs.
+    candidate (their 4 of 20: ranks 1, 7, 14, 20). One tree is the Chow–Liu tree. The
+    trees share only the root region (every variable), which mixes their root
+    partitions; every other region is a replica of the tree's own (units and parameters
+    of its own, input units included), so the circuit is a mixture of ``num_trees``
+    independent HCLTs, as the authors build it. Ranked spanning trees differ in a few
+    edges, so shared regions would make the mixture little more than one tree.
 
     Raises:
         ValueError: naming ``num_trees`` or ``num_candidates`` when invalid (see also
@@ -757,15 +759,16 @@ def hclt(data, *, num_trees: int = 1, num_candidates: int = 20,
     graphs = [candidates[r] for r in ranks]
     if len(graphs) == 1:
         return graphs[0]
-    index: dict[tuple[int, ...], int] = {}
-    partitions: dict[tuple, None] = {}
+    regions = [tuple(range(data.shape[1]))]  # the shared root
+    partitions = []
     for graph in graphs:
-        for scope in graph.regions:
-            index.setdefault(scope, len(index))
-        for part in graph.partitions:
-            children = tuple(sorted(index[graph.regions[c]] for c in part.children))
-            partitions[(index[graph.regions[part.region]], children)] = None
-    return RegionGraph(data.shape[1], list(index), list(partitions))
+        offset = len(regions) - 1  # this tree's regions follow the ones before, root excluded
+        number = {r: 0 if r == graph.root else offset + r + (r < graph.root)
+                  for r in range(len(graph.regions))}
+        regions += [scope for r, scope in enumerate(graph.regions) if r != graph.root]
+        partitions += [(number[p.region], tuple(number[c] for c in p.children))
+                       for p in graph.partitions]
+    return RegionGraph(data.shape[1], regions, partitions)
 
 
 def fit_debd(

@@ -68,7 +68,10 @@ class RegionGraph:
 
     Args:
         num_variables: number of variables ``V``; variables are ``0 .. V-1``.
-        regions: the scope of each region, a sequence of variable indices.
+        regions: the scope of each region, a sequence of variable indices. Two regions
+            may have the same scope: they are *replicas* with units and parameters of
+            their own (the replicas of RAT-SPNs, Peharz et al. 2019; the separate trees of
+            a mixture of HCLTs). To share a region between partitions, name it in both.
         partitions: ``(region_index, child_region_indices)`` pairs.
 
     Attributes:
@@ -78,8 +81,8 @@ class RegionGraph:
         depth: per region, 0 for a leaf region, else one more than the deepest child.
 
     Raises:
-        ValueError: naming the region when a scope is empty, repeated or holds an
-            unknown variable, when a partition is not decomposable (children share
+        ValueError: naming the region when a scope is empty, lists a variable twice or
+            holds an unknown variable, when a partition is not decomposable (children share
             a variable) or not smooth (children do not cover the region), when a
             region is unreachable from the root, or when the root does not cover
             every variable.
@@ -93,7 +96,6 @@ class RegionGraph:
     ):
         self.num_variables = check_positive_int(num_variables, "num_variables")
         scopes: list[tuple[int, ...]] = []
-        seen: dict[tuple[int, ...], int] = {}
         for index, region in enumerate(regions):
             scope = tuple(sorted(int(v) for v in region))
             if not scope:
@@ -106,12 +108,6 @@ class RegionGraph:
                     f"region {index} {_fmt(scope)} holds variable {bad[0]}, outside "
                     f"0..{self.num_variables - 1}"
                 )
-            if scope in seen:
-                raise ValueError(
-                    f"region {index} {_fmt(scope)} repeats region {seen[scope]}; a region graph "
-                    "holds each scope once (share it between partitions instead)"
-                )
-            seen[scope] = index
             scopes.append(scope)
         self.regions = tuple(scopes)
         parts = []

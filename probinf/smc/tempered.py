@@ -26,7 +26,10 @@ weighted. The product of the mean weights estimates $Z = \int \tilde p$.
   ``tune=True`` each stage works in coordinates whitened by the weighted mean and
   covariance (Cholesky factor) of the particle cloud, and the step size follows the previous
   stage's acceptance rate toward the kernel's usual optimum (in the spirit of
-  Buchholz, Chopin and Jacob, 2021).
+  Buchholz, Chopin and Jacob, 2021). A stage whose moves were almost all rejected (mean
+  acceptance below a quarter of that optimum: the step size overshot the new
+  temperature's geometry, and the resampled duplicates were left in place) moves again
+  from the same points with the step size cut to a quarter, up to three times.
 * **Waste-free SMC** (Dau and Chopin, 2022): resample only ``n / P`` particles, run
   chains of length ``P`` from them and keep every state of every chain.
 """
@@ -57,6 +60,11 @@ KERNELS = ("rwm", "mala", "hmc")
 _JUMP_TOLERANCE = 0.1
 # Acceptance rates the step size is steered toward (Roberts and Rosenthal, 2001; Beskos et al., 2013).
 _TARGET_ACCEPTANCE = {"rwm": 0.234, "mala": 0.574, "hmc": 0.65}
+# A stage's moves are redone with a smaller step when the mean acceptance rate falls below
+# this fraction of the target (with tune=True, resample-move only).
+_RETRY_BELOW = 0.25
+_RETRY_SHRINK = 0.25
+_MAX_RETRIES = 3
 
 
 def _default_step_size(kernel: str, dim: int) -> float:
@@ -176,6 +184,7 @@ class _Particles(NamedTuple):
     log_ratio: Array  # ell(z) = log p(z) - log q(z)
     acceptance: Array  # mean acceptance rate of the chain that produced it
     moves: Array  # MCMC moves since its chain started
+    step_size: Array  # the step size of those moves
 
 
 class _State(NamedTuple):
@@ -391,16 +400,35 @@ def _run_stages(state: _State, key, target, reference, temperatures, stop_stage,
                 moved = moved.reshape(n, -1)
                 acceptance = jnp.repeat(acceptance, chain_length)
                 moves = jnp.full(n, chain_length - 1)
+                step_used = s.step_size
             else:
-                moved, acceptance, moves = _move_until_decorrelated(
-                    key_move, starts, logdensity, init_kernel, move, s.step_size, options.num_mcmc_steps,
-                    options.max_blocks, options.jump_tolerance, sharding)
+                def moves_with(step_size, key_moves):
+                    return _move_until_decorrelated(
+                        key_moves, starts, logdensity, init_kernel, move, step_size,
+                        options.num_mcmc_steps, options.max_blocks, options.jump_tolerance, sharding)
+
+                moved, acceptance, moves = moves_with(s.step_size, key_move)
+                step_used = s.step_size
+                if options.tune:
+                    def rejected(carry):
+                        tries, _, _, acceptance, _ = carry
+                        return (tries < _MAX_RETRIES) & (
+                            jnp.mean(acceptance) < _RETRY_BELOW * goal_acceptance)
+
+                    def again(carry):
+                        tries, step_size, _, _, _ = carry
+                        step_size = step_size * _RETRY_SHRINK
+                        retried = moves_with(step_size, jax.random.fold_in(key_move, tries + 1))
+                        return (tries + 1, step_size, *retried)
+
+                    carry = (jnp.int32(0), s.step_size, moved, acceptance, moves)
+                    _, step_used, moved, acceptance, moves = jax.lax.while_loop(rejected, again, carry)
                 moves = jnp.full(n, moves)
             position = constrain_leading_axis(center + moved @ tril.T, sharding)
             log_ratio = constrain_leading_axis(jax.vmap(log_ratio_fn)(position), sharding)
             # The carry keeps the dtypes `_initial_state` chose (a float32 target under x64
             # must not change the loop's types).
-            new = _Particles(position, log_ratio, acceptance, moves)
+            new = _Particles(position, log_ratio, acceptance, moves, jnp.full(n, step_used))
             return jax.tree.map(lambda leaf, old: leaf.astype(old.dtype), new, parents)
 
         def next_temperature(particles: _Particles):
@@ -418,13 +446,14 @@ def _run_stages(state: _State, key, target, reference, temperatures, stop_stage,
         # cloud (a deterministic bisection over n numbers: negligible next to the moves).
         new_temperature = next_temperature(new_filter.particles).astype(temperature.dtype)
         acceptance_rate = jnp.mean(new_filter.particles.acceptance)
-        step_size = s.step_size
+        step_used = new_filter.particles.step_size[0]
+        step_size = step_used
         if options.tune:
             factor = jnp.exp(2.0 * (acceptance_rate - goal_acceptance))
             step_size = jnp.where(jnp.isfinite(factor), step_size * factor, step_size)
         # Stage k moved at lambda_k; its reweighting to lambda_{k+1} belongs to stage k + 1
         # (none after the move at lambda = 1).
-        moved = (acceptance_rate, s.step_size, new_filter.particles.moves[0])
+        moved = (acceptance_rate, step_used, new_filter.particles.moves[0])
         history = _record(s.history, 3, s.stage, moved, True)
         weighed = (new_temperature, info.log_evidence_increment, info.ess)
         history = _record(history, 0, s.stage + 1, weighed, (temperature < 1.0) & (s.stage + 1 < max_stages))
@@ -461,7 +490,8 @@ def _initial_state(key, target, reference, step_size, temperatures, options: _Op
     def draw(key_draw, num):
         position = constrain_leading_axis(reference.sample(key_draw, num), options.sharding).astype(dtype)
         log_ratio = jax.vmap(log_ratio_fn)(position).astype(dtype)
-        return _Particles(position, log_ratio, jnp.ones(num, dtype), jnp.zeros(num, jnp.int32))
+        return _Particles(position, log_ratio, jnp.ones(num, dtype), jnp.zeros(num, jnp.int32),
+                          jnp.full(num, step_size, dtype))
 
     def first_temperature(particles: _Particles):
         return _next_temperature(particles.log_ratio, zero, 0, temperatures, options.target_ess).astype(dtype)

@@ -162,8 +162,13 @@ def test_hclt_mixture_is_a_valid_mixture_of_trees(nltcs):
     graph = circuits.hclt(data, num_trees=3, num_candidates=5)
     root = graph.regions[graph.root]
     assert len(root) == data.shape[1]
-    root_partitions = [p for p in graph.partitions if p.region == graph.root]
-    assert 2 <= len(root_partitions) <= 3
+    assert sum(p.region == graph.root for p in graph.partitions) == 3
+    # The trees are the candidates of ranks 1, 3 and 5, each with regions of its own.
+    trees = [circuits.chow_liu_trees(data, 5)[rank] for rank in (0, 2, 4)]
+    assert len(graph.regions) == 1 + sum(len(t.regions) - 1 for t in trees)
+    signature = lambda g: sorted((g.regions[p.region], tuple(sorted(g.regions[c] for c in p.children)))
+                                 for p in g.partitions)
+    assert signature(graph) == sorted(sum((signature(t) for t in trees), []))
     pc = circuits.compile_circuit(graph, circuits.Bernoulli(), 2, key=jax.random.key(1))
     grid = np.array(list(itertools.product([0, 1], repeat=data.shape[1])))
     total = float(jax.nn.logsumexp(pc.log_prob(grid)))

@@ -75,6 +75,26 @@ def test_adaptive_moves_stop_when_the_cloud_has_left_its_start():
     assert float(slow.mcmc_steps[0]) == 50
 
 
+def test_a_stage_whose_moves_were_rejected_moves_again_with_a_smaller_step():
+    """HMC at step size 40 on the (whitened) Gaussian rejects almost every move; the stage is
+    redone at 10, then 2.5, where moves are accepted. The history records the step used."""
+    reference = probinf.MeanFieldGaussian.init(3, scale=3.0)
+    kwargs = dict(reference=reference, temperatures=[1.0], step_size=40.0)
+    retried = smc.tempered_smc(jax.random.key(0), GAUSSIAN, 512, **kwargs)
+    fixed = smc.tempered_smc(jax.random.key(0), GAUSSIAN, 512, tune=False, **kwargs)
+    assert float(fixed.acceptance_rates[0]) < 0.25 * 0.65 and float(fixed.step_sizes[0]) == 40.0
+    used = float(retried.step_sizes[0])
+    assert used in (10.0, 2.5, 0.625)  # 40 / 4^k, k = 1..3
+    assert float(retried.acceptance_rates[0]) >= 0.25 * 0.65
+    # Rejected moves leave resampling's duplicates in place; accepted ones separate them.
+    distinct = lambda result: len(np.unique(np.asarray(result.particles), axis=0))
+    assert distinct(fixed) < 400 and distinct(retried) == 512
+    # One stage at temperature 1 is importance sampling then moves that leave the target
+    # invariant: the moved cloud has the target's spread.
+    sd = np.asarray(retried.particles, np.float64).std(0)
+    np.testing.assert_allclose(sd, np.asarray(SD), rtol=0.2)
+
+
 def test_bimodal_target_mode_proportions():
     weight = 0.3
 
