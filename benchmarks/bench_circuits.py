@@ -5,6 +5,7 @@ Run from the repository root::
     python benchmarks/bench_circuits.py            # full run (up to 15 minutes per DEBD set)
     python benchmarks/bench_circuits.py --quick    # a smoke run (small budgets)
     python benchmarks/bench_circuits.py --merge-published  # only refresh the published figures
+    python benchmarks/bench_circuits.py --compile-scaling  # only compile times at D = 100..1,500
 
 Writes ``benchmarks/results/circuits.json`` (``--out``), rewritten after each DEBD dataset
 so a crash keeps what was measured. DEBD is read from ``--data DIR``/debd (default
@@ -179,6 +180,117 @@ def map_completion(circuit, test, num_rows=500, seed=0):
     return report
 
 
+def map_table_markdown(report: dict) -> str:
+    """docs/circuits.md's MAP table from ``circuits.json`` (a test checks the page quotes it)."""
+    lines = ["| dataset | variables | max-product | ICM (default) |", "|---|---:|---:|---:|"]
+    cell = lambda m: (f"{100 * m['fraction_at_least_as_likely_as_true_row']:.1f} %, "
+                      f"{m['mean_log_likelihood_gap']:+.2f}".replace("-", "−"))
+    for name, row in report["density_estimation"].items():
+        m = row["map_completion"]
+        lines.append(f"| {name} | {row['num_variables']} | {cell(m['max_product'])} | "
+                     f"{cell(m['icm'])} |")
+    first = next(iter(report["density_estimation"].values()))["map_completion"]
+    lines += ["", f"The first {first['num_rows']} test rows of each dataset, {first['evidence']}: "
+              "the fraction of rows whose completion is at least as likely as the true row, "
+              "and the mean log p(completion) − log p(true row) in nats; the models are the "
+              "density-estimation table's."]
+    return "\n".join(lines) + "\n"
+
+
+def throughput_table_markdown(report: dict) -> str:
+    """docs/circuits.md's throughput table from ``circuits.json`` (a test checks the page)."""
+    t = report["throughput"]
+    setup = report["setup"]["throughput"]
+    lines = ["| samples per second | ours | cirkit, 1 thread | cirkit, 2 threads | ours / best cirkit |",
+             "|---|---:|---:|---:|---:|"]
+    for name, label in (("forward", "forward"), ("forward_backward", "forward + backward")):
+        peers = [t["cirkit"][f"{n}_thread"].get(name, {}).get("samples_per_s") for n in (1, 2)]
+        cells = " | ".join("—" if v is None else f"{v:,.0f}" for v in peers)
+        best = t["ratio_over_best_cirkit_setting"][name]
+        lines.append(f"| {label} | {t['ours'][name]['samples_per_s']:,.0f} | {cells} | "
+                     f"{'—' if best is None else f'{best:.2f}x'} |")
+    lines += ["", f"Same architecture in both: {setup['region_graph']}, {setup['layer']}, "
+              f"{setup['num_units']} units, {setup['inputs']}, batch {setup['batch']}; median of "
+              f"{setup['repeats']} calls after warm-up. Ours: {t['ours']['threads']}. Load average "
+              f"{report['machine']['load_average_at_start'][0]:.1f} at the start of the run and "
+              f"{report['load_average_at_end'][0]:.1f} at its end."]
+    return "\n".join(lines) + "\n"
+
+
+def compile_table_markdown(report: dict) -> str:
+    """docs/circuits.md's compile-scaling table from ``circuits.json`` (a test checks the page)."""
+    c = report["compile_scaling"]
+    lines = ["| variables | stages | structure (s) | first EM epoch (s) | later epoch (s) | first / later "
+             "| first `sample` (s) | later (s) |",
+             "|---:|---:|---:|---:|---:|---:|---:|---:|"]
+    for row in c["widths"].values():
+        lines.append(f"| {row['num_variables']:,} | {row['stages']} | {row['structure_seconds']:.1f} | "
+                     f"{row['first_em_epoch_seconds']:.1f} | {row['later_em_epoch_seconds']:.2f} | "
+                     f"{row['first_over_later_epoch']:.1f} | {row['first_sample_seconds']:.1f} | "
+                     f"{row['later_sample_seconds']:.3f} |")
+    load = c["machine"]
+    lines += ["", f"{c['model']}; data: {c['data']}. Load average "
+              f"{load['load_average_at_start'][0]:.1f} at the start, {load['load_average_at_end'][0]:.1f} "
+              f"at the end. Goal: {c['goal']}."]
+    return "\n".join(lines) + "\n"
+
+
+# ------------------------------------------------------ compile scaling
+def synthetic_tree_data(num_variables, num_rows, seed=0, window=20, flip=0.1):
+    """Binary rows from a tree Bayesian network: variable ``i`` copies a parent drawn among
+    the ``window`` variables before it, flipped with probability ``flip``. The learned
+    Chow–Liu tree is then deep (depth grows with the number of variables), as on real data
+    where a hub-and-chain tree is common."""
+    rng = np.random.default_rng(seed)
+    data = np.zeros((num_rows, num_variables), np.int8)
+    data[:, 0] = rng.random(num_rows) < 0.5
+    for i in range(1, num_variables):
+        parent = rng.integers(max(0, i - window), i)
+        data[:, i] = data[:, parent] ^ (rng.random(num_rows) < flip)
+    return data
+
+
+def compile_scaling(widths, num_rows=2000, latent=12):
+    """Compile and run times of a hidden Chow–Liu tree circuit as the number of variables grows.
+
+    Per width: structure compilation (``compile_circuit``), the first full-batch EM epoch
+    (XLA compilation included) against a second one (the compiled loop reused), and the first
+    ``sample`` call against a second one; with the number of folded stages (depth) and
+    the widest partition, the quantities the compiled program's size follows.
+    """
+    rows = {}
+    for width in widths:
+        data = synthetic_tree_data(width, num_rows)
+        started = time.perf_counter()
+        graph = circuits.chow_liu_tree(data)
+        circuit = circuits.compile_circuit(graph, circuits.Bernoulli(), latent, "cp",
+                                           key=jax.random.key(0), data=data)
+        structure_seconds = time.perf_counter() - started
+        epochs = []
+        for _ in range(2):
+            result = circuits.em(circuit, data, num_epochs=1, progress=False)
+            epochs.append(result.seconds)
+        samples = []
+        for seed in (1, 2):
+            started = time.perf_counter()
+            jax.block_until_ready(circuit.sample(jax.random.key(seed), 100))
+            samples.append(time.perf_counter() - started)
+        stages = circuit.structure.stages
+        rows[str(width)] = {
+            "num_variables": width, "num_rows": num_rows, "latent": latent,
+            "stages": len(stages), "widest_partition": max(s.index.shape[1] for s, _ in stages),
+            "num_parameters": circuit.num_parameters,
+            "structure_seconds": structure_seconds,
+            "first_em_epoch_seconds": epochs[0], "later_em_epoch_seconds": epochs[1],
+            "first_over_later_epoch": epochs[0] / epochs[1],
+            "first_sample_seconds": samples[0], "later_sample_seconds": samples[1],
+        }
+        print(f"D={width:5d}  stages {len(stages):4d}  structure {structure_seconds:6.1f} s  EM epoch "
+              f"first {epochs[0]:6.1f} s / later {epochs[1]:6.2f} s  sample first "
+              f"{samples[0]:6.1f} s / later {samples[1]:6.3f} s", flush=True)
+    return rows
+
+
 # --------------------------------------------------------------- throughput
 def _time(fn, *args, repeats):
     jax.block_until_ready(fn(*args))
@@ -293,6 +405,10 @@ def main():
     parser.add_argument("--quick", action="store_true", help="small budgets (smoke run)")
     add_debd_arguments(parser)
     parser.add_argument("--out", type=pathlib.Path, default=OUT)
+    parser.add_argument("--compile-scaling", action="store_true",
+                        help="only measure compile and epoch times at D = 100, 500, 1000, 1500 "
+                             "(synthetic data) and write them to the results file's "
+                             "'compile_scaling' entry, leaving the rest of it as it is")
     parser.add_argument("--merge-published", action="store_true",
                         help="only merge results/published_debd.json into the existing "
                              "circuits.json (no training)")
@@ -300,6 +416,19 @@ def main():
     if args.merge_published:
         update_circuits_json(args.out)
         print(f"merged the published figures into {args.out}")
+        return
+    if args.compile_scaling:
+        widths = (50, 100) if args.quick else (100, 500, 1000, 1500)
+        machine = {"platform": platform.platform(), "cpu_count": os.cpu_count(),
+                   "jax": jax.__version__, "load_average_at_start": list(os.getloadavg())}
+        rows = compile_scaling(widths)
+        machine["load_average_at_end"] = list(os.getloadavg())
+        update_results(args.out, ["compile_scaling"], {
+            "machine": machine, "data": "synthetic_tree_data (window 20, flip 0.1), 2,000 rows",
+            "model": "Chow-Liu tree, CP layers, latent 12, Bernoulli inputs, full-batch EM",
+            "goal": "at D = 1,000: structure under 30 s, first EM epoch under 2x a later one, "
+                    "sample compiled in under 30 s", "widths": rows})
+        print(f"wrote compile_scaling to {args.out}")
         return
     try:  # before anything runs
         debd = debd_directory(args.data, args.shipped_debd)

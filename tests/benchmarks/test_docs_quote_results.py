@@ -17,7 +17,12 @@ sys.path.insert(0, str(REPO_ROOT))
 GENERATED_TABLES = [
     ("inference.md", "posteriordb.json", "bench_posteriordb", "markdown_table"),
     ("llm.md", "llm.json", "llm_bench", "results_markdown"),
+    ("llm-server.md", "llm_server.json", "bench_llm_server", "overhead_table"),
+    ("llm-server.md", "llm_server.json", "bench_llm_server", "throughput_table"),
     ("circuits.md", "circuits.json", "published_debd", "debd_table_markdown"),
+    ("circuits.md", "circuits.json", "bench_circuits", "map_table_markdown"),
+    ("circuits.md", "circuits.json", "bench_circuits", "throughput_table_markdown"),
+    ("circuits.md", "circuits.json", "bench_circuits", "compile_table_markdown"),
     ("scaling.md", "scale.json", "bench_scale", "markdown_table"),
     ("smc.md", "smc.json", "bench_smc", "markdown_table"),
     ("flows.md", "flows.json", "bench_flows", "markdown_table"),
@@ -29,7 +34,7 @@ GENERATED_TABLES = [
 
 
 @pytest.mark.parametrize(("page", "results", "module", "function"), GENERATED_TABLES,
-                         ids=[row[1] for row in GENERATED_TABLES])
+                         ids=[f"{row[1]}:{row[3]}" for row in GENERATED_TABLES])
 def test_docs_table_is_the_committed_json_rendered(page, results, module, function):
     render = getattr(importlib.import_module(f"benchmarks.{module}"), function)
     table = render(json.loads((REPO_ROOT / "benchmarks" / "results" / results).read_text()))
