@@ -458,6 +458,8 @@ def chow_liu_trees(
     graphs = []
     for tree in _best_spanning_trees(mi, num_trees):
         edges: dict[int, list[int]] = {v: [] for v in range(num_variables)}
+        # A frozenset of int pairs iterates in the same order in every run (int hashes are
+        # not randomised), so the region order, and with it every result, is reproducible.
         for u, v in tree:
             edges[u].append(v)
             edges[v].append(u)
