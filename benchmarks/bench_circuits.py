@@ -131,7 +131,7 @@ def density_estimation(recipe, debd=None, on_dataset=None):
             "stop_reason": result.stop_reason,
             "seconds": seconds_used,
             "cpu_seconds": cpu_seconds,
-            "latent": recipe.get("latent", 12),
+            "latent": circuit.structure.num_units,
             "num_parameters": circuit.num_parameters,
             "stages": len(circuit.structure.stages),
             "valid_history": [float(v) for v in result.valid_log_likelihood],

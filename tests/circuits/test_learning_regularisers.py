@@ -175,6 +175,14 @@ def test_hclt_mixture_is_a_valid_mixture_of_trees(nltcs):
     assert total == pytest.approx(0.0, abs=1e-4)
 
 
+@pytest.mark.parametrize("kwargs, name", [(dict(num_trees=0), "num_trees"),
+                                          (dict(num_candidates=0), "num_candidates"),
+                                          (dict(num_trees=4, num_candidates=3), "num_candidates")])
+def test_hclt_names_a_bad_argument(kwargs, name):
+    with pytest.raises(ValueError, match=f"`{name}`"):
+        circuits.hclt(np.eye(4, dtype=int), **kwargs)
+
+
 def test_fit_debd_on_nltcs_raises_the_train_likelihood(nltcs):
     circuit, result = circuits.fit_debd(nltcs["train"][:1000], nltcs["valid"][:200],
                                         key=jax.random.key(0), latent=3, num_trees=2,

@@ -118,6 +118,8 @@ def test_chow_liu_trees_are_the_best_spanning_trees_in_order():
         assert _tree_edges(graph) == {frozenset(e) for e in tree}
     assert _tree_edges(graphs[0]) == _tree_edges(chow_liu_tree(data))
     assert len(circuits.chow_liu_trees(data[:, :3], 10)) == 3  # K3 has three spanning trees
+    with pytest.raises(ValueError, match="`num_trees`"):
+        circuits.chow_liu_trees(data, 0)
 
 
 def _labelled_trees(num_nodes):
