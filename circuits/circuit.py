@@ -148,21 +148,35 @@ def upward(structure: CircuitStructure, input_values, log_w, log_mix, semiring="
         leaves = input_values
     else:
         leaves = sum(_columns([input_values], (0,), structure.leaf_slots, 0.0))
-    groups = [leaves]
-    for (inner, mixing), weights, mix_weights in zip(structure.stages, log_w, log_mix,
-                                                      strict=True):
-        children = _columns(groups, inner.sources, inner.index, 0.0)
+    plan = structure.read_plan
+    groups, parts = [], {}
+
+    def publish(array):
+        """Append an output group; cut it into its consumers' parts if it has several."""
+        g = len(groups)
+        groups.append(array)
+        if g in plan.splits:
+            rows, consumers, sizes = plan.splits[g]
+            taken = _static_take(array, rows, np.ones(len(rows), bool))
+            pieces = jnp.split(taken, np.cumsum(sizes)[:-1].tolist())
+            parts.update({(g, k): piece for k, piece in enumerate(pieces)})
+
+    publish(leaves)
+    for s, ((inner, mixing), weights, mix_weights) in enumerate(
+            zip(structure.stages, log_w, log_mix, strict=True)):
+        read = [groups[g] if k is None else parts.pop((g, k)) for g, k in plan.parts[s]]
+        children = _columns(read, tuple(range(len(read))), plan.index[s], 0.0)
         if structure.layer_kind == "cp":
             out = cp_layer(children, weights, semiring, kernel)
         else:
             tucker_kernel = None if kernel is log_matmul_exp else kernel
             out = tucker_layer(children[0], children[1], weights, semiring, tucker_kernel)
-        groups.append(out)
+        publish(out)
         if mixing is None:
             groups.append(None)
         else:
             mixed = _columns([out], (0,), mixing.index, 0.0)
-            groups.append(mixing_layer(mixed, mix_weights, semiring))
+            publish(mixing_layer(mixed, mix_weights, semiring))
     return groups
 
 

@@ -37,7 +37,7 @@ import numpy as np
 import optax
 
 from circuits.circuit import Circuit, compile_circuit, root_value, upward
-from circuits.inputs import Bernoulli, Categorical
+from circuits.inputs import Bernoulli, Binomial, Categorical
 from circuits.region_graph import RegionGraph, chow_liu_trees
 from probinf import train as engine
 from probinf.validation import check_key, check_positive_int
@@ -173,6 +173,36 @@ def _expected_statistics(circuit: Circuit, x, weight, softened: bool = False):
     return ll, (counts, mix_counts, stats)
 
 
+PSEUDOCOUNT_RULES = ("child", "node")
+
+
+def _pseudocounts(circuit: Circuit, pseudocount: float, per: str):
+    """The pseudocount each expected count gets: per sum stage, per mixing stage, inputs.
+
+    ``per="child"``: ``alpha`` on every child's count. ``per="node"``: ``alpha`` per
+    unit, spread equally over its children (``alpha / C`` each), the rule of the
+    Juice.jl EM Liu & Van den Broeck trained with; continuous inputs (Gaussian)
+    have no children to spread over and keep ``alpha``.
+    """
+    structure = circuit.structure
+    if per == "child":
+        return ((pseudocount,) * len(structure.stages),
+                tuple(None if m is None else pseudocount for _, m in structure.stages),
+                pseudocount)
+    sums = tuple(pseudocount / shape[-1] for shape in structure.sum_shapes())
+    mixes = tuple(None if m is None else
+                  pseudocount / np.asarray(m.valid).sum(-1).astype(np.float64)[:, None, None]
+                  for _, m in structure.stages)
+    layer = circuit.input_layer
+    if isinstance(layer, Categorical):
+        inputs = pseudocount / layer.num_categories
+    elif isinstance(layer, (Bernoulli, Binomial)):
+        inputs = pseudocount / 2.0
+    else:
+        inputs = pseudocount
+    return sums, mixes, inputs
+
+
 def _normalised_update(old_log_w, counts, pseudocount, step_size, valid=None):
     counts = counts + pseudocount
     if valid is not None:
@@ -272,70 +302,73 @@ def _blend_probs(old_log, new, step_size, valid=None):
 
 
 def _entropy_m_step(circuit: Circuit, statistics, pseudocount, step_size, entropy_reg,
-                    num_rows):
+                    num_rows, pseudocount_per):
     """The M-step of ``sum_x log p(x) + tau N sum_n r(n) H(w_n)`` (see :func:`em`)."""
     counts, mix_counts, stats = statistics
+    sum_alpha, mix_alpha, input_alpha = _pseudocounts(circuit, pseudocount, pseudocount_per)
     log_w, log_mix = circuit.log_weights()
     reach_sums, reach_mixes, reach_inputs = _reach_probabilities(circuit)
     scale = entropy_reg * num_rows
     sum_logits = tuple(
-        _blend_probs(lw, _entropy_regularised_probs(c + pseudocount, scale * r), step_size)
-        for lw, c, r in zip(log_w, counts, reach_sums, strict=True))
+        _blend_probs(lw, _entropy_regularised_probs(c + a, scale * r), step_size)
+        for lw, c, r, a in zip(log_w, counts, reach_sums, sum_alpha, strict=True))
     mix_logits = []
-    for (_, mixing), lm, c, r in zip(circuit.structure.stages, log_mix, mix_counts, reach_mixes,
-                                     strict=True):
+    for (_, mixing), lm, c, r, a in zip(circuit.structure.stages, log_mix, mix_counts,
+                                        reach_mixes, mix_alpha, strict=True):
         if mixing is None:
             mix_logits.append(None)
             continue
         valid = jnp.asarray(mixing.valid)[:, None, :]
-        probs = _entropy_regularised_probs(c + pseudocount, scale * r, valid)
+        probs = _entropy_regularised_probs(c + a, scale * r, valid)
         mix_logits.append(_blend_probs(jnp.where(valid, lm, 0.0), probs, step_size, valid))
     layer, params = circuit.input_layer, circuit.input_params
     strength = (scale * reach_inputs)[..., None]
     if isinstance(layer, Bernoulli):
         value_counts = jnp.stack([stats["count"] - stats["ones"], stats["ones"]], -1)
-        probs = _entropy_regularised_probs(value_counts + pseudocount, strength)[..., 1]
+        probs = _entropy_regularised_probs(value_counts + input_alpha, strength)[..., 1]
         old = jax.nn.sigmoid(params["logits"])
         probs = probs if step_size is None else (1.0 - step_size) * old + step_size * probs
         probs = jnp.clip(probs, 1e-6, 1 - 1e-6)
         input_params = {"logits": jnp.log(probs) - jnp.log1p(-probs)}
     elif isinstance(layer, Categorical):
-        probs = _entropy_regularised_probs(stats["counts"] + pseudocount, strength)
+        probs = _entropy_regularised_probs(stats["counts"] + input_alpha, strength)
         old_log = jax.nn.log_softmax(params["logits"], axis=-1)
         input_params = {"logits": _blend_probs(old_log, probs, step_size)}
     else:  # continuous or Binomial inputs: the penalty covers the sum weights only
-        input_params = layer.em_update(params, stats, pseudocount, step_size)
+        input_params = layer.em_update(params, stats, input_alpha, step_size)
     return circuit.with_params(input_params, sum_logits, tuple(mix_logits))
 
 
 def _m_step(circuit: Circuit, statistics, pseudocount, step_size, entropy_reg=0.0,
-            num_rows=None):
+            num_rows=None, pseudocount_per="child"):
     if isinstance(step_size, (int, float)) and step_size == 1.0:
         step_size = None if entropy_reg else 1.0
     if entropy_reg:
         return _entropy_m_step(circuit, statistics, pseudocount, step_size, entropy_reg,
-                               num_rows)
+                               num_rows, pseudocount_per)
     counts, mix_counts, stats = statistics
+    sum_alpha, mix_alpha, input_alpha = _pseudocounts(circuit, pseudocount, pseudocount_per)
     log_w, log_mix = circuit.log_weights()
-    sum_logits = tuple(_normalised_update(lw, c, pseudocount, step_size)
-                       for lw, c in zip(log_w, counts, strict=True))
+    sum_logits = tuple(_normalised_update(lw, c, a, step_size)
+                       for lw, c, a in zip(log_w, counts, sum_alpha, strict=True))
     mix_logits = []
-    for (_, mixing), lm, c in zip(circuit.structure.stages, log_mix, mix_counts, strict=True):
+    for (_, mixing), lm, c, a in zip(circuit.structure.stages, log_mix, mix_counts, mix_alpha,
+                                     strict=True):
         if mixing is None:
             mix_logits.append(None)
         else:
             valid = jnp.asarray(mixing.valid)[:, None, :]
-            mix_logits.append(_normalised_update(jnp.where(valid, lm, 0.0), c, pseudocount,
+            mix_logits.append(_normalised_update(jnp.where(valid, lm, 0.0), c, a,
                                                  step_size, valid))
     input_params = circuit.input_layer.em_update(
-        circuit.input_params, stats, pseudocount,
+        circuit.input_params, stats, input_alpha,
         None if isinstance(step_size, float) and step_size == 1.0 else step_size)
     return circuit.with_params(input_params, sum_logits, tuple(mix_logits))
 
 
 @eqx.filter_jit
 def _full_batch_epoch(circuit, batches, weights, pseudocount, step_size, softened=False,
-                      entropy_reg=0.0):
+                      entropy_reg=0.0, pseudocount_per="child"):
     def body(carry, batch):
         ll, acc = carry
         batch_ll, stats = _expected_statistics(circuit, *batch, softened)
@@ -343,23 +376,8 @@ def _full_batch_epoch(circuit, batches, weights, pseudocount, step_size, softene
 
     zero_ll, first = _expected_statistics(circuit, batches[0], weights[0], softened)
     (ll, stats), _ = jax.lax.scan(body, (zero_ll, first), (batches[1:], weights[1:]))
-    return _m_step(circuit, stats, pseudocount, step_size, entropy_reg, jnp.sum(weights)), ll
-
-
-@eqx.filter_jit
-def _mini_batch_epoch(circuit, batches, weights, pseudocount, step_size, softened=False,
-                      entropy_reg=0.0):
-    params, static = eqx.partition(circuit, eqx.is_array)
-
-    def body(params, batch):
-        current = eqx.combine(params, static)
-        ll, stats = _expected_statistics(current, *batch, softened)
-        updated = _m_step(current, stats, pseudocount, step_size, entropy_reg,
-                          jnp.sum(batch[1]))
-        return eqx.partition(updated, eqx.is_array)[0], ll
-
-    params, lls = jax.lax.scan(body, params, (batches, weights))
-    return eqx.combine(params, static), jnp.sum(lls)
+    return _m_step(circuit, stats, pseudocount, step_size, entropy_reg, jnp.sum(weights),
+                   pseudocount_per), ll
 
 
 def _finite_or_minus_inf(tree) -> jax.Array:
@@ -391,6 +409,7 @@ class _EMStep(eqx.Module):
     constant_step: float | None = eqx.field(static=True)
     steps_per_epoch: int = eqx.field(static=True)
     pseudocount: float = eqx.field(static=True)
+    pseudocount_per: str = eqx.field(static=True)
     entropy_reg: float = eqx.field(static=True)
     softened: bool = eqx.field(static=True)
     full_batch: bool = eqx.field(static=True)
@@ -410,14 +429,15 @@ class _EMStep(eqx.Module):
             if self.rows_first:
                 batch = jax.tree_util.tree_map(lambda a: jnp.swapaxes(a, 0, 1), batch)
             updated, total = _full_batch_epoch(circuit, *batch, self.pseudocount, step_size,
-                                               self.softened, self.entropy_reg)
+                                               self.softened, self.entropy_reg,
+                                               self.pseudocount_per)
             rows = jnp.sum(batch[1])
         else:
             rows = jnp.asarray(batch.shape[0], batch.dtype)
             total, stats = _expected_statistics(circuit, batch, jnp.ones(batch.shape[0]),
                                                 self.softened)
             updated = _m_step(circuit, stats, self.pseudocount, step_size, self.entropy_reg,
-                              rows)
+                              rows, self.pseudocount_per)
         loss = -total / rows
         finite = jnp.isfinite(loss) & _finite_or_minus_inf(updated)
         return engine.TrainState(updated, None, state.step + 1), engine.StepInfo(loss, finite)
@@ -582,6 +602,7 @@ def em(
     batch_size: int | None = None,
     step_size=1.0,
     pseudocount: float = 0.1,
+    pseudocount_per: str = "child",
     softening: float = 0.0,
     soften_towards: str = "uniform",
     entropy_reg: float = 0.0,
@@ -627,7 +648,12 @@ def em(
         step_size: ``lambda`` in ``(0, 1]``, or a per-epoch schedule: a callable
             ``epoch -> lambda`` or ``("linear" | "cosine", start, end)`` (see
             :func:`step_size_schedule`); full-batch EM uses 1 unless told otherwise.
-        pseudocount: ``alpha >= 0`` added to every expected count.
+        pseudocount: ``alpha >= 0``, the Dirichlet-style smoothing of every M-step.
+        pseudocount_per: ``"child"`` (default): ``alpha`` is added to every child's
+            expected count (a unit with ``C`` children gets ``C alpha`` in all);
+            ``"node"``: every unit gets ``alpha`` in all, ``alpha / C`` per child, the
+            rule of Liu & Van den Broeck's released training code (Juice.jl), whose
+            smoothing does not grow with the fan-out. Gaussian inputs keep ``alpha``.
         softening: ``beta`` in ``[0, 0.5)``; 0 (default) trains on the data as given.
         soften_towards: ``"uniform"`` or ``"marginal"`` (see :func:`soft_evidence`).
         entropy_reg: ``tau >= 0``; 0 (default) is plain EM.
@@ -668,6 +694,9 @@ def em(
     steps = step_size_schedule(step_size, num_epochs)
     if not (isinstance(pseudocount, (int, float)) and pseudocount >= 0.0):
         raise ValueError(f"`pseudocount` must be >= 0, got {pseudocount!r}")
+    if pseudocount_per not in PSEUDOCOUNT_RULES:
+        raise ValueError(f"`pseudocount_per` must be one of {PSEUDOCOUNT_RULES}, "
+                         f"got {pseudocount_per!r}")
     if not (isinstance(softening, (int, float)) and 0.0 <= softening < 0.5):
         raise ValueError(f"`softening` must be in [0, 0.5), got {softening!r}")
     if not (isinstance(entropy_reg, (int, float)) and entropy_reg >= 0.0
@@ -705,7 +734,8 @@ def em(
     step = _EMStep(
         step_sizes=None if constant_step else jnp.asarray(steps, x.dtype),
         constant_step=float(step_size) if constant_step else None,
-        steps_per_epoch=steps_per_epoch, pseudocount=pseudocount, entropy_reg=entropy_reg,
+        steps_per_epoch=steps_per_epoch, pseudocount=pseudocount,
+        pseudocount_per=pseudocount_per, entropy_reg=entropy_reg,
         softened=softened, full_batch=batch_size is None,
         rows_first=batch_size is None and sharding is not None)
     state = engine.TrainState(circuit, None, jnp.asarray(0, jnp.int32))
@@ -779,6 +809,7 @@ def fit_debd(
     latent: int = 12,
     num_trees: int = 4,
     pseudocount: float = 0.1,
+    pseudocount_per: str = "node",
     softening: float = 0.002,
     entropy_reg: float = 0.001,
     batch_size: int = 1024,
@@ -806,7 +837,7 @@ def fit_debd(
     both on data softened towards the marginals by ``softening`` (``beta``) and with
     the entropy penalty ``entropy_reg`` (``tau``), see :func:`em`: each phase
     maximises ``sum_rows log sum_x prod_i w_i(x_i) p(x) + tau N R(theta)`` with the
-    pseudocount ``alpha`` per child (the authors spread theirs over the children).
+    pseudocount ``alpha`` per unit, spread equally over its children (the authors' rule).
     With ``valid``, each phase stops once the validation log-likelihood has fallen in
     ``patience`` epochs in a row (the authors stop at the fourth successive fall), and the
     full-batch phase returns its best parameters on ``valid``.
@@ -817,7 +848,8 @@ def fit_debd(
         key: PRNG key (initial parameters, mini-batch shuffling).
         latent: units per CP layer (the hidden variables' states).
         num_trees: hidden Chow-Liu trees in the mixture.
-        pseudocount: ``alpha`` added to every expected count.
+        pseudocount: ``alpha``, the M-step's smoothing (see :func:`em`).
+        pseudocount_per: ``"node"`` (the authors' rule) or ``"child"`` (see :func:`em`).
         softening: ``beta``, data softening towards the marginals.
         entropy_reg: ``tau``, weight of the entropy penalty.
         batch_size: rows per mini-batch EM update.
@@ -849,7 +881,7 @@ def fit_debd(
     key_init, key_mini = jax.random.split(key)
     graph = hclt(data, num_trees=num_trees, num_categories=max(num_values, 2))
     circuit = compile_circuit(graph, layer, latent, "cp", key=key_init, data=data)
-    common = dict(pseudocount=pseudocount, softening=softening, soften_towards="marginal",
+    common = dict(pseudocount=pseudocount, pseudocount_per=pseudocount_per, softening=softening, soften_towards="marginal",
                   entropy_reg=entropy_reg, valid=valid, patience=patience,
                   patience_rule="successive", progress=progress, max_seconds=time_limit)
     results = []

@@ -13,6 +13,7 @@ jit-compiled :class:`circuits.Circuit`; only the parameters are traced.
 
 from __future__ import annotations
 
+import functools
 import hashlib
 from dataclasses import dataclass
 
@@ -21,7 +22,7 @@ import numpy as np
 from circuits.region_graph import RegionGraph
 from probinf.validation import check_positive_int
 
-__all__ = ["InnerStage", "MixingStage", "CircuitStructure", "LAYER_KINDS"]
+__all__ = ["InnerStage", "MixingStage", "ReadPlan", "CircuitStructure", "LAYER_KINDS"]
 
 #: Inner layer kinds: ``"cp"`` (Hadamard product then sum) and ``"tucker"``
 #: (Kronecker product then sum).
@@ -60,6 +61,30 @@ class MixingStage:
     index: np.ndarray
     valid: np.ndarray
     regions: tuple[int, ...]
+
+
+@dataclass(frozen=True, eq=False)
+class ReadPlan:
+    """Each output group read by several stages, cut once into the rows each stage reads.
+
+    A stage that gathers a few rows from a large group (the leaf regions, read by
+    nearly every stage of a deep tree) would otherwise get, in the backward pass, a
+    cotangent the size of the whole group per child column: quadratic in the depth.
+    Cut once, each stage's gathers (and their transposes) are the size of its own part.
+
+    Attributes:
+        splits: group -> ``(rows, consumers, sizes)``: the group's rows taken for each
+            consuming stage in turn (a row may appear for several), the stages, and the
+            number of rows each one gets.
+        parts: per stage, per source, the ``(group, part)`` it reads, where ``part`` is
+            the position of the stage in that group's consumers, or None for the whole
+            group (groups with a single consumer are not cut).
+        index: per stage, ``InnerStage.index`` renumbered into the concatenation of its parts.
+    """
+
+    splits: dict[int, tuple[np.ndarray, tuple[int, ...], tuple[int, ...]]]
+    parts: tuple[tuple[tuple[int, int | None], ...], ...]
+    index: tuple[np.ndarray, ...]
 
 
 class CircuitStructure:
@@ -168,6 +193,50 @@ class CircuitStructure:
         self.stages = tuple(stages)
         self.group_sizes = tuple(group_sizes)
         self.location = location
+
+    @functools.cached_property
+    def read_plan(self) -> ReadPlan:
+        """How the upward pass cuts shared groups (see :class:`ReadPlan`)."""
+        consumers: dict[int, list[int]] = {}
+        for s, (inner, _) in enumerate(self.stages):
+            for g in inner.sources:
+                consumers.setdefault(g, []).append(s)
+        rows_read: dict[tuple[int, int], np.ndarray] = {}  # (group, stage) -> sorted rows
+        for s, (inner, _) in enumerate(self.stages):
+            offset = 0
+            for g in inner.sources:
+                local = inner.index - offset
+                inside = (local >= 0) & (local < self.group_sizes[g])
+                rows_read[g, s] = np.unique(local[inside])
+                offset += self.group_sizes[g]
+        splits = {}
+        for g, stages in consumers.items():
+            if len(stages) > 1:
+                rows = [rows_read[g, s] for s in stages]
+                splits[g] = (np.concatenate(rows), tuple(stages), tuple(len(r) for r in rows))
+        parts, index = [], []
+        for s, (inner, _) in enumerate(self.stages):
+            new_index = np.empty_like(inner.index)
+            padding = np.ones(inner.index.shape, bool)
+            offset, new_offset, stage_parts = 0, 0, []
+            for g in inner.sources:
+                local = inner.index - offset
+                inside = (local >= 0) & (local < self.group_sizes[g])
+                if g in splits:
+                    rows = rows_read[g, s]
+                    new_index[inside] = new_offset + np.searchsorted(rows, local[inside])
+                    stage_parts.append((g, splits[g][1].index(s)))
+                    new_offset += len(rows)
+                else:
+                    new_index[inside] = new_offset + local[inside]
+                    stage_parts.append((g, None))
+                    new_offset += self.group_sizes[g]
+                padding &= ~inside
+                offset += self.group_sizes[g]
+            new_index[padding] = new_offset
+            parts.append(tuple(stage_parts))
+            index.append(new_index)
+        return ReadPlan(splits=splits, parts=tuple(parts), index=tuple(index))
 
     # ----------------------------------------------------------------- sizes
     @property

@@ -281,7 +281,7 @@ def _whitening(weights, particles):
     return center, jnp.where(usable, tril, diagonal)
 
 
-def _move_until_decorrelated(key, starts, logdensity, init_kernel, move, step_size, block,
+def _move_until_decorrelated(key, starts, initial_states, logdensity, move, step_size, block,
                              max_blocks, tolerance, sharding):
     """MCMC moves of every particle in blocks of ``block``, until the cloud has left its start.
 
@@ -293,6 +293,9 @@ def _move_until_decorrelated(key, starts, logdensity, init_kernel, move, step_si
     $d_j < (1 + \\text{tolerance})\\, d_{j-1}$, or after ``max_blocks`` blocks (the
     adaptive rule of Chopin & Papaspiliopoulos, *An Introduction to Sequential Monte
     Carlo*, 2020, ch. 17, for SMC samplers). ``max_blocks = 1`` is a fixed number of moves.
+
+    ``initial_states`` are the kernel's states at ``starts`` (computed once by the caller,
+    so that retries with a smaller step do not evaluate the target at the starts again).
 
     Returns the final positions, each chain's mean acceptance rate and the number of moves made.
     """
@@ -311,8 +314,7 @@ def _move_until_decorrelated(key, starts, logdensity, init_kernel, move, step_si
     def jump(states):
         return jnp.mean(jnp.sum((states.position - starts) ** 2, axis=-1))
 
-    states = jax.vmap(lambda u: init_kernel(u, logdensity))(starts)
-    states, acceptance = run_block(states, key)  # the first block uses `key` as a fixed run does
+    states, acceptance = run_block(initial_states, key)  # the first block uses `key` as a fixed run does
     if max_blocks == 1:
         return constrain_leading_axis(states.position, sharding), acceptance, jnp.asarray(block)
 
@@ -402,9 +404,16 @@ def _run_stages(state: _State, key, target, reference, temperatures, stop_stage,
                 moves = jnp.full(n, chain_length - 1)
                 step_used = s.step_size
             else:
+                # Evaluated once: a retry starts from the same states. (Evaluating them in
+                # the retry loop too let XLA hoist a second, independent batch of the
+                # target's linear algebra beside the first; two batched LAPACK calls on the
+                # two workers of XLA:CPU's pool can deadlock each other, see
+                # docs/smc.md "A note on XLA:CPU".)
+                initial_states = jax.vmap(lambda u: init_kernel(u, logdensity))(starts)
+
                 def moves_with(step_size, key_moves):
                     return _move_until_decorrelated(
-                        key_moves, starts, logdensity, init_kernel, move, step_size,
+                        key_moves, starts, initial_states, logdensity, move, step_size,
                         options.num_mcmc_steps, options.max_blocks, options.jump_tolerance, sharding)
 
                 moved, acceptance, moves = moves_with(s.step_size, key_move)

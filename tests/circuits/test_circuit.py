@@ -109,6 +109,70 @@ def test_folding_runs_one_inner_layer_per_depth(case):
     assert mixed == sum(len(ps) > 1 for ps in case.graph.partitions_of.values())
 
 
+def test_read_plan_reads_the_same_rows_as_the_stage_index(case):
+    # Each stage's renumbered index, read through the parts of the cut groups, must
+    # name the same (group, row) as its original index into the uncut groups.
+    structure = case.circuit.structure
+    plan = structure.read_plan
+    for s, (inner, _) in enumerate(structure.stages):
+        original, offset = {}, 0
+        for g in inner.sources:
+            original.update({offset + r: (g, r) for r in range(structure.group_sizes[g])})
+            offset += structure.group_sizes[g]
+        renumbered, offset = {}, 0
+        for g, part in plan.parts[s]:
+            if part is None:
+                rows = np.arange(structure.group_sizes[g])
+            else:
+                cut_rows, consumers, sizes = plan.splits[g]
+                assert consumers[part] == s
+                start = sum(sizes[:part])
+                rows = cut_rows[start: start + sizes[part]]
+            renumbered.update({offset + i: (g, int(r)) for i, r in enumerate(rows)})
+            offset += len(rows)
+        for old, new in zip(inner.index.ravel(), plan.index[s].ravel(), strict=True):
+            assert original.get(int(old), "pad") == renumbered.get(int(new), "pad")
+
+
+@pytest.mark.parametrize("name", ["chowliu-cp-bernoulli", "quadgraph-tucker-bernoulli"])
+def test_gradients_through_cut_groups_match_reference_finite_differences(name):
+    # The leaf group is read by several stages (a tree; a DAG with mixing), so the
+    # backward pass goes through the read plan's cuts.
+    case = Case(name)
+    circuit = case.circuit
+    assert 0 in circuit.structure.read_plan.splits
+    rows = case.domain[::7]
+    x = jnp.asarray(rows, jnp.float32)
+
+    def mean_log_likelihood(c):
+        return c.log_marginal_prepared(x, jnp.ones(x.shape, bool)).mean()
+
+    grads = jax.grad(mean_log_likelihood)(circuit)
+    rng = np.random.default_rng(3)
+    checked = 0
+    for field in ("sum_logits", "input_params"):
+        leaves = jax.tree_util.tree_leaves(getattr(circuit, field))
+        grad_leaves = jax.tree_util.tree_leaves(getattr(grads, field))
+        for number, (leaf, grad) in enumerate(zip(leaves, grad_leaves, strict=True)):
+            for flat in rng.choice(leaf.size, min(3, leaf.size), replace=False):
+                position = np.unravel_index(flat, leaf.shape)
+                values = []
+                for step in (1e-2, -1e-2):
+                    moved = np.asarray(leaf).copy()
+                    moved[position] += step
+                    new_leaves = list(leaves)
+                    new_leaves[number] = jnp.asarray(moved)
+                    tree = jax.tree_util.tree_unflatten(
+                        jax.tree_util.tree_structure(getattr(circuit, field)), new_leaves)
+                    values.append(reference.log_unnormalised(
+                        circuit.with_params(**{field: tree}), rows).mean())
+                    actual_step = float(moved[position]) - float(np.asarray(leaf)[position])
+                finite_difference = (values[0] - values[1]) / (2 * abs(actual_step))
+                assert float(grad[position]) == pytest.approx(finite_difference, abs=2e-3, rel=2e-3)
+                checked += 1
+    assert checked >= 6
+
+
 def test_gaussian_inputs_match_reference_and_marginalise_by_quadrature():
     graph = circuits.random_binary_tree(jax.random.key(2), 3, depth=1)
     circuit = circuits.compile_circuit(graph, circuits.Gaussian(), 3, key=jax.random.key(4))

@@ -26,13 +26,18 @@ def binary_data():
     return (rng.random((300, 8)) < centres[labels]).astype(np.int8)
 
 
-def hand_em_step(weights, probs, data, alpha):
-    """One EM step for a mixture of product Bernoullis, written out by hand (float64)."""
+def hand_em_step(weights, probs, data, alpha, per="child"):
+    """One EM step for a mixture of product Bernoullis, written out by hand (float64).
+
+    ``per="child"``: ``alpha`` on every count; ``"node"``: ``alpha`` per distribution,
+    ``alpha / C`` on each of its ``C`` counts (Juice.jl's rule)."""
     x = data.astype(np.float64)
     log_lik = x @ np.log(probs) + (1 - x) @ np.log1p(-probs) + np.log(weights)  # (N, K)
     resp = np.exp(log_lik - special.logsumexp(log_lik, axis=1, keepdims=True))
-    new_weights = (resp.sum(0) + alpha) / (len(x) + len(weights) * alpha)
-    new_probs = (x.T @ resp + alpha) / (resp.sum(0) + 2 * alpha)
+    weight_alpha = alpha if per == "child" else alpha / len(weights)
+    value_alpha = alpha if per == "child" else alpha / 2
+    new_weights = (resp.sum(0) + weight_alpha) / (len(x) + len(weights) * weight_alpha)
+    new_probs = (x.T @ resp + value_alpha) / (resp.sum(0) + 2 * value_alpha)
     return new_weights, new_probs
 
 
@@ -41,10 +46,10 @@ def test_one_em_step_equals_hand_written_em_for_a_latent_class_model(binary_data
                                        key=jax.random.key(1))
     weights = np.exp(np.asarray(circuit.log_weights()[0][0][0, 0], np.float64))
     probs = special.expit(np.asarray(circuit.input_params["logits"], np.float64))  # (V, K)
-    for alpha in (0.0, 0.5):
-        expected_w, expected_p = hand_em_step(weights, probs, binary_data, alpha)
+    for alpha, per in ((0.0, "child"), (0.5, "child"), (3.0, "node")):
+        expected_w, expected_p = hand_em_step(weights, probs, binary_data, alpha, per)
         result = circuits.em(circuit, binary_data, num_epochs=1, pseudocount=alpha,
-                             progress=False)
+                             pseudocount_per=per, progress=False)
         fitted = result.circuit
         np.testing.assert_allclose(np.exp(np.asarray(fitted.log_weights()[0][0][0, 0])),
                                    expected_w, rtol=2e-4)
@@ -163,6 +168,7 @@ def test_validation_history_and_keep_best(binary_data):
 @pytest.mark.parametrize("kwargs, message", [
     ({"step_size": 0.0}, "step_size"),
     ({"pseudocount": -1.0}, "pseudocount"),
+    ({"pseudocount_per": "unit"}, "pseudocount_per"),
     ({"num_epochs": 0}, "num_epochs"),
     ({"batch_size": 10}, "`key` is required"),
 ])

@@ -1,5 +1,8 @@
 """Tempered SMC: log Z and moments on targets with known answers; bad input."""
 
+import subprocess
+import sys
+
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -250,3 +253,41 @@ def test_failures_raise_or_flag(log_density, code, message):
     result = smc.tempered_smc(jax.random.key(0), target, 32, raise_on_failure=False, **kwargs)
     assert int(result.failure) == code and not bool(result.ok)
     assert not np.isfinite(float(result.log_evidence))
+
+
+GP_SCRIPT = """
+import jax, jax.numpy as jnp, numpy as np, numpyro, numpyro.distributions as dist
+import probinf
+from probinf import smc
+
+x = jnp.linspace(-3.0, 3.0, 8)
+y = jnp.array([0, 1, 1, 3, 5, 2, 1, 0])
+
+def model():
+    rho = numpyro.sample("rho", dist.Gamma(5.0, 2.0))
+    alpha = numpyro.sample("alpha", dist.HalfNormal(2.0))
+    f_tilde = numpyro.sample("f_tilde", dist.Normal(0.0, 1.0).expand([8]).to_event(1))
+    k = alpha**2 * jnp.exp(-(x[:, None] - x[None]) ** 2 / (2 * rho**2)) + 1e-4 * jnp.eye(8)
+    numpyro.sample("y", dist.Poisson(jnp.exp(jnp.linalg.cholesky(k) @ f_tilde)).to_event(1), obs=y)
+
+result = smc.tempered_smc(jax.random.key(0), probinf.from_numpyro(model), 2000)
+assert np.isfinite(float(result.log_evidence)), result.log_evidence
+print("GP-OK")
+"""
+
+
+def test_a_target_with_batched_cholesky_does_not_deadlock_xla_cpu(repo_root, tmp_path):
+    # A latent GP evaluates one Cholesky factor per particle (a batched LAPACK call). When
+    # the retry loop evaluated the kernel's initial states a second time, XLA:CPU ran two
+    # such batches at once on its two-worker pool and both waited forever (jaxlib 0.10.2,
+    # two cores). Run in a subprocess so that a regression fails instead of hanging.
+    script = tmp_path / "gp_tempered.py"
+    script.write_text(GP_SCRIPT)
+    try:
+        out = subprocess.run([sys.executable, str(script)], cwd=repo_root, capture_output=True,
+                             text=True, timeout=240)
+    except subprocess.TimeoutExpired:
+        pytest.fail("tempered_smc on a latent-GP target did not finish in 240 s (deadlock?)")
+    if out.returncode != 0:
+        pytest.fail(out.stdout + out.stderr)
+    assert "GP-OK" in out.stdout
