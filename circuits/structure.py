@@ -71,14 +71,15 @@ class ReadPlan:
     nearly every stage of a deep tree) would otherwise get, in the backward pass, a
     cotangent the size of the whole group per child column: quadratic in the depth.
     Cut once, each stage's gathers (and their transposes) are the size of its own part.
+    The stage that reads most of a group's rows reads the whole group, uncut.
 
     Attributes:
         splits: group -> ``(rows, consumers, sizes)``: the group's rows taken for each
-            consuming stage in turn (a row may appear for several), the stages, and the
+            cut consumer in turn (a row may appear for several), those stages, and the
             number of rows each one gets.
         parts: per stage, per source, the ``(group, part)`` it reads, where ``part`` is
-            the position of the stage in that group's consumers, or None for the whole
-            group (groups with a single consumer are not cut).
+            the position of the stage in that group's cut consumers, or None for the
+            whole group (a group's only consumer, or the one that reads most of it).
         index: per stage, ``InnerStage.index`` renumbered into the concatenation of its parts.
     """
 
@@ -212,8 +213,12 @@ class CircuitStructure:
         splits = {}
         for g, stages in consumers.items():
             if len(stages) > 1:
-                rows = [rows_read[g, s] for s in stages]
-                splits[g] = (np.concatenate(rows), tuple(stages), tuple(len(r) for r in rows))
+                # The stage reading most rows keeps the whole group (as with one consumer):
+                # cutting its rows too would copy most of the group in the forward pass.
+                main = max(stages, key=lambda s: len(rows_read[g, s]))
+                cut = [s for s in stages if s != main]
+                rows = [rows_read[g, s] for s in cut]
+                splits[g] = (np.concatenate(rows), tuple(cut), tuple(len(r) for r in rows))
         parts, index = [], []
         for s, (inner, _) in enumerate(self.stages):
             new_index = np.empty_like(inner.index)
@@ -222,7 +227,7 @@ class CircuitStructure:
             for g in inner.sources:
                 local = inner.index - offset
                 inside = (local >= 0) & (local < self.group_sizes[g])
-                if g in splits:
+                if g in splits and s in splits[g][1]:
                     rows = rows_read[g, s]
                     new_index[inside] = new_offset + np.searchsorted(rows, local[inside])
                     stage_parts.append((g, splits[g][1].index(s)))

@@ -216,6 +216,7 @@ def test_save_and_reload_is_exact(tmp_path):
     import probinf
 
     case = Case("quadgraph-tucker-bernoulli")
+    case.circuit.log_prob(case.domain[:2])  # the structure now holds its cached read plan
     path = tmp_path / "circuit.pkl"
     probinf.save(path, case.circuit)
     loaded = probinf.load(path)
