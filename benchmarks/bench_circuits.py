@@ -6,6 +6,7 @@ Run from the repository root::
     python benchmarks/bench_circuits.py --quick    # a smoke run (small budgets)
     python benchmarks/bench_circuits.py --merge-published  # only refresh the published figures
     python benchmarks/bench_circuits.py --compile-scaling  # only compile times at D = 100..1,500
+    python benchmarks/bench_circuits.py --throughput       # only the cirkit throughput comparison
 
 Writes ``benchmarks/results/circuits.json`` (``--out``), rewritten after each DEBD dataset
 so a crash keeps what was measured. DEBD is read from ``--data DIR``/debd (default

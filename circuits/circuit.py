@@ -162,7 +162,7 @@ def upward(structure: CircuitStructure, input_values, log_w, log_mix, semiring="
             parts.update({(g, k): piece for k, piece in enumerate(pieces)})
 
     publish(leaves)
-    for s, ((inner, mixing), weights, mix_weights) in enumerate(
+    for s, ((_, mixing), weights, mix_weights) in enumerate(
             zip(structure.stages, log_w, log_mix, strict=True)):
         read = [groups[g] if k is None else parts.pop((g, k)) for g, k in plan.parts[s]]
         children = _columns(read, tuple(range(len(read))), plan.index[s], 0.0)

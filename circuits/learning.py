@@ -881,9 +881,10 @@ def fit_debd(
     key_init, key_mini = jax.random.split(key)
     graph = hclt(data, num_trees=num_trees, num_categories=max(num_values, 2))
     circuit = compile_circuit(graph, layer, latent, "cp", key=key_init, data=data)
-    common = dict(pseudocount=pseudocount, pseudocount_per=pseudocount_per, softening=softening, soften_towards="marginal",
-                  entropy_reg=entropy_reg, valid=valid, patience=patience,
-                  patience_rule="successive", progress=progress, max_seconds=time_limit)
+    common = dict(pseudocount=pseudocount, pseudocount_per=pseudocount_per,
+                  softening=softening, soften_towards="marginal", entropy_reg=entropy_reg,
+                  valid=valid, patience=patience, patience_rule="successive", progress=progress,
+                  max_seconds=time_limit)
     results = []
     if minibatch_epochs:
         results.append(em(circuit, data, num_epochs=minibatch_epochs, batch_size=batch_size,
