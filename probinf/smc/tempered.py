@@ -404,10 +404,10 @@ def _run_stages(state: _State, key, target, reference, temperatures, stop_stage,
                 moves = jnp.full(n, chain_length - 1)
                 step_used = s.step_size
             else:
-                # Evaluated once: a retry starts from the same states. (Evaluating them in
-                # the retry loop too let XLA hoist a second, independent batch of the
-                # target's linear algebra beside the first; two batched LAPACK calls on the
-                # two workers of XLA:CPU's pool can deadlock each other, see
+                # Evaluated once: a retry starts from the same states. (Evaluated in the
+                # retry loop too, the program hung on 2 cores: most likely XLA hoisted the
+                # loop-invariant second batch of the target's linear algebra beside the
+                # first, and two batched LAPACK calls on XLA:CPU's pool can deadlock, see
                 # docs/smc.md "A note on XLA:CPU".)
                 initial_states = jax.vmap(lambda u: init_kernel(u, logdensity))(starts)
 
