@@ -176,6 +176,13 @@ def _expected_statistics(circuit: Circuit, x, weight, softened: bool = False):
 PSEUDOCOUNT_RULES = ("child", "node")
 
 
+def _check_pseudocount_rule(pseudocount_per: object) -> str:
+    if pseudocount_per not in PSEUDOCOUNT_RULES:
+        raise ValueError(f"`pseudocount_per` must be one of {PSEUDOCOUNT_RULES}, "
+                         f"got {pseudocount_per!r}")
+    return str(pseudocount_per)
+
+
 def _pseudocounts(circuit: Circuit, pseudocount: float, per: str):
     """The pseudocount each expected count gets: per sum stage, per mixing stage, inputs.
 
@@ -694,9 +701,7 @@ def em(
     steps = step_size_schedule(step_size, num_epochs)
     if not (isinstance(pseudocount, (int, float)) and pseudocount >= 0.0):
         raise ValueError(f"`pseudocount` must be >= 0, got {pseudocount!r}")
-    if pseudocount_per not in PSEUDOCOUNT_RULES:
-        raise ValueError(f"`pseudocount_per` must be one of {PSEUDOCOUNT_RULES}, "
-                         f"got {pseudocount_per!r}")
+    pseudocount_per = _check_pseudocount_rule(pseudocount_per)
     if not (isinstance(softening, (int, float)) and 0.0 <= softening < 0.5):
         raise ValueError(f"`softening` must be in [0, 0.5), got {softening!r}")
     if not (isinstance(entropy_reg, (int, float)) and entropy_reg >= 0.0
@@ -869,6 +874,7 @@ def fit_debd(
     """
     check_key(key)
     latent = check_positive_int(latent, "latent")
+    pseudocount_per = _check_pseudocount_rule(pseudocount_per)  # before structure learning
     time_limit = _time_limit(max_seconds)
     data = np.asarray(train)
     if data.ndim != 2:

@@ -165,6 +165,26 @@ def test_validation_history_and_keep_best(binary_data):
     assert best == pytest.approx(result.valid_log_likelihood.max(), abs=1e-5)
 
 
+@pytest.mark.parametrize("entropy_reg", [0.0, 0.01])
+def test_pseudocount_per_node_is_alpha_over_the_fan_out_when_every_unit_has_two_children(
+        binary_data, entropy_reg):
+    # CP layers of 2 units over a quad graph: every sum, every mixing unit (2 partitions
+    # per mixed region) and every Bernoulli input has two children, so spreading alpha
+    # over the children is adding alpha / 2 to each, in both M-steps.
+    graph = circuits.quad_graph(2, 3)
+    circuit = circuits.compile_circuit(graph, circuits.Bernoulli(), 2, "cp", key=jax.random.key(0))
+    assert all(shape[-1] == 2 for shape in circuit.structure.sum_shapes())
+    mixing = [m for _, m in circuit.structure.stages if m is not None]
+    assert mixing and all(np.all(np.asarray(m.valid).sum(-1) == 2) for m in mixing)
+    data = binary_data[:, : graph.num_variables]
+    node = circuits.em(circuit, data, num_epochs=2, pseudocount=0.6, pseudocount_per="node",
+                       entropy_reg=entropy_reg, progress=False).circuit
+    child = circuits.em(circuit, data, num_epochs=2, pseudocount=0.3, pseudocount_per="child",
+                        entropy_reg=entropy_reg, progress=False).circuit
+    for a, b in zip(jax.tree_util.tree_leaves(node), jax.tree_util.tree_leaves(child), strict=True):
+        np.testing.assert_array_equal(np.asarray(a), np.asarray(b))
+
+
 @pytest.mark.parametrize("kwargs, message", [
     ({"step_size": 0.0}, "step_size"),
     ({"pseudocount": -1.0}, "pseudocount"),

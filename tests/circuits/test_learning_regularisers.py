@@ -227,3 +227,12 @@ def test_softening_needs_a_discrete_layer():
     circuit = _tiny_circuit(circuits.Gaussian())
     with pytest.raises(ValueError, match="`softening`"):
         circuits.em(circuit, np.zeros((4, 3)), softening=0.1, progress=False)
+
+
+@pytest.mark.parametrize("kwargs, name", [
+    (dict(pseudocount_per="unit"), "pseudocount_per"), (dict(latent=0), "latent"),
+])
+def test_fit_debd_names_a_bad_argument_before_learning_the_structure(kwargs, name):
+    data = np.zeros((20, 4), int)
+    with pytest.raises(ValueError, match=f"`{name}`"):
+        circuits.fit_debd(data, key=jax.random.key(0), progress=False, **kwargs)
