@@ -24,6 +24,7 @@ from circuits.learning import (
     hclt,
     soft_evidence,
     step_size_schedule,
+    train_debd,
 )
 from circuits.region_graph import (
     Partition,
@@ -57,6 +58,7 @@ __all__ = [
     "fused_log_matmul_exp",
     "em",
     "fit_debd",
+    "train_debd",
     "hclt",
     "soft_evidence",
     "step_size_schedule",

@@ -43,7 +43,7 @@ from probinf import train as engine
 from probinf.validation import check_key, check_positive_int
 
 __all__ = ["TrainResult", "em", "fit_gradient", "average_log_likelihood", "step_size_schedule",
-           "soft_evidence", "hclt", "fit_debd"]
+           "soft_evidence", "hclt", "fit_debd", "train_debd"]
 
 
 @dataclass(frozen=True)
@@ -835,9 +835,81 @@ def fit_debd(
        Van den Broeck, "Tractable Regularization..." and "A compositional atlas..."),
        compiled with CP layers of ``latent`` units (the hidden variables' states;
        the authors use 12, larger values up to 128 suit larger data);
-    2. ``minibatch_epochs`` of mini-batch EM (``batch_size`` rows per update) with the
+    2. training by :func:`train_debd`: ``minibatch_epochs`` of mini-batch EM, then
+       ``fullbatch_epochs`` of full-batch EM, regularised (see there).
+
+    Args:
+        train: ``(N, V)`` integer data (binary: Bernoulli inputs; else Categorical).
+        valid: optional validation data (early stopping and model selection).
+        key: PRNG key (initial parameters, mini-batch shuffling).
+        latent: units per CP layer (the hidden variables' states).
+        num_trees: hidden Chow-Liu trees in the mixture.
+        pseudocount, pseudocount_per, softening, entropy_reg, batch_size,
+            minibatch_epochs, fullbatch_epochs, step_size, patience, progress:
+            as in :func:`train_debd`.
+        max_seconds: one wall-clock budget for structure learning and both training
+            phases (``None``: no limit).
+
+    Returns:
+        ``(circuit, result)``: the trained circuit and :func:`train_debd`'s result.
+    """
+    check_key(key)
+    latent = check_positive_int(latent, "latent")
+    pseudocount_per = _check_pseudocount_rule(pseudocount_per)  # before structure learning
+    _check_phases(minibatch_epochs, fullbatch_epochs)
+    time_limit = _time_limit(max_seconds)
+    data = np.asarray(train)
+    if data.ndim != 2:
+        raise ValueError(f"`train` must be (num_samples, num_variables), got shape {data.shape}")
+    num_values = int(data.max()) + 1
+    values = valid if valid is None else np.asarray(valid)
+    if values is not None and values.size:
+        num_values = max(num_values, int(values.max()) + 1)
+    layer = Bernoulli() if num_values <= 2 else Categorical(num_values)
+    key_init, key_train = jax.random.split(key)
+    graph = hclt(data, num_trees=num_trees, num_categories=max(num_values, 2))
+    circuit = compile_circuit(graph, layer, latent, "cp", key=key_init, data=data)
+    result = train_debd(
+        circuit, data, valid, key=key_train, pseudocount=pseudocount,
+        pseudocount_per=pseudocount_per, softening=softening, entropy_reg=entropy_reg,
+        batch_size=batch_size, minibatch_epochs=minibatch_epochs,
+        fullbatch_epochs=fullbatch_epochs, step_size=step_size, patience=patience,
+        max_seconds=time_limit, progress=progress,
+    )
+    return result.circuit, result
+
+
+def _check_phases(minibatch_epochs, fullbatch_epochs) -> None:
+    if not minibatch_epochs and not fullbatch_epochs:
+        raise ValueError("`minibatch_epochs` and `fullbatch_epochs` are both 0: nothing to train")
+
+
+def train_debd(
+    circuit: Circuit,
+    train,
+    valid=None,
+    *,
+    key,
+    pseudocount: float = 0.1,
+    pseudocount_per: str = "node",
+    softening: float = 0.002,
+    entropy_reg: float = 0.001,
+    batch_size: int = 1024,
+    minibatch_epochs: int = 100,
+    fullbatch_epochs: int = 100,
+    step_size=("linear", 0.9, 0.1),
+    patience: int | None = 4,
+    max_seconds: float | None = None,
+    progress: bool | None = None,
+) -> TrainResult:
+    """The training half of :func:`fit_debd`, for a circuit of any structure.
+
+    As in the released training code of Liu & Van den Broeck (NeurIPS 2021), with
+    their hyper-parameters as defaults:
+
+    1. ``minibatch_epochs`` of mini-batch EM (``batch_size`` rows per update) with the
        step size annealed by ``step_size`` (authors: linear from 0.9 to 0.1);
-    3. ``fullbatch_epochs`` of full-batch EM (step size 1);
+    2. ``fullbatch_epochs`` of full-batch EM (step size 1);
 
     both on data softened towards the marginals by ``softening`` (``beta``) and with
     the entropy penalty ``entropy_reg`` (``tau``), see :func:`em`: each phase
@@ -848,11 +920,10 @@ def fit_debd(
     full-batch phase returns its best parameters on ``valid``.
 
     Args:
-        train: ``(N, V)`` integer data (binary: Bernoulli inputs; else Categorical).
+        circuit: the circuit to train (e.g. from :func:`compile_circuit`).
+        train: ``(N, V)`` training data.
         valid: optional validation data (early stopping and model selection).
-        key: PRNG key (initial parameters, mini-batch shuffling).
-        latent: units per CP layer (the hidden variables' states).
-        num_trees: hidden Chow-Liu trees in the mixture.
+        key: PRNG key (mini-batch shuffling).
         pseudocount: ``alpha``, the M-step's smoothing (see :func:`em`).
         pseudocount_per: ``"node"`` (the authors' rule) or ``"child"`` (see :func:`em`).
         softening: ``beta``, data softening towards the marginals.
@@ -863,46 +934,32 @@ def fit_debd(
         step_size: the mini-batch phase's step size or schedule (see :func:`em`).
         patience: successive falls of the validation likelihood that end a phase
             (``None``: never).
-        max_seconds: one wall-clock budget for both phases, structure learning included
-            (`probinf.train.TimeLimit`); when the mini-batch phase spends it, the
-            full-batch phase still runs its first epoch (``None``: no limit).
+        max_seconds: one wall-clock budget for both phases (`probinf.train.TimeLimit`);
+            when the mini-batch phase spends it, the full-batch phase still runs its
+            first epoch (``None``: no limit).
         progress: show progress bars (default: when on a terminal).
 
     Returns:
-        ``(circuit, result)``: the trained circuit and a :class:`TrainResult` whose
-        histories concatenate both phases (``num_epochs`` counts both).
+        A :class:`TrainResult` whose histories concatenate both phases (``num_epochs``
+        counts both).
     """
     check_key(key)
-    latent = check_positive_int(latent, "latent")
-    pseudocount_per = _check_pseudocount_rule(pseudocount_per)  # before structure learning
-    time_limit = _time_limit(max_seconds)
-    data = np.asarray(train)
-    if data.ndim != 2:
-        raise ValueError(f"`train` must be (num_samples, num_variables), got shape {data.shape}")
-    num_values = int(data.max()) + 1
-    values = valid if valid is None else np.asarray(valid)
-    if values is not None and values.size:
-        num_values = max(num_values, int(values.max()) + 1)
-    layer = Bernoulli() if num_values <= 2 else Categorical(num_values)
-    key_init, key_mini = jax.random.split(key)
-    graph = hclt(data, num_trees=num_trees, num_categories=max(num_values, 2))
-    circuit = compile_circuit(graph, layer, latent, "cp", key=key_init, data=data)
+    pseudocount_per = _check_pseudocount_rule(pseudocount_per)
+    _check_phases(minibatch_epochs, fullbatch_epochs)
     common = dict(pseudocount=pseudocount, pseudocount_per=pseudocount_per,
                   softening=softening, soften_towards="marginal", entropy_reg=entropy_reg,
                   valid=valid, patience=patience, patience_rule="successive", progress=progress,
-                  max_seconds=time_limit)
+                  max_seconds=_time_limit(max_seconds))
     results = []
     if minibatch_epochs:
-        results.append(em(circuit, data, num_epochs=minibatch_epochs, batch_size=batch_size,
-                          step_size=step_size, key=key_mini, keep_best=False, **common))
+        results.append(em(circuit, train, num_epochs=minibatch_epochs, batch_size=batch_size,
+                          step_size=step_size, key=key, keep_best=False, **common))
         circuit = results[-1].circuit
     if fullbatch_epochs:
-        results.append(em(circuit, data, num_epochs=fullbatch_epochs, keep_best=True, **common))
+        results.append(em(circuit, train, num_epochs=fullbatch_epochs, keep_best=True, **common))
         circuit = results[-1].circuit
-    if not results:
-        raise ValueError("`minibatch_epochs` and `fullbatch_epochs` are both 0: nothing to train")
     last = results[-1]
-    return circuit, TrainResult(
+    return TrainResult(
         circuit=circuit,
         train_log_likelihood=np.concatenate([r.train_log_likelihood for r in results]),
         valid_log_likelihood=np.concatenate([r.valid_log_likelihood for r in results]),

@@ -195,6 +195,30 @@ def test_fit_debd_on_nltcs_raises_the_train_likelihood(nltcs):
         circuits.average_log_likelihood(circuit, nltcs["valid"][:200]), abs=1e-5)
 
 
+def test_train_debd_trains_a_circuit_of_another_structure_to_a_normalised_better_fit(nltcs):
+    """The recipe's training on a random binary tree of six NLTCS columns (not an HCLT):
+    the trained circuit still sums to one over all 2^6 rows (enumerated), and on held-out
+    rows it beats the independent-columns model fitted to the same rows (measured margin
+    0.74 nats), which the circuit's initialisation from the marginals does not."""
+    columns = slice(0, 6)
+    train, valid, test = (nltcs[s][:, columns] for s in ("train", "valid", "test"))
+    graph = circuits.random_binary_tree(jax.random.key(3), num_variables=6, depth=2,
+                                        num_repetitions=2)
+    start = circuits.compile_circuit(graph, circuits.Bernoulli(), 4, "cp",
+                                     key=jax.random.key(4), data=train)
+    result = circuits.train_debd(start, train[:2000], valid[:300], key=jax.random.key(5),
+                                 batch_size=256, minibatch_epochs=3, fullbatch_epochs=5,
+                                 progress=False)
+    assert result.num_epochs <= 8 and len(result.valid_log_likelihood) == result.num_epochs
+    grid = np.array(list(itertools.product((0, 1), repeat=6)))
+    assert float(jax.nn.logsumexp(result.circuit.log_prob(grid))) == pytest.approx(0.0, abs=1e-5)
+    rows = test[:1000]
+    marginals = train[:2000].mean(axis=0)
+    independent = float(np.mean(np.sum(xlogy(rows, marginals) + xlogy(1 - rows, 1 - marginals), 1)))
+    assert circuits.average_log_likelihood(start, rows) < independent
+    assert circuits.average_log_likelihood(result.circuit, rows) > independent + 0.3
+
+
 def test_fit_debd_time_limit_ends_both_phases_and_keeps_the_best_validated_circuit(nltcs):
     """A budget spent before training: each phase runs one chunk (mini-batch EM's first step,
     full-batch EM's first epoch) and stops; the full-batch epoch is validated and returned."""
@@ -231,6 +255,7 @@ def test_softening_needs_a_discrete_layer():
 
 @pytest.mark.parametrize("kwargs, name", [
     (dict(pseudocount_per="unit"), "pseudocount_per"), (dict(latent=0), "latent"),
+    (dict(minibatch_epochs=0, fullbatch_epochs=0), "minibatch_epochs"),
 ])
 def test_fit_debd_names_a_bad_argument_before_learning_the_structure(kwargs, name):
     data = np.zeros((20, 4), int)
