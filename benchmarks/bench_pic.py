@@ -311,6 +311,8 @@ def main():
     parser.add_argument("--datasets", nargs="*", default=None, help="DEBD subset")
     parser.add_argument("--out", default=str(OUT))
     parser.add_argument("--table", action="store_true", help="print the docs table of --out and exit")
+    parser.add_argument("--resume", action="store_true",
+                        help="keep the datasets an unfinished --out already holds and run the rest")
     add_debd_arguments(parser)
     args = parser.parse_args()
     if args.table:
@@ -366,9 +368,24 @@ def main():
         },
     }
     results["debd"] = {}
+    earlier = json.loads(pathlib.Path(args.out).read_text()) if args.resume else {}
+    if earlier.get("complete"):
+        parser.error(f"--resume: {args.out} holds a finished run; nothing to resume")
+    if earlier:
+        if earlier.get("setup") != json.loads(json.dumps(results["setup"])):
+            parser.error(f"--resume: {args.out} was written with another setup")
+        results["debd"] = earlier.get("debd", {})
+        results["resumed"] = earlier.get("resumed", []) + [
+            {"machine": results["machine"], "after": list(results["debd"]),
+             "note": "total_seconds counts this process only"}]
+        results["machine"] = earlier["machine"]
+        if "digits" in earlier:
+            results["digits"] = earlier["digits"]
     update_results(args.out, [], results, fresh=True)
     key = jax.random.key(0)
     for index, name in enumerate(names):
+        if name in results["debd"]:
+            continue  # measured by the run --resume continues
         data = circuits.load_debd(name, debd)
         graph = circuits.chow_liu_tree(data["train"])
         cfg = dict(debd_cfg)
@@ -381,13 +398,14 @@ def main():
                                  "num_train": int(len(data["train"])), "models": models,
                                  "summary": summarize(models)}
         update_results(args.out, ["debd", name], results["debd"][name])
-    digits = load_digits_split()
-    log(f"digits: 64 variables, {len(digits['train'])} training rows")
-    graph = circuits.quad_tree(8, 8, num_patch_splits=2)
-    models = compare("digits", digits, graph, circuits.Categorical(17), "tucker", digits_cfg["k"],
-                     digits_cfg, jax.random.fold_in(key, 1000), log)
-    results["digits"] = {"num_variables": 64, "num_train": len(digits["train"]), "models": models,
-                         "summary": summarize(models, bits_per_dim=64)}
+    if "digits" not in results:
+        digits = load_digits_split()
+        log(f"digits: 64 variables, {len(digits['train'])} training rows")
+        graph = circuits.quad_tree(8, 8, num_patch_splits=2)
+        models = compare("digits", digits, graph, circuits.Categorical(17), "tucker",
+                         digits_cfg["k"], digits_cfg, jax.random.fold_in(key, 1000), log)
+        results["digits"] = {"num_variables": 64, "num_train": len(digits["train"]),
+                             "models": models, "summary": summarize(models, bits_per_dim=64)}
     wins = [n for n, r in results["debd"].items() if r["summary"]["pic_beats_both_pcs"]]
     results["overall"] = {
         "pic_beats_both_pcs_on": wins + (["digits"] if results["digits"]["summary"][

@@ -22,6 +22,7 @@ depth), jit-compiled; MAP and sampling add one top-down pass over the same layer
 
 from __future__ import annotations
 
+import functools
 import warnings
 
 import equinox as eqx
@@ -127,6 +128,161 @@ def _sum_kernel(backend: str, dtype):
     return fused_log_matmul_exp if backend == "pallas" else log_matmul_exp
 
 
+#: Circuits with at least this many stages run the scanned upward pass (`_upward_scanned`):
+#: its program grows with the number of differently shaped runs of stages, not with the
+#: depth. Shallower circuits (quad-trees, random binary trees) keep the unrolled pass,
+#: whose static gathers XLA fuses into the layers.
+SCAN_MIN_STAGES = 16
+
+
+def _inner_layer(structure, children, weights, semiring, kernel):
+    """The inner layer of a stage on its children's ``A`` arrays ``(F, B, K)``."""
+    if structure.layer_kind == "cp":
+        return cp_layer(children, weights, semiring, kernel)
+    tucker_kernel = None if kernel is log_matmul_exp else kernel
+    return tucker_layer(children[0], children[1], weights, semiring, tucker_kernel)
+
+
+def _padded(array, shape, fill):
+    """``array`` padded at the end of each axis to ``shape`` with ``fill``."""
+    widths = [(0, n - m) for n, m in zip(shape, array.shape, strict=True)]
+    return jnp.pad(array, widths, constant_values=fill) if any(w for _, w in widths) else array
+
+
+def _segment_inputs(segment, log_w, log_mix):
+    """A segment's stacked, padded weights: ``(n, F, O, J)`` and ``(n, M, O, P)`` or None."""
+    weights = jnp.stack([_padded(log_w[s], (segment.num_folds,) + log_w[s].shape[1:], 0.0)
+                         for s in segment.stages])
+    if segment.mixing is None:
+        return weights, None
+    num_mixed, width = segment.mixing.shape[1:]
+    mixes = []
+    for s in segment.stages:
+        w = _padded(log_mix[s], log_mix[s].shape[:2] + (width,), -jnp.inf)  # absent partitions
+        mixes.append(_padded(w, (num_mixed,) + w.shape[1:], 0.0))  # padding units
+    return weights, jnp.stack(mixes)
+
+
+def _segment_xs(segment, weights, mixes):
+    xs = (jnp.asarray(segment.children), jnp.asarray(segment.outputs), weights)
+    if mixes is None:
+        return xs
+    return xs + (jnp.asarray(segment.mixing), jnp.asarray(segment.mix_outputs), mixes,
+                 jnp.asarray(segment.mix_counts))
+
+
+def _stage_layers(structure, semiring, kernel, buffer, xs):
+    """One stage of a segment: its inner output and the function its mixing layer applies."""
+    rows, _, weights = xs[:3]
+    children = [jnp.take(buffer, rows[:, a], axis=0) for a in range(rows.shape[1])]
+
+    def inner(children, weights):
+        return _inner_layer(structure, children, weights, semiring, kernel)
+
+    def mix(out, mix_weights):
+        parts = jnp.take(out, xs[3], axis=0)  # (M, P, B, K)
+        return mixing_layer([parts[:, p] for p in range(parts.shape[1])], mix_weights, semiring)
+
+    return children, inner, mix
+
+
+@functools.partial(jax.custom_vjp, nondiff_argnums=(0, 1, 2))
+def _scan_buffer(structure, semiring, kernel, leaves, weights, mixes):
+    """The buffer of every output group below the root (see `ScanPlan`), with a
+    hand-written backward pass: the automatic one adds a whole-buffer cotangent per stage
+    (a zero buffer scattered into, then summed), ten times the forward pass at depth 60;
+    this one scatters each stage's child cotangents into one carried buffer in place."""
+    plan = structure.scan_plan
+    num_leaves, batch, units = leaves.shape
+    buffer = jnp.concatenate([
+        jnp.zeros((1, batch, units), leaves.dtype), leaves,
+        jnp.zeros((plan.num_rows - 1 - num_leaves, batch, units), leaves.dtype)])
+    for segment, w, m in zip(plan.segments, weights, mixes, strict=True):
+        def stage(buffer, xs):
+            children, inner, mix = _stage_layers(structure, semiring, kernel, buffer, xs)
+            out = inner(children, xs[2]).astype(buffer.dtype)
+            buffer = jax.lax.dynamic_update_slice_in_dim(buffer, out, xs[1], 0)
+            if len(xs) > 3:
+                mixed = mix(out, xs[5]).astype(buffer.dtype)
+                buffer = jax.lax.dynamic_update_slice_in_dim(buffer, mixed, xs[4], 0)
+            return buffer, None
+
+        buffer, _ = jax.lax.scan(stage, buffer, _segment_xs(segment, w, m))
+    return buffer
+
+
+def _scan_buffer_forward(structure, semiring, kernel, leaves, weights, mixes):
+    buffer = _scan_buffer(structure, semiring, kernel, leaves, weights, mixes)
+    return buffer, (buffer, weights, mixes)
+
+
+def _scan_buffer_backward(structure, semiring, kernel, residuals, cotangent):
+    # Every real row of the final buffer holds the value its readers saw (a stage writes
+    # only at or past its own rows), so each stage's children are read from it again.
+    # Stages are undone top-down, each reading its rows' cotangents and scattering its
+    # children's into earlier rows of the same carried buffer. A padding fold reads past
+    # its stage's rows (a nonzero cotangent), but its children are all row 0 and its
+    # weights are cut away, so that flows nowhere; padding mixing units read real folds,
+    # so their cotangent is masked. Nothing is written over the rows read (no zeroing):
+    # a write there before the reads are done would make XLA copy the whole buffer.
+    buffer, weights, mixes = residuals
+    plan = structure.scan_plan
+    weight_grads, mix_grads = [], []
+    ct = cotangent
+    for segment, w, m in reversed(list(zip(plan.segments, weights, mixes, strict=True))):
+        def stage(ct, xs):
+            children, inner, mix = _stage_layers(structure, semiring, kernel, buffer, xs)
+            out, inner_vjp = jax.vjp(inner, children, xs[2])
+            ct_out = jax.lax.dynamic_slice_in_dim(ct, xs[1], out.shape[0], 0).astype(out.dtype)
+            mix_grad = None
+            if len(xs) > 3:
+                num_mixed = xs[3].shape[0]
+                ct_mixed = jax.lax.dynamic_slice_in_dim(ct, xs[4], num_mixed, 0)
+                real = (jnp.arange(num_mixed) < xs[6])[:, None, None]
+                _, mix_vjp = jax.vjp(mix, out, xs[5])
+                ct_from_mixing, mix_grad = mix_vjp(jnp.where(real, ct_mixed, 0.0).astype(out.dtype))
+                ct_out = ct_out + ct_from_mixing
+            ct_children, weight_grad = inner_vjp(ct_out)
+            for a, ct_child in enumerate(ct_children):
+                ct = ct.at[xs[0][:, a]].add(ct_child.astype(ct.dtype))
+            return ct, (weight_grad, mix_grad)
+
+        ct, (weight_grad, mix_grad) = jax.lax.scan(stage, ct, _segment_xs(segment, w, m),
+                                                   reverse=True)
+        weight_grads.append(weight_grad)
+        mix_grads.append(mix_grad)
+    num_leaves = structure.group_sizes[0]
+    return ct[1:1 + num_leaves], tuple(reversed(weight_grads)), tuple(reversed(mix_grads))
+
+
+_scan_buffer.defvjp(_scan_buffer_forward, _scan_buffer_backward)
+
+
+def _upward_scanned(structure: CircuitStructure, leaves, log_w, log_mix, semiring, kernel):
+    """`upward` as one ``lax.scan`` per run of equally padded stages (see `ScanPlan`)."""
+    plan = structure.scan_plan
+    dtype = jnp.result_type(leaves, *log_w)
+    inputs = [_segment_inputs(segment, log_w, log_mix) for segment in plan.segments]
+    buffer = _scan_buffer(structure, semiring, kernel, leaves.astype(dtype),
+                          tuple(w for w, _ in inputs), tuple(m for _, m in inputs))
+    groups = []
+    for g, size in enumerate(structure.group_sizes[:-2]):
+        empty = g > 0 and g % 2 == 0 and structure.stages[g // 2 - 1][1] is None
+        start = plan.offsets[g]
+        groups.append(None if empty else buffer[start:start + size])
+    rows = plan.root_children
+    children = [jnp.take(buffer, rows[:, a], axis=0) for a in range(rows.shape[1])]
+    out = _inner_layer(structure, children, log_w[-1], semiring, kernel)
+    groups.append(out)
+    mixing = structure.stages[-1][1]
+    if mixing is None:
+        groups.append(None)
+    else:
+        mixed = _columns([out], (0,), mixing.index, 0.0)
+        groups.append(mixing_layer(mixed, log_mix[-1], semiring))
+    return groups
+
+
 def upward(structure: CircuitStructure, input_values, log_w, log_mix, semiring="sum",
            backend="einsum"):
     """Evaluate every layer bottom-up.
@@ -148,6 +304,8 @@ def upward(structure: CircuitStructure, input_values, log_w, log_mix, semiring="
         leaves = input_values
     else:
         leaves = sum(_columns([input_values], (0,), structure.leaf_slots, 0.0))
+    if len(structure.stages) >= SCAN_MIN_STAGES:
+        return _upward_scanned(structure, leaves, log_w, log_mix, semiring, kernel)
     plan = structure.read_plan
     groups, parts = [], {}
 
@@ -166,11 +324,7 @@ def upward(structure: CircuitStructure, input_values, log_w, log_mix, semiring="
             zip(structure.stages, log_w, log_mix, strict=True)):
         read = [groups[g] if k is None else parts.pop((g, k)) for g, k in plan.parts[s]]
         children = _columns(read, tuple(range(len(read))), plan.index[s], 0.0)
-        if structure.layer_kind == "cp":
-            out = cp_layer(children, weights, semiring, kernel)
-        else:
-            tucker_kernel = None if kernel is log_matmul_exp else kernel
-            out = tucker_layer(children[0], children[1], weights, semiring, tucker_kernel)
+        out = _inner_layer(structure, children, weights, semiring, kernel)
         publish(out)
         if mixing is None:
             groups.append(None)

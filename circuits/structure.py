@@ -22,7 +22,8 @@ import numpy as np
 from circuits.region_graph import RegionGraph
 from probinf.validation import check_positive_int
 
-__all__ = ["InnerStage", "MixingStage", "ReadPlan", "CircuitStructure", "LAYER_KINDS"]
+__all__ = ["InnerStage", "MixingStage", "ReadPlan", "ScanSegment", "ScanPlan", "CircuitStructure",
+           "LAYER_KINDS"]
 
 #: Inner layer kinds: ``"cp"`` (Hadamard product then sum) and ``"tucker"``
 #: (Kronecker product then sum).
@@ -86,6 +87,59 @@ class ReadPlan:
     splits: dict[int, tuple[np.ndarray, tuple[int, ...], tuple[int, ...]]]
     parts: tuple[tuple[tuple[int, int | None], ...], ...]
     index: tuple[np.ndarray, ...]
+
+
+@dataclass(frozen=True, eq=False)
+class ScanSegment:
+    """A run of consecutive stages of one padded shape, evaluated by one ``lax.scan``.
+
+    Attributes:
+        stages: the stages, in order.
+        num_folds: ``F``, folds per stage after padding (a power of two).
+        children: ``(n, F, A)`` buffer rows of each fold's children; row 0 (zeros, the
+            product's identity) stands for an absent child and feeds the padding folds.
+        outputs: ``(n,)`` the first buffer row of each stage's inner output.
+        mixing: ``(n, M, P)`` rows of the stage's inner output read by each mixing unit
+            (padding: row 0, with log-weight ``-inf``), or None when no stage mixes.
+        mix_outputs: ``(n,)`` the first buffer row of each stage's mixing output, or None.
+        mix_counts: ``(n,)`` the stage's real mixing units (the rest are padding), or None.
+    """
+
+    stages: tuple[int, ...]
+    num_folds: int
+    children: np.ndarray
+    outputs: np.ndarray
+    mixing: np.ndarray | None
+    mix_outputs: np.ndarray | None
+    mix_counts: np.ndarray | None
+
+
+@dataclass(frozen=True, eq=False)
+class ScanPlan:
+    """The upward pass of a deep circuit as a few scans over one buffer of rows.
+
+    Every output group has a fixed block of rows in one ``(num_rows, B, K)`` buffer (row
+    0 holds zeros; the leaves follow). The stages below the root are cut into runs whose
+    fold counts round up to the same power of two (:class:`ScanSegment`); each run is
+    one ``lax.scan``, so the compiled program grows with the number of runs, not with
+    the depth. A padded stage writes its extra folds past its own rows, into rows of
+    groups computed later (which overwrite them), or into the slack at the end.
+
+    Attributes:
+        offsets: the first buffer row of every output group (size 0 for absent ones).
+        num_rows: rows of the buffer, slack included.
+        segments: the runs, bottom-up; the root stage is evaluated after them.
+        root_children: ``(F, A)`` buffer rows of the root stage's children.
+    """
+
+    offsets: tuple[int, ...]
+    num_rows: int
+    segments: tuple[ScanSegment, ...]
+    root_children: np.ndarray
+
+
+def _power_of_two_at_least(n: int) -> int:
+    return 1 << max(0, int(n) - 1).bit_length()
 
 
 class CircuitStructure:
@@ -242,6 +296,59 @@ class CircuitStructure:
             parts.append(tuple(stage_parts))
             index.append(new_index)
         return ReadPlan(splits=splits, parts=tuple(parts), index=tuple(index))
+
+    @functools.cached_property
+    def scan_plan(self) -> ScanPlan:
+        """How the scanned upward pass lays out and runs the stages (see :class:`ScanPlan`)."""
+        sizes = self.group_sizes
+        offsets = tuple(1 + sum(sizes[:g]) for g in range(len(sizes)))
+        arity = max(inner.index.shape[1] for inner, _ in self.stages)
+        width = max((m.index.shape[1] for _, m in self.stages if m is not None), default=1)
+
+        def global_rows(inner):
+            """The stage's child index as buffer rows (padding -> row 0)."""
+            rows = np.zeros((inner.index.shape[0], arity), np.int32)
+            start = 0
+            for g in inner.sources:
+                local = inner.index - start
+                inside = (local >= 0) & (local < sizes[g])
+                rows[:, :inner.index.shape[1]][inside] = offsets[g] + local[inside]
+                start += sizes[g]
+            return rows
+
+        def shape_key(s):
+            inner, mixing = self.stages[s]
+            mixed = None if mixing is None else _power_of_two_at_least(mixing.index.shape[0])
+            return _power_of_two_at_least(inner.index.shape[0]), mixed
+
+        runs: list[list[int]] = []
+        for s in range(len(self.stages) - 1):  # the root stage (one output unit) runs apart
+            if runs and shape_key(runs[-1][-1]) == shape_key(s):
+                runs[-1].append(s)
+            else:
+                runs.append([s])
+        segments, slack = [], 1
+        for run in runs:
+            num_folds, num_mixed = shape_key(run[0])
+            children = np.zeros((len(run), num_folds, arity), np.int32)
+            outputs = np.array([offsets[2 * s + 1] for s in run], np.int32)
+            slack = max(slack, num_folds, num_mixed or 0)
+            for n, s in enumerate(run):
+                rows = global_rows(self.stages[s][0])
+                children[n, :rows.shape[0]] = rows
+            mixing = mix_outputs = mix_counts = None
+            if num_mixed is not None:
+                mixing = np.zeros((len(run), num_mixed, width), np.int32)
+                for n, s in enumerate(run):
+                    index = self.stages[s][1].index
+                    valid = self.stages[s][1].valid
+                    mixing[n, :index.shape[0], :index.shape[1]] = np.where(valid, index, 0)
+                mix_outputs = np.array([offsets[2 * s + 2] for s in run], np.int32)
+                mix_counts = np.array([sizes[2 * s + 2] for s in run], np.int32)
+            segments.append(ScanSegment(tuple(run), num_folds, children, outputs, mixing,
+                                        mix_outputs, mix_counts))
+        return ScanPlan(offsets=offsets, num_rows=1 + sum(sizes) + slack,
+                        segments=tuple(segments), root_children=global_rows(self.stages[-1][0]))
 
     # ----------------------------------------------------------------- sizes
     @property

@@ -1,0 +1,142 @@
+"""The scanned upward pass of deep circuits (`circuits.structure.ScanPlan`) against the
+independent reference evaluator and against the unrolled pass it replaces."""
+
+import importlib.util
+import itertools
+import pathlib
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+from scipy import special
+
+import circuits
+import circuits.circuit as circuit_module
+
+_here = pathlib.Path(__file__).parent
+_spec = importlib.util.spec_from_file_location("circuit_reference", _here / "reference.py")
+reference = importlib.util.module_from_spec(_spec)
+_spec.loader.exec_module(reference)
+
+
+def _clt_graph():
+    rng = np.random.default_rng(5)
+    data = (rng.random((200, 7)) < 0.5).astype(int)
+    data[:, 3] = data[:, 1] ^ (rng.random(200) < 0.1)
+    return circuits.chow_liu_tree(data, root=2)
+
+
+CONFIGS = {  # every layer kind, mixing at inner stages and at the root, wide partitions
+    "rbt-cp-bernoulli": (lambda: circuits.random_binary_tree(jax.random.key(0), 6, 2, 2),
+                         circuits.Bernoulli(), "cp", 3, 2),
+    "quadgraph-tucker-bernoulli": (lambda: circuits.quad_graph(2, 3), circuits.Bernoulli(),
+                                   "tucker", 2, 2),
+    "quadtree-cp-categorical": (lambda: circuits.quad_tree(2, 2), circuits.Categorical(3),
+                                "cp", 3, 3),
+    "chowliu-cp-bernoulli": (_clt_graph, circuits.Bernoulli(), "cp", 2, 2),
+}
+
+
+def _with_scan_threshold(threshold):
+    circuit_module.SCAN_MIN_STAGES = threshold
+    jax.clear_caches()  # compiled queries are cached per structure, whichever pass built them
+
+
+def _queries(circuit, rows, observed):
+    x = jnp.asarray(rows, jnp.float32)
+    grads = jax.grad(lambda c: c.log_marginal_prepared(x, jnp.ones(x.shape, bool)).mean())(circuit)
+    return {
+        "log_prob": np.asarray(circuit.log_prob(rows)),
+        "log_marginal": np.asarray(circuit.log_marginal(rows, observed)),
+        "grads": [np.asarray(g) for g in jax.tree_util.tree_leaves(grads)],
+        "map": np.asarray(circuit.map(rows, observed)[0]),
+        "sample": np.asarray(circuit.sample(jax.random.key(3), 64)),
+    }
+
+
+@pytest.mark.parametrize("name", list(CONFIGS))
+def test_scanned_pass_equals_the_reference_and_the_unrolled_pass(name):
+    build, layer, kind, units, num_values = CONFIGS[name]
+    graph = build()
+    circuit = circuits.compile_circuit(graph, layer, units, kind, key=jax.random.key(len(name)))
+    domain = reference.all_assignments(graph.num_variables, num_values)
+    rng = np.random.default_rng(0)
+    rows = domain[rng.integers(0, len(domain), 40)]
+    observed = rng.random(rows.shape) < 0.5
+    default = circuit_module.SCAN_MIN_STAGES
+    try:
+        _with_scan_threshold(1)  # every circuit scanned, however shallow
+        scanned = _queries(circuit, rows, observed)
+        log_c = reference.log_unnormalised(circuit, domain)
+        log_p = log_c - special.logsumexp(log_c)
+        np.testing.assert_allclose(np.asarray(circuit.log_prob(domain)), log_p, atol=2e-5)
+    finally:
+        _with_scan_threshold(default)
+    unrolled = _queries(circuit, rows, observed)
+    for query in ("log_prob", "log_marginal"):
+        np.testing.assert_allclose(scanned[query], unrolled[query], atol=1e-5)
+    for a, b in zip(scanned["grads"], unrolled["grads"], strict=True):
+        np.testing.assert_allclose(a, b, atol=1e-5)
+    # Same values, same choices: MAP completions and samples (same key) are identical.
+    assert np.array_equal(scanned["map"], unrolled["map"])
+    assert np.array_equal(scanned["sample"], unrolled["sample"])
+
+
+def test_a_deep_chain_is_scanned_by_default_and_normalised():
+    graph = circuits.linear_chain(17)  # 16 stages, the default threshold
+    circuit = circuits.compile_circuit(graph, circuits.Bernoulli(), 3, "cp", key=jax.random.key(1))
+    structure = circuit.structure
+    assert len(structure.stages) >= circuit_module.SCAN_MIN_STAGES
+    plan = structure.scan_plan
+    # One fold per stage below the root: one segment, one scan, whatever the length.
+    assert [segment.stages for segment in plan.segments] == [tuple(range(len(structure.stages) - 1))]
+    domain = np.array(list(itertools.product((0, 1), repeat=17)))
+    log_p = np.asarray(circuit.log_prob(domain))
+    assert float(special.logsumexp(log_p)) == pytest.approx(0.0, abs=2e-5)
+    rows = domain[np.random.default_rng(2).integers(0, len(domain), 50)]
+    np.testing.assert_allclose(log_p[rows @ (1 << np.arange(16, -1, -1))],
+                               reference.log_unnormalised(circuit, rows), atol=2e-5)
+
+
+def test_gradients_of_a_deep_chain_match_reference_finite_differences():
+    """The scanned pass's hand-written backward pass against central differences of the
+    reference evaluator, for sum weights of the first, a middle and the root stage and
+    for input parameters."""
+    circuit = circuits.compile_circuit(circuits.linear_chain(18), circuits.Bernoulli(), 2, "cp",
+                                       key=jax.random.key(5))
+    assert len(circuit.structure.stages) >= circuit_module.SCAN_MIN_STAGES
+    rows = np.random.default_rng(4).integers(0, 2, (30, 18))
+    x = jnp.asarray(rows, jnp.float32)
+    grads = jax.grad(lambda c: c.log_marginal_prepared(x, jnp.ones(x.shape, bool)).mean())(circuit)
+    last = len(circuit.sum_logits) - 1
+    checks = [("sum_logits", 0, (0, 1, 0)), ("sum_logits", last // 2, (0, 0, 1)),
+              ("sum_logits", last, (0, 0, 1)), ("input_params", 0, (4, 1))]
+    for field, number, position in checks:
+        leaves = jax.tree_util.tree_leaves(getattr(circuit, field))
+        values = []
+        for step in (1e-2, -1e-2):
+            moved = np.asarray(leaves[number]).copy()
+            moved[position] += step
+            new_leaves = list(leaves)
+            new_leaves[number] = jnp.asarray(moved)
+            tree = jax.tree_util.tree_unflatten(
+                jax.tree_util.tree_structure(getattr(circuit, field)), new_leaves)
+            values.append(reference.log_unnormalised(circuit.with_params(**{field: tree}), rows).mean())
+        finite_difference = (values[0] - values[1]) / 2e-2
+        grad = jax.tree_util.tree_leaves(getattr(grads, field))[number][position]
+        assert float(grad) == pytest.approx(finite_difference, abs=2e-3, rel=2e-3), (field, number)
+
+
+def test_save_and_reload_keeps_the_scan_plan_exact(tmp_path):
+    import probinf
+
+    circuit = circuits.compile_circuit(circuits.linear_chain(17), circuits.Bernoulli(), 2, "cp",
+                                       key=jax.random.key(0))
+    rows = np.random.default_rng(0).integers(0, 2, (8, 17))
+    before = np.asarray(circuit.log_prob(rows))  # the structure now holds its scan plan
+    assert "scan_plan" in vars(circuit.structure)
+    path = tmp_path / "chain.probinf"
+    probinf.save(path, circuit)
+    loaded = probinf.load(path)
+    assert np.array_equal(np.asarray(loaded.log_prob(rows)), before)
