@@ -225,14 +225,20 @@ def throughput_table_markdown(report: dict) -> str:
 def compile_table_markdown(report: dict) -> str:
     """docs/circuits.md's compile-scaling table from ``circuits.json`` (a test checks the page)."""
     c = report["compile_scaling"]
-    lines = ["| variables | stages | structure (s) | first EM epoch (s) | later epoch (s) | first / later "
-             "| first `sample` (s) | later (s) |",
-             "|---:|---:|---:|---:|---:|---:|---:|---:|"]
+    lines = ["| variables | stages | pass | structure (s) | first EM epoch (s) | later epoch (s) "
+             "| first / later | first `sample` (s) | later (s) |",
+             "|---:|---:|---|---:|---:|---:|---:|---:|---:|"]
+
+    def line(row, times, label, structure):
+        return (f"| {row['num_variables']:,} | {row['stages']} | {label} | {structure} | "
+                f"{times['first_em_epoch_seconds']:.1f} | {times['later_em_epoch_seconds']:.2f} | "
+                f"{times['first_over_later_epoch']:.1f} | {times['first_sample_seconds']:.1f} | "
+                f"{times['later_sample_seconds']:.3f} |")
+
     for row in c["widths"].values():
-        lines.append(f"| {row['num_variables']:,} | {row['stages']} | {row['structure_seconds']:.1f} | "
-                     f"{row['first_em_epoch_seconds']:.1f} | {row['later_em_epoch_seconds']:.2f} | "
-                     f"{row['first_over_later_epoch']:.1f} | {row['first_sample_seconds']:.1f} | "
-                     f"{row['later_sample_seconds']:.3f} |")
+        lines.append(line(row, row, row.get("pass", "unrolled"), f"{row['structure_seconds']:.1f}"))
+        if "unrolled" in row:
+            lines.append(line(row, row["unrolled"], "unrolled", ""))
     load = c["machine"]
     lines += ["", f"{c['model']}; data: {c['data']}. Load average "
               f"{load['load_average_at_start'][0]:.1f} at the start, {load['load_average_at_end'][0]:.1f} "
@@ -255,15 +261,36 @@ def synthetic_tree_data(num_variables, num_rows, seed=0, window=20, flip=0.1):
     return data
 
 
+def _compile_and_run_times(circuit, data):
+    """Seconds of the first and a later full-batch EM epoch and ``sample`` call."""
+    epochs = []
+    for _ in range(2):
+        result = circuits.em(circuit, data, num_epochs=1, progress=False)
+        epochs.append(result.seconds)
+    samples = []
+    for seed in (1, 2):
+        started = time.perf_counter()
+        jax.block_until_ready(circuit.sample(jax.random.key(seed), 100))
+        samples.append(time.perf_counter() - started)
+    return {"first_em_epoch_seconds": epochs[0], "later_em_epoch_seconds": epochs[1],
+            "first_over_later_epoch": epochs[0] / epochs[1],
+            "first_sample_seconds": samples[0], "later_sample_seconds": samples[1]}
+
+
 def compile_scaling(widths, num_rows=2000, latent=12):
     """Compile and run times of a hidden Chow–Liu tree circuit as the number of variables grows.
 
     Per width: structure compilation (``compile_circuit``), the first full-batch EM epoch
     (XLA compilation included) against a second one (the compiled loop reused), and the first
     ``sample`` call against a second one; with the number of folded stages (depth) and
-    the widest partition, the quantities the compiled program's size follows.
+    the widest partition, the quantities the compiled program's size follows. Circuits deep
+    enough for the scanned upward pass (``SCAN_MIN_STAGES``) are also timed with the unrolled
+    pass (``unrolled``, caches cleared between the two), the default below that depth.
     """
+    from circuits import circuit as circuit_module
+
     rows = {}
+    default_threshold = circuit_module.SCAN_MIN_STAGES
     for width in widths:
         data = synthetic_tree_data(width, num_rows)
         started = time.perf_counter()
@@ -271,28 +298,30 @@ def compile_scaling(widths, num_rows=2000, latent=12):
         circuit = circuits.compile_circuit(graph, circuits.Bernoulli(), latent, "cp",
                                            key=jax.random.key(0), data=data)
         structure_seconds = time.perf_counter() - started
-        epochs = []
-        for _ in range(2):
-            result = circuits.em(circuit, data, num_epochs=1, progress=False)
-            epochs.append(result.seconds)
-        samples = []
-        for seed in (1, 2):
-            started = time.perf_counter()
-            jax.block_until_ready(circuit.sample(jax.random.key(seed), 100))
-            samples.append(time.perf_counter() - started)
         stages = circuit.structure.stages
-        rows[str(width)] = {
-            "num_variables": width, "num_rows": num_rows, "latent": latent,
-            "stages": len(stages), "widest_partition": max(s.index.shape[1] for s, _ in stages),
-            "num_parameters": circuit.num_parameters,
-            "structure_seconds": structure_seconds,
-            "first_em_epoch_seconds": epochs[0], "later_em_epoch_seconds": epochs[1],
-            "first_over_later_epoch": epochs[0] / epochs[1],
-            "first_sample_seconds": samples[0], "later_sample_seconds": samples[1],
-        }
+        jax.clear_caches()
+        row = {"num_variables": width, "num_rows": num_rows, "latent": latent,
+               "stages": len(stages), "widest_partition": max(s.index.shape[1] for s, _ in stages),
+               "num_parameters": circuit.num_parameters, "structure_seconds": structure_seconds,
+               "pass": "scanned" if len(stages) >= default_threshold else "unrolled",
+               **_compile_and_run_times(circuit, data)}
+        if row["pass"] == "scanned":
+            try:
+                circuit_module.SCAN_MIN_STAGES = 10**9
+                jax.clear_caches()
+                row["unrolled"] = _compile_and_run_times(circuit, data)
+            finally:
+                circuit_module.SCAN_MIN_STAGES = default_threshold
+                jax.clear_caches()
+        rows[str(width)] = row
         print(f"D={width:5d}  stages {len(stages):4d}  structure {structure_seconds:6.1f} s  EM epoch "
-              f"first {epochs[0]:6.1f} s / later {epochs[1]:6.2f} s  sample first "
-              f"{samples[0]:6.1f} s / later {samples[1]:6.3f} s", flush=True)
+              f"first {row['first_em_epoch_seconds']:6.1f} s / later "
+              f"{row['later_em_epoch_seconds']:6.2f} s  sample first "
+              f"{row['first_sample_seconds']:6.1f} s / later {row['later_sample_seconds']:6.3f} s"
+              + (f"  (unrolled: {row['unrolled']['first_em_epoch_seconds']:.1f} / "
+                 f"{row['unrolled']['later_em_epoch_seconds']:.2f} s, sample "
+                 f"{row['unrolled']['first_sample_seconds']:.1f} s)" if "unrolled" in row else ""),
+              flush=True)
     return rows
 
 

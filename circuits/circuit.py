@@ -171,19 +171,51 @@ def _segment_xs(segment, weights, mixes):
                  jnp.asarray(segment.mix_counts))
 
 
-def _stage_layers(structure, semiring, kernel, buffer, xs):
-    """One stage of a segment: its inner output and the function its mixing layer applies."""
-    rows, _, weights = xs[:3]
+def _stage_operands(structure, buffer, rows):
+    """What a stage's sum layer reads: the Hadamard product of its children (CP, one
+    ``(F, B, K)`` array, absent children holding zeros) or its two children (Tucker)."""
     children = [jnp.take(buffer, rows[:, a], axis=0) for a in range(rows.shape[1])]
+    if structure.layer_kind == "cp":
+        return (sum(children[1:], children[0]),)
+    return tuple(children)
 
-    def inner(children, weights):
-        return _inner_layer(structure, children, weights, semiring, kernel)
+
+def _stage_functions(structure, semiring, kernel, mix_rows):
+    """A stage's inner layer (on its operands) and mixing layer (on its inner output)."""
+    def inner(operands, weights):
+        return _inner_layer(structure, list(operands), weights, semiring, kernel)
 
     def mix(out, mix_weights):
-        parts = jnp.take(out, xs[3], axis=0)  # (M, P, B, K)
+        parts = jnp.take(out, mix_rows, axis=0)  # (M, P, B, K)
         return mixing_layer([parts[:, p] for p in range(parts.shape[1])], mix_weights, semiring)
 
-    return children, inner, mix
+    return inner, mix
+
+
+def _scan_forward(structure, semiring, kernel, leaves, weights, mixes, keep_operands):
+    """The buffer of every output group below the root; with ``keep_operands`` also each
+    segment's stacked stage operands (the backward pass's residuals)."""
+    plan = structure.scan_plan
+    num_leaves, batch, units = leaves.shape
+    buffer = jnp.concatenate([
+        jnp.zeros((1, batch, units), leaves.dtype), leaves,
+        jnp.zeros((plan.num_rows - 1 - num_leaves, batch, units), leaves.dtype)])
+    kept = []
+    for segment, w, m in zip(plan.segments, weights, mixes, strict=True):
+        def stage(buffer, xs):
+            operands = _stage_operands(structure, buffer, xs[0])
+            inner, mix = _stage_functions(structure, semiring, kernel,
+                                          xs[3] if len(xs) > 3 else None)
+            out = inner(operands, xs[2]).astype(buffer.dtype)
+            buffer = jax.lax.dynamic_update_slice_in_dim(buffer, out, xs[1], 0)
+            if len(xs) > 3:
+                mixed = mix(out, xs[5]).astype(buffer.dtype)
+                buffer = jax.lax.dynamic_update_slice_in_dim(buffer, mixed, xs[4], 0)
+            return buffer, operands if keep_operands else None
+
+        buffer, operands = jax.lax.scan(stage, buffer, _segment_xs(segment, w, m))
+        kept.append(operands)
+    return buffer, tuple(kept)
 
 
 @functools.partial(jax.custom_vjp, nondiff_argnums=(0, 1, 2))
@@ -192,47 +224,35 @@ def _scan_buffer(structure, semiring, kernel, leaves, weights, mixes):
     hand-written backward pass: the automatic one adds a whole-buffer cotangent per stage
     (a zero buffer scattered into, then summed), ten times the forward pass at depth 60;
     this one scatters each stage's child cotangents into one carried buffer in place."""
-    plan = structure.scan_plan
-    num_leaves, batch, units = leaves.shape
-    buffer = jnp.concatenate([
-        jnp.zeros((1, batch, units), leaves.dtype), leaves,
-        jnp.zeros((plan.num_rows - 1 - num_leaves, batch, units), leaves.dtype)])
-    for segment, w, m in zip(plan.segments, weights, mixes, strict=True):
-        def stage(buffer, xs):
-            children, inner, mix = _stage_layers(structure, semiring, kernel, buffer, xs)
-            out = inner(children, xs[2]).astype(buffer.dtype)
-            buffer = jax.lax.dynamic_update_slice_in_dim(buffer, out, xs[1], 0)
-            if len(xs) > 3:
-                mixed = mix(out, xs[5]).astype(buffer.dtype)
-                buffer = jax.lax.dynamic_update_slice_in_dim(buffer, mixed, xs[4], 0)
-            return buffer, None
-
-        buffer, _ = jax.lax.scan(stage, buffer, _segment_xs(segment, w, m))
-    return buffer
+    return _scan_forward(structure, semiring, kernel, leaves, weights, mixes, False)[0]
 
 
 def _scan_buffer_forward(structure, semiring, kernel, leaves, weights, mixes):
-    buffer = _scan_buffer(structure, semiring, kernel, leaves, weights, mixes)
-    return buffer, (buffer, weights, mixes)
+    buffer, operands = _scan_forward(structure, semiring, kernel, leaves, weights, mixes, True)
+    return buffer, (weights, mixes, operands)
 
 
 def _scan_buffer_backward(structure, semiring, kernel, residuals, cotangent):
-    # Every real row of the final buffer holds the value its readers saw (a stage writes
-    # only at or past its own rows), so each stage's children are read from it again.
-    # Stages are undone top-down, each reading its rows' cotangents and scattering its
-    # children's into earlier rows of the same carried buffer. A padding fold reads past
-    # its stage's rows (a nonzero cotangent), but its children are all row 0 and its
-    # weights are cut away, so that flows nowhere; padding mixing units read real folds,
-    # so their cotangent is masked. Nothing is written over the rows read (no zeroing):
-    # a write there before the reads are done would make XLA copy the whole buffer.
-    buffer, weights, mixes = residuals
+    # Stages are undone top-down from their kept operands, each reading its rows'
+    # cotangents and adding its children's to earlier rows of one carried buffer. A
+    # padding fold reads past its stage's rows (a nonzero cotangent), but its children
+    # are all row 0 and its weights are cut away, so that flows nowhere; padding mixing
+    # units read real folds, so their cotangent is masked. Nothing is written over the
+    # rows read (no zeroing): a write there before the reads are done would make XLA
+    # copy the whole buffer.
+    weights, mixes, operands = residuals
+    num_leaves = structure.group_sizes[0]
     plan = structure.scan_plan
     weight_grads, mix_grads = [], []
     ct = cotangent
-    for segment, w, m in reversed(list(zip(plan.segments, weights, mixes, strict=True))):
-        def stage(ct, xs):
-            children, inner, mix = _stage_layers(structure, semiring, kernel, buffer, xs)
-            out, inner_vjp = jax.vjp(inner, children, xs[2])
+    for segment, w, m, ops in reversed(list(zip(plan.segments, weights, mixes, operands,
+                                                strict=True))):
+        def stage(ct, xs_and_operands):
+            xs, operands = xs_and_operands
+            rows = xs[0]
+            inner, mix = _stage_functions(structure, semiring, kernel,
+                                          xs[3] if len(xs) > 3 else None)
+            out, inner_vjp = jax.vjp(inner, operands, xs[2])
             ct_out = jax.lax.dynamic_slice_in_dim(ct, xs[1], out.shape[0], 0).astype(out.dtype)
             mix_grad = None
             if len(xs) > 3:
@@ -242,16 +262,17 @@ def _scan_buffer_backward(structure, semiring, kernel, residuals, cotangent):
                 _, mix_vjp = jax.vjp(mix, out, xs[5])
                 ct_from_mixing, mix_grad = mix_vjp(jnp.where(real, ct_mixed, 0.0).astype(out.dtype))
                 ct_out = ct_out + ct_from_mixing
-            ct_children, weight_grad = inner_vjp(ct_out)
-            for a, ct_child in enumerate(ct_children):
-                ct = ct.at[xs[0][:, a]].add(ct_child.astype(ct.dtype))
+            ct_operands, weight_grad = inner_vjp(ct_out)
+            for a in range(rows.shape[1]):
+                # A CP stage's children all receive the cotangent of their product.
+                ct_child = ct_operands[0] if len(ct_operands) == 1 else ct_operands[a]
+                ct = ct.at[rows[:, a]].add(ct_child.astype(ct.dtype))
             return ct, (weight_grad, mix_grad)
 
-        ct, (weight_grad, mix_grad) = jax.lax.scan(stage, ct, _segment_xs(segment, w, m),
-                                                   reverse=True)
+        ct, (weight_grad, mix_grad) = jax.lax.scan(
+            stage, ct, (_segment_xs(segment, w, m), ops), reverse=True)
         weight_grads.append(weight_grad)
         mix_grads.append(mix_grad)
-    num_leaves = structure.group_sizes[0]
     return ct[1:1 + num_leaves], tuple(reversed(weight_grads)), tuple(reversed(mix_grads))
 
 
@@ -352,6 +373,98 @@ def _scatter_selection(sizes_rows: int, rows, units, batch: int):
     return target.at[rows, columns].max(units.astype(jnp.int32))
 
 
+def _select_mixing(key, sel, values, mix_rows, first, log_mix, chosen, batch, mode):
+    """One folded mixing layer's choice of partition per (unit, sample), scattered (max)
+    into the selections of its inner folds: ``sel`` rows ``first + fold``."""
+    unit = jnp.maximum(chosen, 0)
+    inputs = jnp.take(values, mix_rows, axis=0)  # (M, P, B', K)
+    inputs = jnp.broadcast_to(inputs, inputs.shape[:2] + (batch,) + inputs.shape[3:])
+    picked = jnp.take_along_axis(inputs, unit[:, None, :, None], axis=3)[..., 0]
+    weights = jnp.take_along_axis(log_mix, unit[..., None], axis=1)  # (M, B, P)
+    choice = _choose(key, weights + jnp.moveaxis(picked, 1, 2), mode)
+    folds = jnp.take_along_axis(mix_rows, choice, axis=1)  # (M, B)
+    columns = jnp.broadcast_to(jnp.arange(batch), folds.shape)
+    return sel.at[first + folds, columns].max(chosen.astype(sel.dtype))
+
+
+def _select_inner(key, structure, sel, children, log_w, chosen, rows, batch, mode):
+    """One folded inner layer's choice of child units per (fold, sample), scattered (max)
+    into the selections of the children's rows ``rows`` ``(F, A)``."""
+    unit = jnp.maximum(chosen, 0)
+    inputs = jnp.stack(children, axis=1)  # (F, A, B', K)
+    inputs = jnp.broadcast_to(inputs, inputs.shape[:2] + (batch,) + inputs.shape[3:])
+    weights = jnp.take_along_axis(log_w, unit[..., None], axis=1)  # (F, B, J)
+    if structure.layer_kind == "cp":
+        choice = _choose(key, weights + inputs.sum(axis=1), mode)
+        child_units = jnp.broadcast_to(choice[:, None, :], inputs.shape[:3])
+    else:
+        k = structure.num_units
+        choice = _choose(key, weights + kronecker(inputs[:, 0], inputs[:, 1]), mode)
+        child_units = jnp.stack([choice // k, choice % k], axis=1)
+    child_units = jnp.where(chosen[:, None, :] >= 0, child_units, -1)
+    targets = jnp.broadcast_to(rows[:, :, None], child_units.shape)
+    columns = jnp.broadcast_to(jnp.arange(batch), child_units.shape)
+    return sel.at[targets, columns].max(child_units.astype(sel.dtype))
+
+
+def _top_down_scanned(key, structure, groups, log_w, log_mix, batch: int, mode: str):
+    """`top_down` over the buffer layout of the scanned upward pass (see `ScanPlan`):
+    the root stage, then one reverse ``lax.scan`` per run of stages. Selections live in
+    one ``(num_rows, B)`` buffer; a padding fold or mixing unit selects nothing that is
+    read (its children are row 0; padding mixing units are masked)."""
+    plan = structure.scan_plan
+    keys = jax.random.split(key, 2 * len(structure.stages))
+    below = [g for g in groups[:-2] if g is not None]
+    values = jnp.concatenate(
+        [jnp.zeros((1,) + below[0].shape[1:], below[0].dtype)] + below
+        + [jnp.zeros((plan.num_rows - 1 - sum(g.shape[0] for g in below),) + below[0].shape[1:],
+                     below[0].dtype)])
+    sel = jnp.full((plan.num_rows, batch), -1, jnp.int32)
+    # The root stage, on its own groups.
+    last = len(structure.stages) - 1
+    inner, mixing = structure.stages[last]
+    root_values = groups[-2]
+    inner_sel = jnp.full((root_values.shape[0], batch), -1, jnp.int32)
+    if mixing is None:
+        inner_sel = inner_sel.at[structure.root_location[1]].set(0)
+    else:
+        mix_sel = jnp.full((mixing.index.shape[0], batch), -1, jnp.int32)
+        mix_sel = mix_sel.at[structure.root_location[1]].set(0)
+        padded_values = jnp.concatenate(
+            [root_values, jnp.full((1,) + root_values.shape[1:], -jnp.inf, root_values.dtype)])
+        inner_sel = _select_mixing(keys[2 * last], jnp.concatenate([inner_sel, inner_sel[:1]]),
+                                   padded_values, jnp.asarray(mixing.index), 0, log_mix[last],
+                                   mix_sel, batch, mode)[:-1]
+    rows = jnp.asarray(plan.root_children)
+    children = [jnp.take(values, rows[:, a], axis=0) for a in range(rows.shape[1])]
+    sel = _select_inner(keys[2 * last + 1], structure, sel, children, log_w[last], inner_sel, rows,
+                        batch, mode)
+    for segment in reversed(plan.segments):
+        stages = np.asarray(segment.stages)
+        weights, mixes = _segment_inputs(segment, log_w, log_mix)
+        xs = _segment_xs(segment, weights, mixes) + (keys[2 * stages], keys[2 * stages + 1])
+
+        def stage(sel, xs):
+            rows, first, weights = xs[:3]
+            mix_key, inner_key = xs[-2:]
+            num_folds = rows.shape[0]
+            if len(xs) > 5:
+                mix_rows, mix_first, mix_weights, mix_count = xs[3:7]
+                chosen = jax.lax.dynamic_slice_in_dim(sel, mix_first, mix_rows.shape[0], 0)
+                chosen = jnp.where((jnp.arange(mix_rows.shape[0]) < mix_count)[:, None], chosen, -1)
+                own = jax.lax.dynamic_slice_in_dim(values, first, num_folds, 0)
+                sel = _select_mixing(mix_key, sel, own, mix_rows, first, mix_weights, chosen,
+                                     batch, mode)
+            chosen = jax.lax.dynamic_slice_in_dim(sel, first, num_folds, 0)
+            children = [jnp.take(values, rows[:, a], axis=0) for a in range(rows.shape[1])]
+            sel = _select_inner(inner_key, structure, sel, children, weights, chosen, rows, batch,
+                                mode)
+            return sel, None
+
+        sel, _ = jax.lax.scan(stage, sel, xs, reverse=True)
+    return sel[1 + structure.slot_leaf]
+
+
 def top_down(key, structure: CircuitStructure, groups, log_w, log_mix, batch: int, mode: str):
     """Select one induced tree per sample, from the root down.
 
@@ -364,6 +477,8 @@ def top_down(key, structure: CircuitStructure, groups, log_w, log_mix, batch: in
     Returns:
         ``(S, B)`` the selected unit of each input slot, -1 for slots outside the tree.
     """
+    if len(structure.stages) >= SCAN_MIN_STAGES:
+        return _top_down_scanned(key, structure, groups, log_w, log_mix, batch, mode)
     sel = [None if g is None else jnp.full((g.shape[0], batch), -1, jnp.int32) for g in groups]
     root_group, root_row = structure.root_location
     sel[root_group] = sel[root_group].at[root_row].set(0)

@@ -302,11 +302,10 @@ class CircuitStructure:
         """How the scanned upward pass lays out and runs the stages (see :class:`ScanPlan`)."""
         sizes = self.group_sizes
         offsets = tuple(1 + sum(sizes[:g]) for g in range(len(sizes)))
-        arity = max(inner.index.shape[1] for inner, _ in self.stages)
         width = max((m.index.shape[1] for _, m in self.stages if m is not None), default=1)
 
-        def global_rows(inner):
-            """The stage's child index as buffer rows (padding -> row 0)."""
+        def global_rows(inner, arity):
+            """The stage's child index as buffer rows, ``arity`` columns (padding -> row 0)."""
             rows = np.zeros((inner.index.shape[0], arity), np.int32)
             start = 0
             for g in inner.sources:
@@ -330,11 +329,12 @@ class CircuitStructure:
         segments, slack = [], 1
         for run in runs:
             num_folds, num_mixed = shape_key(run[0])
+            arity = max(self.stages[s][0].index.shape[1] for s in run)
             children = np.zeros((len(run), num_folds, arity), np.int32)
             outputs = np.array([offsets[2 * s + 1] for s in run], np.int32)
             slack = max(slack, num_folds, num_mixed or 0)
             for n, s in enumerate(run):
-                rows = global_rows(self.stages[s][0])
+                rows = global_rows(self.stages[s][0], arity)
                 children[n, :rows.shape[0]] = rows
             mixing = mix_outputs = mix_counts = None
             if num_mixed is not None:
@@ -348,7 +348,9 @@ class CircuitStructure:
             segments.append(ScanSegment(tuple(run), num_folds, children, outputs, mixing,
                                         mix_outputs, mix_counts))
         return ScanPlan(offsets=offsets, num_rows=1 + sum(sizes) + slack,
-                        segments=tuple(segments), root_children=global_rows(self.stages[-1][0]))
+                        segments=tuple(segments),
+                        root_children=global_rows(self.stages[-1][0],
+                                                  self.stages[-1][0].index.shape[1]))
 
     # ----------------------------------------------------------------- sizes
     @property

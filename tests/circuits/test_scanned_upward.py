@@ -78,7 +78,9 @@ def test_scanned_pass_equals_the_reference_and_the_unrolled_pass(name):
         np.testing.assert_allclose(scanned[query], unrolled[query], atol=1e-5)
     for a, b in zip(scanned["grads"], unrolled["grads"], strict=True):
         np.testing.assert_allclose(a, b, atol=1e-5)
-    # Same values, same choices: MAP completions and samples (same key) are identical.
+    # Same values, same choices: MAP completions are identical, and so are these samples
+    # (same key): JAX draws random bits by position, and padding extra folds at the end
+    # of an axis leaves the real folds' positions (hence their draws) unchanged.
     assert np.array_equal(scanned["map"], unrolled["map"])
     assert np.array_equal(scanned["sample"], unrolled["sample"])
 
@@ -140,3 +142,63 @@ def test_save_and_reload_keeps_the_scan_plan_exact(tmp_path):
     probinf.save(path, circuit)
     loaded = probinf.load(path)
     assert np.array_equal(np.asarray(loaded.log_prob(rows)), before)
+
+
+@pytest.fixture(scope="module")
+def padded_tree():
+    """A Chow-Liu tree on 40 correlated binary columns: 16 or more stages whose fold counts
+    are not powers of two, so the scanned passes pad them."""
+    rng = np.random.default_rng(7)
+    data = np.zeros((400, 40), int)
+    data[:, 0] = rng.random(400) < 0.5
+    for v in range(1, 40):
+        parent = data[:, rng.integers(max(0, v - 2), v)]
+        data[:, v] = np.where(rng.random(400) < 0.8, parent, 1 - parent)
+    circuit = circuits.compile_circuit(circuits.chow_liu_tree(data, root=0), circuits.Bernoulli(), 3,
+                                       "cp", key=jax.random.key(8), data=data)
+    structure = circuit.structure
+    assert len(structure.stages) >= circuit_module.SCAN_MIN_STAGES
+    assert any(len(inner.index) & (len(inner.index) - 1) for inner, _ in structure.stages[:-1])
+    return circuit, data
+
+
+def test_scanned_map_equals_the_unrolled_map_with_padded_stages(padded_tree):
+    circuit, data = padded_tree
+    rows = data[:30]
+    observed = np.random.default_rng(9).random(rows.shape) < 0.5
+    scanned_map = np.asarray(circuit.map(rows, observed)[0])
+    default = circuit_module.SCAN_MIN_STAGES
+    try:
+        _with_scan_threshold(10**9)
+        unrolled_map = np.asarray(circuit.map(rows, observed)[0])
+    finally:
+        _with_scan_threshold(default)
+    assert np.array_equal(scanned_map, unrolled_map)
+
+
+def test_scanned_samples_have_the_circuits_marginals(padded_tree):
+    """Padding changes the shapes the random choices are drawn with, so samples differ
+    from the unrolled pass's draw for draw; their frequencies must still be the circuit's
+    exact one- and two-variable marginals (within 4.5 standard errors, 20,000 draws)."""
+    circuit, _ = padded_tree
+    num_draws = 20_000
+    draws = np.asarray(circuit.sample(jax.random.key(10), num_draws))
+    pairs = [(0, 1), (5, 17), (12, 39), (20, 21)]
+    queries, observed, expected_rows = [], [], []
+    for v in range(40):
+        row, mask = np.zeros(40, int), np.zeros(40, bool)
+        row[v], mask[v] = 1, True
+        queries.append(draws[:, v] == 1)
+        observed.append(mask)
+        expected_rows.append(row)
+    for a, b in pairs:
+        row, mask = np.zeros(40, int), np.zeros(40, bool)
+        row[[a, b]], mask[[a, b]] = 1, True
+        queries.append((draws[:, a] == 1) & (draws[:, b] == 1))
+        observed.append(mask)
+        expected_rows.append(row)
+    expected = np.exp(np.asarray(circuit.log_marginal(np.array(expected_rows), np.array(observed))))
+    frequencies = np.array([q.mean() for q in queries])
+    standard_errors = np.sqrt(expected * (1 - expected) / num_draws)
+    assert np.all(np.abs(frequencies - expected) < 4.5 * standard_errors + 1e-9), (
+        frequencies, expected)
