@@ -14,28 +14,13 @@ from scipy import special
 import circuits
 import circuits.circuit as circuit_module
 
-_here = pathlib.Path(__file__).parent
-_spec = importlib.util.spec_from_file_location("circuit_reference", _here / "reference.py")
-reference = importlib.util.module_from_spec(_spec)
-_spec.loader.exec_module(reference)
-
-
-def _clt_graph():
-    rng = np.random.default_rng(5)
-    data = (rng.random((200, 7)) < 0.5).astype(int)
-    data[:, 3] = data[:, 1] ^ (rng.random(200) < 0.1)
-    return circuits.chow_liu_tree(data, root=2)
-
-
-CONFIGS = {  # every layer kind, mixing at inner stages and at the root, wide partitions
-    "rbt-cp-bernoulli": (lambda: circuits.random_binary_tree(jax.random.key(0), 6, 2, 2),
-                         circuits.Bernoulli(), "cp", 3, 2),
-    "quadgraph-tucker-bernoulli": (lambda: circuits.quad_graph(2, 3), circuits.Bernoulli(),
-                                   "tucker", 2, 2),
-    "quadtree-cp-categorical": (lambda: circuits.quad_tree(2, 2), circuits.Categorical(3),
-                                "cp", 3, 3),
-    "chowliu-cp-bernoulli": (_clt_graph, circuits.Bernoulli(), "cp", 2, 2),
-}
+# The circuits of the reference tests (every layer kind, mixing at inner stages and at the
+# root, wide partitions) and the reference evaluator, loaded as those tests load it.
+_spec = importlib.util.spec_from_file_location(
+    "circuit_cases", pathlib.Path(__file__).with_name("test_circuit.py"))
+_cases = importlib.util.module_from_spec(_spec)
+_spec.loader.exec_module(_cases)
+reference, CONFIGS = _cases.reference, _cases.CONFIGS
 
 
 def _with_scan_threshold(threshold):
