@@ -128,10 +128,11 @@ def _sum_kernel(backend: str, dtype):
     return fused_log_matmul_exp if backend == "pallas" else log_matmul_exp
 
 
-#: Circuits with at least this many stages run the scanned upward pass (`_upward_scanned`):
-#: its program grows with the number of differently shaped runs of stages, not with the
-#: depth. Shallower circuits (quad-trees, random binary trees) keep the unrolled pass,
-#: whose static gathers XLA fuses into the layers.
+#: Circuits with at least this many stages run the scanned upward and top-down passes
+#: (`_upward_scanned`, `_top_down_scanned`): their program grows with the number of
+#: differently shaped runs of stages, not with the depth, but an evaluation runs about 1.7x
+#: longer (docs/circuits.md). Shallower circuits (quad-trees, random binary trees) keep the
+#: unrolled passes, whose static gathers XLA fuses into the layers. Read at trace time.
 SCAN_MIN_STAGES = 16
 
 

@@ -838,15 +838,16 @@ def fit_debd(
     2. training by :func:`train_debd`: ``minibatch_epochs`` of mini-batch EM, then
        ``fullbatch_epochs`` of full-batch EM, regularised (see there).
 
+    ``pseudocount``, ``pseudocount_per``, ``softening``, ``entropy_reg``, ``batch_size``,
+    ``minibatch_epochs``, ``fullbatch_epochs``, ``step_size``, ``patience`` and ``progress``
+    are passed to :func:`train_debd` (its documentation says what each one does).
+
     Args:
         train: ``(N, V)`` integer data (binary: Bernoulli inputs; else Categorical).
         valid: optional validation data (early stopping and model selection).
         key: PRNG key (initial parameters, mini-batch shuffling).
         latent: units per CP layer (the hidden variables' states).
         num_trees: hidden Chow-Liu trees in the mixture.
-        pseudocount, pseudocount_per, softening, entropy_reg, batch_size,
-            minibatch_epochs, fullbatch_epochs, step_size, patience, progress:
-            as in :func:`train_debd`.
         max_seconds: one wall-clock budget for structure learning and both training
             phases (``None``: no limit).
 

@@ -116,7 +116,7 @@ class ScanSegment:
 
 @dataclass(frozen=True, eq=False)
 class ScanPlan:
-    """The upward pass of a deep circuit as a few scans over one buffer of rows.
+    """The upward and top-down passes of a deep circuit as a few scans over one buffer of rows.
 
     Every output group has a fixed block of rows in one ``(num_rows, B, K)`` buffer (row
     0 holds zeros; the leaves follow). The stages below the root are cut into runs whose
