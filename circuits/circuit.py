@@ -367,13 +367,6 @@ def _choose(key, logits, mode):
     return jax.random.categorical(key, logits, axis=-1)
 
 
-def _scatter_selection(sizes_rows: int, rows, units, batch: int):
-    """Selected unit per (row, sample); -1 where no parent selected the row."""
-    columns = jnp.broadcast_to(jnp.arange(batch), rows.shape)
-    target = jnp.full((sizes_rows, batch), -1, jnp.int32)
-    return target.at[rows, columns].max(units.astype(jnp.int32))
-
-
 def _select_mixing(key, sel, values, mix_rows, first, log_mix, chosen, batch, mode):
     """One folded mixing layer's choice of partition per (unit, sample), scattered (max)
     into the selections of its inner folds: ``sel`` rows ``first + fold``."""
@@ -386,6 +379,16 @@ def _select_mixing(key, sel, values, mix_rows, first, log_mix, chosen, batch, mo
     folds = jnp.take_along_axis(mix_rows, choice, axis=1)  # (M, B)
     columns = jnp.broadcast_to(jnp.arange(batch), folds.shape)
     return sel.at[first + folds, columns].max(chosen.astype(sel.dtype))
+
+
+def _select_static_mixing(key, inner_sel, values, mixing, log_mix, chosen, batch, mode):
+    """`_select_mixing` for a stage whose inner output ``values`` and selections
+    ``inner_sel`` are arrays of their own (``mixing.index`` pads with row ``F``)."""
+    padded_values = jnp.concatenate(
+        [values, jnp.full((1,) + values.shape[1:], -jnp.inf, values.dtype)])
+    padded_sel = jnp.concatenate([inner_sel, inner_sel[:1]])
+    return _select_mixing(key, padded_sel, padded_values, jnp.asarray(mixing.index), 0, log_mix,
+                          chosen, batch, mode)[:-1]
 
 
 def _select_inner(key, structure, sel, children, log_w, chosen, rows, batch, mode):
@@ -431,11 +434,8 @@ def _top_down_scanned(key, structure, groups, log_w, log_mix, batch: int, mode: 
     else:
         mix_sel = jnp.full((mixing.index.shape[0], batch), -1, jnp.int32)
         mix_sel = mix_sel.at[structure.root_location[1]].set(0)
-        padded_values = jnp.concatenate(
-            [root_values, jnp.full((1,) + root_values.shape[1:], -jnp.inf, root_values.dtype)])
-        inner_sel = _select_mixing(keys[2 * last], jnp.concatenate([inner_sel, inner_sel[:1]]),
-                                   padded_values, jnp.asarray(mixing.index), 0, log_mix[last],
-                                   mix_sel, batch, mode)[:-1]
+        inner_sel = _select_static_mixing(keys[2 * last], inner_sel, root_values, mixing,
+                                          log_mix[last], mix_sel, batch, mode)
     rows = jnp.asarray(plan.root_children)
     children = [jnp.take(values, rows[:, a], axis=0) for a in range(rows.shape[1])]
     sel = _select_inner(keys[2 * last + 1], structure, sel, children, log_w[last], inner_sel, rows,
@@ -487,40 +487,20 @@ def top_down(key, structure: CircuitStructure, groups, log_w, log_mix, batch: in
     for d in reversed(range(len(structure.stages))):
         inner, mixing = structure.stages[d]
         inner_group, mixing_group = 2 * d + 1, 2 * d + 2
-        values = groups[inner_group]  # (F, B', K_out), B' is batch or 1 (broadcast)
         if mixing is not None:
-            chosen_unit = sel[mixing_group]  # (M, B)
-            unit = jnp.maximum(chosen_unit, 0)
-            inputs = jnp.stack(_columns([values], (0,), mixing.index, -jnp.inf), axis=1)
-            inputs = jnp.broadcast_to(inputs, inputs.shape[:2] + (batch,) + inputs.shape[3:])
-            picked = jnp.take_along_axis(inputs, unit[:, None, :, None], axis=3)[..., 0]
-            weights = jnp.take_along_axis(log_mix[d], unit[..., None], axis=1)  # (M, B, P)
-            logits = weights + jnp.moveaxis(picked, 1, 2)
-            choice = _choose(keys[2 * d], logits, mode)
-            rows = jnp.take_along_axis(jnp.asarray(mixing.index), choice, axis=1)
-            target = _scatter_selection(values.shape[0] + 1, rows, chosen_unit, batch)
-            sel[inner_group] = jnp.maximum(sel[inner_group], target[:-1])
-        chosen_unit = sel[inner_group]  # (F, B)
-        unit = jnp.maximum(chosen_unit, 0)
-        inputs = jnp.stack(_columns(groups, inner.sources, inner.index, 0.0), axis=1)
-        inputs = jnp.broadcast_to(inputs, inputs.shape[:2] + (batch,) + inputs.shape[3:])
-        weights = jnp.take_along_axis(log_w[d], unit[..., None], axis=1)  # (F, B, J)
-        k = structure.num_units
-        if structure.layer_kind == "cp":
-            choice = _choose(keys[2 * d + 1], weights + inputs.sum(axis=1), mode)
-            child_units = jnp.broadcast_to(choice[:, None, :], inputs.shape[:3])
-        else:
-            kron = kronecker(inputs[:, 0], inputs[:, 1])
-            choice = _choose(keys[2 * d + 1], weights + kron, mode)
-            child_units = jnp.stack([choice // k, choice % k], axis=1)
-        child_units = jnp.where(chosen_unit[:, None, :] >= 0, child_units, -1)
-        rows = jnp.broadcast_to(jnp.asarray(inner.index)[:, :, None], child_units.shape)
-        total = sum(sel[g].shape[0] for g in inner.sources)
-        target = _scatter_selection(total + 1, rows, child_units, batch)
+            sel[inner_group] = _select_static_mixing(
+                keys[2 * d], sel[inner_group], groups[inner_group], mixing, log_mix[d],
+                sel[mixing_group], batch, mode)
+        # The children's selections, concatenated (plus the padding row absent children name).
+        sources = [sel[g] for g in inner.sources]
+        children_sel = jnp.concatenate(sources + [sources[0][:1]])
+        children = _columns(groups, inner.sources, inner.index, 0.0)
+        children_sel = _select_inner(keys[2 * d + 1], structure, children_sel, children, log_w[d],
+                                     sel[inner_group], jnp.asarray(inner.index), batch, mode)
         offset = 0
         for g in inner.sources:
             size = sel[g].shape[0]
-            sel[g] = jnp.maximum(sel[g], target[offset: offset + size])
+            sel[g] = children_sel[offset: offset + size]
             offset += size
     return sel[0][jnp.asarray(structure.slot_leaf)]
 
