@@ -29,11 +29,19 @@ import equinox as eqx
 import jax
 import jax.numpy as jnp
 import numpy as np
+from jax.custom_derivatives import SymbolicZero
 from jaxtyping import Array, Bool, Float, PRNGKeyArray
 
 from circuits.inputs import Bernoulli, Binomial, Categorical, InputLayer
 from circuits.kernels import BACKENDS, default_backend, fused_log_matmul_exp
-from circuits.layers import cp_layer, kronecker, log_matmul_exp, mixing_layer, tucker_layer
+from circuits.layers import (
+    cp_layer,
+    kronecker,
+    log_matmul_exp,
+    log_matmul_exp_vjp,
+    mixing_layer,
+    tucker_layer,
+)
 from circuits.region_graph import RegionGraph
 from circuits.structure import CircuitStructure
 from probinf.validation import check_key, check_positive_int
@@ -219,18 +227,48 @@ def _scan_forward(structure, semiring, kernel, leaves, weights, mixes, keep_oper
     return buffer, tuple(kept)
 
 
+def _scan_outputs(structure, buffer):
+    """What the passes read from the buffer: every output group below the root stage
+    (empty ones included, as size-0 arrays) and the root stage's children."""
+    plan = structure.scan_plan
+    groups = tuple(buffer[start:start + size] for start, size in
+                   zip(plan.offsets[:-2], structure.group_sizes[:-2], strict=True))
+    rows = plan.root_children
+    return groups, tuple(jnp.take(buffer, rows[:, a], axis=0) for a in range(rows.shape[1]))
+
+
 @functools.partial(jax.custom_vjp, nondiff_argnums=(0, 1, 2))
-def _scan_buffer(structure, semiring, kernel, leaves, weights, mixes):
-    """The buffer of every output group below the root (see `ScanPlan`), with a
-    hand-written backward pass: the automatic one adds a whole-buffer cotangent per stage
-    (a zero buffer scattered into, then summed), ten times the forward pass at depth 60;
-    this one scatters each stage's child cotangents into one carried buffer in place."""
-    return _scan_forward(structure, semiring, kernel, leaves, weights, mixes, False)[0]
+def _scan_groups(structure, semiring, kernel, leaves, weights, mixes):
+    """`_scan_outputs` of the buffer (see `ScanPlan`), with a hand-written backward pass:
+    the automatic one adds a whole-buffer cotangent per stage (a zero buffer scattered
+    into, then summed), ten times the forward pass at depth 60; this one scatters each
+    stage's child cotangents into one carried buffer in place. Returning the groups and
+    the root's children rather than the buffer lets the backward pass start from only
+    the cotangents that are not zero (in training, the root's children's): a buffer
+    output's cotangent was assembled whole, three passes over the buffer per step."""
+    buffer = _scan_forward(structure, semiring, kernel, leaves, weights, mixes, False)[0]
+    return _scan_outputs(structure, buffer)
 
 
-def _scan_buffer_forward(structure, semiring, kernel, leaves, weights, mixes):
+def _scan_groups_forward(structure, semiring, kernel, leaves, weights, mixes):
+    leaves, weights, mixes = jax.tree_util.tree_map(
+        lambda primal: primal.value, (leaves, weights, mixes))
     buffer, operands = _scan_forward(structure, semiring, kernel, leaves, weights, mixes, True)
-    return buffer, (weights, mixes, operands)
+    return _scan_outputs(structure, buffer), (weights, mixes, operands, buffer)
+
+
+def _scan_groups_backward(structure, semiring, kernel, residuals, cotangents):
+    group_cotangents, children_cotangents = cotangents
+    buffer = residuals[3]
+    plan = structure.scan_plan
+    ct = jnp.zeros_like(buffer)
+    for start, group_ct in zip(plan.offsets[:-2], group_cotangents, strict=True):
+        if not isinstance(group_ct, SymbolicZero) and group_ct.shape[0]:
+            ct = jax.lax.dynamic_update_slice_in_dim(ct, group_ct.astype(ct.dtype), start, 0)
+    for a, child_ct in enumerate(children_cotangents):
+        if not isinstance(child_ct, SymbolicZero):
+            ct = ct.at[plan.root_children[:, a]].add(child_ct.astype(ct.dtype))
+    return _scan_buffer_backward(structure, semiring, kernel, residuals, ct)
 
 
 def _scan_buffer_backward(structure, semiring, kernel, residuals, cotangent):
@@ -241,7 +279,10 @@ def _scan_buffer_backward(structure, semiring, kernel, residuals, cotangent):
     # units read real folds, so their cotangent is masked. Nothing is written over the
     # rows read (no zeroing): a write there before the reads are done would make XLA
     # copy the whole buffer.
-    weights, mixes, operands = residuals
+    weights, mixes, operands, buffer = residuals
+    # A CP sum layer's cotangents come from its output, kept in the buffer: the forward
+    # einsum is not recomputed (`log_matmul_exp_vjp`; the fused kernel computes the same sum).
+    from_output = structure.layer_kind == "cp" and semiring == "sum"
     num_leaves = structure.group_sizes[0]
     plan = structure.scan_plan
     weight_grads, mix_grads = [], []
@@ -253,8 +294,20 @@ def _scan_buffer_backward(structure, semiring, kernel, residuals, cotangent):
             rows = xs[0]
             inner, mix = _stage_functions(structure, semiring, kernel,
                                           xs[3] if len(xs) > 3 else None)
-            out, inner_vjp = jax.vjp(inner, operands, xs[2])
-            ct_out = jax.lax.dynamic_slice_in_dim(ct, xs[1], out.shape[0], 0).astype(out.dtype)
+            num_folds = rows.shape[0]
+            if from_output:
+                # A padding fold (all children row 0) has rows holding later groups'
+                # values; as -inf ("no mass") it passes no cotangent.
+                real_fold = jnp.any(rows != 0, axis=1)[:, None, None]
+                out = jnp.where(real_fold, jax.lax.dynamic_slice_in_dim(buffer, xs[1], num_folds, 0),
+                                -jnp.inf)
+
+                def inner_vjp(ct_out):
+                    ct_h, ct_w = log_matmul_exp_vjp(operands[0], xs[2], out, ct_out)
+                    return (ct_h,), ct_w
+            else:
+                out, inner_vjp = jax.vjp(inner, operands, xs[2])
+            ct_out = jax.lax.dynamic_slice_in_dim(ct, xs[1], num_folds, 0).astype(out.dtype)
             mix_grad = None
             if len(xs) > 3:
                 num_mixed = xs[3].shape[0]
@@ -277,7 +330,7 @@ def _scan_buffer_backward(structure, semiring, kernel, residuals, cotangent):
     return ct[1:1 + num_leaves], tuple(reversed(weight_grads)), tuple(reversed(mix_grads))
 
 
-_scan_buffer.defvjp(_scan_buffer_forward, _scan_buffer_backward)
+_scan_groups.defvjp(_scan_groups_forward, _scan_groups_backward, symbolic_zeros=True)
 
 
 def _upward_scanned(structure: CircuitStructure, leaves, log_w, log_mix, semiring, kernel):
@@ -285,16 +338,14 @@ def _upward_scanned(structure: CircuitStructure, leaves, log_w, log_mix, semirin
     plan = structure.scan_plan
     dtype = jnp.result_type(leaves, *log_w)
     inputs = [_segment_inputs(segment, log_w, log_mix) for segment in plan.segments]
-    buffer = _scan_buffer(structure, semiring, kernel, leaves.astype(dtype),
-                          tuple(w for w, _ in inputs), tuple(m for _, m in inputs))
+    group_values, children = _scan_groups(structure, semiring, kernel, leaves.astype(dtype),
+                                          tuple(w for w, _ in inputs),
+                                          tuple(m for _, m in inputs))
     groups = []
-    for g, size in enumerate(structure.group_sizes[:-2]):
+    for g, values in enumerate(group_values):
         empty = g > 0 and g % 2 == 0 and structure.stages[g // 2 - 1][1] is None
-        start = plan.offsets[g]
-        groups.append(None if empty else buffer[start:start + size])
-    rows = plan.root_children
-    children = [jnp.take(buffer, rows[:, a], axis=0) for a in range(rows.shape[1])]
-    out = _inner_layer(structure, children, log_w[-1], semiring, kernel)
+        groups.append(None if empty else values)
+    out = _inner_layer(structure, list(children), log_w[-1], semiring, kernel)
     groups.append(out)
     mixing = structure.stages[-1][1]
     if mixing is None:

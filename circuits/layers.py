@@ -19,6 +19,7 @@ import jax.numpy as jnp
 
 __all__ = [
     "log_matmul_exp",
+    "log_matmul_exp_vjp",
     "max_plus_matmul",
     "cp_layer",
     "tucker_layer",
@@ -53,6 +54,37 @@ def log_matmul_exp(h, log_w):
     shift_w = jax.lax.stop_gradient(_finite_or_zero(jnp.max(log_w, axis=-1, keepdims=True)))
     s = jnp.einsum("fbj,foj->fbo", jnp.exp(h - shift_h), jnp.exp(log_w - shift_w))
     return _safe_log(s) + shift_h + jnp.swapaxes(shift_w, 1, 2)
+
+
+def log_matmul_exp_vjp(h, log_w, out, cotangent):
+    """The VJP of :func:`log_matmul_exp` at its known output ``out``, without the forward einsum.
+
+    With $\\mathrm{out}_{fbo} = \\log \\sum_j \\exp(h_{fbj} + \\log w_{foj})$, the derivative
+    $\\partial \\mathrm{out}_{fbo} / \\partial h_{fbj} = \\exp(h_{fbj} + \\log w_{foj} -
+    \\mathrm{out}_{fbo})$ is also the one with respect to $\\log w_{foj}$, so with the
+    max-shifted exponentials $e^h$, $e^w$ and $g_{fbo} = \bar{o}_{fbo}
+    \\exp(s^h_{fb} + s^w_{fo} - \\mathrm{out}_{fbo})$ both cotangents are one einsum each:
+    $\bar h = e^h \\odot (g\\, e^w)$ and $\\overline{\\log w} = e^w \\odot (g^\top e^h)$.
+    An output of $-\\infty$ (no mass) passes no cotangent, as in :func:`log_matmul_exp`.
+
+    Args:
+        h: ``(F, B, J)`` the input log-values.
+        log_w: ``(F, O, J)`` the log-weights.
+        out: ``(F, B, O)`` ``log_matmul_exp(h, log_w)``.
+        cotangent: ``(F, B, O)`` the output's cotangent.
+
+    Returns:
+        ``(h cotangent, log_w cotangent)``.
+    """
+    shift_h = _finite_or_zero(jnp.max(h, axis=-1, keepdims=True))
+    shift_w = _finite_or_zero(jnp.max(log_w, axis=-1, keepdims=True))
+    exp_h = jnp.exp(h - shift_h)
+    exp_w = jnp.exp(log_w - shift_w)
+    finite = jnp.isfinite(out)
+    scaled = jnp.where(finite, cotangent * jnp.exp(
+        shift_h + jnp.swapaxes(shift_w, 1, 2) - jnp.where(finite, out, 0.0)), 0.0)
+    return (exp_h * jnp.einsum("fbo,foj->fbj", scaled, exp_w),
+            exp_w * jnp.einsum("fbo,fbj->foj", scaled, exp_h))
 
 
 def max_plus_matmul(h, log_w):

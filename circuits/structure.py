@@ -95,7 +95,7 @@ class ScanSegment:
 
     Attributes:
         stages: the stages, in order.
-        num_folds: ``F``, folds per stage after padding (a power of two).
+        num_folds: ``F``, folds per stage after padding (the run's largest stage).
         children: ``(n, F, A)`` buffer rows of each fold's children; row 0 (zeros, the
             product's identity) stands for an absent child and feeds the padding folds.
         outputs: ``(n,)`` the first buffer row of each stage's inner output.
@@ -120,9 +120,9 @@ class ScanPlan:
 
     Every output group has a fixed block of rows in one ``(num_rows, B, K)`` buffer (row
     0 holds zeros; the leaves follow). The stages below the root are cut into runs whose
-    fold counts round up to the same power of two (:class:`ScanSegment`); each run is
-    one ``lax.scan``, so the compiled program grows with the number of runs, not with
-    the depth. A padded stage writes its extra folds past its own rows, into rows of
+    fold counts round up to the same power of two (:class:`ScanSegment`), padded to the
+    run's largest stage; each run is one ``lax.scan``, so the compiled program grows with
+    the number of runs, not with the depth. A padded stage writes its extra folds past its own rows, into rows of
     groups computed later (which overwrite them), or into the slack at the end.
 
     Attributes:
@@ -328,7 +328,11 @@ class CircuitStructure:
                 runs.append([s])
         segments, slack = [], 1
         for run in runs:
-            num_folds, num_mixed = shape_key(run[0])
+            # Padded to the run's largest stage, not to the power of two that groups them.
+            num_folds = max(self.stages[s][0].index.shape[0] for s in run)
+            mixed_counts = [self.stages[s][1].index.shape[0] for s in run
+                            if self.stages[s][1] is not None]
+            num_mixed = max(mixed_counts) if mixed_counts else None  # all of a run mix, or none
             arity = max(self.stages[s][0].index.shape[1] for s in run)
             children = np.zeros((len(run), num_folds, arity), np.int32)
             outputs = np.array([offsets[2 * s + 1] for s in run], np.int32)

@@ -7,6 +7,7 @@ from scipy import special
 from circuits.layers import (
     cp_layer,
     log_matmul_exp,
+    log_matmul_exp_vjp,
     max_plus_matmul,
     mixing_layer,
     tucker_layer,
@@ -23,6 +24,30 @@ def test_log_matmul_exp_and_max_plus():
     np.testing.assert_allclose(np.asarray(log_matmul_exp(h, w)), special.logsumexp(terms, -1),
                                rtol=1e-6)
     np.testing.assert_allclose(np.asarray(max_plus_matmul(h, w)), terms.max(-1), rtol=1e-6)
+
+
+def test_log_matmul_exp_vjp_from_the_output():
+    # The softmax derivative in float64 numpy, with a batch row of no mass (all -inf: no
+    # cotangent) and a weight of -inf (zero gradient), against the helper and JAX's VJP.
+    h = np.array(_random(2, (3, 5, 4)))
+    h[1, 2] = -np.inf
+    w = np.array(_random(3, (3, 2, 4), offset=0.0))
+    w[0, 1, 3] = -np.inf
+    cotangent = np.asarray(jax.random.normal(jax.random.key(4), (3, 5, 2)), np.float64)
+    h64, w64 = h.astype(np.float64), w.astype(np.float64)
+    terms = h64[:, :, None, :] + w64[:, None]  # (F, B, O, J)
+    out = special.logsumexp(terms, -1)
+    with np.errstate(invalid="ignore"):
+        weights = np.where(np.isfinite(out)[..., None], np.exp(terms - out[..., None]), 0.0)
+    expected_h = np.einsum("fbo,fboj->fbj", cotangent, weights)
+    expected_w = np.einsum("fbo,fboj->foj", cotangent, weights)
+    ct_h, ct_w = log_matmul_exp_vjp(h, w, log_matmul_exp(h, w), cotangent.astype(np.float32))
+    np.testing.assert_allclose(np.asarray(ct_h), expected_h, rtol=1e-5, atol=1e-7)
+    np.testing.assert_allclose(np.asarray(ct_w), expected_w, rtol=1e-5, atol=1e-7)
+    assert np.all(np.asarray(ct_h)[1, 2] == 0.0) and np.asarray(ct_w)[0, 1, 3] == 0.0
+    _, vjp = jax.vjp(log_matmul_exp, h, w)
+    for ours, jax_own in zip((ct_h, ct_w), vjp(cotangent.astype(np.float32)), strict=True):
+        np.testing.assert_allclose(np.asarray(ours), np.asarray(jax_own), rtol=1e-5, atol=1e-7)
 
 
 def test_cp_tucker_and_mixing_layers():

@@ -131,8 +131,8 @@ def test_save_and_reload_keeps_the_scan_plan_exact(tmp_path):
 
 @pytest.fixture(scope="module")
 def padded_tree():
-    """A Chow-Liu tree on 40 correlated binary columns: 16 or more stages whose fold counts
-    are not powers of two, so the scanned passes pad them."""
+    """A Chow-Liu tree on 40 correlated binary columns: 16 or more stages, and runs of
+    stages with different fold counts, so the scanned passes pad some of them."""
     rng = np.random.default_rng(7)
     data = np.zeros((400, 40), int)
     data[:, 0] = rng.random(400) < 0.5
@@ -143,8 +143,33 @@ def padded_tree():
                                        "cp", key=jax.random.key(8), data=data)
     structure = circuit.structure
     assert len(structure.stages) >= circuit_module.SCAN_MIN_STAGES
-    assert any(len(inner.index) & (len(inner.index) - 1) for inner, _ in structure.stages[:-1])
+    assert any(len(structure.stages[s][0].index) < segment.num_folds
+               for segment in structure.scan_plan.segments for s in segment.stages)
     return circuit, data
+
+
+def test_scanned_gradients_equal_the_unrolled_ones_with_padded_stages(padded_tree):
+    # The backward pass reads a CP stage's output from the buffer, where padding folds hold
+    # later groups' values: those must pass no cotangent (log-likelihood, its gradient with
+    # respect to every parameter, and EM's expected counts through it).
+    circuit, data = padded_tree
+    x = jnp.asarray(data[:50], jnp.float32)
+
+    def gradients():
+        loss = lambda c: c.log_marginal_prepared(x, jnp.ones(x.shape, bool)).mean()  # noqa: E731
+        value, grads = jax.value_and_grad(loss)(circuit)
+        return [np.asarray(value)] + [np.asarray(g) for g in jax.tree_util.tree_leaves(grads)]
+
+    scanned = gradients()
+    default = circuit_module.SCAN_MIN_STAGES
+    try:
+        _with_scan_threshold(10**9)
+        unrolled = gradients()
+    finally:
+        _with_scan_threshold(default)
+    assert all(np.all(np.isfinite(g)) for g in scanned)
+    for ours, theirs in zip(scanned, unrolled, strict=True):
+        np.testing.assert_allclose(ours, theirs, rtol=1e-4, atol=1e-6)
 
 
 def test_scanned_map_equals_the_unrolled_map_with_padded_stages(padded_tree):
