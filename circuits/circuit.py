@@ -138,7 +138,7 @@ def _sum_kernel(backend: str, dtype):
 
 #: Circuits with at least this many stages run the scanned upward and top-down passes
 #: (`_upward_scanned`, `_top_down_scanned`): their program grows with the number of
-#: differently shaped runs of stages, not with the depth, but an evaluation runs about 1.7x
+#: differently shaped runs of stages, not with the depth, but an evaluation runs about 1.4x
 #: longer (docs/circuits.md). Shallower circuits (quad-trees, random binary trees) keep the
 #: unrolled passes, whose static gathers XLA fuses into the layers. Read at trace time.
 SCAN_MIN_STAGES = 16
