@@ -42,25 +42,17 @@ from amortized.tasks import (
 try:
     from benchmarks.peers import missing_peer_message, peer_python
     from benchmarks.results_io import write_results
+    from benchmarks.timing import compare
 except ModuleNotFoundError:  # run as a script: benchmarks/ itself is on sys.path
     from peers import missing_peer_message, peer_python
     from results_io import write_results
+    from timing import compare
 
 ROOT = pathlib.Path(__file__).resolve().parents[1]
 SBI_PYTHON = peer_python("sbi")
 SBI_MAX_EPOCHS: int | None = None
 NUM_REFERENCE = 2000
-
-
-def median_time(fn, repeats: int = 20) -> float:
-    """Median wall time of ``fn()`` after one warm-up call (results blocked on)."""
-    jax.block_until_ready(fn())
-    times = []
-    for _ in range(repeats):
-        start = time.perf_counter()
-        jax.block_until_ready(fn())
-        times.append(time.perf_counter() - start)
-    return float(np.median(times))
+TIMING_ROUNDS = 15
 
 
 def versions() -> dict:
@@ -197,13 +189,22 @@ def benchmark_task(name, task, *, key, dt_options, dt_steps, npe_sims, num_test,
 
     test = task.simulate(k_test, num_test)
     first = (take(test.prior, 0), test.observations[0], test.mask[0])
-    out["dt"]["seconds_per_posterior"] = median_time(lambda: dt(first[0], first[1], first[2]).means)
     sample_dt = eqx.filter_jit(lambda m, k, o: m.update(*o).sample(k, NUM_REFERENCE))
-    out["dt"]["seconds_per_posterior_with_2000_draws"] = median_time(lambda: sample_dt(dt, k_eval, first))
     sample_npe = eqx.filter_jit(lambda p, k, o: p.sample(k, o, NUM_REFERENCE))
-    out["npe"]["seconds_per_posterior_with_2000_draws"] = median_time(lambda: sample_npe(npe.posterior, k_eval, first))
     batch_dt = eqx.filter_jit(lambda m, b: jax.vmap(m.update)(b.prior, b.observations, b.mask).means)
-    out["dt"]["seconds_per_posterior_batched"] = median_time(lambda: batch_dt(dt, test), 5) / num_test
+    # Our amortized contenders, alternated call by call (benchmarks/timing.py).
+    timing = compare({
+        "dt_update": lambda: dt(first[0], first[1], first[2]).means,
+        "dt_update_and_2000_draws": lambda: sample_dt(dt, k_eval, first),
+        "npe_2000_draws": lambda: sample_npe(npe.posterior, k_eval, first),
+        f"dt_update_batch_of_{num_test}": lambda: batch_dt(dt, test),
+    }, rounds=TIMING_ROUNDS)
+    seconds = {name: entry["median_s"] for name, entry in timing["contenders"].items()}
+    out["timing"] = timing
+    out["dt"]["seconds_per_posterior"] = seconds["dt_update"]
+    out["dt"]["seconds_per_posterior_with_2000_draws"] = seconds["dt_update_and_2000_draws"]
+    out["npe"]["seconds_per_posterior_with_2000_draws"] = seconds["npe_2000_draws"]
+    out["dt"]["seconds_per_posterior_batched"] = seconds[f"dt_update_batch_of_{num_test}"] / num_test
 
     if reference == "exact":
         exact_fn = task.exact_posterior
@@ -396,8 +397,11 @@ def main(argv=None):
         "SLCP: 'dt' and 'npe' use the task's known sign symmetries (symmetric_axes); 'dt_without_symmetry' and "
         "'npe_without_symmetry' are the same models left to learn them; sbi's NPE does not use them.",
         "two_moons reference draws are exact (sbibm's construction, infeasible draws rejected).",
-        "The machine was shared with other jobs: see load_average_at_start; timings are noisy.",
+        "Times per posterior: benchmarks/timing.py's round-robin timer over our four amortized calls "
+        "(each task's 'timing' keeps every round and the load average at its start and end); NUTS's "
+        "time per posterior is the median of its warm runs on the C2ST data sets.",
     ]
+    results["machine"]["load_average_at_end"] = list(os.getloadavg())
     _write(path, results)
     print(f"\nwrote {path} in {results['total_seconds']:.0f} s")
 
