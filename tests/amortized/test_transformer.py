@@ -175,6 +175,9 @@ def test_bad_input_is_rejected(model):
         model(jnp.zeros(2), DATA)
     with pytest.raises(ValueError, match="observations"):
         model(PRIOR, DATA.at[0, 0].set(jnp.nan))
+    model(PRIOR, DATA.at[0, 0].set(jnp.nan), jnp.arange(6) > 0)  # masked out: accepted
+    with pytest.raises(ValueError, match="mask"):  # one of two data sets has no observation
+        model(PRIOR, jnp.stack([DATA, DATA]), jnp.stack([jnp.ones(6, bool), jnp.zeros(6, bool)]))
     priors = jax.tree_util.tree_map(lambda x: jnp.stack([x, x]), PRIOR)
     with pytest.raises(ValueError, match="prior"):
         model(priors, jnp.stack([DATA] * 3))
