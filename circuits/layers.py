@@ -62,9 +62,9 @@ def log_matmul_exp_vjp(h, log_w, out, cotangent):
     With $\\mathrm{out}_{fbo} = \\log \\sum_j \\exp(h_{fbj} + \\log w_{foj})$, the derivative
     $\\partial \\mathrm{out}_{fbo} / \\partial h_{fbj} = \\exp(h_{fbj} + \\log w_{foj} -
     \\mathrm{out}_{fbo})$ is also the one with respect to $\\log w_{foj}$, so with the
-    max-shifted exponentials $e^h$, $e^w$ and $g_{fbo} = \bar{o}_{fbo}
+    max-shifted exponentials $e^h$, $e^w$ and $g_{fbo} = \\bar{o}_{fbo}
     \\exp(s^h_{fb} + s^w_{fo} - \\mathrm{out}_{fbo})$ both cotangents are one einsum each:
-    $\bar h = e^h \\odot (g\\, e^w)$ and $\\overline{\\log w} = e^w \\odot (g^\top e^h)$.
+    $\\bar h = e^h \\odot (g\\, e^w)$ and $\\overline{\\log w} = e^w \\odot (g^\\top e^h)$.
     An output of $-\\infty$ (no mass) passes no cotangent, as in :func:`log_matmul_exp`.
 
     Args:
