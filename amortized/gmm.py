@@ -29,21 +29,17 @@ from jaxtyping import Array, Bool, Float, PRNGKeyArray
 
 from probinf.families import Family, check_num_samples
 from probinf.linalg import cho_solve, cholesky, solve_triangular
+from probinf.validation import is_traced
 
 __all__ = [
     "GaussianMixture",
     "condition_linear_gaussian",
     "monte_carlo_kl",
     "sign_symmetrize",
-    "is_concrete",
 ]
 
 _LOG_2PI = math.log(2.0 * math.pi)
 
-
-def is_concrete(*arrays: object) -> bool:
-    """True when none of ``arrays`` is a JAX tracer (values can be checked)."""
-    return not any(isinstance(a, jax.core.Tracer) for a in jax.tree_util.tree_leaves(arrays))
 
 
 def _cholesky_or_raise(matrices: np.ndarray, name: str) -> None:
@@ -265,7 +261,7 @@ class GaussianMixture(Family):
         )
         if noise.shape != (out, out):
             raise ValueError(f"`noise_covariance` must have shape ({out}, {out}), got {noise.shape}")
-        if noise_covariance is not None and is_concrete(noise):
+        if noise_covariance is not None and not is_traced(noise):
             _cholesky_or_raise(np.asarray(noise), "noise_covariance")
         means = self.means @ matrix.T + offset
         covs = matrix @ self.covariances @ matrix.T + noise
@@ -327,7 +323,7 @@ def _check_linear_gaussian(prior, observations, design, noise_covariance, offset
         raise ValueError(
             f"`noise_covariance` must have shape ({obs_dim}, {obs_dim}), got {noise_covariance.shape}"
         )
-    if is_concrete(noise_covariance):
+    if not is_traced(noise_covariance):
         _cholesky_or_raise(np.asarray(noise_covariance), "noise_covariance")
     offset = jnp.zeros(obs_dim) if offset is None else jnp.asarray(offset)
     if offset.shape != (obs_dim,):
@@ -336,7 +332,7 @@ def _check_linear_gaussian(prior, observations, design, noise_covariance, offset
     mask = jnp.ones(n, bool) if mask is None else jnp.asarray(mask, bool)
     if mask.shape != (n,):
         raise ValueError(f"`mask` must have shape ({n},), got {mask.shape}")
-    if is_concrete(mask) and not bool(jnp.any(mask)):
+    if not is_traced(mask) and not bool(jnp.any(mask)):
         raise ValueError("`mask` selects no observation: the dataset is empty")
     return observations, design, noise_covariance, offset, mask
 

@@ -75,7 +75,8 @@ import jax.numpy as jnp
 import numpy as np
 from jaxtyping import Array, Bool, Float, PRNGKeyArray
 
-from amortized.gmm import GaussianMixture, is_concrete, sign_patterns, sign_symmetrize
+from amortized.gmm import GaussianMixture, sign_patterns, sign_symmetrize
+from probinf.validation import is_traced
 
 __all__ = [
     "DistributionTransformer",
@@ -130,83 +131,54 @@ def _zeroed(layer: eqx.nn.Linear) -> eqx.nn.Linear:
     )
 
 
-class _MLP(eqx.Module):
-    """Two affine maps with a GELU between; the last map can start at zero."""
-
-    first: eqx.nn.Linear
-    second: eqx.nn.Linear
-
-    def __init__(self, in_size: int, hidden: int, out_size: int, *, key, zero_last: bool = False):
-        k1, k2 = jax.random.split(key)
-        self.first = eqx.nn.Linear(in_size, hidden, key=k1)
-        second = eqx.nn.Linear(hidden, out_size, key=k2)
-        self.second = _zeroed(second) if zero_last else second
-
-    def __call__(self, x: Array) -> Array:
-        return self.second(jax.nn.gelu(self.first(x)))
+def _mlp(in_size: int, hidden: int, out_size: int, *, key, zero_last: bool = False) -> eqx.nn.MLP:
+    """One hidden layer of ``hidden`` GELU units; the output layer can start at zero."""
+    mlp = eqx.nn.MLP(in_size, out_size, hidden, depth=1, activation=jax.nn.gelu, key=key)
+    return eqx.tree_at(lambda m: m.layers[-1], mlp, _zeroed(mlp.layers[-1])) if zero_last else mlp
 
 
 def _tokens(layer: Callable, x: Array) -> Array:
     return jax.vmap(layer)(x)
 
 
-class _Attention(eqx.Module):
-    """Multi-head scaled dot-product attention (Vaswani et al., 2017) with a key mask."""
+def _attention(d_model: int, num_heads: int, *, key, zero_output: bool) -> eqx.nn.MultiheadAttention:
+    """Multi-head scaled dot-product attention (Vaswani et al., 2017) with query, key and
+    value biases started at zero; ``zero_output`` starts the output map at zero (a branch
+    that starts switched off)."""
+    attention = eqx.nn.MultiheadAttention(num_heads, d_model, use_query_bias=True, use_key_bias=True,
+                                          use_value_bias=True, key=key)
+    biases = lambda a: (a.query_proj.bias, a.key_proj.bias, a.value_proj.bias)  # noqa: E731
+    attention = eqx.tree_at(biases, attention, tuple(jnp.zeros_like(b) for b in biases(attention)))
+    if zero_output:
+        attention = eqx.tree_at(lambda a: a.output_proj.weight, attention,
+                                jnp.zeros_like(attention.output_proj.weight))
+    return attention
 
-    query: Float[Array, "d d"]
-    key_proj: Float[Array, "d d"]
-    value: Float[Array, "d d"]
-    output: Float[Array, "d d"]
-    query_bias: Float[Array, " d"]
-    key_bias: Float[Array, " d"]
-    value_bias: Float[Array, " d"]
-    num_heads: int = eqx.field(static=True)
 
-    def __init__(self, d_model: int, num_heads: int, *, key, zero_output: bool):
-        keys = jax.random.split(key, 4)
-        bound = 1.0 / math.sqrt(d_model)
-
-        def init(k):
-            return jax.random.uniform(k, (d_model, d_model), minval=-bound, maxval=bound)
-
-        self.query, self.key_proj, self.value = init(keys[0]), init(keys[1]), init(keys[2])
-        self.output = jnp.zeros((d_model, d_model)) if zero_output else init(keys[3])
-        self.query_bias = jnp.zeros(d_model)
-        self.key_bias = jnp.zeros(d_model)
-        self.value_bias = jnp.zeros(d_model)
-        self.num_heads = num_heads
-
-    def __call__(self, queries: Array, memory: Array, key_mask: Array) -> Array:
-        heads = self.num_heads
-        width = queries.shape[-1] // heads
-        q = (queries @ self.query + self.query_bias).reshape(-1, heads, width)
-        k = (memory @ self.key_proj + self.key_bias).reshape(-1, heads, width)
-        v = (memory @ self.value + self.value_bias).reshape(-1, heads, width)
-        logits = jnp.einsum("qhc,khc->hqk", q, k) / math.sqrt(width)
-        logits = jnp.where(key_mask[None, None, :], logits, -jnp.inf)
-        weights = jax.nn.softmax(logits, axis=-1)
-        mixed = jnp.einsum("hqk,khc->qhc", weights, v).reshape(queries.shape[0], -1)
-        return mixed @ self.output
+def _attend(attention: eqx.nn.MultiheadAttention, queries: Array, memory: Array, key_mask: Array) -> Array:
+    """``queries`` attend to the rows of ``memory`` where ``key_mask`` holds."""
+    mask = jnp.broadcast_to(key_mask[None, :], (queries.shape[0], memory.shape[0]))
+    return attention(queries, memory, memory, mask)
 
 
 class _EncoderBlock(eqx.Module):
     """Pre-norm self-attention + MLP over the observation tokens."""
 
     norm_attn: eqx.nn.LayerNorm
-    attn: _Attention
+    attn: eqx.nn.MultiheadAttention
     norm_mlp: eqx.nn.LayerNorm
-    mlp: _MLP
+    mlp: eqx.nn.MLP
 
     def __init__(self, d_model: int, num_heads: int, hidden: int, *, key):
         k1, k2 = jax.random.split(key)
         self.norm_attn = eqx.nn.LayerNorm(d_model)
-        self.attn = _Attention(d_model, num_heads, key=k1, zero_output=False)
+        self.attn = _attention(d_model, num_heads, key=k1, zero_output=False)
         self.norm_mlp = eqx.nn.LayerNorm(d_model)
-        self.mlp = _MLP(d_model, hidden, d_model, key=k2)
+        self.mlp = _mlp(d_model, hidden, d_model, key=k2)
 
     def __call__(self, x: Array, valid: Array) -> Array:
         h = _tokens(self.norm_attn, x)
-        x = x + self.attn(h, h, valid)
+        x = x + _attend(self.attn, h, h, valid)
         return x + _tokens(self.mlp, _tokens(self.norm_mlp, x))
 
 
@@ -214,39 +186,39 @@ class _DecoderBlock(eqx.Module):
     """Components self-attend, cross-attend to the observations, then an MLP (all zero-started)."""
 
     norm_self: eqx.nn.LayerNorm
-    self_attn: _Attention
+    self_attn: eqx.nn.MultiheadAttention
     norm_cross: eqx.nn.LayerNorm
-    cross_attn: _Attention
+    cross_attn: eqx.nn.MultiheadAttention
     norm_mlp: eqx.nn.LayerNorm
-    mlp: _MLP
+    mlp: eqx.nn.MLP
 
     def __init__(self, d_model: int, num_heads: int, hidden: int, *, key):
         k1, k2, k3 = jax.random.split(key, 3)
         self.norm_self = eqx.nn.LayerNorm(d_model)
-        self.self_attn = _Attention(d_model, num_heads, key=k1, zero_output=True)
+        self.self_attn = _attention(d_model, num_heads, key=k1, zero_output=True)
         self.norm_cross = eqx.nn.LayerNorm(d_model)
-        self.cross_attn = _Attention(d_model, num_heads, key=k2, zero_output=True)
+        self.cross_attn = _attention(d_model, num_heads, key=k2, zero_output=True)
         self.norm_mlp = eqx.nn.LayerNorm(d_model)
-        self.mlp = _MLP(d_model, hidden, d_model, key=k3, zero_last=True)
+        self.mlp = _mlp(d_model, hidden, d_model, key=k3, zero_last=True)
 
     def __call__(self, x: Array, component_mask: Array, memory: Array, memory_mask: Array) -> Array:
         h = _tokens(self.norm_self, x)
-        x = x + self.self_attn(h, h, component_mask)
+        x = x + _attend(self.self_attn, h, h, component_mask)
         h = _tokens(self.norm_cross, x)
-        x = x + self.cross_attn(h, memory, memory_mask)
+        x = x + _attend(self.cross_attn, h, memory, memory_mask)
         return x + _tokens(self.mlp, _tokens(self.norm_mlp, x))
 
 
 class _PriorEmbedding(eqx.Module):
     """Parameters of a non-mixture prior -> one token per mixture component."""
 
-    trunk: _MLP
+    trunk: eqx.nn.MLP
     component_weight: Float[Array, "k d d"]
     component_bias: Float[Array, "k d"]
 
     def __init__(self, param_dim: int, num_components: int, d_model: int, *, key):
         k1, k2, k3 = jax.random.split(key, 3)
-        self.trunk = _MLP(param_dim, d_model, d_model, key=k1)
+        self.trunk = _mlp(param_dim, d_model, d_model, key=k1)
         bound = 1.0 / math.sqrt(d_model)
         self.component_weight = jax.random.uniform(
             k2, (num_components, d_model, d_model), minval=-bound, maxval=bound
@@ -340,10 +312,10 @@ class DistributionTransformer(eqx.Module):
     prior_param_dim: int | None = eqx.field(static=True)
     num_components: int | None = eqx.field(static=True)
     symmetric_axes: tuple[int, ...] = eqx.field(static=True)
-    component_embedding: _MLP
-    component_de_embedding: _MLP
+    component_embedding: eqx.nn.MLP
+    component_de_embedding: eqx.nn.MLP
     final_norm: eqx.nn.LayerNorm
-    observation_embedding: _MLP
+    observation_embedding: eqx.nn.MLP
     null_tokens: Float[Array, "m d"]
     encoder: tuple[_EncoderBlock, ...]
     memory_norm: eqx.nn.LayerNorm
@@ -402,10 +374,10 @@ class DistributionTransformer(eqx.Module):
         hidden = mlp_ratio * d_model
         coords = _num_coordinates(self.dim)
         keys = jax.random.split(key, 7)
-        self.component_embedding = _MLP(coords, d_model, d_model, key=keys[0])
-        self.component_de_embedding = _MLP(d_model, d_model, coords, key=keys[1])
+        self.component_embedding = _mlp(coords, d_model, d_model, key=keys[0])
+        self.component_de_embedding = _mlp(d_model, d_model, coords, key=keys[1])
         self.final_norm = eqx.nn.LayerNorm(d_model)
-        self.observation_embedding = _MLP(self.obs_dim, d_model, d_model, key=keys[2])
+        self.observation_embedding = _mlp(self.obs_dim, d_model, d_model, key=keys[2])
         self.null_tokens = 0.02 * jax.random.normal(keys[3], (num_null_tokens, d_model))
         self.encoder = tuple(
             _EncoderBlock(d_model, num_heads, hidden, key=k)
@@ -506,9 +478,9 @@ class DistributionTransformer(eqx.Module):
             raise TypeError(f"`mask` must be boolean, got dtype {mask.dtype}")
         # Value checks on the host (NumPy): as JAX ops they cost several eager dispatches
         # per call, a sizeable part of a millisecond posterior call on a CPU.
-        if is_concrete(mask) and not np.all(np.any(np.asarray(mask), axis=-1)):
+        if not is_traced(mask) and not np.all(np.any(np.asarray(mask), axis=-1)):
             raise ValueError("`mask` selects no observation for some dataset: datasets must be non-empty")
-        if is_concrete(mask, observations) and not np.all(
+        if not is_traced(mask, observations) and not np.all(
                 np.isfinite(np.asarray(observations)[np.asarray(mask)])):
             raise ValueError("`observations` must be finite")
         if self.prior_embedding is None:

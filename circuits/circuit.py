@@ -44,7 +44,7 @@ from circuits.layers import (
 )
 from circuits.region_graph import RegionGraph
 from circuits.structure import CircuitStructure
-from probinf.validation import check_key, check_positive_int
+from probinf.validation import check_key, check_positive_int, is_traced
 
 __all__ = ["Circuit", "compile_circuit"]
 
@@ -559,14 +559,10 @@ def top_down(key, structure: CircuitStructure, groups, log_w, log_mix, batch: in
 # ---------------------------------------------------------------------------
 # Input validation (at the Python boundary, before tracing)
 # ---------------------------------------------------------------------------
-def _is_traced(*arrays) -> bool:
-    return any(isinstance(a, jax.core.Tracer) for a in arrays)
-
-
 def _check_params(tree, name: str) -> None:
     """NaN and +inf are rejected in concrete parameters; -inf (a zero weight) is allowed."""
     for path, leaf in jax.tree_util.tree_leaves_with_path(tree):
-        if _is_traced(leaf):
+        if is_traced(leaf):
             continue
         values = np.asarray(leaf)
         if not np.issubdtype(values.dtype, np.inexact):
@@ -582,7 +578,7 @@ def _check_params(tree, name: str) -> None:
 def _as_mask(mask, name: str, num_variables: int, batch_shape):
     if mask is None:
         return None
-    if _is_traced(mask):
+    if is_traced(mask):
         return jnp.broadcast_to(mask, batch_shape + (num_variables,))
     array = np.asarray(mask)
     if array.dtype != bool:
@@ -713,7 +709,7 @@ class Circuit(eqx.Module):
         traced data only by shape.
         """
         v = self.num_variables
-        if _is_traced(x):
+        if is_traced(x):
             batch_shape = tuple(x.shape[:-1])
             mask = _as_mask(observed, mask_name, v, batch_shape)
             x2 = jnp.reshape(x, (-1, v)).astype(self.float_dtype)
@@ -826,7 +822,7 @@ class Circuit(eqx.Module):
                 queries no variable, or if the evidence has probability zero.
         """
         v = self.num_variables
-        if not _is_traced(x, query, evidence):
+        if not is_traced(x, query, evidence):
             batch_shape = np.shape(x)[:-1]
             q = _as_mask(query, "query", v, batch_shape)
             e = _as_mask(evidence, "evidence", v, batch_shape)
@@ -849,7 +845,7 @@ class Circuit(eqx.Module):
                                  jnp.concatenate([joint_mask, e2]))
         n = x2.shape[0]
         log_joint, log_evidence = both[:n], both[n:]
-        if not _is_traced(x, query, evidence):
+        if not is_traced(x, query, evidence):
             _check_evidence_possible(log_evidence, "evidence")
         return (log_joint - log_evidence).reshape(batch_shape)
 
@@ -975,7 +971,7 @@ class Circuit(eqx.Module):
         elif evidence is None:
             evidence = np.zeros(np.shape(x), bool)
         x2, mask, batch_shape = self.prepare(x, evidence, mask_name="evidence")
-        if not _is_traced(x2):
+        if not is_traced(x2):
             log_evidence = _jit_log_marginal(self, x2, mask)
             _check_evidence_possible(log_evidence, "evidence")
         if refine is None:
@@ -986,7 +982,7 @@ class Circuit(eqx.Module):
             assignment, value, converged = _jit_map_icm(self, x2, mask, num_values,
                                                         jnp.asarray(max_steps, jnp.int32), key,
                                                         int(num_restarts))
-            if not _is_traced(converged):
+            if not is_traced(converged):
                 stuck = np.flatnonzero(~np.asarray(converged))
                 if stuck.size:
                     warnings.warn(
@@ -1030,7 +1026,7 @@ class Circuit(eqx.Module):
         """
         check_key(key)
         x2, mask, batch_shape = self.prepare(x, evidence)
-        if not _is_traced(x2):
+        if not is_traced(x2):
             _check_evidence_possible(_jit_log_marginal(self, x2, mask), "evidence")
         out = _jit_sample_conditional(key, self, x2, mask)
         return out.reshape(batch_shape + (self.num_variables,))

@@ -1,12 +1,15 @@
-"""Small neural networks used as conditioners: a dense MLP and a MADE masked MLP.
+"""Conditioner networks: a dense MLP with a zero-started output layer, and a MADE masked MLP.
 
-Activations are stored by name (a static string) so that every flow saves with
-:func:`probinf.io.save` without naming a function.
+The dense network is :class:`equinox.nn.MLP`; only its output layer is set to zero, so
+that every flow starts at the identity. Activations follow the rule of every package
+(:func:`probinf.validation.check_activation`): a function such as ``jax.nn.relu``.
 """
 
 from __future__ import annotations
 
 import math
+import warnings
+from collections.abc import Callable
 
 import equinox as eqx
 import jax
@@ -14,9 +17,12 @@ import jax.numpy as jnp
 import numpy as np
 from jaxtyping import Array, Bool, Float, PRNGKeyArray
 
-__all__ = ["ACTIVATIONS", "Linear", "MLP", "MaskedMLP", "check_activation", "made_degrees"]
+from probinf.validation import check_activation
 
-ACTIVATIONS = {
+__all__ = ["MaskedMLP", "activation_function", "made_degrees", "zero_output_mlp"]
+
+# The names flows took before activations became functions (accepted with a DeprecationWarning).
+_NAMED_ACTIVATIONS = {
     "relu": jax.nn.relu,
     "tanh": jnp.tanh,
     "gelu": jax.nn.gelu,
@@ -26,63 +32,37 @@ ACTIVATIONS = {
 }
 
 
-def check_activation(name: object) -> str:
-    if name not in ACTIVATIONS:
-        raise ValueError(f"`activation` must be one of {sorted(ACTIVATIONS)}, got {name!r}")
-    return str(name)
+def activation_function(activation: object) -> Callable:
+    """``activation`` checked by :func:`~probinf.validation.check_activation`; one of the
+    names flows used to take (``"relu"``, ``"tanh"``, ...) still maps to its function, with
+    a DeprecationWarning."""
+    if isinstance(activation, str) and activation in _NAMED_ACTIVATIONS:
+        function = _NAMED_ACTIVATIONS[activation]
+        warnings.warn(f"activation={activation!r} (a name) is deprecated: pass the function, "
+                      f"activation={'jnp' if function is jnp.tanh else 'jax.nn'}.{activation}",
+                      DeprecationWarning, stacklevel=3)
+        return function
+    return check_activation(activation)
+
+
+def zero_output_mlp(key: PRNGKeyArray, n_in: int, n_out: int, width: int, depth: int,
+                    activation: Callable) -> eqx.nn.MLP:
+    """An :class:`equinox.nn.MLP` with ``depth`` hidden layers of ``width`` units whose
+    output layer is zero: a conditioner built from it makes its bijection start at the
+    identity."""
+    mlp = eqx.nn.MLP(n_in, n_out, width, depth, activation=activation, key=key)
+    last = mlp.layers[-1]
+    return eqx.tree_at(lambda m: (m.layers[-1].weight, m.layers[-1].bias), mlp,
+                       (jnp.zeros_like(last.weight), jnp.zeros_like(last.bias)))
 
 
 def _uniform_init(key: PRNGKeyArray, n_in: int, n_out: int) -> tuple[Array, Array]:
+    """``equinox.nn.Linear``'s initialisation: weight and bias uniform in ``±1/sqrt(n_in)``."""
     bound = 1.0 / math.sqrt(max(n_in, 1))
     key_w, key_b = jax.random.split(key)
     weight = jax.random.uniform(key_w, (n_out, n_in), minval=-bound, maxval=bound)
     bias = jax.random.uniform(key_b, (n_out,), minval=-bound, maxval=bound)
     return weight, bias
-
-
-class Linear(eqx.Module):
-    """Affine map ``x -> W x + b`` on an unbatched vector."""
-
-    weight: Float[Array, "out in"]
-    bias: Float[Array, " out"]
-
-    def __call__(self, x: Float[Array, " in"]) -> Float[Array, " out"]:
-        return self.weight @ x + self.bias
-
-
-def _widths(n_in: int, width: int, depth: int, n_out: int) -> list[tuple[int, int]]:
-    sizes = [n_in] + [width] * depth + [n_out]
-    return list(zip(sizes[:-1], sizes[1:], strict=True))
-
-
-class MLP(eqx.Module):
-    """Dense network with ``depth`` hidden layers of ``width`` units.
-
-    The output layer starts at zero, so a conditioner built from it makes its
-    bijection start at the identity.
-    """
-
-    layers: tuple[Linear, ...]
-    activation: str = eqx.field(static=True)
-
-    def __init__(self, key: PRNGKeyArray, n_in: int, n_out: int, width: int, depth: int,
-                 activation: str = "relu"):
-        self.activation = check_activation(activation)
-        shapes = _widths(n_in, width, depth, n_out)
-        keys = jax.random.split(key, len(shapes))
-        layers = []
-        for index, ((a, b), k) in enumerate(zip(shapes, keys, strict=True)):
-            if index == len(shapes) - 1:
-                layers.append(Linear(jnp.zeros((b, a)), jnp.zeros(b)))
-            else:
-                layers.append(Linear(*_uniform_init(k, a, b)))
-        self.layers = tuple(layers)
-
-    def __call__(self, x: Float[Array, " in"]) -> Float[Array, " out"]:
-        act = ACTIVATIONS[self.activation]
-        for layer in self.layers[:-1]:
-            x = act(layer(x))
-        return self.layers[-1](x)
 
 
 def made_degrees(dim: int, context_dim: int, width: int, depth: int) -> list[np.ndarray]:
@@ -126,12 +106,12 @@ class MaskedMLP(eqx.Module):
     """
 
     layers: tuple[MaskedLinear, ...]
-    activation: str = eqx.field(static=True)
+    activation: Callable
     dim: int = eqx.field(static=True)
     params_per_dim: int = eqx.field(static=True)
 
     def __init__(self, key: PRNGKeyArray, dim: int, context_dim: int, params_per_dim: int,
-                 width: int, depth: int, activation: str = "relu"):
+                 width: int, depth: int, activation: Callable = jax.nn.relu):
         self.activation = check_activation(activation)
         self.dim = dim
         self.params_per_dim = params_per_dim
@@ -152,7 +132,6 @@ class MaskedMLP(eqx.Module):
         self.layers = tuple(layers)
 
     def __call__(self, x: Float[Array, " in"]) -> Float[Array, "dim p"]:
-        act = ACTIVATIONS[self.activation]
         for layer in self.layers[:-1]:
-            x = act(layer(x))
+            x = self.activation(layer(x))
         return self.layers[-1](x).reshape(self.dim, self.params_per_dim)

@@ -24,13 +24,15 @@ With a spline transformer this is the autoregressive neural spline flow
 
 from __future__ import annotations
 
+from collections.abc import Callable
+
 import equinox as eqx
 import jax
 import jax.numpy as jnp
 from jaxtyping import PRNGKeyArray
 
 from flows._checks import check_optional_context_dim, check_positive_int
-from flows._nn import MaskedMLP
+from flows._nn import MaskedMLP, activation_function
 from flows.bijection import Bijection
 from flows.spline import Transformer, make_transformer
 
@@ -46,7 +48,7 @@ class MaskedAutoregressive(Bijection):
         transformer: ``"affine"``, ``"spline"`` or a :class:`~flows.spline.Transformer`.
         width: hidden units per layer of the MADE network.
         depth: number of hidden layers of the MADE network.
-        activation: the network's activation function, by name.
+        activation: the network's activation function (default ``jax.nn.relu``).
         context_dim: length of the context vector for a conditional layer.
         num_bins: spline bins (ignored for the affine transformer).
         bound: spline interval ``[-bound, bound]`` (ignored for the affine transformer).
@@ -60,7 +62,7 @@ class MaskedAutoregressive(Bijection):
     context_dim: int | None = eqx.field(static=True)
 
     def __init__(self, key: PRNGKeyArray, dim: int, *, transformer: object = "affine",
-                 width: int = 64, depth: int = 2, activation: str = "relu",
+                 width: int = 64, depth: int = 2, activation: Callable = jax.nn.relu,
                  context_dim: int | None = None, num_bins: int = 8, bound: float = 5.0):
         self.dim = check_positive_int(dim, "dim")
         self.context_dim = check_optional_context_dim(context_dim)
@@ -68,7 +70,7 @@ class MaskedAutoregressive(Bijection):
         width = check_positive_int(width, "width")
         depth = check_positive_int(depth, "depth")
         self.made = MaskedMLP(key, self.dim, self.context_dim or 0, self.transformer.num_params,
-                              width, depth, activation)
+                              width, depth, activation_function(activation))
 
     def _params(self, x, context):
         if self.context_dim is not None:

@@ -24,6 +24,7 @@ import jax
 from jaxtyping import PRNGKeyArray
 
 from flows._checks import check_key, check_optional_context_dim, check_positive_int
+from flows._nn import activation_function
 from flows.autoregressive import MaskedAutoregressive
 from flows.bijection import Bijection, Chain, Invert, Scan
 from flows.coupling import Coupling
@@ -82,7 +83,7 @@ def _common(key, dim, num_layers, context_dim):
 
 def coupling_flow(
     key: PRNGKeyArray, dim: int, *, num_layers: int = 8, transformer: str = "affine",
-    width: int = 64, depth: int = 2, activation: str = "relu", context_dim: int | None = None,
+    width: int = 64, depth: int = 2, activation: Callable = jax.nn.relu, context_dim: int | None = None,
     num_bins: int = 8, bound: float = 5.0, permutation: str = "random",
     loc: object = None, scale: object = None, gaussian: object = None,
     unroll: int | bool = 1,
@@ -99,7 +100,7 @@ def coupling_flow(
         transformer: ``"affine"`` or ``"spline"``.
         width: hidden units per layer of each conditioner MLP.
         depth: number of hidden layers of each conditioner MLP.
-        activation: ``"relu"``, ``"tanh"``, ``"gelu"``, ``"elu"``, ``"silu"`` or ``"softplus"``.
+        activation: the conditioners' activation function (``jax.nn.relu``, ``jnp.tanh``, ...).
         context_dim: length of the context vector for a conditional flow.
         num_bins: spline bins (spline transformer only).
         bound: the spline acts on ``[-bound, bound]`` and is the identity outside.
@@ -120,6 +121,7 @@ def coupling_flow(
     """
     dim, num_layers, context_dim = _common(key, dim, num_layers, context_dim)
     how = _check_permutation(permutation)
+    activation = activation_function(activation)
     if dim < 2:
         raise ValueError(
             f"`dim` must be at least 2 for a coupling flow, got dim={dim}; use "
@@ -146,6 +148,7 @@ def _autoregressive(key, dim, num_layers, transformer, width, depth, activation,
                     num_bins, bound, permutation, loc, scale, gaussian, unroll, invert: bool) -> Flow:
     dim, num_layers, context_dim = _common(key, dim, num_layers, context_dim)
     how = _check_permutation(permutation)
+    activation = activation_function(activation)
 
     def make_layer(k):
         k_made, k_perm = jax.random.split(k)
@@ -163,7 +166,7 @@ def _autoregressive(key, dim, num_layers, transformer, width, depth, activation,
 
 def masked_autoregressive_flow(
     key: PRNGKeyArray, dim: int, *, num_layers: int = 5, transformer: str = "affine",
-    width: int = 64, depth: int = 2, activation: str = "relu", context_dim: int | None = None,
+    width: int = 64, depth: int = 2, activation: Callable = jax.nn.relu, context_dim: int | None = None,
     num_bins: int = 8, bound: float = 5.0, permutation: str = "reverse",
     loc: object = None, scale: object = None, gaussian: object = None,
     unroll: int | bool = 1,
@@ -182,7 +185,7 @@ def masked_autoregressive_flow(
 
 def inverse_autoregressive_flow(
     key: PRNGKeyArray, dim: int, *, num_layers: int = 5, transformer: str = "affine",
-    width: int = 64, depth: int = 2, activation: str = "relu", context_dim: int | None = None,
+    width: int = 64, depth: int = 2, activation: Callable = jax.nn.relu, context_dim: int | None = None,
     num_bins: int = 8, bound: float = 5.0, permutation: str = "reverse",
     loc: object = None, scale: object = None, gaussian: object = None,
     unroll: int | bool = 1,
@@ -201,7 +204,7 @@ def inverse_autoregressive_flow(
 def spline_flow(
     key: PRNGKeyArray, dim: int, *, kind: str = "coupling", num_layers: int = 8,
     num_bins: int = 8, bound: float = 5.0, width: int = 64, depth: int = 2,
-    activation: str = "relu", context_dim: int | None = None, permutation: str | None = None,
+    activation: Callable = jax.nn.relu, context_dim: int | None = None, permutation: str | None = None,
     loc: object = None, scale: object = None, gaussian: object = None,
     unroll: int | bool = 1,
 ) -> Flow:

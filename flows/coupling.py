@@ -16,13 +16,16 @@ The Jacobian is triangular, and both directions cost one network evaluation.
 
 from __future__ import annotations
 
+from collections.abc import Callable
+
 import equinox as eqx
+import jax
 import jax.numpy as jnp
 import numpy as np
 from jaxtyping import Array, Bool, PRNGKeyArray
 
 from flows._checks import check_optional_context_dim, check_positive_int
-from flows._nn import MLP
+from flows._nn import activation_function, zero_output_mlp
 from flows.bijection import Bijection
 from flows.spline import Transformer, make_transformer
 
@@ -57,7 +60,7 @@ class Coupling(Bijection):
         split: number of conditioning coordinates (default ``dim // 2``).
         width: hidden units per layer of the conditioner MLP.
         depth: number of hidden layers of the conditioner MLP.
-        activation: the conditioner's activation function, by name.
+        activation: the conditioner's activation function (default ``jax.nn.relu``).
         context_dim: length of the context vector for a conditional layer.
         num_bins: spline bins (ignored for the affine transformer).
         bound: spline interval ``[-bound, bound]`` (ignored for the affine transformer).
@@ -65,7 +68,7 @@ class Coupling(Bijection):
     The conditioner's last layer starts at zero, so the layer starts as the identity.
     """
 
-    conditioner: MLP
+    conditioner: eqx.nn.MLP
     transformer: Transformer
     dim: int = eqx.field(static=True)
     split: int = eqx.field(static=True)
@@ -73,7 +76,7 @@ class Coupling(Bijection):
 
     def __init__(self, key: PRNGKeyArray, dim: int, *, transformer: object = "affine",
                  split: int | None = None, width: int = 64, depth: int = 2,
-                 activation: str = "relu", context_dim: int | None = None,
+                 activation: Callable = jax.nn.relu, context_dim: int | None = None,
                  num_bins: int = 8, bound: float = 5.0):
         self.dim = _check_coupling_dim(dim)
         split = self.dim // 2 if split is None else split
@@ -86,7 +89,7 @@ class Coupling(Bijection):
         depth = check_positive_int(depth, "depth", minimum=0)
         n_in = self.split + (self.context_dim or 0)
         n_out = (self.dim - self.split) * self.transformer.num_params
-        self.conditioner = MLP(key, n_in, n_out, width, depth, activation)
+        self.conditioner = zero_output_mlp(key, n_in, n_out, width, depth, activation_function(activation))
 
     def _params(self, x_fixed, context):
         out = self.conditioner(_with_context(x_fixed, context, self.context_dim))
@@ -116,13 +119,13 @@ class MaskedCoupling(Bijection):
         transformer: ``"affine"``, ``"spline"`` or a :class:`~flows.spline.Transformer`.
         width: hidden units per layer of the conditioner MLP.
         depth: number of hidden layers of the conditioner MLP.
-        activation: the conditioner's activation function, by name.
+        activation: the conditioner's activation function (default ``jax.nn.relu``).
         context_dim: length of the context vector for a conditional layer.
         num_bins: spline bins (ignored for the affine transformer).
         bound: spline interval ``[-bound, bound]`` (ignored for the affine transformer).
     """
 
-    conditioner: MLP
+    conditioner: eqx.nn.MLP
     transformer: Transformer
     mask: Bool[Array, " dim"]
     dim: int = eqx.field(static=True)
@@ -130,7 +133,7 @@ class MaskedCoupling(Bijection):
 
     def __init__(self, key: PRNGKeyArray, dim: int, *, mask: object = None,
                  transformer: object = "affine", width: int = 64, depth: int = 2,
-                 activation: str = "relu", context_dim: int | None = None,
+                 activation: Callable = jax.nn.relu, context_dim: int | None = None,
                  num_bins: int = 8, bound: float = 5.0):
         self.dim = _check_coupling_dim(dim)
         if mask is None:
@@ -149,8 +152,8 @@ class MaskedCoupling(Bijection):
         width = check_positive_int(width, "width")
         depth = check_positive_int(depth, "depth", minimum=0)
         n_in = self.dim + (self.context_dim or 0)
-        self.conditioner = MLP(key, n_in, self.dim * self.transformer.num_params, width, depth,
-                               activation)
+        self.conditioner = zero_output_mlp(key, n_in, self.dim * self.transformer.num_params, width,
+                                           depth, activation_function(activation))
 
     def _params(self, x, context):
         masked = jnp.where(self.mask, x, 0.0)

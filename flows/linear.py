@@ -12,6 +12,7 @@ from jaxtyping import Array, Float, Int, PRNGKeyArray
 from flows._checks import check_positive_int
 from flows.bijection import Bijection
 from probinf.linalg import solve_triangular
+from probinf.validation import is_traced
 
 __all__ = ["Permutation", "LULinear", "TriangularAffine", "as_gaussian"]
 
@@ -32,7 +33,7 @@ class Permutation(Bijection):
                 f"`permutation` must be a 1-d integer array, got dtype {permutation.dtype} "
                 f"and shape {tuple(permutation.shape)}"
             )
-        if not isinstance(permutation, jax.core.Tracer):
+        if not is_traced(permutation):
             values = np.asarray(permutation)
             if not np.array_equal(np.sort(values), np.arange(values.shape[0])):
                 raise ValueError(

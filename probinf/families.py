@@ -34,7 +34,7 @@ import numpy as np
 from jaxtyping import Array, Float, PRNGKeyArray
 
 from probinf.linalg import solve_triangular
-from probinf.validation import check_finite
+from probinf.validation import check_finite, is_traced
 
 __all__ = [
     "Family",
@@ -283,7 +283,7 @@ class Standardized(Family):
             raise ValueError(f"`frame_loc` must have shape ({dim},) (the base's dim), got {loc.shape}")
         if tril.shape != (dim, dim):
             raise ValueError(f"`frame_scale_tril` must have shape ({dim}, {dim}), got {tril.shape}")
-        if not isinstance(loc, jax.core.Tracer) and not (
+        if not is_traced(loc) and not (
             bool(jnp.all(jnp.isfinite(loc))) and bool(jnp.all(jnp.isfinite(tril)))
             and bool(jnp.all(jnp.diag(tril) > 0))
         ):

@@ -189,7 +189,7 @@ class _Writer:
             return x
         if kind is float:
             return x if math.isfinite(x) else {"$": "float", "hex": x.hex()}
-        if isinstance(x, jax.core.Tracer):
+        if isinstance(x, jax.core.Tracer):  # x itself: its leaves are encoded one by one below
             raise _Unsavable(where, x, "a traced value (call save outside jit, grad and vmap)")
         if isinstance(x, jax.Array):
             if jnp.issubdtype(x.dtype, jax.dtypes.prng_key):

@@ -27,7 +27,7 @@ import numpy as np
 from jax.flatten_util import ravel_pytree
 from jaxtyping import Array, Float
 
-from probinf.validation import check_finite, check_key
+from probinf.validation import check_finite, check_key, is_traced
 
 __all__ = ["Target", "NumpyroModel", "SubsamplePlate", "from_numpyro", "from_logdensity"]
 
@@ -189,7 +189,7 @@ class Target(eqx.Module):
                     raise ValueError(
                         f"`batch['{plate.name}']` must be a non-empty 1-d integer array of row "
                         f"indices, got dtype {indices.dtype} and shape {tuple(indices.shape)}")
-                if not isinstance(indices, jax.core.Tracer) and (
+                if not is_traced(indices) and (
                         int(indices.min()) < 0 or int(indices.max()) >= plate.size):
                     raise ValueError(f"`batch['{plate.name}']` has indices outside "
                                      f"[0, {plate.size}), the plate's size")
@@ -435,7 +435,7 @@ def from_numpyro(
     unconstrained = transform_fn(transforms, constrained, invert=True)
     flat_init, unravel = ravel_pytree(unconstrained)
     dtype = flat_init.dtype
-    concrete = not isinstance(flat_init, jax.core.Tracer)
+    concrete = not is_traced(flat_init)
     if concrete:
         _check_finite_unconstrained(unconstrained, latent, strategy_name)
 
@@ -505,7 +505,7 @@ def _numpyro_model(prepared: Callable, args: tuple, kwargs: dict, trace: dict[st
                   if site["type"] == "sample" and site["is_observed"]
                   and not isinstance(_unwrap_distribution(site["fn"])[0], Unit))
     values = [trace[name]["value"] for name in sites]
-    observed = (None if any(isinstance(v, jax.core.Tracer) for v in values)
+    observed = (None if is_traced(*values)
                 else {name: np.asarray(v) for name, v in zip(sites, values, strict=True)})
     rows = None
     if len(plates) == 1:
@@ -749,7 +749,7 @@ def _observed_mask(fn: Any, shape: tuple[int, ...]) -> np.ndarray | None:
             mask = fn._mask
             if mask is False:
                 return np.zeros(shape, dtype=bool)
-            if isinstance(mask, jax.core.Tracer):
+            if is_traced(mask):
                 return None
             if mask is not True:
                 mask = np.asarray(mask)
@@ -768,7 +768,7 @@ def _check_observations(trace: dict[str, Any]) -> None:
         if site["type"] != "sample" or not site["is_observed"]:
             continue
         value = site["value"]
-        if isinstance(value, jax.core.Tracer):
+        if is_traced(value):
             continue
         try:
             value = np.asarray(value)
@@ -854,7 +854,7 @@ def _check_init_values(values: Mapping[str, Array], latent: dict[str, dict]) -> 
                 f"a value of shape {tuple(value.shape)}; the site's shape is {expected}"
             )
         inside = fn.support(value)
-        if isinstance(inside, jax.core.Tracer):
+        if is_traced(inside):
             continue
         if not np.all(np.asarray(inside)):
             raise ValueError(

@@ -1,8 +1,9 @@
 """Input validation for every package (probinf, flows, circuits, amortized): one check per kind.
 
 ``check_positive_int`` (counts, with a ``minimum``), ``check_key`` (one typed or raw PRNG key),
-``check_finite`` (arrays, naming the first bad entry) and ``raise_if`` (checks that also run
-inside ``jit``); every message names the argument.
+``check_finite`` (arrays, naming the first bad entry), ``raise_if`` (checks that also run
+inside ``jit``), ``check_activation`` (the activation rule) and ``is_traced`` (whether values
+are known yet); every message names the argument.
 
 Concrete values are checked at once, at the Python boundary, with a ``ValueError``
 that names the argument and the offending entry. Traced values (inside ``jit``,
@@ -23,7 +24,15 @@ import jax.numpy as jnp
 import numpy as np
 from jaxtyping import Array, ArrayLike
 
-__all__ = ["check_positive_int", "check_key", "check_finite", "first_entry", "raise_if"]
+__all__ = ["check_activation", "check_positive_int", "check_key", "check_finite", "first_entry", "is_traced",
+           "raise_if"]
+
+
+def is_traced(*values) -> bool:
+    """Whether any leaf of ``values`` (pytrees allowed) is a JAX tracer: inside ``jit``,
+    ``vmap`` or ``grad`` its value is unknown until run time, so only shapes can be checked.
+    The one such test of every package."""
+    return any(isinstance(leaf, jax.core.Tracer) for leaf in jax.tree_util.tree_leaves(values))
 
 
 def check_positive_int(value, name: str, *, minimum: int = 1) -> int:
@@ -51,6 +60,20 @@ def check_key(key, name: str = "key"):
                     f"jax.random.PRNGKey(0)), got {got}")
 
 
+def check_activation(activation, name: str = "activation"):
+    """``activation`` unchanged if it is callable, else a TypeError naming the argument.
+
+    The one activation rule of every package: an activation is a function applied
+    element-wise (``jax.nn.relu``, ``jnp.tanh``, a function of the user's own module), as
+    in ``equinox.nn``. :func:`probinf.save` stores it by reference, so a lambda or a
+    nested function trains but cannot be saved.
+    """
+    if not callable(activation):
+        raise TypeError(f"`{name}` must be a function such as jax.nn.relu or jnp.tanh, "
+                        f"got {type(activation).__name__} {activation!r}")
+    return activation
+
+
 def first_entry(values: np.ndarray, where: np.ndarray) -> str:
     """``"nan at index (0, 2)"``: the first entry of ``values`` where ``where`` holds."""
     index = tuple(int(i) for i in np.argwhere(where)[0])
@@ -59,7 +82,7 @@ def first_entry(values: np.ndarray, where: np.ndarray) -> str:
 
 def check_finite(value: ArrayLike, name: str) -> ArrayLike:
     """``value`` unchanged; a ValueError naming ``name`` if a concrete array holds NaN or infinity."""
-    if isinstance(value, jax.core.Tracer):
+    if is_traced(value):
         return value
     values = np.asarray(value)
     if np.issubdtype(values.dtype, np.inexact):
@@ -78,7 +101,7 @@ def raise_if(value: Array, checks: Sequence[tuple[ArrayLike, str]]) -> Array:
     """
     flags = [flag for flag, _ in checks]
     messages = tuple(message for _, message in checks)
-    if any(isinstance(flag, jax.core.Tracer) for flag in flags):
+    if is_traced(*flags):
         stacked = jnp.stack([jnp.asarray(flag, bool) for flag in flags])
         return eqx.branched_error_if(value, jnp.any(stacked), jnp.argmax(stacked), messages)
     for flag, message in checks:

@@ -26,12 +26,13 @@ SCRIPT = textwrap.dedent(r'''
     report = {}
 
     def spread(tree):
-        """Largest relative difference between two pytrees of arrays."""
+        """Largest relative difference between the arrays of two pytrees (equinox modules also
+        hold functions, such as an MLP's activation)."""
         a, b = tree
         leaves = zip(jax.tree.leaves(a), jax.tree.leaves(b))
         return max(float(np.max(np.abs(np.asarray(x, np.float64) - np.asarray(y, np.float64)))
                          / (1e-6 + np.max(np.abs(np.asarray(y, np.float64)))))
-                   for x, y in leaves)
+                   for x, y in leaves if not callable(x))
 
     def devices_of(tree):
         return min(len(leaf.sharding.device_set) for leaf in jax.tree.leaves(tree)

@@ -8,7 +8,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from probinf.validation import check_key  # noqa: F401  (re-exported for the pcn modules)
+from probinf.validation import check_key, is_traced  # noqa: F401  (re-exported for the pcn modules)
 
 METHODS = ("euler", "heun")
 INITS = ("forward", "random")
@@ -36,15 +36,11 @@ def check_choice(value, choices, name: str) -> str:
     return value
 
 
-def _traced(array) -> bool:
-    """Values are unknown under ``jit``: only shapes can be checked there."""
-    return isinstance(array, jax.core.Tracer)
-
 
 def _as_array(value, name: str):
     """A jax array (under ``jit``) or a NumPy array: validation works on host copies so that
     it compiles nothing."""
-    if _traced(value):
+    if is_traced(value):
         return value
     try:
         return np.asarray(value)
@@ -58,7 +54,7 @@ def _to_float(array, original, name: str):
     if not (np.issubdtype(array.dtype, np.floating) or np.issubdtype(array.dtype, np.integer)
             or array.dtype == np.bool_):
         raise TypeError(f"`{name}` must hold numbers, got dtype {array.dtype}")
-    if _traced(array):
+    if is_traced(array):
         return array.astype(dtype)
     finite = np.isfinite(array)
     if not finite.all():
@@ -98,7 +94,7 @@ def check_node_data(net, x=None, y=None, y_mask=None, *, need_y: bool = False):
                 raise ValueError(
                     f"integer labels `y` must have shape (batch,), got {tuple(y_raw.shape)}"
                 )
-            if _traced(y_raw):
+            if is_traced(y_raw):
                 y = jax.nn.one_hot(y_raw, num_classes, dtype=jnp.result_type(float))
             else:
                 if y_raw.size and (y_raw.min() < 0 or y_raw.max() >= num_classes):
@@ -128,7 +124,7 @@ def check_node_data(net, x=None, y=None, y_mask=None, *, need_y: bool = False):
                 f"one row {tuple(y.shape[1:])}, got {tuple(mask.shape)}"
             )
         dtype = jnp.result_type(float)
-        if _traced(mask):
+        if is_traced(mask):
             y_mask = jnp.broadcast_to(mask, y.shape).astype(dtype)
         else:
             if mask.dtype != np.bool_ and not np.isin(mask, (0, 1)).all():

@@ -23,7 +23,7 @@ from jaxtyping import Array, Float, PRNGKeyArray
 from probinf.pcn._checks import check_key, check_node_data
 from probinf.pcn.inference import _predict, infer
 from probinf.pcn.network import PCN
-from probinf.validation import check_positive_int
+from probinf.validation import check_positive_int, is_traced
 
 __all__ = ["sample", "reconstruct", "recall"]
 
@@ -139,7 +139,7 @@ def recall(
             categorical network.
     """
     _check_generative(net, "recall", need_prior=False)
-    xp = jnp if isinstance(y, jax.core.Tracer) or isinstance(mask, jax.core.Tracer) else np
+    xp = jnp if is_traced(y, mask) else np
     y, mask = xp.asarray(y), xp.asarray(mask)
     if mask.shape in (y.shape, y.shape[1:]):  # unobserved entries may hold anything, even NaN
         y = xp.where(mask.astype(bool), y, 0.0)

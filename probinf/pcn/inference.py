@@ -36,6 +36,7 @@ from probinf.pcn._checks import (
     float_scalar,
 )
 from probinf.pcn.network import PCN
+from probinf.validation import is_traced
 
 __all__ = ["InferenceResult", "NonFiniteEnergyError", "infer", "predict"]
 
@@ -291,7 +292,7 @@ def _energy_rose(energies) -> np.ndarray:
 
 
 def _warn_if_energy_rose(result: InferenceResult, step_size: float) -> None:
-    if isinstance(result.energies, jax.core.Tracer) or not _energy_rose(result.energies):
+    if is_traced(result.energies) or not _energy_rose(result.energies):
         return
     total = np.asarray(result.total_energy, np.float64)
     warnings.warn(

@@ -31,6 +31,8 @@ import jax.numpy as jnp
 import numpy as np
 from jaxtyping import Array, Float, PRNGKeyArray
 
+from probinf.validation import check_activation
+
 __all__ = ["PCN", "Dense", "Conv", "mlp"]
 
 OUTPUTS = ("gaussian", "categorical")
@@ -66,7 +68,7 @@ class Dense(eqx.Module):
         use_bias: bool = True,
     ):
         self.linear = eqx.nn.Linear(in_features, out_features, use_bias=use_bias, key=key)
-        self.activation = activation
+        self.activation = check_activation(activation)
 
     def __call__(self, x: Float[Array, "..."]) -> Float[Array, " out"]:
         return self.activation(self.linear(jnp.ravel(x)))
@@ -108,7 +110,7 @@ class Conv(eqx.Module):
             num_spatial_dims, in_channels, out_channels, kernel_size,
             stride=stride, padding=padding, key=key,
         )
-        self.activation = activation
+        self.activation = check_activation(activation)
 
     def __call__(self, x: Float[Array, "channels ..."]) -> Float[Array, "out_channels ..."]:
         return self.activation(self.conv(x))
@@ -349,7 +351,8 @@ def mlp(
     sizes = list(sizes)
     if len(sizes) < 2 or not all(isinstance(s, int) and not isinstance(s, bool) and s > 0 for s in sizes):
         raise ValueError(f"`sizes` must list at least two positive ints, got {sizes!r}")
-    layers = _dense_stack(key, tuple(sizes), activation, output_activation)
+    layers = _dense_stack(key, tuple(sizes), check_activation(activation),
+                          check_activation(output_activation, "output_activation"))
     return PCN(
         layers, (sizes[0],), output=output, variances=variances, prior_variance=prior_variance
     )

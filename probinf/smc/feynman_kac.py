@@ -50,7 +50,7 @@ from probinf._progress import progress_bar
 from probinf.smc import kernel
 from probinf.smc.resampling import check_scheme
 from probinf.smc.sharding import check_divisible
-from probinf.validation import check_positive_int
+from probinf.validation import check_positive_int, is_traced
 
 __all__ = [
     "FeynmanKac",
@@ -639,7 +639,7 @@ def particle_filter(
                     records.append(record)
                     bar.update(len(steps))
         result = _filter_assemble(model, state, first, records, bool(store_history), num_steps)
-    if raise_on_failure and not isinstance(result.failure, jax.core.Tracer):
+    if raise_on_failure and not is_traced(result.failure):
         result.check()
     return result
 
@@ -677,7 +677,7 @@ def backward_sampling(
         raise ValueError("`result` has no history: run particle_filter(..., store_history=True)")
     if not callable(getattr(model, "log_transition_density", None)):
         raise TypeError("`model` must define log_transition_density(t, previous_states, states)")
-    if not isinstance(result.failure, jax.core.Tracer):
+    if not is_traced(result.failure):
         result.check()
     return _backward_sampling(key, model, result.history, m)
 

@@ -27,7 +27,7 @@ from jaxtyping import Array, Float, PRNGKeyArray
 
 from probinf.linalg import cholesky, solve_triangular
 from probinf.smc.feynman_kac import StateSpaceModel
-from probinf.validation import check_finite
+from probinf.validation import check_finite, is_traced
 
 __all__ = ["LinearGaussianSSM", "gaussian_log_density"]
 
@@ -62,7 +62,7 @@ def _as_covariance(value, shape, name, dtype):
     dynamics (``transition_cov = 0``) are valid models for the Kalman filter.
     """
     array = _as_matrix(value, shape, name, dtype)
-    if isinstance(array, jax.core.Tracer):
+    if is_traced(array):
         return array
     matrix = np.asarray(array, np.float64)
     # Rounding of the input's own precision is tolerated, relative to the matrix's scale.

@@ -33,7 +33,7 @@ from probinf.smc.feynman_kac import (
     check_model_shapes,
     trace_genealogy,
 )
-from probinf.validation import check_positive_int
+from probinf.validation import check_positive_int, is_traced
 
 __all__ = ["CSMCResult", "ParticleGibbsResult", "conditional_smc", "particle_gibbs"]
 
@@ -221,7 +221,7 @@ def conditional_smc(
     _check_reference(reference, model, num_steps)
     trajectory, failure, failed_at = _csmc_jit(key, model, reference, n, True, bool(ancestor_sampling))
     result = CSMCResult(trajectory, failure, failed_at)
-    if raise_on_failure and not isinstance(failure, jax.core.Tracer):
+    if raise_on_failure and not is_traced(failure):
         result.check()
     return result
 
@@ -372,7 +372,7 @@ def particle_gibbs(
 
     key_start, key_loop = jax.random.split(key)
     reference, failure, failed_at = _csmc_jit(key_start, model, None, n, False, False)
-    if raise_on_failure and not isinstance(failure, jax.core.Tracer):
+    if raise_on_failure and not is_traced(failure):
         kernel.raise_on_failure(failure, failed_at, "particle Gibbs: the initial SMC sweep")
     carry = (initial_parameters, reference)
     outputs = []
@@ -386,6 +386,6 @@ def particle_gibbs(
             bar.update(len(iterations))
     parameters, trajectories, failures = jax.tree.map(lambda *xs: jnp.concatenate(xs), *outputs)
     result = ParticleGibbsResult(parameters, trajectories, failures)
-    if raise_on_failure and not isinstance(failures, jax.core.Tracer):
+    if raise_on_failure and not is_traced(failures):
         result.check()
     return result

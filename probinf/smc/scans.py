@@ -27,7 +27,7 @@ import numpy as np
 from jaxtyping import Array, Float
 
 from probinf.smc.models import LinearGaussianSSM, gaussian_log_density
-from probinf.validation import first_entry, raise_if
+from probinf.validation import first_entry, is_traced, raise_if
 
 __all__ = [
     "KalmanResult",
@@ -219,7 +219,7 @@ def kalman_filter(model: LinearGaussianSSM, method: Method = "sequential") -> Ka
 def _check_log_likelihoods(log_likelihoods):
     undefined = jnp.isnan(log_likelihoods)
     step = "some step"
-    if not isinstance(log_likelihoods, jax.core.Tracer) and bool(jnp.any(undefined)):
+    if not is_traced(log_likelihoods) and bool(jnp.any(undefined)):
         step = f"step {int(np.argmax(np.asarray(undefined)))}"
     return raise_if(log_likelihoods, [(
         jnp.any(undefined),
@@ -339,7 +339,7 @@ def _check_hmm(log_initial, log_transition, log_likelihoods):
         )
     for name, value in (("log_initial", log_initial), ("log_transition", log_transition),
                         ("log_likelihoods", log_likelihoods)):
-        if isinstance(value, jax.core.Tracer):
+        if is_traced(value):
             continue
         values = np.asarray(value)
         bad = np.isnan(values) | (values == np.inf)  # -inf (probability zero) is valid
@@ -351,7 +351,7 @@ def _check_hmm(log_initial, log_transition, log_likelihoods):
 
 def _warn_if_impossible(result: HMMResult, smoothed: bool) -> None:
     """Say so when the observations have probability zero (a concrete result only)."""
-    if isinstance(result.log_evidence, jax.core.Tracer) or float(result.log_evidence) > -np.inf:
+    if is_traced(result.log_evidence) or float(result.log_evidence) > -np.inf:
         return
     step = int(np.argmax(np.isnan(np.asarray(result.log_filtered[:, 0]))))
     warnings.warn(

@@ -51,7 +51,7 @@ from probinf.diagnostics import effective_sample_size
 from probinf.smc import kernel
 from probinf.smc.resampling import check_scheme
 from probinf.smc.sharding import check_divisible, constrain_leading_axis
-from probinf.validation import check_positive_int
+from probinf.validation import check_positive_int, is_traced
 
 __all__ = ["tempered_smc", "TemperedResult", "KERNELS"]
 
@@ -673,7 +673,7 @@ def tempered_smc(
         chain_length=chain_length, resampling=scheme, target_ess=float(target_ess), tune=bool(tune),
         sharding=sharding, max_stages=max_stages,
     )
-    traced = any(isinstance(leaf, jax.core.Tracer) for leaf in jax.tree.leaves((key, target, reference)))
+    traced = is_traced(key, target, reference)
     progress = False if traced else progress
     key_init, key_stages = jax.random.split(key)
     state = _initial_state(key_init, target, reference, float(step_size), schedule, options)
@@ -683,7 +683,7 @@ def tempered_smc(
         while True:
             stop = min(stop + chunk, max_stages)
             state = _run_stages(state, key_stages, target, reference, schedule, jnp.int32(stop), options)
-            if isinstance(state.moved_at, jax.core.Tracer) or not progress:
+            if is_traced(state.moved_at) or not progress:
                 break
             bar.update(int(1000 * float(state.moved_at)) - bar.n)
             if float(state.moved_at) >= 1.0 or int(state.filter.failure) or stop >= max_stages:
@@ -707,6 +707,6 @@ def tempered_smc(
         failure=final.failure,
         failed_at=final.failed_at,
     )
-    if raise_on_failure and not isinstance(result.failure, jax.core.Tracer):
+    if raise_on_failure and not is_traced(result.failure):
         result.check()
     return result

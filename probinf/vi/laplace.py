@@ -21,6 +21,7 @@ from jaxtyping import Array, Bool, Float, Int
 from probinf.families import FullRankGaussian, check_num_samples
 from probinf.linalg import cholesky, solve_triangular
 from probinf.target import Target
+from probinf.validation import is_traced
 from probinf.vi import _lbfgs
 
 __all__ = ["MAPResult", "LaplaceResult", "find_map", "laplace"]
@@ -82,10 +83,6 @@ def working_dtype():
     return jnp.asarray(0.0).dtype
 
 
-def is_concrete(*values) -> bool:
-    """Whether every value can be read on the host (False while being traced)."""
-    return not any(isinstance(v, jax.core.Tracer) for v in jax.tree_util.tree_leaves(values))
-
 
 def check_target(target: object) -> Target:
     if not isinstance(target, Target):
@@ -122,7 +119,7 @@ def resolve_init(target: Target, init: object, name: str = "init") -> Array:
         raise ValueError(
             f"`{name}` must have shape ({target.dim},) (the target's dim), got shape {tuple(position.shape)}"
         )
-    if is_concrete(position) and not bool(jnp.all(jnp.isfinite(position))):
+    if not is_traced(position) and not bool(jnp.all(jnp.isfinite(position))):
         bad = np.flatnonzero(~np.isfinite(np.asarray(position))).tolist()
         raise ValueError(f"`{name}` must be finite; entries {bad[:10]} are not")
     return position
@@ -135,7 +132,7 @@ def _value_and_grad(target: Target, z: Array) -> tuple[Array, Array]:
 
 def check_finite_start(target: Target, position: Array, name: str = "init") -> None:
     """Raise if the log density or its gradient is not finite at ``position``."""
-    if not is_concrete(target, position):
+    if is_traced(target, position):
         return
     value, grad = _value_and_grad(target, position)
     if not bool(jnp.isfinite(value)):
@@ -236,7 +233,7 @@ def find_map(
     gtol = check_tolerance(gtol, "gtol", default_gtol)
     check_finite_start(target, x0)
     result = _find_map_compiled(target, x0, max_iters, history_size, ftol, gtol)
-    if is_concrete(result) and not bool(result.converged):
+    if not is_traced(result) and not bool(result.converged):
         warnings.warn(
             f"find_map stopped before converging because {result.stop_reason} "
             f"(after {int(result.num_iterations)} iterations, largest gradient entry "
@@ -326,7 +323,7 @@ def laplace(
     """
     map_result = find_map(target, init=init, max_iters=max_iters, history_size=history_size)
     family, status, num_repaired = _laplace_compiled(target, map_result.position)
-    if is_concrete(status):
+    if not is_traced(status):
         status = int(status)
         if status == _NONFINITE:
             raise RuntimeError(

@@ -36,7 +36,7 @@ from jaxtyping import Array, Float, Int, PRNGKeyArray
 from probinf.families import FullRankGaussian, MeanFieldGaussian, Standardized, check_num_samples
 from probinf.linalg import cholesky
 from probinf.target import Target
-from probinf.validation import check_key
+from probinf.validation import check_key, is_traced
 from probinf.vi import _lbfgs
 from probinf.vi.laplace import _EXACT as _LAPLACE_EXACT
 from probinf.vi.laplace import (
@@ -44,7 +44,6 @@ from probinf.vi.laplace import (
     check_finite_start,
     check_target,
     check_tolerance,
-    is_concrete,
     laplace,
     resolve_init,
     working_dtype,
@@ -319,7 +318,7 @@ def pathfinder(
         ftol=ftol,
         gtol=gtol,
     )
-    if is_concrete(result.elbo) and not bool(jnp.isfinite(result.elbo)):
+    if not is_traced(result.elbo) and not bool(jnp.isfinite(result.elbo)):
         warnings.warn(
             "pathfinder: the ELBO estimate is not finite (draws from every approximation "
             "along the path hit points where the log density is -inf or NaN); the returned "

@@ -1,6 +1,7 @@
 """Coupling layers: the conditioning part passes through unchanged, the Jacobian is
 triangular, and bad settings are rejected with the argument named."""
 
+import equinox as eqx
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -14,7 +15,7 @@ KEY = jax.random.key(0)
 def _randomised(layer):
     params, static = jax.tree_util.tree_flatten(layer)
     keys = jax.random.split(jax.random.key(5), len(params))
-    noisy = [p + 0.3 * jax.random.normal(k, p.shape) if jnp.issubdtype(p.dtype, jnp.floating) else p
+    noisy = [p + 0.3 * jax.random.normal(k, p.shape) if eqx.is_inexact_array(p) else p
              for p, k in zip(params, keys, strict=True)]
     return jax.tree_util.tree_unflatten(static, noisy)
 
@@ -55,7 +56,17 @@ def test_bad_coupling_settings():
         MaskedCoupling(KEY, 3, mask=np.array([1, 0, 1]))
     with pytest.raises(ValueError, match="width"):
         Coupling(KEY, 4, width=0)
-    with pytest.raises(ValueError, match="activation"):
+    with pytest.raises(TypeError, match="activation"):
         Coupling(KEY, 4, activation="sine")
     with pytest.raises(ValueError, match="context_dim"):
         Coupling(KEY, 4, context_dim=0)
+
+
+def test_activation_names_still_work_with_a_deprecation_warning():
+    """The names flows took before activations became functions build the same layer."""
+    with pytest.warns(DeprecationWarning, match=r"jnp\.tanh"):
+        by_name = Coupling(KEY, 4, activation="tanh")
+    by_function = Coupling(KEY, 4, activation=jnp.tanh)
+    assert by_name.conditioner.activation is jnp.tanh
+    x = jnp.array([0.3, -0.7, 1.1, 0.2])
+    np.testing.assert_array_equal(by_name.conditioner(x[:2]), by_function.conditioner(x[:2]))

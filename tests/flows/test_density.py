@@ -58,7 +58,7 @@ def test_conditional_density_estimation():
     context = rng.uniform(-1, 1, (20_000, 1))
     data = 2 * context + 0.5 * rng.normal(size=(20_000, 1))
     flow = flows.masked_autoregressive_flow(KEY, 1, num_layers=1, width=16, context_dim=1,
-                                            activation="tanh")
+                                            activation=jnp.tanh)
     schedule = optax.cosine_decay_schedule(1e-2, 60 * 40)  # 60 epochs of 40 batches
     result = fit_to_data(KEY, flow, data, context=context, batch_size=500, max_epochs=60,
                          validation_fraction=0.0, optimizer=optax.adam(schedule), progress=False)

@@ -115,3 +115,13 @@ def test_bad_layers_and_shapes():
     conv = pcn.Conv(1, 1, 2, 3, key=jax.random.key(0))
     with pytest.raises(ValueError, match="categorical"):
         pcn.PCN([conv], (1, 6), output="categorical")
+
+
+def test_an_activation_must_be_a_function():
+    """The activation rule of every package: functions, never names."""
+    with pytest.raises(TypeError, match="`activation` must be a function"):
+        pcn.mlp(jax.random.key(0), [2, 3], activation="tanh")
+    with pytest.raises(TypeError, match="`output_activation` must be a function"):
+        pcn.mlp(jax.random.key(0), [2, 3], output_activation="softmax")
+    with pytest.raises(TypeError, match="`activation` must be a function"):
+        pcn.Dense(2, 3, key=jax.random.key(0), activation=None)
