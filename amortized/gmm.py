@@ -41,7 +41,6 @@ __all__ = [
 _LOG_2PI = math.log(2.0 * math.pi)
 
 
-
 def _cholesky_or_raise(matrices: np.ndarray, name: str) -> None:
     """Raise a ValueError naming ``name`` unless every matrix is symmetric positive definite."""
     mats = np.asarray(matrices, dtype=np.float64).reshape((-1,) + np.shape(matrices)[-2:])
