@@ -5,7 +5,13 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from probinf.validation import check_activation, check_finite, check_key, check_positive_int, is_traced
+from probinf.validation import (
+    check_activation,
+    check_finite,
+    check_key,
+    check_positive_int,
+    is_traced,
+)
 
 
 def test_is_traced_sees_tracers_in_any_argument_and_inside_pytrees():
